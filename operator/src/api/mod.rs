@@ -1,0 +1,12 @@
+//! The DbCluster API (`tandem.dev/v1alpha1`), its label and annotation keys,
+//! duration and size values, and the agent protocol shared by the agent and
+//! its callers. Plain types: no I/O.
+
+pub mod cluster;
+pub mod keys;
+pub mod status;
+pub mod units;
+
+pub use cluster::*;
+pub use status::*;
+pub use units::{ByteSize, DurationString, Lsn};

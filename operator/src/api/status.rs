@@ -1,0 +1,270 @@
+//! `DbCluster.status`: the observed cluster and the HA state machine (the
+//! transition in progress and the history of finished ones).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Most history entries kept in status.
+pub const HISTORY_LIMIT: usize = 20;
+
+/// Observed state of a DbCluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DbClusterStatus {
+    /// Overall state of the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// The instance that is the writable primary now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_primary: Option<String>,
+
+    /// The instance that should be primary; differs from currentPrimary during a switchover or failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_primary: Option<String>,
+
+    /// PostgreSQL timeline of the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+
+    /// Ready instances out of all, as shown by kubectl (for example 3/3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_instances: Option<String>,
+
+    /// Whether automation (failover, rejoin) is paused.
+    #[serde(default)]
+    pub paused: bool,
+
+    /// Why the operator would act but does not (paused, no eligible candidate, lagging candidate, lease not expired…), with the figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_by: Option<String>,
+
+    /// Every instance as last observed.
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
+
+    /// The transition in progress, if any; its step is recorded before it is carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<Transition>,
+
+    /// The last transitions and requests, newest last (at most 20).
+    #[serde(default)]
+    pub history: Vec<HistoryEntry>,
+
+    /// Ready, PrimaryAvailable, ReplicationHealthy, Paused.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+
+    /// The metadata.generation this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Overall state of a cluster.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Instances are being created and have not all become ready.
+    Creating,
+    /// A primary is writable and every standby streams.
+    Healthy,
+    /// A primary is writable but some instance is missing or behind.
+    Degraded,
+    /// The primary failed; a standby is being promoted.
+    FailingOver,
+    /// A planned switchover is running.
+    SwitchingOver,
+    /// An instance is rejoining as a standby (rewind).
+    Rejoining,
+    /// An instance is being re-cloned from the primary.
+    Recloning,
+    /// Automation is paused.
+    Paused,
+    /// No writable primary and nothing tandem can do on its own; see blockedBy and conditions.
+    Failed,
+}
+
+/// One instance as observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// Instance (pod) name.
+    pub name: String,
+    /// Role: primary, standby, learner, fenced, down or unknown.
+    #[serde(default)]
+    pub role: InstanceRole,
+    /// PostgreSQL accepts connections in its expected role.
+    #[serde(default)]
+    pub ready: bool,
+    /// Timeline PostgreSQL is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// Current WAL position (received position on a standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// Bytes behind the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// The instance this standby streams from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// Promotion priority 0 to 9 (0 = learner).
+    #[serde(default)]
+    pub priority: i32,
+    /// Last time the instance's agent answered (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<String>,
+    /// Health checks, each OK, WARNING or CRITICAL with its figure.
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// Role of an instance.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceRole {
+    /// The writable primary.
+    Primary,
+    /// A streaming standby that can be promoted.
+    Standby,
+    /// A standby with priority 0: never promoted, never synchronous.
+    Learner,
+    /// Taken out of service so it cannot accept writes.
+    Fenced,
+    /// Not running or not reachable.
+    Down,
+    /// Not observed yet.
+    #[default]
+    Unknown,
+}
+
+/// One health check of an instance (as `repmgr node check` prints them).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Check name: role, replication_lag, archive_ready, upstream, downstream, slots, data_directory.
+    pub name: String,
+    /// OK, WARNING or CRITICAL.
+    pub state: CheckState,
+    /// The figure behind the state (bytes, files, count), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<i64>,
+    /// Human-readable explanation.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Result of a health check.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckState {
+    /// Fine.
+    Ok,
+    /// Needs attention.
+    Warning,
+    /// Blocks operations or endangers data.
+    Critical,
+}
+
+/// A transition in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Transition {
+    /// What is happening: Bootstrap, Failover, Switchover, Rejoin, Reclone, Restart, Scale, Durability.
+    pub kind: String,
+    /// The instance the transition acts on (the promotion target, the instance to rejoin…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The instance the transition moves away from (the old primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The step being carried out; recorded before it runs so a restarted operator resumes it.
+    pub step: String,
+    /// When the transition started (RFC 3339).
+    pub started_at: String,
+    /// Why it started.
+    #[serde(default)]
+    pub reason: String,
+    /// Step-specific facts the transition needs to resume (for example the old primary's last LSN).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub data: std::collections::BTreeMap<String, String>,
+}
+
+/// A finished transition or request.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// What it was: Failover, Switchover, SwitchoverDryRun, Rejoin, Reclone, Restart, Pause…
+    pub kind: String,
+    /// The instance it moved away from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The instance it acted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Succeeded, Failed, Refused or RolledBack (DryRun for reports).
+    pub outcome: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// How long it took, in milliseconds.
+    #[serde(default)]
+    pub duration_ms: i64,
+    /// What happened, with the figures (for failovers the RPO accounting).
+    #[serde(default)]
+    pub message: String,
+    /// Failover only: last LSN known for the old primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_primary_lsn: Option<String>,
+    /// Failover only: LSN of the promoted standby when it was promoted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_lsn: Option<String>,
+    /// Failover only: bytes that may have been lost (0 under sync with dataDurability required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_possibly_lost: Option<i64>,
+}
+
+/// A status condition, as in Kubernetes' metav1.Condition.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready, PrimaryAvailable, ReplicationHealthy or Paused.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// CamelCase reason.
+    #[serde(default)]
+    pub reason: String,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// When status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Condition types.
+pub const COND_READY: &str = "Ready";
+pub const COND_PRIMARY_AVAILABLE: &str = "PrimaryAvailable";
+pub const COND_REPLICATION_HEALTHY: &str = "ReplicationHealthy";
+pub const COND_PAUSED: &str = "Paused";
+
+impl DbClusterStatus {
+    /// Append to history, keeping at most [`HISTORY_LIMIT`] entries.
+    pub fn push_history(&mut self, entry: HistoryEntry) {
+        self.history.push(entry);
+        if self.history.len() > HISTORY_LIMIT {
+            let excess = self.history.len() - HISTORY_LIMIT;
+            self.history.drain(..excess);
+        }
+    }
+
+    /// Condition of this type, if set.
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}

@@ -1,0 +1,2 @@
+//! The HA engine: `decide(spec, status, observations, now) -> (status, actions)`.
+//! Pure: no kube, no tokio, no I/O.

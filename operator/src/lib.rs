@@ -1,0 +1,10 @@
+//! tandem: a Kubernetes operator for highly available primary/standby
+//! PostgreSQL clusters, and the same HA engine on local processes.
+
+pub mod agent;
+pub mod api;
+pub mod controller;
+pub mod crdgen;
+pub mod engine;
+pub mod local;
+pub mod pg;

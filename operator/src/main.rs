@@ -1,0 +1,46 @@
+//! The `tandem` binary: operator, agent, crdgen and the local platform.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "tandem",
+    version,
+    about = "Highly available PostgreSQL clusters on Kubernetes and on local processes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Kubernetes operator (controller and HA engine).
+    Operator(tandem::controller::OperatorArgs),
+    /// Run the instance agent that owns PostgreSQL in a pod or local instance.
+    Agent(tandem::agent::AgentArgs),
+    /// Print the DbCluster CustomResourceDefinition as YAML.
+    Crdgen,
+    /// Run and drive a cluster of local PostgreSQL processes.
+    Local(tandem::local::LocalArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Crdgen = cli.command {
+        print!("{}", tandem::crdgen::crd_yaml()?);
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Operator(args) => runtime.block_on(tandem::controller::run(args)),
+        Command::Agent(args) => runtime.block_on(tandem::agent::run(args)),
+        Command::Local(args) => {
+            let code = runtime.block_on(tandem::local::run(args))?;
+            std::process::exit(code)
+        }
+        Command::Crdgen => Ok(()),
+    }
+}
