@@ -1,13 +1,14 @@
-//! The local platform (`tandem local …`): instances as local processes, the
-//! engine driving them, TCP endpoints standing in for Services. Does I/O.
+//! The local platform (`tandem local …`): the instances of a DbCluster as
+//! local processes (one agent each, supervising a postgres on 127.0.0.1), the
+//! HA engine driving them, a control API, and TCP endpoints standing in for
+//! the rw / ro Services. Does I/O.
 
-use clap::Args;
+pub mod cli;
+pub mod control;
+pub mod ports;
+pub mod proxy;
+pub mod report;
+pub mod state;
+pub mod up;
 
-/// Flags of `tandem local`.
-#[derive(Args, Debug, Clone)]
-pub struct LocalArgs {}
-
-/// Run a `tandem local` verb; returns the process exit code.
-pub async fn run(_args: LocalArgs) -> anyhow::Result<i32> {
-    anyhow::bail!("tandem local is not available in this build yet")
-}
+pub use cli::{run, LocalArgs};

@@ -1,0 +1,327 @@
+//! The `tandem local` command line (DESIGN.md §6): parses the verbs, talks to
+//! a running `local up` through its control API, prints results, and maps
+//! outcomes to exit codes (0 done, 1 refused or failed, 2 usage).
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use super::control::{ControlClient, ControlError, LocalRequest};
+use super::report::print_table;
+use super::state::LocalState;
+
+/// Exit code of a command that succeeded.
+pub const EXIT_OK: i32 = 0;
+/// Exit code of a request that was refused or failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code of a usage error.
+pub const EXIT_USAGE: i32 = 2;
+
+/// `tandem local`: run and drive a cluster of local PostgreSQL processes.
+#[derive(Args, Debug, Clone)]
+pub struct LocalArgs {
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+/// `--dir`, common to every verb.
+#[derive(Args, Debug, Clone)]
+pub struct DirArg {
+    /// Directory of the local cluster (data directories, state.json, logs).
+    #[arg(long, env = "TANDEM_LOCAL_DIR")]
+    pub dir: PathBuf,
+}
+
+/// The verbs of `tandem local`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum Verb {
+    /// Run the cluster in the foreground until Ctrl-C or `tandem local down`.
+    Up(UpArgs),
+    /// Print the status table (or JSON).
+    Status {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch the primary over to another instance.
+    Switchover {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance to promote, or `any` to let tandem pick.
+        #[arg(long, default_value = "any")]
+        to: String,
+        /// Run the prechecks only and report them; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Override the archive-backlog precheck (and nothing else).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Pause automation: no automatic failover or rejoin.
+    Pause(DirArg),
+    /// Resume automation.
+    Unpause(DirArg),
+    /// Restart an instance, or all of them (standbys first).
+    Restart {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance name or `all`.
+        name: String,
+    },
+    /// Rejoin an instance as a standby of the primary (rewinding if needed).
+    Rejoin {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance name.
+        name: String,
+        /// Only say whether a rewind is needed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Re-clone an instance from the primary with pg_basebackup.
+    Reclone {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance name.
+        name: String,
+    },
+    /// Change the replication durability at runtime.
+    Set {
+        #[command(flatten)]
+        dir: DirArg,
+        /// async or sync.
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
+        /// on, remote_write, remote_apply or local.
+        #[arg(long, value_enum)]
+        synchronous_commit: Option<SyncCommitArg>,
+        /// preferred or required.
+        #[arg(long, value_enum)]
+        data_durability: Option<DurabilityArg>,
+        /// How many standbys must confirm each commit (ANY n).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(1..16))]
+        sync_standbys: Option<i32>,
+    },
+    /// Fault injection: send a signal to an instance's postgres (or its agent).
+    Kill {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance name.
+        name: String,
+        /// KILL, STOP or CONT.
+        #[arg(long, value_enum, default_value = "kill")]
+        signal: SignalArg,
+        /// Signal the instance's agent process instead of postgres.
+        #[arg(long)]
+        agent: bool,
+    },
+    /// Stop the cluster started by `tandem local up`.
+    Down(DirArg),
+}
+
+/// Flags of `tandem local up`.
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// DbCluster manifest (Kubernetes-only fields are ignored).
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// Fixed port of the rw endpoint.
+    #[arg(long)]
+    pub rw_port: Option<u16>,
+    /// Fixed port of the ro endpoint.
+    #[arg(long)]
+    pub ro_port: Option<u16>,
+    /// Directory of the PostgreSQL binaries.
+    #[arg(long, env = "PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// User that runs postgres and its tools (default postgres when run as root).
+    #[arg(long, env = "TANDEM_RUN_AS")]
+    pub run_as: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "TANDEM_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+/// Replication mode flag.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeArg {
+    Async,
+    Sync,
+}
+
+/// synchronous_commit flag.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[value(rename_all = "snake_case")]
+pub enum SyncCommitArg {
+    On,
+    RemoteWrite,
+    RemoteApply,
+    Local,
+}
+
+/// dataDurability flag.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurabilityArg {
+    Preferred,
+    Required,
+}
+
+/// Signals `kill` may send.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[value(rename_all = "UPPER")]
+pub enum SignalArg {
+    Kill,
+    Stop,
+    Cont,
+}
+
+/// Run a `tandem local` verb; returns the exit code.
+pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
+    match args.verb {
+        Verb::Up(up) => super_up(up).await,
+        Verb::Status { dir, json } => Ok(status(&dir.dir, json).await),
+        Verb::Switchover {
+            dir,
+            to,
+            dry_run,
+            force,
+        } => Ok(request(&dir.dir, LocalRequest::Switchover { to, dry_run, force }).await),
+        Verb::Pause(dir) => Ok(request(&dir.dir, LocalRequest::Pause).await),
+        Verb::Unpause(dir) => Ok(request(&dir.dir, LocalRequest::Unpause).await),
+        Verb::Restart { dir, name } => Ok(request(&dir.dir, LocalRequest::Restart { name }).await),
+        Verb::Rejoin { dir, name, dry_run } => {
+            Ok(request(&dir.dir, LocalRequest::Rejoin { name, dry_run }).await)
+        }
+        Verb::Reclone { dir, name } => Ok(request(&dir.dir, LocalRequest::Reclone { name }).await),
+        Verb::Set {
+            dir,
+            mode,
+            synchronous_commit,
+            data_durability,
+            sync_standbys,
+        } => {
+            if mode.is_none()
+                && synchronous_commit.is_none()
+                && data_durability.is_none()
+                && sync_standbys.is_none()
+            {
+                eprintln!("tandem local set: nothing to change");
+                eprintln!("give at least one of --mode, --synchronous-commit, --data-durability, --sync-standbys");
+                return Ok(EXIT_USAGE);
+            }
+            Ok(request(
+                &dir.dir,
+                LocalRequest::Set {
+                    mode: mode.map(|m| format!("{m:?}").to_lowercase()),
+                    synchronous_commit: synchronous_commit.map(|s| {
+                        match s {
+                            SyncCommitArg::On => "on",
+                            SyncCommitArg::RemoteWrite => "remote_write",
+                            SyncCommitArg::RemoteApply => "remote_apply",
+                            SyncCommitArg::Local => "local",
+                        }
+                        .to_string()
+                    }),
+                    data_durability: data_durability.map(|d| format!("{d:?}").to_lowercase()),
+                    sync_standbys,
+                },
+            )
+            .await)
+        }
+        Verb::Kill {
+            dir,
+            name,
+            signal,
+            agent,
+        } => Ok(request(
+            &dir.dir,
+            LocalRequest::Kill {
+                name,
+                signal: format!("{signal:?}").to_uppercase(),
+                agent,
+            },
+        )
+        .await),
+        Verb::Down(dir) => Ok(request(&dir.dir, LocalRequest::Down).await),
+    }
+}
+
+async fn super_up(up: UpArgs) -> anyhow::Result<i32> {
+    super::up::run(up).await
+}
+
+/// A control client for the cluster running in `dir`, or the exit code and message.
+fn client(dir: &Path) -> Result<ControlClient, i32> {
+    match LocalState::load(dir) {
+        Ok(state) => Ok(ControlClient::new(&state)),
+        Err(e) => {
+            eprintln!("{e}");
+            Err(EXIT_FAILED)
+        }
+    }
+}
+
+async fn status(dir: &Path, json: bool) -> i32 {
+    let c = match client(dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c.status().await {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        eprintln!("cannot encode status: {e}");
+                        return EXIT_FAILED;
+                    }
+                }
+            } else {
+                print_table(&report, &mut std::io::stdout());
+            }
+            EXIT_OK
+        }
+        Err(e) => report_error(dir, &e),
+    }
+}
+
+async fn request(dir: &Path, req: LocalRequest) -> i32 {
+    let c = match client(dir) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match c.request(&req).await {
+        Ok(outcome) => {
+            println!("{}", outcome.message);
+            for line in &outcome.detail {
+                println!("  {line}");
+            }
+            EXIT_OK
+        }
+        Err(e) => report_error(dir, &e),
+    }
+}
+
+fn report_error(dir: &Path, e: &ControlError) -> i32 {
+    match e {
+        ControlError::Unreachable { .. } => {
+            eprintln!(
+                "no cluster is running in {} (start one with tandem local up)",
+                dir.display()
+            );
+            eprintln!("{e}");
+        }
+        ControlError::Refused { message, detail } => {
+            eprintln!("{message}");
+            for line in detail {
+                eprintln!("  {line}");
+            }
+        }
+        other => eprintln!("{other}"),
+    }
+    EXIT_FAILED
+}
