@@ -6,8 +6,10 @@
 pub mod cli;
 pub mod control;
 pub mod ports;
+pub mod procs;
 pub mod proxy;
 pub mod report;
+pub mod setup;
 pub mod state;
 pub mod up;
 

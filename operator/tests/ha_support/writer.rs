@@ -1,0 +1,166 @@
+//! A writer that commits numbered rows through an endpoint every few
+//! milliseconds and records which commits were acknowledged, and the check
+//! that every acknowledged row survived. Used by the HA tests and `make bench`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_postgres::NoTls;
+
+/// Where to write.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub dbname: String,
+}
+
+impl Target {
+    fn config(&self) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(&self.dbname)
+            .connect_timeout(Duration::from_secs(1));
+        c
+    }
+
+    /// Connect once.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = self.config().connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+}
+
+/// What the writer saw.
+#[derive(Default, Debug, Clone)]
+pub struct WriteLog {
+    /// Acknowledged ids with the instant of the acknowledgement.
+    pub acked: Vec<(i64, Instant)>,
+    /// Ids whose commit failed or whose outcome is unknown.
+    pub failed: Vec<i64>,
+}
+
+impl WriteLog {
+    /// Ids acknowledged.
+    pub fn acked_ids(&self) -> BTreeSet<i64> {
+        self.acked.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Longest gap between consecutive acknowledgements at or after `from`.
+    pub fn longest_gap_after(&self, from: Instant) -> Duration {
+        let mut last = None::<Instant>;
+        let mut gap = Duration::ZERO;
+        for (_, at) in &self.acked {
+            if *at < from {
+                last = Some(*at);
+                continue;
+            }
+            if let Some(l) = last {
+                gap = gap.max(at.duration_since(l));
+            }
+            last = Some(*at);
+        }
+        gap
+    }
+
+    /// First acknowledgement at or after `t`.
+    pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
+        self.acked.iter().map(|(_, at)| *at).find(|at| *at >= t)
+    }
+}
+
+/// A running writer.
+pub struct Writer {
+    log: Arc<Mutex<WriteLog>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Create the table the writer writes to (idempotent).
+pub async fn prepare(target: &Target) -> Result<(), tokio_postgres::Error> {
+    let c = target.connect().await?;
+    c.batch_execute("CREATE TABLE IF NOT EXISTS tandem_writes (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+        .await
+}
+
+impl Writer {
+    /// Start writing numbered rows (starting after `start_after`) every `interval`.
+    pub fn start(target: Target, start_after: i64, interval: Duration) -> Self {
+        let log = Arc::new(Mutex::new(WriteLog::default()));
+        let (stop, mut stopped) = watch::channel(false);
+        let task_log = log.clone();
+        let task = tokio::spawn(async move {
+            let mut next = start_after + 1;
+            let mut client: Option<tokio_postgres::Client> = None;
+            while !*stopped.borrow() {
+                if client.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
+                    client = tokio::select! {
+                        c = target.connect() => c.ok(),
+                        _ = stopped.changed() => break,
+                    };
+                    if client.is_none() {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                }
+                let Some(c) = client.as_ref() else { continue };
+                let id = next;
+                next += 1;
+                let res = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    c.execute("INSERT INTO tandem_writes (id) VALUES ($1)", &[&id]),
+                )
+                .await;
+                match res {
+                    Ok(Ok(_)) => {
+                        if let Ok(mut l) = task_log.lock() {
+                            l.acked.push((id, Instant::now()));
+                        }
+                    }
+                    _ => {
+                        if let Ok(mut l) = task_log.lock() {
+                            l.failed.push(id);
+                        }
+                        client = None;
+                    }
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Self { log, stop, task }
+    }
+
+    /// A copy of what was seen so far.
+    pub fn snapshot(&self) -> WriteLog {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Stop and return the log.
+    pub async fn stop(self) -> WriteLog {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+}
+
+/// Ids present in the table at `target`.
+pub async fn stored_ids(target: &Target) -> Result<BTreeSet<i64>, tokio_postgres::Error> {
+    let c = target.connect().await?;
+    let rows = c.query("SELECT id FROM tandem_writes", &[]).await?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+}
+
+/// Acknowledged ids missing from `stored`.
+pub fn lost(log: &WriteLog, stored: &BTreeSet<i64>) -> Vec<i64> {
+    log.acked_ids().difference(stored).copied().collect()
+}
