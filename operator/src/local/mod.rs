@@ -5,6 +5,11 @@
 
 pub mod cli;
 pub mod control;
+pub mod driver;
+pub mod exec;
+pub mod observe;
+pub mod replcheck;
+pub mod requests;
 pub mod ports;
 pub mod procs;
 pub mod proxy;

@@ -1,0 +1,561 @@
+//! The loop of `tandem local up`: observe the agents and processes, ask the
+//! engine, persist its status, carry out its actions (agent calls, endpoint
+//! moves, fencing, respawning dead agents as a StatefulSet would), and answer
+//! user requests. Does I/O.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::agent::client::AgentClient;
+use crate::api::agent::{AgentStatus, Member};
+use crate::api::{keys, DbClusterSpec, DbClusterStatus, ReplicationMode};
+use crate::engine::{self, Action, EventType, InstanceObs, Observations, PlatformState, RoleLabel};
+
+use super::control::{LocalRequest, Outcome, Refusal, Submission};
+use super::exec::{short, Executor};
+use super::procs::{self, AgentLaunch, Agents};
+use super::report::{InstanceReport, StatusReport};
+use super::requests::{Pending, Requests};
+use super::state::{write_private, LocalState};
+
+/// How often the loop runs.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How long a status poll may take.
+const POLL_TIMEOUT: Duration = Duration::from_millis(600);
+/// How long after its process died an agent is started again.
+const RESPAWN_DELAY: Duration = Duration::from_secs(1);
+/// How long a freshly started agent counts as starting.
+const STARTING_GRACE: Duration = Duration::from_secs(15);
+
+/// What survives a restart of `local up` besides state.json: the engine's status and the role labels.
+#[derive(Serialize, Deserialize, Default)]
+pub struct Persisted {
+    pub status: DbClusterStatus,
+    #[serde(default)]
+    pub labels: BTreeMap<String, RoleLabel>,
+    /// Changes made at runtime (pause, set) on top of the manifest.
+    #[serde(default)]
+    pub paused: Option<bool>,
+    #[serde(default)]
+    pub replication: Option<crate::api::ReplicationSpec>,
+}
+
+impl Persisted {
+    /// File name inside DIR.
+    pub const FILE: &'static str = "status.json";
+}
+
+/// One instance as the loop tracks it.
+pub struct Tracked {
+    pub launch: AgentLaunch,
+    pub client: AgentClient,
+    pub last_report: Option<AgentStatus>,
+    pub last_seen: Option<Instant>,
+    pub died_at: Option<Instant>,
+    pub started_at: Option<Instant>,
+}
+
+/// The running local cluster.
+pub struct Driver {
+    pub name: String,
+    pub dir: PathBuf,
+    pub base_spec: DbClusterSpec,
+    pub persisted: Persisted,
+    pub state: LocalState,
+    pub members: BTreeMap<String, Tracked>,
+    pub agents: Agents,
+    pub exec: Executor,
+    pub requests: Requests,
+    pub rw: watch::Sender<Option<SocketAddr>>,
+    pub ro: watch::Sender<Option<SocketAddr>>,
+    pub report: watch::Sender<StatusReport>,
+    pub results: Vec<engine::ActionResult>,
+    pub last_saved: String,
+}
+
+impl Driver {
+    /// The spec in force: the manifest plus runtime changes.
+    pub fn spec(&self) -> DbClusterSpec {
+        let mut s = self.base_spec.clone();
+        if let Some(p) = self.persisted.paused {
+            s.paused = p;
+        }
+        if let Some(r) = &self.persisted.replication {
+            s.replication = r.clone();
+        }
+        s
+    }
+
+    fn addresses(&self) -> BTreeMap<String, Member> {
+        self.members
+            .iter()
+            .map(|(n, m)| (n.clone(), Member { name: n.clone(), host: "127.0.0.1".into(), port: m.launch.pg_port }))
+            .collect()
+    }
+
+    fn pg_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.members.get(name).map(|m| SocketAddr::from(([127, 0, 0, 1], m.launch.pg_port)))
+    }
+
+    fn save(&mut self) {
+        let Ok(text) = serde_json::to_string_pretty(&self.persisted) else { return };
+        if text == self.last_saved {
+            return;
+        }
+        let path = self.dir.join(Persisted::FILE);
+        match write_private(&path, text.as_bytes()) {
+            Ok(()) => self.last_saved = text,
+            Err(e) => warn!(path = %path.display(), error = %e, "cannot persist status"),
+        }
+    }
+
+    /// Start agents whose process is gone (after a short delay), as a StatefulSet restarts pods.
+    fn respawn(&mut self) {
+        let primary = self.persisted.status.current_primary.clone();
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        for name in names {
+            let alive = self.agents.pid(&name).is_some();
+            let Some(m) = self.members.get_mut(&name) else { continue };
+            if alive {
+                m.died_at = None;
+                continue;
+            }
+            let died = *m.died_at.get_or_insert_with(Instant::now);
+            if died.elapsed() < RESPAWN_DELAY {
+                continue;
+            }
+            let source = match &primary {
+                Some(p) if *p != name => Some(p.clone()),
+                Some(_) => None,
+                None if keys::instance_ordinal(&self.name, &name) == Some(0) => None,
+                None => Some(keys::instance_name(&self.name, 0)),
+            };
+            let from = source
+                .and_then(|s| self.members.get(&s).map(|sm| format!("127.0.0.1:{}", sm.launch.pg_port)));
+            let Some(m) = self.members.get_mut(&name) else { continue };
+            match self.agents.start(&m.launch, from.as_deref()) {
+                Ok(pid) => {
+                    m.died_at = None;
+                    m.started_at = Some(Instant::now());
+                    if let Some(i) = self.state.instances.iter_mut().find(|i| i.name == name) {
+                        i.agent_pid = pid;
+                    }
+                    if let Err(e) = self.state.save(&self.dir) {
+                        warn!(error = %e, "cannot update state.json");
+                    }
+                }
+                Err(e) => warn!(instance = %name, error = %e, "cannot start agent"),
+            }
+        }
+    }
+
+    async fn observe(&mut self) -> Vec<InstanceObs> {
+        let polls = self.members.iter().map(|(n, m)| {
+            let c = m.client.clone();
+            let n = n.clone();
+            async move { (n, tokio::time::timeout(POLL_TIMEOUT, c.status()).await.ok().and_then(|r| r.ok())) }
+        });
+        let answers: Vec<(String, Option<AgentStatus>)> = futures::future::join_all(polls).await;
+        let mut out = Vec::new();
+        for (name, answer) in answers {
+            let alive = self.agents.pid(&name).is_some();
+            let label = self.persisted.labels.get(&name).copied();
+            let Some(m) = self.members.get_mut(&name) else { continue };
+            if let Some(s) = &answer {
+                m.last_seen = Some(Instant::now());
+                m.last_report = Some(s.clone());
+            }
+            let platform = if !alive {
+                PlatformState::Gone
+            } else if answer.is_none() && m.started_at.is_some_and(|t| t.elapsed() < STARTING_GRACE) {
+                PlatformState::Starting
+            } else {
+                PlatformState::Running
+            };
+            if !alive {
+                m.last_report = None;
+            }
+            out.push(InstanceObs { name, platform, label, agent: answer.as_ref().map(super::observe::report) });
+        }
+        out
+    }
+
+    /// Whether the primary can open a replication connection to each other instance (switchover precheck).
+    async fn replication_checks(&self, obs: &mut [InstanceObs]) {
+        let Some(primary) = self.persisted.status.current_primary.clone() else { return };
+        let user = self.state.replication.as_ref().map(|c| (c.user.clone(), c.password.clone()));
+        let Some((user, password)) = user else { return };
+        let mut result = BTreeMap::new();
+        for (name, m) in &self.members {
+            if *name == primary {
+                continue;
+            }
+            let ok = super::replcheck::can_replicate("127.0.0.1", m.launch.pg_port, &user, &password).await;
+            result.insert(name.clone(), ok);
+        }
+        if let Some(p) = obs.iter_mut().find(|o| o.name == primary) {
+            if let Some(a) = p.agent.as_mut() {
+                a.replication_to = result;
+            }
+        }
+    }
+
+    /// One pass of the loop.
+    pub async fn tick(&mut self) {
+        self.results.extend(self.exec.drain());
+        self.respawn();
+        let mut instances = self.observe().await;
+        let requests = self.requests.for_engine();
+        if requests.iter().any(|r| matches!(r, engine::Request::Switchover { .. })) {
+            self.replication_checks(&mut instances).await;
+        }
+        let obs = Observations {
+            cluster: self.name.clone(),
+            generation: None,
+            paused_annotation: false,
+            instances,
+            requests,
+            results: std::mem::take(&mut self.results),
+        };
+        let spec = self.spec();
+        let before = self.persisted.status.history.clone();
+        let decision = engine::decide(&spec, &self.persisted.status, &obs, jiff::Timestamp::now());
+        if self.persisted.status.transition.as_ref().map(|t| (&t.kind, &t.step))
+            != decision.status.transition.as_ref().map(|t| (&t.kind, &t.step))
+        {
+            match &decision.status.transition {
+                Some(t) => info!(transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step"),
+                None => info!("no transition in progress"),
+            }
+        }
+        self.persisted.status = decision.status;
+        // The status is persisted before any action is carried out: a restarted
+        // `local up` resumes the step it finds there.
+        self.save();
+        let members = self.addresses();
+        for action in decision.actions {
+            self.act(action, &before, &members);
+        }
+        self.save();
+        self.requests.finish(&self.persisted.status);
+        self.route();
+        self.publish(&spec);
+    }
+
+    fn act(&mut self, action: Action, before: &[crate::api::HistoryEntry], members: &BTreeMap<String, Member>) {
+        match &action {
+            Action::SetRole { instance, role } => {
+                if self.persisted.labels.get(instance) != Some(role) {
+                    info!(instance = %instance, role = role.as_str(), "role label set");
+                    self.persisted.labels.insert(instance.clone(), *role);
+                    self.save();
+                    self.route();
+                }
+                self.results.push(engine::ActionResult::ok(action));
+            }
+            Action::FenceInstance { instance } => {
+                warn!(instance = %instance, "fencing: killing the agent and postgres of an unreachable instance");
+                let _ = self.agents.signal_agent(instance, Signal::SIGKILL);
+                if let Some(m) = self.members.get(instance) {
+                    let _ = procs::signal_postgres(instance, &m.launch.data_dir, Signal::SIGKILL);
+                }
+                self.results.push(engine::ActionResult::ok(action));
+            }
+            Action::Event { instance, type_, reason, message } => match type_ {
+                EventType::Normal => info!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}"),
+                EventType::Warning => warn!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}"),
+            },
+            Action::RequestDone { request } => {
+                let status = self.persisted.status.clone();
+                self.requests.done(request, before, &status);
+            }
+            _ => {
+                let Some(name) = action.instance().map(str::to_string) else { return };
+                let Some(m) = self.members.get(&name) else {
+                    self.results.push(engine::ActionResult::failed(action, format!("unknown instance {name}")));
+                    return;
+                };
+                if !self.exec.busy(&action) {
+                    tracing::debug!(action = %short(&action), "agent call");
+                    self.exec.spawn(action, m.client.clone(), members);
+                }
+            }
+        }
+    }
+
+    /// Point the endpoints: rw at the instance labelled primary, ro at a streaming standby.
+    fn route(&mut self) {
+        let primary = self
+            .persisted
+            .labels
+            .iter()
+            .find(|(_, r)| **r == RoleLabel::Primary)
+            .map(|(n, _)| n.clone());
+        let rw = primary.as_deref().and_then(|p| self.pg_addr(p));
+        self.rw.send_if_modified(|cur| {
+            if *cur != rw {
+                info!(endpoint = "rw", to = ?rw, "endpoint moved");
+                *cur = rw;
+                true
+            } else {
+                false
+            }
+        });
+        let current_ro = *self.ro.borrow();
+        let streaming: Vec<SocketAddr> = self
+            .persisted
+            .labels
+            .iter()
+            .filter(|(_, r)| **r == RoleLabel::Standby)
+            .filter(|(n, _)| {
+                self.members.get(*n).and_then(|m| m.last_report.as_ref()).is_some_and(|s| {
+                    s.postgres_running && s.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming")
+                })
+            })
+            .filter_map(|(n, _)| self.pg_addr(n))
+            .collect();
+        let ro = if current_ro.is_some_and(|c| streaming.contains(&c)) { current_ro } else { streaming.first().copied() };
+        self.ro.send_if_modified(|cur| {
+            if *cur != ro {
+                *cur = ro;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    fn publish(&mut self, spec: &DbClusterSpec) {
+        let st = &self.persisted.status;
+        let instances = st
+            .instances
+            .iter()
+            .map(|i| {
+                let m = self.members.get(&i.name);
+                let alive = m.is_some_and(|m| m.died_at.is_none());
+                let rep = m.and_then(|m| m.last_report.as_ref());
+                let fresh = m.and_then(|m| m.last_seen).is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+                let status = match (alive, fresh, rep) {
+                    (false, _, _) => "down".to_string(),
+                    (true, true, Some(r)) if r.fenced => "fenced".to_string(),
+                    (true, true, Some(r)) if r.postgres_running => "running".to_string(),
+                    (true, true, Some(r)) => r.activity.clone().map(|a| format!("stopped ({a})")).unwrap_or_else(|| "stopped".into()),
+                    (true, _, _) if m.and_then(|m| m.started_at).is_some_and(|t| t.elapsed() < STARTING_GRACE) => "starting".into(),
+                    _ => "unreachable".into(),
+                };
+                InstanceReport {
+                    name: i.name.clone(),
+                    role: serde_json::to_value(i.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                    status,
+                    upstream: i.upstream.clone(),
+                    timeline: i.timeline,
+                    lsn: i.lsn.clone(),
+                    lag_bytes: i.lag_bytes,
+                    priority: i.priority,
+                    checks: i.checks.clone(),
+                    last_seen_secs: m.and_then(|m| m.last_seen).map(|t| t.elapsed().as_secs_f64()),
+                }
+            })
+            .collect();
+        let report = StatusReport {
+            name: self.name.clone(),
+            phase: st.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Creating".into()),
+            primary: st.current_primary.clone(),
+            paused: st.paused,
+            mode: match spec.replication.mode {
+                ReplicationMode::Async => "async".into(),
+                ReplicationMode::Sync => "sync".into(),
+            },
+            transition: st.transition.clone(),
+            blocked_by: st.blocked_by.clone(),
+            instances,
+            history: st.history.clone(),
+        };
+        self.report.send_replace(report);
+    }
+
+    /// Handle one control request; returns true when the cluster must stop.
+    pub fn submit(&mut self, (req, reply): Submission) -> bool {
+        let names: Vec<String> = self.members.keys().cloned().collect();
+        let unknown = |n: &str| {
+            (!names.iter().any(|x| x == n)).then(|| Refusal {
+                error: format!("instance {n} does not exist (instances: {})", names.join(", ")),
+                detail: vec![],
+            })
+        };
+        let ok = |message: String| Ok(Outcome { message, detail: vec![] });
+        let engine_request = match req {
+            LocalRequest::Switchover { to, dry_run, force } => {
+                let to = if to == keys::ANY {
+                    engine::SwitchoverTarget::Any
+                } else {
+                    if let Some(r) = unknown(&to) {
+                        let _ = reply.send(Err(r));
+                        return false;
+                    }
+                    engine::SwitchoverTarget::Instance(to)
+                };
+                engine::Request::Switchover { to, dry_run, force }
+            }
+            LocalRequest::Rejoin { name, dry_run } => {
+                if let Some(r) = unknown(&name) {
+                    let _ = reply.send(Err(r));
+                    return false;
+                }
+                engine::Request::Rejoin { instance: name, dry_run }
+            }
+            LocalRequest::Reclone { name } => {
+                if let Some(r) = unknown(&name) {
+                    let _ = reply.send(Err(r));
+                    return false;
+                }
+                engine::Request::Reclone { instance: name }
+            }
+            LocalRequest::Restart { name } => {
+                let target = if name == keys::ALL {
+                    engine::RestartTarget::All
+                } else {
+                    if let Some(r) = unknown(&name) {
+                        let _ = reply.send(Err(r));
+                        return false;
+                    }
+                    engine::RestartTarget::Instance(name)
+                };
+                engine::Request::Restart { target }
+            }
+            LocalRequest::Pause => {
+                self.persisted.paused = Some(true);
+                self.save();
+                let _ = reply.send(ok("paused: no automatic failover or rejoin until tandem local unpause".into()));
+                return false;
+            }
+            LocalRequest::Unpause => {
+                self.persisted.paused = Some(false);
+                self.save();
+                let _ = reply.send(ok("unpaused: automatic failover and rejoin are on".into()));
+                return false;
+            }
+            LocalRequest::Set { mode, synchronous_commit, data_durability, sync_standbys } => {
+                let _ = reply.send(self.set(mode, synchronous_commit, data_durability, sync_standbys));
+                return false;
+            }
+            LocalRequest::Kill { name, signal, agent } => {
+                let _ = reply.send(self.kill(&name, &signal, agent));
+                return false;
+            }
+            LocalRequest::Down => {
+                let _ = reply.send(ok(format!("stopping cluster {}", self.name)));
+                return true;
+            }
+        };
+        self.requests.pending.push(Pending { request: engine_request, reply: Some(reply) });
+        false
+    }
+
+    fn set(
+        &mut self,
+        mode: Option<String>,
+        synchronous_commit: Option<String>,
+        durability: Option<String>,
+        sync_standbys: Option<i32>,
+    ) -> Result<Outcome, Refusal> {
+        let refuse = |e: String| Err(Refusal { error: e, detail: vec![] });
+        let mut r = self.spec().replication;
+        let parse = |what: &str, v: String| serde_json::from_value(serde_json::Value::String(v.clone())).map_err(|_| format!("invalid {what} {v:?}"));
+        if let Some(m) = mode {
+            match parse("mode", m) {
+                Ok(v) => r.mode = v,
+                Err(e) => return refuse(e),
+            }
+        }
+        if let Some(s) = synchronous_commit {
+            match parse("synchronous commit", s) {
+                Ok(v) => r.synchronous_commit = v,
+                Err(e) => return refuse(e),
+            }
+        }
+        if let Some(d) = durability {
+            match parse("data durability", d) {
+                Ok(v) => r.data_durability = v,
+                Err(e) => return refuse(e),
+            }
+        }
+        if let Some(n) = sync_standbys {
+            r.sync_standbys = n;
+        }
+        let instances = self.base_spec.instances;
+        if r.mode == ReplicationMode::Sync && r.sync_standbys >= instances {
+            return refuse(format!(
+                "set refused: syncStandbys {} needs more standbys than the cluster has ({instances} instances)",
+                r.sync_standbys
+            ));
+        }
+        let message = format!(
+            "replication: mode {}, synchronous_commit {}, syncStandbys {}, dataDurability {}",
+            serde_json::to_value(r.mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            r.synchronous_commit.as_pg(),
+            r.sync_standbys,
+            serde_json::to_value(r.data_durability).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+        );
+        self.persisted.replication = Some(r);
+        self.save();
+        Ok(Outcome { message, detail: vec!["applied to the primary with a reload (no restart)".into()] })
+    }
+
+    fn kill(&mut self, name: &str, signal: &str, agent: bool) -> Result<Outcome, Refusal> {
+        let Some(m) = self.members.get(name) else {
+            let names: Vec<String> = self.members.keys().cloned().collect();
+            return Err(Refusal {
+                error: format!("instance {name} does not exist (instances: {})", names.join(", ")),
+                detail: vec![],
+            });
+        };
+        let sig = match signal {
+            "KILL" => Signal::SIGKILL,
+            "STOP" => Signal::SIGSTOP,
+            "CONT" => Signal::SIGCONT,
+            other => return Err(Refusal { error: format!("unknown signal {other} (KILL, STOP or CONT)"), detail: vec![] }),
+        };
+        let data_dir = m.launch.data_dir.clone();
+        if agent {
+            self.agents
+                .signal_agent(name, sig)
+                .map(|()| Outcome { message: format!("sent SIG{signal} to the agent of {name}"), detail: vec![] })
+                .map_err(|e| Refusal { error: e.to_string(), detail: vec![] })
+        } else {
+            procs::signal_postgres(name, &data_dir, sig)
+                .map(|pid| Outcome { message: format!("sent SIG{signal} to postgres of {name} (pid {pid})"), detail: vec![] })
+                .map_err(|e| Refusal { error: e.to_string(), detail: vec![] })
+        }
+    }
+
+    /// Stop every agent (they stop postgres) and mark the cluster as not running.
+    pub async fn shutdown(&mut self) {
+        self.requests.abandon("the cluster is stopping");
+        self.agents.stop_all(Duration::from_secs(90)).await;
+        self.save();
+        self.state.pid = 0;
+        for i in &mut self.state.instances {
+            i.agent_pid = 0;
+        }
+        if let Err(e) = self.state.save(&self.dir) {
+            warn!(error = %e, "cannot update state.json");
+        }
+    }
+}
+
+/// Receive control requests without waiting.
+pub fn try_requests(rx: &mut mpsc::Receiver<Submission>) -> Vec<Submission> {
+    let mut out = Vec::new();
+    while let Ok(s) = rx.try_recv() {
+        out.push(s);
+    }
+    out
+}

@@ -1,0 +1,140 @@
+//! User requests of a local cluster on their way through the engine: the
+//! pending ones (handed to the engine each decision), and the accepted ones
+//! whose answer waits for their transition to finish. Pure bookkeeping.
+
+use tokio::sync::oneshot;
+
+use crate::api::{CheckState, DbClusterStatus, HistoryEntry};
+use crate::engine::{self, Request};
+
+use super::control::{Outcome, Refusal};
+
+/// Where to send a request's answer.
+pub type Reply = oneshot::Sender<Result<Outcome, Refusal>>;
+
+/// A request the engine has not answered yet.
+pub struct Pending {
+    pub request: Request,
+    pub reply: Option<Reply>,
+}
+
+/// An accepted request waiting for its transition to finish.
+pub struct Waiting {
+    pub kind: String,
+    pub started_at: String,
+    pub reply: Reply,
+}
+
+/// Requests in flight.
+#[derive(Default)]
+pub struct Requests {
+    pub pending: Vec<Pending>,
+    pub waiting: Vec<Waiting>,
+}
+
+/// Entries of `after` that are not in `before` (history only grows at the end).
+pub fn new_entries<'a>(before: &[HistoryEntry], after: &'a [HistoryEntry]) -> &'a [HistoryEntry] {
+    match before.last() {
+        None => after,
+        Some(last) => match after.iter().rposition(|e| e == last) {
+            Some(i) => &after[i + 1..],
+            None => after,
+        },
+    }
+}
+
+fn lines(e: &HistoryEntry) -> Vec<String> {
+    e.checks
+        .iter()
+        .map(|c| {
+            let state = match c.state {
+                CheckState::Ok => "OK",
+                CheckState::Warning => "WARNING",
+                CheckState::Critical => "CRITICAL",
+            };
+            format!("{}: {state} ({})", c.name, c.message)
+        })
+        .collect()
+}
+
+/// The answer a finished history entry gives.
+pub fn answer(e: &HistoryEntry) -> Result<Outcome, Refusal> {
+    let detail = lines(e);
+    match e.outcome.as_str() {
+        engine::outcomes::SUCCEEDED => Ok(Outcome { message: e.message.clone(), detail }),
+        engine::outcomes::DRY_RUN => {
+            if e.checks.iter().any(|c| c.state == CheckState::Critical) {
+                Err(Refusal { error: e.message.clone(), detail })
+            } else {
+                Ok(Outcome { message: e.message.clone(), detail })
+            }
+        }
+        _ => Err(Refusal { error: e.message.clone(), detail }),
+    }
+}
+
+impl Requests {
+    /// The requests to hand to the engine.
+    pub fn for_engine(&self) -> Vec<Request> {
+        self.pending.iter().map(|p| p.request.clone()).collect()
+    }
+
+    /// The engine answered `request` (RequestDone) in a decision that produced `status`.
+    pub fn done(&mut self, request: &Request, before: &[HistoryEntry], status: &DbClusterStatus) {
+        let Some(i) = self.pending.iter().position(|p| &p.request == request) else { return };
+        let p = self.pending.remove(i);
+        let Some(reply) = p.reply else { return };
+        let fresh = new_entries(before, &status.history);
+        // Refused or reported at once.
+        if let Some(e) = fresh.iter().rev().find(|e| e.outcome != engine::outcomes::SUCCEEDED && e.duration_ms == 0) {
+            let _ = reply.send(answer(e));
+            return;
+        }
+        if let Some(t) = &status.transition {
+            self.waiting.push(Waiting { kind: t.kind.clone(), started_at: t.started_at.clone(), reply });
+            return;
+        }
+        match fresh.last() {
+            Some(e) => {
+                let _ = reply.send(answer(e));
+            }
+            None => {
+                let _ = reply.send(Ok(Outcome { message: "request accepted".into(), detail: vec![] }));
+            }
+        }
+    }
+
+    /// Answer the waiters whose transition is over.
+    pub fn finish(&mut self, status: &DbClusterStatus) {
+        let current = status.transition.as_ref().map(|t| (t.kind.clone(), t.started_at.clone()));
+        let mut still = Vec::new();
+        for w in self.waiting.drain(..) {
+            if current.as_ref() == Some(&(w.kind.clone(), w.started_at.clone())) {
+                still.push(w);
+                continue;
+            }
+            let entry = status.history.iter().rev().find(|e| e.kind == w.kind && e.started_at == w.started_at);
+            let result = match entry {
+                Some(e) => answer(e),
+                None => match status.history.last() {
+                    Some(e) => answer(e),
+                    None => Ok(Outcome { message: format!("{} finished", w.kind), detail: vec![] }),
+                },
+            };
+            let _ = w.reply.send(result);
+        }
+        self.waiting = still;
+    }
+
+    /// Answer everything still open with `why` (shutting down).
+    pub fn abandon(&mut self, why: &str) {
+        for p in self.pending.drain(..) {
+            if let Some(r) = p.reply {
+                let _ = r.send(Err(Refusal { error: why.to_string(), detail: vec![] }));
+            }
+        }
+        for w in self.waiting.drain(..) {
+            let _ = w.reply.send(Err(Refusal { error: why.to_string(), detail: vec![] }));
+        }
+    }
+}
