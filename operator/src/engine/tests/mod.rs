@@ -1,0 +1,3 @@
+//! Engine tests: fixtures, unit tests per behaviour, a simulated cluster and property tests.
+
+mod fixtures;
