@@ -1,3 +1,4 @@
 //! Engine tests: fixtures, unit tests per behaviour, a simulated cluster and property tests.
 
+mod failover;
 mod fixtures;
