@@ -106,8 +106,11 @@ pub fn decide(
     drive(&ctx, &mut st, &mut out);
 
     for request in &obs.requests {
+        let before = st.transition.clone();
         handle_request(&ctx, &mut st, request, &mut out);
-        drive(&ctx, &mut st, &mut out);
+        if st.transition != before {
+            drive(&ctx, &mut st, &mut out);
+        }
     }
 
     if st.transition.is_none() && automatic(&ctx, &mut st, &mut out) {

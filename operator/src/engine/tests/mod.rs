@@ -2,3 +2,4 @@
 
 mod failover;
 mod fixtures;
+mod switchover;
