@@ -2,4 +2,5 @@
 
 mod failover;
 mod fixtures;
+mod rejoin;
 mod switchover;
