@@ -2,5 +2,6 @@
 
 mod failover;
 mod fixtures;
+mod operations;
 mod rejoin;
 mod switchover;
