@@ -102,6 +102,17 @@ pub(crate) fn desired(ctx: &Ctx, primary: &str) -> SyncSettings {
     }
 }
 
+/// The Config action giving `instance` the settings it needs as primary.
+pub(crate) fn config_for(ctx: &Ctx, instance: &str) -> super::Action {
+    let want = desired(ctx, instance);
+    super::Action::Config {
+        instance: instance.to_string(),
+        synchronous_commit: want.synchronous_commit,
+        synchronous_standby_names: want.names,
+        parameters: ctx.spec.postgres.parameters.clone(),
+    }
+}
+
 /// Update status.sync before issuing `want` on `primary`: until the primary
 /// confirms the new set, keep a set that covers both (more members, lower
 /// quorum), so failover never trusts a set that was not in force.

@@ -241,7 +241,10 @@ fn fence(
         (true, Ok(how)) => {
             // Choose with the freshest positions: standbys received until the end.
             let failed = failed_list(&tr_now);
-            match failover_candidate(ctx, st, old, &failed) {
+            // Candidates that failed once may be retried when nobody else is left.
+            let pick = failover_candidate(ctx, st, old, &failed)
+                .or_else(|_| failover_candidate(ctx, st, old, &[]));
+            match pick {
                 Ok(c) => {
                     if let Some(t) = st.transition.as_mut() {
                         t.target = Some(c.clone());
@@ -252,6 +255,13 @@ fn fence(
                     }
                     st.target_primary = Some(c);
                     Step::Goto(STEP_PROMOTE)
+                }
+                Err(why) if ctx.reachable(old) => {
+                    // Nobody was promoted: give up and let the old primary start again.
+                    let message = format!("failover from {old} abandoned: {why}; {old} answers again and stays the primary");
+                    out.push(event(Some(old), EventType::Warning, reasons::FAILOVER_FAILED, &message));
+                    st.target_primary = Some(old.to_string());
+                    Step::Finish(history(ctx, &tr_now, outcomes::FAILED, &message))
                 }
                 Err(why) => {
                     st.blocked_by = Some(format!("{old} is fenced ({how}) but {why}"));
@@ -326,6 +336,19 @@ fn promote(
         ));
         return Step::Wait;
     }
+    if !ctx.running(&c) {
+        // Stopped (crashed, or back after a promotion it may have done): start
+        // it in whatever role its data directory has, then go on.
+        out.push(Action::RenewLease {
+            instance: c.clone(),
+            ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+        });
+        out.push(Action::Start { instance: c.clone() });
+        st.blocked_by = Some(format!("starting postgres on {c} before promoting it"));
+        return Step::Wait;
+    }
+    // Durability settings first: they take effect the moment it leaves recovery.
+    out.push(super::durability::config_for(ctx, &c));
     out.push(Action::RenewLease {
         instance: c.clone(),
         ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),

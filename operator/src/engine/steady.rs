@@ -34,6 +34,26 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
         Some(t) => t.target.clone(),
     };
     let params = &ctx.spec.postgres.parameters;
+    if busy.is_none() && !ctx.paused {
+        if let Some(a) = ctx.agent(&primary).filter(|a| !a.postgres_running) {
+            let since = st
+                .instances
+                .iter()
+                .find(|i| i.name == primary)
+                .and_then(|i| i.unhealthy_since.as_deref());
+            if a.fenced || ctx.since(since) >= ctx.detection_ms() {
+                // Nobody else was promoted: the primary it still is may start again
+                // (its agent will not start a primary on its own without a lease).
+                out.push(Action::RenewLease {
+                    instance: primary.clone(),
+                    ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+                });
+                out.push(Action::Start {
+                    instance: primary.clone(),
+                });
+            }
+        }
+    }
     if ctx.runs_as_primary(&primary) {
         out.push(Action::RenewLease {
             instance: primary.clone(),

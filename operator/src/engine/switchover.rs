@@ -398,6 +398,8 @@ pub(crate) fn step(
                     return Step::Goto(STEP_ROLLBACK);
                 }
             }
+            // Durability settings first: they take effect the moment it leaves recovery.
+            out.push(super::durability::config_for(ctx, &target));
             out.push(Action::RenewLease {
                 instance: target.clone(),
                 ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),

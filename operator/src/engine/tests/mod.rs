@@ -3,5 +3,8 @@
 mod failover;
 mod fixtures;
 mod operations;
+mod props;
+mod purity;
 mod rejoin;
+mod sim;
 mod switchover;
