@@ -316,8 +316,9 @@ pub(crate) fn step(
                 mode,
                 timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
             };
-            let stopped = ctx.agent(&old).is_some_and(|a| !a.postgres_running);
-            if ctx.succeeded(&stop) || stopped {
+            // Only the agent's answer counts: a postgres merely seen down (a
+            // crash) may be restarted by its agent; a stopped one is held down.
+            if ctx.succeeded(&stop) {
                 let checkpoint = ctx
                     .agent(&old)
                     .and_then(|a| a.checkpoint_lsn)

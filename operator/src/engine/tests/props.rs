@@ -85,10 +85,13 @@ fn apply_fault(sim: &mut Sim, e: &Ev) {
     let now = sim.now;
     match *e {
         Ev::Kill(k) if k < n => {
+            // The lease lives in the agent's memory: it dies with it.
             let m = &mut sim.insts[k];
             m.agent_up = false;
             m.pg = false;
             m.gone_known = true;
+            m.lease_until = 0;
+            m.crash_restart_at = None;
         }
         Ev::Partition(k) if k < n => sim.insts[k].partitioned = true,
         Ev::CrashPg(k, t) if k < n => {
@@ -210,3 +213,4 @@ proptest! {
         );
     }
 }
+

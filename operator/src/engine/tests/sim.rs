@@ -336,6 +336,8 @@ impl Sim {
                 m.agent_up = false;
                 m.pg = false;
                 m.gone_known = true;
+                m.lease_until = 0;
+                m.crash_restart_at = None;
                 Self::ok()
             }
             Action::Event { .. } | Action::RequestDone { .. } => Self::ok(),

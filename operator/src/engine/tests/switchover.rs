@@ -158,6 +158,10 @@ fn run_switchover(target: &str) -> Fixture {
     let stop = Action::Stop { instance: "main-0".into(), mode: StopMode::Fast, timeout_ms: 60_000 };
     assert!(has(&a, |x| *x == stop));
     f.agent("main-0").postgres_running = false;
+    let a = f.tick(10);
+    assert_eq!(f.step(), Some(("Switchover".into(), "StopPrimary".into())), "a postgres seen down is not yet held down");
+    assert!(promotes(&a).is_none());
+    f.ok(stop);
     f.agent("main-0").checkpoint_lsn = Some(lsn("0/5000028"));
     let a = f.tick(10);
     assert_eq!(f.step(), Some(("Switchover".into(), "WaitShutdownCheckpoint".into())));
@@ -228,6 +232,7 @@ fn switchover_rolls_back_when_the_target_misses_the_shutdown_checkpoint() {
     f.tick(10);
     f.ack_all();
     f.tick(10);
+    f.ack_all();
     f.agent("main-0").postgres_running = false;
     f.agent("main-0").checkpoint_lsn = Some(lsn("0/5000028"));
     f.tick(10);
@@ -253,6 +258,7 @@ fn switchover_rolls_back_when_promotion_fails() {
     f.tick(10);
     f.ack_all();
     f.tick(10);
+    f.ack_all();
     f.agent("main-0").postgres_running = false;
     f.agent("main-1").received_lsn = Some(lsn("0/6000000"));
     f.tick(10);
