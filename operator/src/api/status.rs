@@ -58,6 +58,39 @@ pub struct DbClusterStatus {
     /// The metadata.generation this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+
+    /// The primary's fencing lease as the operator last renewed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+
+    /// The synchronous standby set last confirmed on the primary (sync mode); failover under dataDurability required promotes only from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// The primary's fencing lease, as renewed by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseStatus {
+    /// The instance holding the lease.
+    pub holder: String,
+    /// When a renewal was last confirmed by the holder's agent (RFC 3339).
+    pub renewed_at: String,
+    /// The lease's time-to-live in milliseconds.
+    pub ttl_ms: i64,
+}
+
+/// A synchronous standby set confirmed on the primary.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// The primary the set was confirmed on.
+    pub primary: String,
+    /// How many of the standbys confirm each commit (ANY n); 0 when commits do not wait.
+    pub quorum: i32,
+    /// The standbys named in synchronous_standby_names.
+    #[serde(default)]
+    pub standbys: Vec<String>,
 }
 
 /// Overall state of a cluster.
@@ -116,6 +149,9 @@ pub struct InstanceStatus {
     /// Health checks, each OK, WARNING or CRITICAL with its figure.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,
+    /// Since when the instance has not been healthy in its role (RFC 3339); absent while healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_since: Option<String>,
 }
 
 /// Role of an instance.
@@ -168,7 +204,7 @@ pub enum CheckState {
 }
 
 /// A transition in progress.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
     /// What is happening: Bootstrap, Failover, Switchover, Rejoin, Reclone, Restart, Scale, Durability.
@@ -192,7 +228,7 @@ pub struct Transition {
 }
 
 /// A finished transition or request.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
     /// What it was: Failover, Switchover, SwitchoverDryRun, Rejoin, Reclone, Restart, Pause…
@@ -222,6 +258,9 @@ pub struct HistoryEntry {
     /// Failover only: bytes that may have been lost (0 under sync with dataDurability required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_possibly_lost: Option<i64>,
+    /// Switchover and dry-run: every precheck with its figure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<HealthCheck>,
 }
 
 /// A status condition, as in Kubernetes' metav1.Condition.

@@ -1,2 +1,381 @@
-//! The HA engine: `decide(spec, status, observations, now) -> (status, actions)`.
-//! Pure: no kube, no tokio, no I/O.
+//! The HA engine: `decide(spec, status, observations, now) -> Decision`.
+//! Pure: no kube, no tokio, no I/O, no clock, no randomness. Platforms feed it
+//! observations and carry out the actions it returns.
+//!
+//! Contract for platforms (Kubernetes and local):
+//! 1. Each poll, build [`Observations`] (every instance's agent report or
+//!    `None`, the platform's view of the pod/process, the role label, pending
+//!    requests, and the results of actions finished since the last poll).
+//! 2. Call [`decide`] with the last persisted status.
+//! 3. Persist `Decision.status` BEFORE carrying out `Decision.actions` (this is
+//!    what makes every transition resumable), then carry the actions out in
+//!    order and report each result in the next poll's `Observations.results`.
+//!    Actions are idempotent: an identical action still in flight may be skipped.
+
+mod action;
+mod ctx;
+mod durability;
+mod failover;
+mod prechecks;
+mod rejoin;
+mod report;
+mod restart;
+mod steady;
+mod switchover;
+mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use action::{reasons, Action, EventType, RoleLabel, StopMode};
+pub use durability::sync_standby_names;
+pub use types::{
+    ActionResult, AgentReport, ConnectedStandby, InstanceObs, LeaseReport, Observations, Outcome,
+    PlatformState, Request, RestartTarget, SwitchoverTarget, SyncState,
+};
+
+use jiff::Timestamp;
+
+use crate::api::{DbClusterSpec, DbClusterStatus, HistoryEntry, LeaseStatus, Transition};
+
+use ctx::Ctx;
+
+/// Transition kinds recorded in `status.transition.kind`.
+pub mod kinds {
+    pub const BOOTSTRAP: &str = "Bootstrap";
+    pub const FAILOVER: &str = "Failover";
+    pub const SWITCHOVER: &str = "Switchover";
+    pub const REJOIN: &str = "Rejoin";
+    pub const REJOIN_DRY_RUN: &str = "RejoinDryRun";
+    pub const RECLONE: &str = "Reclone";
+    pub const RESTART: &str = "Restart";
+    /// History only: a switchover dry-run report.
+    pub const SWITCHOVER_DRY_RUN: &str = "SwitchoverDryRun";
+}
+
+/// History outcomes.
+pub mod outcomes {
+    pub const SUCCEEDED: &str = "Succeeded";
+    pub const FAILED: &str = "Failed";
+    pub const REFUSED: &str = "Refused";
+    pub const ROLLED_BACK: &str = "RolledBack";
+    pub const DRY_RUN: &str = "DryRun";
+    pub const STARTED: &str = "Started";
+}
+
+/// What the engine decided.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The new status: persist it before carrying out `actions`.
+    pub status: DbClusterStatus,
+    /// What to do, in order.
+    pub actions: Vec<Action>,
+    /// How many instances (ordinals 0..n) the platform must keep: `spec.instances`,
+    /// or more while the primary's ordinal is being scaled away (it is switched over first).
+    pub keep_instances: u32,
+}
+
+/// The one entry point: decide what to do now.
+pub fn decide(
+    spec: &DbClusterSpec,
+    status: &DbClusterStatus,
+    obs: &Observations,
+    now: Timestamp,
+) -> Decision {
+    let ctx = Ctx::new(spec, obs, status, now);
+    let mut st = status.clone();
+    st.blocked_by = None;
+    st.paused = ctx.paused;
+    if obs.generation.is_some() {
+        st.observed_generation = obs.generation;
+    }
+    let mut out = Vec::new();
+
+    absorb_results(&ctx, &mut st);
+    report::refresh_instances(&ctx, &mut st);
+
+    if st.current_primary.is_none() && st.transition.is_none() {
+        st.transition = Some(new_transition(
+            &ctx,
+            kinds::BOOTSTRAP,
+            None,
+            None,
+            "new cluster",
+        ));
+    }
+    drive(&ctx, &mut st, &mut out);
+
+    for request in &obs.requests {
+        let before = st.transition.clone();
+        handle_request(&ctx, &mut st, request, &mut out);
+        if st.transition != before {
+            drive(&ctx, &mut st, &mut out);
+        }
+    }
+
+    if st.transition.is_none() && automatic(&ctx, &mut st, &mut out) {
+        drive(&ctx, &mut st, &mut out);
+    }
+
+    steady::run(&ctx, &mut st, &mut out);
+    report::summarize(&ctx, &mut st);
+
+    Decision {
+        keep_instances: ctx.keep_instances(&st),
+        status: st,
+        actions: out,
+    }
+}
+
+/// Record what finished actions tell us (lease renewals).
+fn absorb_results(ctx: &Ctx, st: &mut DbClusterStatus) {
+    for r in &ctx.obs.results {
+        if let (Action::RenewLease { instance, ttl_ms }, Outcome::Succeeded { .. }) =
+            (&r.action, &r.outcome)
+        {
+            // "now" is no earlier than when the agent took the renewal, so a
+            // lease counted from here never ends before the agent's own.
+            st.lease = Some(LeaseStatus {
+                holder: instance.clone(),
+                renewed_at: ctx.stamp(),
+                ttl_ms: i64::try_from(*ttl_ms).unwrap_or(i64::MAX),
+            });
+        }
+    }
+}
+
+/// What a step decided.
+pub(crate) enum Step {
+    /// Stay in this step; its actions were pushed.
+    Wait,
+    /// Go to the named step now.
+    Goto(&'static str),
+    /// The transition is over; record this entry.
+    Finish(HistoryEntry),
+}
+
+/// Run the transition in progress as far as the observations allow.
+fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
+    for _ in 0..16 {
+        let Some(tr) = st.transition.clone() else {
+            return;
+        };
+        let step = match tr.kind.as_str() {
+            kinds::BOOTSTRAP => bootstrap(ctx, st, out),
+            kinds::FAILOVER => failover::step(ctx, st, &tr, out),
+            kinds::SWITCHOVER => switchover::step(ctx, st, &tr, out),
+            kinds::REJOIN | kinds::REJOIN_DRY_RUN | kinds::RECLONE => {
+                rejoin::step(ctx, st, &tr, out)
+            }
+            kinds::RESTART => restart::step(ctx, st, &tr, out),
+            _ => Step::Finish(history(
+                ctx,
+                &tr,
+                outcomes::FAILED,
+                "unknown transition kind",
+            )),
+        };
+        match step {
+            Step::Wait => return,
+            Step::Goto(next) => {
+                if let Some(t) = st.transition.as_mut() {
+                    t.step = next.to_string();
+                    t.data.insert("stepStartedAt".into(), ctx.stamp());
+                }
+            }
+            Step::Finish(entry) => {
+                // A step may have replaced the transition (restart → switchover).
+                if st.transition.as_ref().map(|t| (&t.kind, &t.started_at))
+                    == Some((&tr.kind, &tr.started_at))
+                {
+                    st.transition = None;
+                }
+                st.push_history(entry);
+            }
+        }
+    }
+}
+
+fn bootstrap(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> Step {
+    let best = ctx
+        .names
+        .iter()
+        .filter(|n| ctx.runs_as_primary(n))
+        .max_by(|a, b| {
+            ctx.position(a)
+                .cmp(&ctx.position(b))
+                .then(ctx.ordinal(b).cmp(&ctx.ordinal(a)))
+        })
+        .cloned();
+    let Some(primary) = best else {
+        st.blocked_by = Some(format!(
+            "waiting for the first primary: no instance runs as a primary yet ({} bootstraps with initdb)",
+            ctx.names.first().map(String::as_str).unwrap_or("ordinal 0")
+        ));
+        return Step::Wait;
+    };
+    st.current_primary = Some(primary.clone());
+    st.target_primary = Some(primary.clone());
+    st.timeline = ctx.timeline(&primary);
+    let message = format!(
+        "{primary} is the primary (timeline {})",
+        ctx.timeline(&primary).unwrap_or(1)
+    );
+    out.push(event(
+        Some(&primary),
+        EventType::Normal,
+        reasons::PRIMARY_ELECTED,
+        &message,
+    ));
+    let tr = st.transition.clone().unwrap_or_default();
+    let mut entry = history(ctx, &tr, outcomes::SUCCEEDED, &message);
+    entry.to = Some(primary);
+    Step::Finish(entry)
+}
+
+fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &mut Vec<Action>) {
+    match request {
+        Request::Switchover { to, dry_run, force } => {
+            switchover::request(ctx, st, request, to, *dry_run, *force, out)
+        }
+        Request::Rejoin { instance, dry_run } => {
+            rejoin::request_rejoin(ctx, st, request, instance, *dry_run, out)
+        }
+        Request::Reclone { instance } => rejoin::request_reclone(ctx, st, request, instance, out),
+        Request::Restart { target } => restart::request(ctx, st, request, target, out),
+    }
+}
+
+/// Start what the cluster needs without being asked; true when a transition started.
+fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool {
+    failover::detect(ctx, st, out)
+        || switchover::scale_down(ctx, st, out)
+        || rejoin::automatic(ctx, st, out)
+        || restart::automatic(ctx, st, out)
+}
+
+/// A new transition starting now.
+pub(crate) fn new_transition(
+    ctx: &Ctx,
+    kind: &str,
+    target: Option<&str>,
+    from: Option<&str>,
+    reason: &str,
+) -> Transition {
+    let step = match kind {
+        kinds::BOOTSTRAP => "WaitPrimary",
+        kinds::FAILOVER => failover::FIRST_STEP,
+        kinds::SWITCHOVER => switchover::FIRST_STEP,
+        kinds::RESTART => restart::FIRST_STEP,
+        kinds::RECLONE => rejoin::STEP_RECLONE,
+        kinds::REJOIN_DRY_RUN => rejoin::STEP_CHECK,
+        _ => rejoin::STEP_DEMOTE,
+    };
+    let mut data = std::collections::BTreeMap::new();
+    data.insert("stepStartedAt".to_string(), ctx.stamp());
+    Transition {
+        kind: kind.to_string(),
+        target: target.map(str::to_string),
+        from: from.map(str::to_string),
+        step: step.to_string(),
+        started_at: ctx.stamp(),
+        reason: reason.to_string(),
+        data,
+    }
+}
+
+/// A history entry for transition `tr` ending now.
+pub(crate) fn history(ctx: &Ctx, tr: &Transition, outcome: &str, message: &str) -> HistoryEntry {
+    HistoryEntry {
+        kind: tr.kind.clone(),
+        from: tr.from.clone(),
+        to: tr.target.clone(),
+        outcome: outcome.to_string(),
+        started_at: if tr.started_at.is_empty() {
+            ctx.stamp()
+        } else {
+            tr.started_at.clone()
+        },
+        duration_ms: ctx.since(Some(&tr.started_at)),
+        message: message.to_string(),
+        ..HistoryEntry::default()
+    }
+}
+
+/// A history entry for a request answered at once (refused, dry-run).
+pub(crate) fn instant_history(
+    ctx: &Ctx,
+    kind: &str,
+    to: Option<&str>,
+    outcome: &str,
+    message: &str,
+) -> HistoryEntry {
+    HistoryEntry {
+        kind: kind.to_string(),
+        from: None,
+        to: to.map(str::to_string),
+        outcome: outcome.to_string(),
+        started_at: ctx.stamp(),
+        duration_ms: 0,
+        message: message.to_string(),
+        ..HistoryEntry::default()
+    }
+}
+
+/// Refuse a request: history entry, Warning Event, request cleared. Nothing else changes.
+pub(crate) fn refuse(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    request: &Request,
+    kind: &str,
+    to: Option<&str>,
+    message: &str,
+    out: &mut Vec<Action>,
+) {
+    st.push_history(instant_history(ctx, kind, to, outcomes::REFUSED, message));
+    out.push(event(
+        to,
+        EventType::Warning,
+        reasons::REQUEST_REFUSED,
+        message,
+    ));
+    out.push(Action::RequestDone {
+        request: request.clone(),
+    });
+}
+
+pub(crate) fn event(
+    instance: Option<&str>,
+    type_: EventType,
+    reason: &str,
+    message: &str,
+) -> Action {
+    Action::Event {
+        instance: instance.map(str::to_string),
+        type_,
+        reason: reason.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Why a request needing automation cannot run now (paused, busy), if it cannot.
+pub(crate) fn busy_reason(ctx: &Ctx, st: &DbClusterStatus, what: &str) -> Option<String> {
+    if let Some(tr) = &st.transition {
+        let on = tr
+            .target
+            .as_deref()
+            .map(|t| format!(" of {t}"))
+            .unwrap_or_default();
+        return Some(format!(
+            "{what} refused: a {}{on} is in progress (step {}); try again when it finishes",
+            tr.kind, tr.step
+        ));
+    }
+    if ctx.paused {
+        return Some(format!(
+            "{what} refused: automation is paused ({}); unpause first",
+            ctx.paused_by()
+        ));
+    }
+    None
+}

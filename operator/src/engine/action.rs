@@ -1,0 +1,176 @@
+//! What the engine asks platforms to do: one variant per agent API call
+//! (DESIGN.md §4) plus the platform's own moves (labels, fencing, Events,
+//! clearing requests). Plain data, no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::types::Request;
+
+/// Value of the role label (`tandem.dev/role`) / the local endpoint role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleLabel {
+    /// Selected by `<name>-rw` (the local rw endpoint).
+    Primary,
+    /// Selected by `<name>-ro` (the local ro endpoint).
+    Standby,
+    /// Out of service: selected by no Service.
+    Fenced,
+    /// Not known yet: selected by no Service.
+    Unknown,
+}
+
+impl RoleLabel {
+    /// The label value (`crate::api::keys::ROLE_*`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => crate::api::keys::ROLE_PRIMARY,
+            Self::Standby => crate::api::keys::ROLE_STANDBY,
+            Self::Fenced => crate::api::keys::ROLE_FENCED,
+            Self::Unknown => crate::api::keys::ROLE_UNKNOWN,
+        }
+    }
+}
+
+/// pg_ctl shutdown mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    /// Wait for clients to disconnect.
+    Smart,
+    /// Disconnect clients, checkpoint, stop.
+    Fast,
+    /// Abort without a checkpoint (crash recovery on next start).
+    Immediate,
+}
+
+/// Kubernetes Event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    /// Something went as planned.
+    Normal,
+    /// Something was refused or failed.
+    Warning,
+}
+
+/// One thing for a platform to do. Every variant names its target instance;
+/// agent calls are idempotent, so a re-issued action (same step after a
+/// restart) is safe to carry out again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "action")]
+pub enum Action {
+    /// Agent `POST /promote`.
+    Promote { instance: String },
+    /// Agent `POST /demote {primary}`: stop, rewind if needed, start as a standby of `primary`.
+    Demote { instance: String, primary: String },
+    /// Agent `POST /follow {primary}`: point this standby at `primary`.
+    Follow { instance: String, primary: String },
+    /// Agent `POST /rewind {source, dryRun}`.
+    Rewind {
+        instance: String,
+        source: String,
+        dry_run: bool,
+    },
+    /// Agent `POST /reclone {source}`: data directory moved aside, pg_basebackup, start as standby.
+    Reclone { instance: String, source: String },
+    /// Agent `POST /stop {mode, timeout}`; the agent keeps postgres stopped until told to start.
+    Stop {
+        instance: String,
+        mode: StopMode,
+        timeout_ms: u64,
+    },
+    /// Agent `POST /start` (in the role its data directory has).
+    Start { instance: String },
+    /// Agent `POST /restart {mode, timeout}`.
+    Restart {
+        instance: String,
+        mode: StopMode,
+        timeout_ms: u64,
+    },
+    /// Agent `POST /config`: synchronous settings and parameters, applied with a reload.
+    Config {
+        instance: String,
+        synchronous_commit: String,
+        synchronous_standby_names: String,
+        parameters: BTreeMap<String, String>,
+    },
+    /// Agent `POST /lease {ttlMs}`.
+    RenewLease { instance: String, ttl_ms: u64 },
+    /// Platform: set the role label (Kubernetes) / repoint the local endpoints.
+    SetRole { instance: String, role: RoleLabel },
+    /// Platform: make sure the instance cannot write although its agent cannot be
+    /// reached (delete the pod / kill the agent and postgres processes).
+    FenceInstance { instance: String },
+    /// Platform: emit an Event (reason is a PascalCase constant of [`super::reasons`]).
+    Event {
+        instance: Option<String>,
+        type_: EventType,
+        reason: String,
+        message: String,
+    },
+    /// Platform: the request was answered (accepted, refused or reported); clear it.
+    RequestDone { request: Request },
+}
+
+impl Action {
+    /// The instance the action acts on, if any.
+    pub fn instance(&self) -> Option<&str> {
+        match self {
+            Self::Promote { instance }
+            | Self::Demote { instance, .. }
+            | Self::Follow { instance, .. }
+            | Self::Rewind { instance, .. }
+            | Self::Reclone { instance, .. }
+            | Self::Stop { instance, .. }
+            | Self::Start { instance }
+            | Self::Restart { instance, .. }
+            | Self::Config { instance, .. }
+            | Self::RenewLease { instance, .. }
+            | Self::SetRole { instance, .. }
+            | Self::FenceInstance { instance } => Some(instance),
+            Self::Event { instance, .. } => instance.as_deref(),
+            Self::RequestDone { .. } => None,
+        }
+    }
+
+    /// Whether this action is a call to the instance's agent.
+    pub fn is_agent_call(&self) -> bool {
+        !matches!(
+            self,
+            Self::SetRole { .. }
+                | Self::FenceInstance { .. }
+                | Self::Event { .. }
+                | Self::RequestDone { .. }
+        )
+    }
+}
+
+/// Event reasons (PascalCase constants).
+pub mod reasons {
+    pub const FAILOVER_STARTED: &str = "FailoverStarted";
+    pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
+    pub const PRIMARY_FENCED: &str = "PrimaryFenced";
+    pub const PRIMARY_PROMOTED: &str = "PrimaryPromoted";
+    pub const PROMOTION_FAILED: &str = "PromotionFailed";
+    pub const FAILOVER_FAILED: &str = "FailoverFailed";
+    pub const SWITCHOVER_STARTED: &str = "SwitchoverStarted";
+    pub const SWITCHOVER_REFUSED: &str = "SwitchoverRefused";
+    pub const SWITCHOVER_DRY_RUN: &str = "SwitchoverDryRun";
+    pub const SWITCHOVER_COMPLETED: &str = "SwitchoverCompleted";
+    pub const SWITCHOVER_ROLLED_BACK: &str = "SwitchoverRolledBack";
+    pub const REJOIN_STARTED: &str = "RejoinStarted";
+    pub const REJOIN_COMPLETED: &str = "RejoinCompleted";
+    pub const REJOIN_FAILED: &str = "RejoinFailed";
+    pub const REJOIN_DRY_RUN: &str = "RejoinDryRun";
+    pub const RECLONE_STARTED: &str = "RecloneStarted";
+    pub const RECLONE_COMPLETED: &str = "RecloneCompleted";
+    pub const RECLONE_FAILED: &str = "RecloneFailed";
+    pub const RESTART_STARTED: &str = "RestartStarted";
+    pub const RESTART_COMPLETED: &str = "RestartCompleted";
+    pub const RESTART_FAILED: &str = "RestartFailed";
+    pub const REQUEST_REFUSED: &str = "RequestRefused";
+    pub const PRIMARY_ELECTED: &str = "PrimaryElected";
+    pub const DURABILITY_CHANGED: &str = "DurabilityChanged";
+}

@@ -1,0 +1,500 @@
+//! Rejoin and re-clone: a failed or diverged instance comes back as a standby
+//! of the current primary (demote, rewinding when needed), falling back to a
+//! re-clone when allowed; explicit re-clone and rejoin dry-run requests.
+//! Never re-clones the most advanced copy. Pure.
+
+use crate::api::{DbClusterStatus, Transition};
+
+use super::ctx::Ctx;
+use super::{
+    busy_reason, event, history, instant_history, kinds, new_transition, outcomes, reasons, refuse,
+    Action, EventType, Outcome, Request, RoleLabel, Step,
+};
+
+pub(crate) const STEP_DEMOTE: &str = "Demote";
+pub(crate) const STEP_RECLONE: &str = "Reclone";
+pub(crate) const STEP_CHECK: &str = "RewindCheck";
+
+/// Why re-cloning `name` from `primary` would destroy the most advanced copy, if it would.
+pub(crate) fn reclone_unsafe(ctx: &Ctx, name: &str, primary: &str) -> Option<String> {
+    let (tl, lsn) = ctx.position(name);
+    let (ptl, plsn) = ctx.position(primary);
+    if !ctx.reachable(primary) || !ctx.runs_as_primary(primary) {
+        return Some(format!(
+            "{primary} (the primary) does not answer, so it cannot be the source"
+        ));
+    }
+    if (tl, lsn) > (ptl, plsn) {
+        return Some(format!(
+            "{name} has the most advanced copy of the data ({lsn} on timeline {tl}; primary {primary} is at {plsn} on timeline {ptl}): re-cloning it would destroy it"
+        ));
+    }
+    None
+}
+
+/// Why `name` needs to rejoin the current primary, if it does.
+pub(crate) fn needs_rejoin(
+    ctx: &Ctx,
+    st: &DbClusterStatus,
+    name: &str,
+    primary: &str,
+) -> Option<String> {
+    let a = ctx.agent(name)?;
+    if ctx.runs_as_primary(name) {
+        return Some(format!(
+            "{name} runs as a primary but {primary} is the primary"
+        ));
+    }
+    let since = st
+        .instances
+        .iter()
+        .find(|i| i.name == name)
+        .and_then(|i| i.unhealthy_since.as_deref());
+    let long = ctx.since(since) >= ctx.detection_ms();
+    if !a.postgres_running && (a.fenced || long) {
+        return Some(format!("postgres on {name} is stopped"));
+    }
+    if a.postgres_running && a.in_recovery && !ctx.streams_from(name, primary) && long {
+        return Some(format!(
+            "{name} has not streamed from {primary} for over {}",
+            ctx.spec.failover.detection_timeout
+        ));
+    }
+    None
+}
+
+/// Start an automatic rejoin or re-clone when an instance needs one; true when started.
+pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool {
+    let Some(primary) = st.current_primary.clone() else {
+        return false;
+    };
+    if !ctx.runs_as_primary(&primary) {
+        return false;
+    }
+    let psys = ctx
+        .agent(&primary)
+        .and_then(|a| a.system_identifier.clone());
+    for name in ctx
+        .names
+        .iter()
+        .filter(|n| **n != primary && ctx.in_spec(n))
+    {
+        let sys = ctx.agent(name).and_then(|a| a.system_identifier.clone());
+        let foreign = matches!((&psys, &sys), (Some(p), Some(s)) if p != s);
+        let why = if foreign {
+            Some(format!(
+                "{name} has system identifier {} but the primary {primary} has {}",
+                sys.clone().unwrap_or_default(),
+                psys.clone().unwrap_or_default()
+            ))
+        } else {
+            needs_rejoin(ctx, st, name, &primary)
+        };
+        let Some(why) = why else { continue };
+        if ctx.paused {
+            st.blocked_by = Some(format!(
+                "no automatic rejoin: {why}, and automation is paused ({})",
+                ctx.paused_by()
+            ));
+            return false;
+        }
+        if foreign {
+            if !ctx.spec.rejoin.allow_reclone {
+                st.blocked_by = Some(format!(
+                    "{why}; re-clone is not allowed (spec.rejoin.allowReclone=false)"
+                ));
+                return false;
+            }
+            if let Some(unsafe_why) = reclone_unsafe(ctx, name, &primary) {
+                st.blocked_by = Some(format!("{why}; {unsafe_why}"));
+                return false;
+            }
+            start_reclone(ctx, st, name, &primary, &why, out);
+            return true;
+        }
+        let tr = new_transition(ctx, kinds::REJOIN, Some(name), None, &why);
+        out.push(event(
+            Some(name),
+            EventType::Normal,
+            reasons::REJOIN_STARTED,
+            &format!("rejoining {name} to {primary}: {why}"),
+        ));
+        st.transition = Some(tr);
+        return true;
+    }
+    false
+}
+
+fn start_reclone(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    name: &str,
+    primary: &str,
+    why: &str,
+    out: &mut Vec<Action>,
+) {
+    let message = format!("re-cloning {name} from {primary}: {why}");
+    let mut entry = instant_history(ctx, kinds::RECLONE, Some(name), outcomes::STARTED, &message);
+    entry.from = Some(primary.to_string());
+    st.push_history(entry);
+    out.push(event(
+        Some(name),
+        EventType::Warning,
+        reasons::RECLONE_STARTED,
+        &message,
+    ));
+    st.transition = Some(new_transition(ctx, kinds::RECLONE, Some(name), None, why));
+}
+
+/// Common validation of rejoin / re-clone requests.
+fn validate(
+    ctx: &Ctx,
+    st: &DbClusterStatus,
+    what: &str,
+    name: &str,
+    needs_automation: bool,
+) -> Result<String, String> {
+    if !ctx.exists(name) {
+        return Err(format!(
+            "instance {name} does not exist (instances: {})",
+            ctx.name_list()
+        ));
+    }
+    if needs_automation {
+        if let Some(why) = busy_reason(ctx, st, what) {
+            return Err(why);
+        }
+    } else if let Some(tr) = &st.transition {
+        return Err(format!(
+            "{what} refused: a {} is in progress (step {}); try again when it finishes",
+            tr.kind, tr.step
+        ));
+    }
+    let Some(primary) = st.current_primary.clone() else {
+        return Err(format!("{what} refused: the cluster has no primary"));
+    };
+    if name == primary {
+        return Err(format!(
+            "{what} refused: {name} is the primary; switch over first"
+        ));
+    }
+    if !ctx.runs_as_primary(&primary) {
+        return Err(format!(
+            "{what} refused: the primary {primary} does not answer as a primary"
+        ));
+    }
+    if !ctx.reachable(name) {
+        return Err(format!("{what} refused: {name}'s agent does not answer"));
+    }
+    Ok(primary)
+}
+
+/// Answer `tandem.dev/rejoin=<name>` (with dry-run).
+pub(crate) fn request_rejoin(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    req: &Request,
+    name: &str,
+    dry_run: bool,
+    out: &mut Vec<Action>,
+) {
+    let kind = if dry_run {
+        kinds::REJOIN_DRY_RUN
+    } else {
+        kinds::REJOIN
+    };
+    if st
+        .transition
+        .as_ref()
+        .is_some_and(|t| t.kind == kind && t.target.as_deref() == Some(name))
+    {
+        out.push(Action::RequestDone {
+            request: req.clone(),
+        });
+        return;
+    }
+    match validate(
+        ctx,
+        st,
+        if dry_run { "rejoin dry-run" } else { "rejoin" },
+        name,
+        !dry_run,
+    ) {
+        Err(why) => refuse(ctx, st, req, kind, Some(name), &why, out),
+        Ok(primary) => {
+            let reason = if dry_run {
+                "dry-run requested"
+            } else {
+                "requested"
+            };
+            st.transition = Some(new_transition(
+                ctx,
+                kind,
+                Some(name),
+                Some(&primary),
+                reason,
+            ));
+            if !dry_run {
+                out.push(event(
+                    Some(name),
+                    EventType::Normal,
+                    reasons::REJOIN_STARTED,
+                    &format!("rejoining {name} to {primary} (requested)"),
+                ));
+            }
+            out.push(Action::RequestDone {
+                request: req.clone(),
+            });
+        }
+    }
+}
+
+/// Answer `tandem.dev/reclone=<name>`.
+pub(crate) fn request_reclone(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    req: &Request,
+    name: &str,
+    out: &mut Vec<Action>,
+) {
+    if st
+        .transition
+        .as_ref()
+        .is_some_and(|t| t.kind == kinds::RECLONE && t.target.as_deref() == Some(name))
+    {
+        out.push(Action::RequestDone {
+            request: req.clone(),
+        });
+        return;
+    }
+    let checked =
+        validate(ctx, st, "re-clone", name, true).and_then(|primary| {
+            match reclone_unsafe(ctx, name, &primary) {
+                Some(why) => Err(format!("re-clone refused: {why}")),
+                None => Ok(primary),
+            }
+        });
+    match checked {
+        Err(why) => refuse(ctx, st, req, kinds::RECLONE, Some(name), &why, out),
+        Ok(primary) => {
+            start_reclone(ctx, st, name, &primary, "requested", out);
+            out.push(Action::RequestDone {
+                request: req.clone(),
+            });
+        }
+    }
+}
+
+/// Advance a rejoin, re-clone or rejoin dry-run.
+pub(crate) fn step(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
+    out: &mut Vec<Action>,
+) -> Step {
+    let Some(name) = tr.target.clone() else {
+        return Step::Finish(history(
+            ctx,
+            tr,
+            outcomes::FAILED,
+            "rejoin without an instance",
+        ));
+    };
+    let Some(primary) = st.current_primary.clone() else {
+        return Step::Finish(history(
+            ctx,
+            tr,
+            outcomes::FAILED,
+            "no primary to rejoin to",
+        ));
+    };
+    if super::failover::failed_for_long_enough(ctx, st, &primary).is_some_and(|r| r.is_ok()) {
+        // Failover comes first; this can be redone afterwards.
+        let message = format!(
+            "{} of {name} abandoned: the primary {primary} failed",
+            tr.kind
+        );
+        return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+    }
+    let source_gone = !ctx.runs_as_primary(&primary);
+    if !ctx.reachable(&name) || source_gone {
+        let step_elapsed = ctx.since(tr.data.get("stepStartedAt").map(String::as_str));
+        if step_elapsed >= ctx.detection_ms() {
+            let who = if source_gone { &primary } else { &name };
+            let message = format!("{} of {name} failed: {who} stopped answering", tr.kind);
+            out.push(event(
+                Some(&name),
+                EventType::Warning,
+                reasons::REJOIN_FAILED,
+                &message,
+            ));
+            return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+        }
+        st.blocked_by = Some(format!(
+            "{} of {name} waits for {} to answer",
+            tr.kind,
+            if source_gone { &primary } else { &name }
+        ));
+        return Step::Wait;
+    }
+    match tr.step.as_str() {
+        STEP_CHECK => {
+            let check = Action::Rewind {
+                instance: name.clone(),
+                source: primary.clone(),
+                dry_run: true,
+            };
+            match ctx.result(&check) {
+                Some(Outcome::Succeeded { detail }) => {
+                    let message = format!(
+                        "rejoin dry-run of {name} to {primary}: {}",
+                        detail
+                            .clone()
+                            .unwrap_or_else(|| "the rewind check passed".into())
+                    );
+                    out.push(event(
+                        Some(&name),
+                        EventType::Normal,
+                        reasons::REJOIN_DRY_RUN,
+                        &message,
+                    ));
+                    Step::Finish(history(ctx, tr, outcomes::DRY_RUN, &message))
+                }
+                Some(Outcome::Failed { message }) => {
+                    let message = format!("rejoin dry-run of {name} to {primary}: {message}");
+                    out.push(event(
+                        Some(&name),
+                        EventType::Warning,
+                        reasons::REJOIN_DRY_RUN,
+                        &message,
+                    ));
+                    Step::Finish(history(ctx, tr, outcomes::FAILED, &message))
+                }
+                None => {
+                    out.push(check);
+                    Step::Wait
+                }
+            }
+        }
+        STEP_DEMOTE => {
+            if ctx.obs(&name).and_then(|o| o.label) == Some(RoleLabel::Primary) {
+                out.push(Action::SetRole {
+                    instance: name.clone(),
+                    role: RoleLabel::Fenced,
+                });
+            }
+            let demote = Action::Demote {
+                instance: name.clone(),
+                primary: primary.clone(),
+            };
+            if ctx.succeeded(&demote)
+                || (ctx.streams_from(&name, &primary) && tr.data.contains_key("issued"))
+            {
+                let message = format!("{name} rejoined {primary} as a standby ({})", tr.reason);
+                out.push(event(
+                    Some(&name),
+                    EventType::Normal,
+                    reasons::REJOIN_COMPLETED,
+                    &message,
+                ));
+                return Step::Finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
+            }
+            if let Some(message) = ctx.failure(&demote) {
+                let failed = format!("rejoining {name} to {primary} failed: {message}");
+                out.push(event(
+                    Some(&name),
+                    EventType::Warning,
+                    reasons::REJOIN_FAILED,
+                    &failed,
+                ));
+                if !ctx.spec.rejoin.allow_reclone {
+                    return Step::Finish(history(
+                        ctx,
+                        tr,
+                        outcomes::FAILED,
+                        &format!(
+                            "{failed}; re-clone is not allowed (spec.rejoin.allowReclone=false)"
+                        ),
+                    ));
+                }
+                if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
+                    return Step::Finish(history(
+                        ctx,
+                        tr,
+                        outcomes::FAILED,
+                        &format!("{failed}; not re-cloning: {why}"),
+                    ));
+                }
+                let message = format!("re-cloning {name} from {primary}: {failed}");
+                let mut entry = instant_history(
+                    ctx,
+                    kinds::RECLONE,
+                    Some(&name),
+                    outcomes::STARTED,
+                    &message,
+                );
+                entry.from = Some(primary.clone());
+                st.push_history(entry);
+                out.push(event(
+                    Some(&name),
+                    EventType::Warning,
+                    reasons::RECLONE_STARTED,
+                    &message,
+                ));
+                if let Some(t) = st.transition.as_mut() {
+                    t.data.insert("rewindFailed".into(), message);
+                }
+                return Step::Goto(STEP_RECLONE);
+            }
+            if let Some(t) = st.transition.as_mut() {
+                t.data.insert("issued".into(), "true".into());
+            }
+            out.push(demote);
+            Step::Wait
+        }
+        _ => {
+            let reclone = Action::Reclone {
+                instance: name.clone(),
+                source: primary.clone(),
+            };
+            if ctx.succeeded(&reclone)
+                || (ctx.streams_from(&name, &primary) && tr.data.contains_key("recloneIssued"))
+            {
+                let message = format!("{name} re-cloned from {primary} ({})", tr.reason);
+                out.push(event(
+                    Some(&name),
+                    EventType::Normal,
+                    reasons::RECLONE_COMPLETED,
+                    &message,
+                ));
+                return Step::Finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
+            }
+            if let Some(message) = ctx.failure(&reclone) {
+                let message = format!("re-cloning {name} from {primary} failed: {message}");
+                out.push(event(
+                    Some(&name),
+                    EventType::Warning,
+                    reasons::RECLONE_FAILED,
+                    &message,
+                ));
+                return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+            }
+            if !tr.data.contains_key("recloneIssued") {
+                // Checked again right before the data directory goes.
+                if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
+                    return Step::Finish(history(
+                        ctx,
+                        tr,
+                        outcomes::REFUSED,
+                        &format!("re-clone refused: {why}"),
+                    ));
+                }
+            }
+            if let Some(t) = st.transition.as_mut() {
+                t.data.insert("recloneIssued".into(), "true".into());
+            }
+            out.push(reclone);
+            Step::Wait
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Status reporting: instances[] from the observations (role, lag, checks,
+//! lastSeen, how long unhealthy), then phase, readiness and conditions. Pure.
+
+use crate::api::{
+    Condition, DbClusterStatus, InstanceRole, InstanceStatus, Phase, COND_PAUSED,
+    COND_PRIMARY_AVAILABLE, COND_READY, COND_REPLICATION_HEALTHY,
+};
+
+use super::ctx::Ctx;
+use super::{kinds, RoleLabel};
+
+/// Rebuild status.instances from this poll, keeping lastSeen and unhealthySince.
+pub(crate) fn refresh_instances(ctx: &Ctx, st: &mut DbClusterStatus) {
+    let primary = st.current_primary.clone();
+    let primary_lsn = primary.as_deref().and_then(|p| ctx.lsn(p));
+    let mut instances = Vec::new();
+    for name in &ctx.names {
+        let prev = st.instances.iter().find(|i| &i.name == name);
+        let agent = ctx.agent(name);
+        let is_primary = primary.as_deref() == Some(name.as_str());
+        let healthy = match primary.as_deref() {
+            Some(p) if p == name => ctx.runs_as_primary(name),
+            Some(p) => ctx.streams_from(name, p),
+            None => ctx.running(name),
+        };
+        let fenced_label = ctx.obs(name).and_then(|o| o.label) == Some(RoleLabel::Fenced);
+        let role = match agent {
+            None => InstanceRole::Down,
+            Some(a) if !a.postgres_running => {
+                if a.fenced || fenced_label {
+                    InstanceRole::Fenced
+                } else {
+                    InstanceRole::Down
+                }
+            }
+            Some(a) if !a.in_recovery => {
+                if is_primary && !fenced_label {
+                    InstanceRole::Primary
+                } else {
+                    InstanceRole::Fenced
+                }
+            }
+            Some(_) if ctx.priority(name) <= 0 => InstanceRole::Learner,
+            Some(_) => InstanceRole::Standby,
+        };
+        let lsn = ctx.lsn(name);
+        let lag = match (primary_lsn, lsn) {
+            (Some(p), Some(l)) if !is_primary => {
+                Some(i64::try_from(p.bytes_after(l)).unwrap_or(i64::MAX))
+            }
+            (_, Some(_)) if is_primary => Some(0),
+            _ => None,
+        };
+        let unhealthy_since = if healthy {
+            None
+        } else {
+            prev.and_then(|p| p.unhealthy_since.clone())
+                .or_else(|| Some(ctx.stamp()))
+        };
+        instances.push(InstanceStatus {
+            name: name.clone(),
+            role,
+            ready: healthy,
+            timeline: agent
+                .and_then(|a| a.timeline)
+                .or_else(|| prev.and_then(|p| p.timeline)),
+            // Keep the last known position: failover accounts with it.
+            lsn: lsn
+                .map(|l| l.to_string())
+                .or_else(|| prev.and_then(|p| p.lsn.clone())),
+            lag_bytes: lag,
+            upstream: agent.and_then(|a| a.upstream.clone()),
+            priority: ctx.priority(name),
+            last_seen: if agent.is_some() {
+                Some(ctx.stamp())
+            } else {
+                prev.and_then(|p| p.last_seen.clone())
+            },
+            checks: agent.map(|a| a.checks.clone()).unwrap_or_default(),
+            unhealthy_since,
+        });
+    }
+    st.instances = instances;
+}
+
+fn set_condition(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) {
+    let status = if ok { "True" } else { "False" };
+    let generation = st.observed_generation;
+    match st.conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = Some(ctx.stamp());
+            }
+            c.status = status.to_string();
+            c.reason = reason.to_string();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => st.conditions.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            last_transition_time: Some(ctx.stamp()),
+            observed_generation: generation,
+        }),
+    }
+}
+
+/// Phase, readiness and conditions.
+pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
+    let total = st.instances.iter().filter(|i| ctx.in_spec(&i.name)).count();
+    let ready = st.instances.iter().filter(|i| i.ready).count();
+    st.ready_instances = Some(format!("{ready}/{total}"));
+    let primary = st.current_primary.clone();
+    let primary_ok = primary.as_deref().is_some_and(|p| ctx.runs_as_primary(p));
+    let not_streaming: Vec<String> = st
+        .instances
+        .iter()
+        .filter(|i| Some(&i.name) != primary.as_ref() && !i.ready)
+        .map(|i| i.name.clone())
+        .collect();
+    let replication_ok = primary_ok && not_streaming.is_empty();
+    st.phase = Some(match st.transition.as_ref().map(|t| t.kind.as_str()) {
+        Some(kinds::BOOTSTRAP) => Phase::Creating,
+        Some(kinds::FAILOVER) => Phase::FailingOver,
+        Some(kinds::SWITCHOVER) => Phase::SwitchingOver,
+        Some(kinds::REJOIN) | Some(kinds::REJOIN_DRY_RUN) => Phase::Rejoining,
+        Some(kinds::RECLONE) => Phase::Recloning,
+        _ if ctx.paused => Phase::Paused,
+        _ if !primary_ok => Phase::Failed,
+        _ if replication_ok && ready == total => Phase::Healthy,
+        _ => Phase::Degraded,
+    });
+    let blocked = st.blocked_by.clone().unwrap_or_default();
+    set_condition(
+        ctx,
+        st,
+        COND_PRIMARY_AVAILABLE,
+        primary_ok,
+        if primary_ok {
+            "PrimaryWritable"
+        } else {
+            "NoWritablePrimary"
+        },
+        match (&primary, primary_ok) {
+            (Some(p), true) => format!("{p} accepts writes"),
+            (Some(p), false) => format!("{p} does not accept writes. {blocked}"),
+            (None, _) => format!("no primary yet. {blocked}"),
+        },
+    );
+    set_condition(
+        ctx,
+        st,
+        COND_REPLICATION_HEALTHY,
+        replication_ok,
+        if replication_ok {
+            "AllStreaming"
+        } else {
+            "NotStreaming"
+        },
+        if replication_ok {
+            "every standby streams from the primary".into()
+        } else if not_streaming.is_empty() {
+            "no writable primary to stream from".into()
+        } else {
+            format!(
+                "not streaming from the primary: {}",
+                not_streaming.join(", ")
+            )
+        },
+    );
+    let all_ready = primary_ok && ready == total;
+    set_condition(
+        ctx,
+        st,
+        COND_READY,
+        all_ready,
+        if all_ready { "AllReady" } else { "NotAllReady" },
+        format!("{ready}/{total} instances ready"),
+    );
+    let paused = ctx.paused;
+    set_condition(
+        ctx,
+        st,
+        COND_PAUSED,
+        paused,
+        if paused {
+            "AutomationPaused"
+        } else {
+            "AutomationActive"
+        },
+        if paused {
+            format!("no automatic failover or rejoin ({})", ctx.paused_by())
+        } else {
+            "automatic failover and rejoin are active".into()
+        },
+    );
+}

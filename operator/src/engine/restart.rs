@@ -1,0 +1,280 @@
+//! Rolling restart: on request or when a parameter change needs one;
+//! standbys first, then the primary by switchover or in place
+//! (spec.primaryUpdateMethod); each stop escalates fast → immediate. Pure.
+
+use crate::api::{DbClusterStatus, PrimaryUpdateMethod, Transition};
+
+use super::ctx::Ctx;
+use super::switchover::{self, Plan};
+use super::{
+    busy_reason, event, history, kinds, new_transition, outcomes, reasons, refuse, Action,
+    EventType, Request, RestartTarget, Step, StopMode, SwitchoverTarget,
+};
+
+pub(crate) const FIRST_STEP: &str = "RestartInstance";
+
+/// Restart order: standbys by ordinal, the primary last.
+fn order(ctx: &Ctx, st: &DbClusterStatus, names: &[String]) -> Vec<String> {
+    let primary = st.current_primary.clone().unwrap_or_default();
+    let mut v: Vec<String> = names.iter().filter(|n| **n != primary).cloned().collect();
+    v.sort_by_key(|n| ctx.ordinal(n));
+    if names.contains(&primary) {
+        v.push(primary);
+    }
+    v
+}
+
+fn start(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    names: Vec<String>,
+    reason: &str,
+    out: &mut Vec<Action>,
+) {
+    let queue = order(ctx, st, &names);
+    let mut tr = new_transition(
+        ctx,
+        kinds::RESTART,
+        queue.first().map(String::as_str),
+        None,
+        reason,
+    );
+    tr.data.insert("queue".into(), queue.join(","));
+    out.push(event(
+        None,
+        EventType::Normal,
+        reasons::RESTART_STARTED,
+        &format!("restarting {} ({reason})", queue.join(", ")),
+    ));
+    st.transition = Some(tr);
+}
+
+/// Answer `tandem.dev/restart=<name>|all`.
+pub(crate) fn request(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    req: &Request,
+    target: &RestartTarget,
+    out: &mut Vec<Action>,
+) {
+    let to = match target {
+        RestartTarget::Instance(n) => Some(n.as_str()),
+        RestartTarget::All => None,
+    };
+    if let Some(n) = to {
+        if !ctx.exists(n) {
+            let message = format!(
+                "instance {n} does not exist (instances: {})",
+                ctx.name_list()
+            );
+            refuse(ctx, st, req, kinds::RESTART, Some(n), &message, out);
+            return;
+        }
+    }
+    if let Some(why) = busy_reason(ctx, st, "restart") {
+        refuse(ctx, st, req, kinds::RESTART, to, &why, out);
+        return;
+    }
+    let names = match to {
+        Some(n) => vec![n.to_string()],
+        None => ctx
+            .names
+            .iter()
+            .filter(|n| ctx.in_spec(n))
+            .cloned()
+            .collect(),
+    };
+    start(ctx, st, names, "requested", out);
+    out.push(Action::RequestDone {
+        request: req.clone(),
+    });
+}
+
+/// Start a rolling restart when an instance has a restart pending; true when started.
+pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool {
+    let pending: Vec<String> = ctx
+        .names
+        .iter()
+        .filter(|n| {
+            ctx.in_spec(n)
+                && ctx
+                    .agent(n)
+                    .is_some_and(|a| a.pending_restart && a.postgres_running)
+        })
+        .cloned()
+        .collect();
+    if pending.is_empty() || st.current_primary.is_none() {
+        return false;
+    }
+    if ctx.paused {
+        st.blocked_by = Some(format!(
+            "a restart is pending on {} but automation is paused ({})",
+            pending.join(", "),
+            ctx.paused_by()
+        ));
+        return false;
+    }
+    start(
+        ctx,
+        st,
+        pending,
+        "parameters changed that need a restart",
+        out,
+    );
+    true
+}
+
+fn queue_of(tr: &Transition) -> Vec<String> {
+    tr.data
+        .get("queue")
+        .map(|q| {
+            q.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn note(st: &mut DbClusterStatus, line: String) {
+    if let Some(t) = st.transition.as_mut() {
+        let done = t.data.entry("done".into()).or_default();
+        if !done.is_empty() {
+            done.push_str("; ");
+        }
+        done.push_str(&line);
+    }
+}
+
+/// Move to the next instance of the queue, or finish.
+fn advance(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<Action>) -> Step {
+    let mut queue = queue_of(tr);
+    if !queue.is_empty() {
+        queue.remove(0);
+    }
+    let next = queue.first().cloned();
+    if let Some(t) = st.transition.as_mut() {
+        t.data.insert("queue".into(), queue.join(","));
+        t.data.remove("mode");
+        t.data.remove("switchover");
+        t.target = next.clone();
+    }
+    if next.is_some() {
+        return Step::Goto(FIRST_STEP);
+    }
+    let done = st
+        .transition
+        .as_ref()
+        .and_then(|t| t.data.get("done").cloned())
+        .unwrap_or_default();
+    let failed = done.contains("failed");
+    let message = format!("restart ({}): {done}", tr.reason);
+    out.push(event(
+        None,
+        if failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        if failed {
+            reasons::RESTART_FAILED
+        } else {
+            reasons::RESTART_COMPLETED
+        },
+        &message,
+    ));
+    Step::Finish(history(
+        ctx,
+        tr,
+        if failed {
+            outcomes::FAILED
+        } else {
+            outcomes::SUCCEEDED
+        },
+        &message,
+    ))
+}
+
+/// Advance a rolling restart.
+pub(crate) fn step(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
+    out: &mut Vec<Action>,
+) -> Step {
+    let Some(name) = tr.target.clone() else {
+        return advance(ctx, st, tr, out);
+    };
+    let primary = st.current_primary.clone().unwrap_or_default();
+    if name == primary
+        && ctx.spec.primary_update_method == PrimaryUpdateMethod::Switchover
+        && !tr.data.contains_key("inPlace")
+    {
+        match switchover::plan(ctx, st, &SwitchoverTarget::Any, false) {
+            Plan::Go { target, .. } => {
+                // The switchover restarts the old primary as a standby.
+                note(st, format!("{name} restarted by a switchover to {target}"));
+                let tr_now = st.transition.clone().unwrap_or_else(|| tr.clone());
+                let done = tr_now.data.get("done").cloned().unwrap_or_default();
+                let message = format!("restart ({}): {done}", tr.reason);
+                out.push(event(
+                    None,
+                    EventType::Normal,
+                    reasons::RESTART_COMPLETED,
+                    &message,
+                ));
+                let entry = history(ctx, &tr_now, outcomes::SUCCEEDED, &message);
+                switchover::start(
+                    ctx,
+                    st,
+                    &name,
+                    &target,
+                    "rolling restart of the primary",
+                    out,
+                );
+                return Step::Finish(entry);
+            }
+            Plan::Refused { message, .. } => {
+                note(st, format!("{name} restarted in place because {message}"));
+                if let Some(t) = st.transition.as_mut() {
+                    t.data.insert("inPlace".into(), "true".into());
+                }
+            }
+        }
+    }
+    if !ctx.reachable(&name) {
+        note(st, format!("{name} failed: its agent does not answer"));
+        return advance(ctx, st, tr, out);
+    }
+    let mode = if tr.data.get("mode").map(String::as_str) == Some("immediate") {
+        StopMode::Immediate
+    } else {
+        StopMode::Fast
+    };
+    let restart = Action::Restart {
+        instance: name.clone(),
+        mode,
+        timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
+    };
+    if ctx.succeeded(&restart) {
+        note(st, format!("{name} restarted"));
+        return advance(ctx, st, tr, out);
+    }
+    if let Some(message) = ctx.failure(&restart) {
+        if mode == StopMode::Fast {
+            if let Some(t) = st.transition.as_mut() {
+                t.data.insert("mode".into(), "immediate".into());
+            }
+            out.push(Action::Restart {
+                instance: name.clone(),
+                mode: StopMode::Immediate,
+                timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
+            });
+            return Step::Wait;
+        }
+        note(st, format!("{name} failed: {message}"));
+        return advance(ctx, st, tr, out);
+    }
+    out.push(restart);
+    Step::Wait
+}

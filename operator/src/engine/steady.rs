@@ -1,0 +1,111 @@
+//! Steady state between transitions: renew the primary's lease, keep role
+//! labels right, apply durability settings and parameters, point standbys
+//! at the primary. Pure.
+
+use crate::api::DbClusterStatus;
+
+use super::ctx::Ctx;
+use super::durability;
+use super::{kinds, Action, RoleLabel};
+
+fn label(ctx: &Ctx, name: &str, role: RoleLabel, out: &mut Vec<Action>) {
+    if ctx.obs(name).and_then(|o| o.label) != Some(role) {
+        out.push(Action::SetRole {
+            instance: name.to_string(),
+            role,
+        });
+    }
+}
+
+/// Issue the steady-state actions.
+pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
+    let Some(primary) = st.current_primary.clone() else {
+        return;
+    };
+    // Failover and switchover own the primary and the labels until they finish.
+    let busy = match &st.transition {
+        None => None,
+        Some(t)
+            if [kinds::FAILOVER, kinds::SWITCHOVER, kinds::BOOTSTRAP]
+                .contains(&t.kind.as_str()) =>
+        {
+            return
+        }
+        Some(t) => t.target.clone(),
+    };
+    let params = &ctx.spec.postgres.parameters;
+    if busy.is_none() && !ctx.paused {
+        if let Some(a) = ctx.agent(&primary).filter(|a| !a.postgres_running) {
+            let since = st
+                .instances
+                .iter()
+                .find(|i| i.name == primary)
+                .and_then(|i| i.unhealthy_since.as_deref());
+            if a.fenced || ctx.since(since) >= ctx.detection_ms() {
+                // Nobody else was promoted: the primary it still is may start again
+                // (its agent will not start a primary on its own without a lease).
+                out.push(Action::RenewLease {
+                    instance: primary.clone(),
+                    ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+                });
+                out.push(Action::Start {
+                    instance: primary.clone(),
+                });
+            }
+        }
+    }
+    if ctx.runs_as_primary(&primary) {
+        out.push(Action::RenewLease {
+            instance: primary.clone(),
+            ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+        });
+        label(ctx, &primary, RoleLabel::Primary, out);
+        let want = durability::desired(ctx, &primary);
+        durability::record(ctx, st, &primary, &want);
+        if let Some(a) = ctx.agent(&primary) {
+            let differs = a.synchronous_standby_names.as_deref() != Some(want.names.as_str())
+                || a.synchronous_commit.as_deref() != Some(want.synchronous_commit.as_str())
+                || a.parameters.as_ref().is_some_and(|p| p != params);
+            if differs {
+                out.push(Action::Config {
+                    instance: primary.clone(),
+                    synchronous_commit: want.synchronous_commit.clone(),
+                    synchronous_standby_names: want.names.clone(),
+                    parameters: params.clone(),
+                });
+            }
+        }
+        if st.blocked_by.is_none() {
+            st.blocked_by = want.note;
+        }
+    }
+    for name in ctx.names.iter().filter(|n| **n != primary) {
+        if busy.as_deref() == Some(name.as_str()) {
+            continue;
+        }
+        let Some(a) = ctx.agent(name) else { continue };
+        if ctx.runs_as_primary(name) {
+            // Never two rw endpoints: a second primary leaves every Service.
+            label(ctx, name, RoleLabel::Fenced, out);
+            continue;
+        }
+        if !ctx.runs_as_standby(name) {
+            continue;
+        }
+        label(ctx, name, RoleLabel::Standby, out);
+        if a.upstream.as_deref() != Some(primary.as_str()) && ctx.runs_as_primary(&primary) {
+            out.push(Action::Follow {
+                instance: name.clone(),
+                primary: primary.clone(),
+            });
+        }
+        if a.parameters.as_ref().is_some_and(|p| p != params) {
+            out.push(Action::Config {
+                instance: name.clone(),
+                synchronous_commit: ctx.spec.replication.synchronous_commit.as_pg().to_string(),
+                synchronous_standby_names: String::new(),
+                parameters: params.clone(),
+            });
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! Engine tests: fixtures, unit tests per behaviour, a simulated cluster and property tests.
+
+mod failover;
+mod fixtures;
+mod operations;
+mod props;
+mod purity;
+mod rejoin;
+mod sim;
+mod switchover;

@@ -1,0 +1,200 @@
+//! Rolling restart, durability levels, scale up / down, status reporting, history bound.
+
+use super::fixtures::*;
+use crate::api::{InstanceRole, Phase};
+use crate::engine::{decide, sync_standby_names, Action, Request, RestartTarget, StopMode};
+
+fn restart_all() -> Request {
+    Request::Restart { target: RestartTarget::All }
+}
+
+fn restart_of(name: &str) -> Action {
+    Action::Restart { instance: name.into(), mode: StopMode::Fast, timeout_ms: 60_000 }
+}
+
+#[test]
+fn rolling_restart_does_standbys_first_then_switches_the_primary_over() {
+    let mut f = cluster().instances(3).build();
+    f.request(restart_all());
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x == restart_of("main-1")));
+    assert!(!has(&a, |x| *x == restart_of("main-0")));
+    f.ok(restart_of("main-1"));
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x == restart_of("main-2")));
+    f.ok(restart_of("main-2"));
+    let a = f.tick(10);
+    assert!(!has(&a, |x| *x == restart_of("main-0")), "the primary is switched over, not restarted");
+    assert_eq!(f.step(), Some(("Switchover".into(), "DropPrimaryLabel".into())));
+    let h = f.last_history();
+    assert_eq!((h.kind.as_str(), h.outcome.as_str()), ("Restart", "Succeeded"));
+    assert!(h.message.contains("main-1 restarted; main-2 restarted; main-0 restarted by a switchover to main-1"), "{}", h.message);
+}
+
+#[test]
+fn rolling_restart_restarts_the_primary_in_place_when_asked() {
+    let mut f = cluster().instances(2).primary_restart_in_place().build();
+    f.request(restart_all());
+    f.tick(10);
+    f.ok(restart_of("main-1"));
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x == restart_of("main-0")));
+    f.ok(restart_of("main-0"));
+    f.tick(10);
+    assert!(f.status.transition.is_none());
+    assert_eq!(f.last_history().outcome, "Succeeded");
+}
+
+#[test]
+fn restart_escalates_to_immediate_when_the_fast_stop_fails() {
+    let mut f = cluster().instances(2).build();
+    f.request(Request::Restart { target: RestartTarget::Instance("main-1".into()) });
+    f.tick(10);
+    f.fail(restart_of("main-1"), "shutdown timed out");
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x == Action::Restart { instance: "main-1".into(), mode: StopMode::Immediate, timeout_ms: 60_000 }));
+}
+
+#[test]
+fn pending_restart_starts_a_rolling_restart_unless_paused() {
+    let mut f = cluster().instances(3).paused().build();
+    f.agent("main-2").pending_restart = true;
+    f.tick(10);
+    assert!(f.status.transition.is_none());
+    assert!(f.status.blocked_by.as_deref().unwrap().contains("restart is pending on main-2"));
+    f.spec.paused = false;
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x == restart_of("main-2")));
+}
+
+#[test]
+fn restart_refused_for_unknown_instance_and_while_paused() {
+    let mut f = cluster().instances(3).build();
+    f.request(Request::Restart { target: RestartTarget::Instance("main-9".into()) });
+    f.tick(10);
+    assert!(f.last_history().message.contains("instance main-9 does not exist"));
+    f.spec.paused = true;
+    f.request(restart_all());
+    f.tick(10);
+    assert!(f.last_history().message.contains("restart refused: automation is paused"));
+}
+
+fn config_of(a: &[Action], name: &str) -> Option<(String, String)> {
+    a.iter().find_map(|x| match x {
+        Action::Config { instance, synchronous_commit, synchronous_standby_names, .. } if instance == name => {
+            Some((synchronous_commit.clone(), synchronous_standby_names.clone()))
+        }
+        _ => None,
+    })
+}
+
+#[test]
+fn sync_mode_sets_any_n_over_non_learner_standbys() {
+    let mut f = cluster().instances(4).priority(3, 0).build();
+    f.spec.replication.mode = crate::api::ReplicationMode::Sync;
+    let a = f.tick(10);
+    assert_eq!(config_of(&a, "main-0"), Some(("on".into(), "ANY 1 (\"main-1\", \"main-2\")".into())));
+    f.ack_all();
+    let a = f.tick(10);
+    assert!(config_of(&a, "main-0").is_none(), "applied settings are not re-sent");
+    f.spec.replication.mode = crate::api::ReplicationMode::Async;
+    let a = f.tick(10);
+    assert_eq!(config_of(&a, "main-0"), Some(("local".into(), String::new())));
+}
+
+#[test]
+fn preferred_durability_drops_sync_names_while_no_standby_streams_and_restores_them() {
+    let mut f = cluster().instances(2).sync().build();
+    assert_eq!(f.agent("main-0").synchronous_standby_names.as_deref(), Some("ANY 1 (\"main-1\")"));
+    f.agent("main-1").streaming = false;
+    let a = f.tick(10);
+    assert_eq!(config_of(&a, "main-0").map(|c| c.1), Some(String::new()));
+    assert!(f.status.blocked_by.as_deref().unwrap().contains("dataDurability preferred"));
+    f.ack_all();
+    f.agent("main-1").streaming = true;
+    let a = f.tick(10);
+    assert_eq!(config_of(&a, "main-0").map(|c| c.1), Some("ANY 1 (\"main-1\")".into()));
+}
+
+#[test]
+fn required_durability_never_drops_sync_names() {
+    let mut f = cluster().instances(2).required().build();
+    f.unreachable("main-1");
+    let a = f.tick(10);
+    assert!(config_of(&a, "main-0").is_none());
+    assert_eq!(f.agent("main-0").synchronous_standby_names.as_deref(), Some("ANY 1 (\"main-1\")"));
+    assert!(f.status.blocked_by.as_deref().unwrap().contains("dataDurability required: 0 of 1"));
+}
+
+#[test]
+fn sync_standby_names_quotes_names_and_is_empty_for_zero() {
+    assert_eq!(sync_standby_names(2, &["a-1".into(), "a-2".into()]), "ANY 2 (\"a-1\", \"a-2\")");
+    assert_eq!(sync_standby_names(0, &["a-1".into()]), "");
+}
+
+#[test]
+fn scale_down_never_removes_the_primary_it_switches_over_first() {
+    let mut f = cluster().instances(3).build();
+    // Make main-2 the primary.
+    f.status.current_primary = Some("main-2".into());
+    for (n, p) in [("main-0", "main-2"), ("main-1", "main-2")] {
+        *f.inst(n) = standby_obs(n, p);
+    }
+    *f.inst("main-2") = primary_obs("main-2", 3);
+    f.settle();
+    f.spec.instances = 2;
+    let d = f.peek();
+    assert_eq!(d.keep_instances, 3);
+    f.tick(10);
+    let tr = f.status.transition.clone().unwrap();
+    assert_eq!((tr.kind.as_str(), tr.from.as_deref()), ("Switchover", Some("main-2")));
+    assert!(tr.reason.contains("scale down to 2 instances"));
+}
+
+#[test]
+fn scale_up_points_new_instances_at_the_primary() {
+    let mut f = cluster().instances(2).build();
+    f.spec.instances = 3;
+    f.obs.instances.push(standby_obs("main-2", "main-0"));
+    f.agent("main-2").upstream = None;
+    f.agent("main-2").streaming = false;
+    let d = f.peek();
+    assert_eq!(d.keep_instances, 3);
+    assert!(has(&d.actions, |x| *x == Action::Follow { instance: "main-2".into(), primary: "main-0".into() }));
+}
+
+#[test]
+fn status_reports_roles_lag_and_conditions() {
+    let mut f = cluster().instances(4).priority(3, 0).build();
+    f.unreachable("main-2");
+    f.agent("main-1").received_lsn = Some(lsn("0/4FFFF00"));
+    f.agent("main-1").replayed_lsn = Some(lsn("0/4FFFF00"));
+    f.tick(10);
+    let roles: Vec<InstanceRole> = f.status.instances.iter().map(|i| i.role).collect();
+    assert_eq!(roles, [InstanceRole::Primary, InstanceRole::Standby, InstanceRole::Down, InstanceRole::Learner]);
+    assert_eq!(f.status.instances[1].lag_bytes, Some(256));
+    assert_eq!(f.status.instances[3].priority, 0);
+    assert!(f.status.instances[2].last_seen.is_some(), "lastSeen is kept while unreachable");
+    assert_eq!(f.status.phase, Some(Phase::Degraded));
+    assert_eq!(f.status.condition("ReplicationHealthy").unwrap().status, "False");
+    assert_eq!(f.status.condition("PrimaryAvailable").unwrap().status, "True");
+    assert_eq!(f.status.ready_instances.as_deref(), Some("3/4"));
+}
+
+#[test]
+fn history_is_bounded_to_twenty_entries() {
+    let mut f = cluster().instances(3).build();
+    for _ in 0..25 {
+        f.request(Request::Reclone { instance: "main-0".into() });
+        f.tick(10);
+    }
+    assert_eq!(f.status.history.len(), 20);
+}
+
+#[test]
+fn decide_is_deterministic() {
+    let f = cluster().instances(3).sync().build();
+    let a = decide(&f.spec, &f.status, &f.obs, f.now());
+    let b = decide(&f.spec, &f.status, &f.obs, f.now());
+    assert_eq!(a, b);
+}

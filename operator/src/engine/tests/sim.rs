@@ -1,0 +1,403 @@
+//! A small simulated cluster for property tests: instances with agents,
+//! postgres, timelines, WAL positions, leases and labels; it builds the
+//! engine's observations and applies its actions, and checks DESIGN.md §3's
+//! invariants as it goes.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+
+use crate::api::{DbClusterSpec, DbClusterStatus, Lsn};
+use crate::engine::{
+    decide, Action, ActionResult, AgentReport, ConnectedStandby, Decision, InstanceObs,
+    Observations, Outcome, PlatformState, Request, RoleLabel, SyncState,
+};
+
+#[derive(Clone, Debug)]
+pub struct Inst {
+    pub name: String,
+    pub agent_up: bool,
+    pub partitioned: bool,
+    pub gone_known: bool,
+    pub pg: bool,
+    pub primary: bool,
+    pub tli: i64,
+    pub lsn: u64,
+    pub upstream: Option<String>,
+    pub label: Option<RoleLabel>,
+    pub lease_until: i64,
+    pub fenced: bool,
+    pub held_stopped: bool,
+    pub crash_restart_at: Option<i64>,
+    pub sync_names: String,
+    pub sync_commit: String,
+    pub repl_blocked: bool,
+    pub rewind_broken: bool,
+    pub archive_ready: i64,
+}
+
+pub struct Sim {
+    pub spec: DbClusterSpec,
+    pub status: DbClusterStatus,
+    pub now: i64,
+    pub insts: Vec<Inst>,
+    /// Timeline → (parent timeline, LSN where it branched).
+    pub parents: BTreeMap<i64, (i64, u64)>,
+    /// Highest LSN acknowledged to a client.
+    pub acked: u64,
+    pub results: Vec<ActionResult>,
+    pub requests: Vec<Request>,
+    pub violations: Vec<String>,
+    pub promotions: Vec<String>,
+}
+
+impl Sim {
+    pub fn new(spec: DbClusterSpec) -> Self {
+        let n = usize::try_from(spec.instances).unwrap();
+        let insts = (0..n)
+            .map(|i| Inst {
+                name: format!("main-{i}"),
+                agent_up: true,
+                partitioned: false,
+                gone_known: false,
+                pg: true,
+                primary: i == 0,
+                tli: 1,
+                lsn: 1000,
+                upstream: (i != 0).then(|| "main-0".to_string()),
+                label: None,
+                lease_until: if i == 0 { 10_000 } else { 0 },
+                fenced: false,
+                held_stopped: false,
+                crash_restart_at: None,
+                sync_names: String::new(),
+                sync_commit: "local".into(),
+                repl_blocked: false,
+                rewind_broken: false,
+                archive_ready: 0,
+            })
+            .collect();
+        Sim {
+            spec,
+            status: DbClusterStatus::default(),
+            now: 1_000,
+            insts,
+            parents: BTreeMap::new(),
+            acked: 1000,
+            results: Vec::new(),
+            requests: Vec::new(),
+            violations: Vec::new(),
+            promotions: Vec::new(),
+        }
+    }
+
+    pub fn idx(&self, name: &str) -> Option<usize> {
+        self.insts.iter().position(|i| i.name == name)
+    }
+
+    fn writable(&self, i: &Inst) -> bool {
+        i.agent_up && i.pg && i.primary && i.lease_until > self.now
+    }
+
+    /// Where `tli` branches off on the way to `head` (None if not an ancestor).
+    fn switch_point(&self, head: i64, head_lsn: u64, tli: i64) -> Option<u64> {
+        let (mut t, mut end) = (head, head_lsn);
+        loop {
+            if t == tli {
+                return Some(end);
+            }
+            let (parent, at) = *self.parents.get(&t)?;
+            end = at;
+            t = parent;
+        }
+    }
+
+    /// `i`'s WAL is a prefix of `p`'s history.
+    fn compatible(&self, i: &Inst, p: &Inst) -> bool {
+        self.switch_point(p.tli, p.lsn, i.tli)
+            .is_some_and(|end| i.lsn <= end)
+    }
+
+    fn streaming(&self, i: &Inst) -> bool {
+        let Some(up) = i.upstream.as_deref().and_then(|u| self.idx(u)) else {
+            return false;
+        };
+        let p = &self.insts[up];
+        i.agent_up && i.pg && !i.primary && !i.repl_blocked && p.agent_up && p.pg && p.primary && self.compatible(i, p)
+    }
+
+    pub fn observations(&self) -> Observations {
+        let mut obs = Observations {
+            cluster: "main".into(),
+            requests: self.requests.clone(),
+            results: self.results.clone(),
+            ..Observations::default()
+        };
+        for (k, i) in self.insts.iter().enumerate() {
+            let reachable = i.agent_up && !i.partitioned;
+            let agent = reachable.then(|| {
+                let standbys = self
+                    .insts
+                    .iter()
+                    .filter(|s| s.upstream.as_deref() == Some(i.name.as_str()) && self.streaming(s))
+                    .map(|s| ConnectedStandby {
+                        name: s.name.clone(),
+                        sync_state: SyncState::Quorum,
+                        flush_lsn: Some(Lsn(s.lsn)),
+                    })
+                    .collect();
+                AgentReport {
+                    postgres_running: i.pg,
+                    in_recovery: !i.primary,
+                    timeline: Some(i.tli),
+                    current_lsn: (i.pg && i.primary).then_some(Lsn(i.lsn)),
+                    received_lsn: (!i.primary).then_some(Lsn(i.lsn)),
+                    replayed_lsn: (!i.primary).then_some(Lsn(i.lsn)),
+                    checkpoint_lsn: (!i.pg).then_some(Lsn(i.lsn)),
+                    upstream: if i.primary { None } else { i.upstream.clone() },
+                    streaming: self.streaming(i),
+                    standbys,
+                    archive_ready: Some(i.archive_ready),
+                    max_wal_senders: Some(10),
+                    max_replication_slots: Some(10),
+                    slots_used: Some(0),
+                    replication_to: self
+                        .insts
+                        .iter()
+                        .filter(|o| o.name != i.name)
+                        .map(|o| (o.name.clone(), true))
+                        .collect(),
+                    fenced: i.fenced,
+                    system_identifier: Some("7000".into()),
+                    synchronous_standby_names: Some(i.sync_names.clone()),
+                    synchronous_commit: Some(i.sync_commit.clone()),
+                    ..AgentReport::default()
+                }
+            });
+            let _ = k;
+            obs.instances.push(InstanceObs {
+                name: i.name.clone(),
+                platform: if i.gone_known { PlatformState::Gone } else { PlatformState::Running },
+                label: i.label,
+                agent,
+            });
+        }
+        obs
+    }
+
+    pub fn decide(&self) -> Decision {
+        let obs = self.observations();
+        decide(&self.spec, &self.status, &obs, Timestamp::from_millisecond(self.now).unwrap())
+    }
+
+    /// One control round: decide, persist, carry out the actions.
+    pub fn round(&mut self) -> Decision {
+        let d = self.decide();
+        self.status = d.status.clone();
+        self.results.clear();
+        self.requests.clear();
+        for a in &d.actions {
+            let outcome = self.apply(a);
+            if !matches!(a, Action::Event { .. } | Action::RequestDone { .. }) {
+                self.results.push(ActionResult { action: a.clone(), outcome });
+            }
+        }
+        self.check("after actions");
+        d
+    }
+
+    fn ok() -> Outcome {
+        Outcome::Succeeded { detail: None }
+    }
+
+    fn fail(m: &str) -> Outcome {
+        Outcome::Failed { message: m.into() }
+    }
+
+    fn apply(&mut self, a: &Action) -> Outcome {
+        let Some(k) = a.instance().and_then(|n| self.idx(n)) else {
+            return Self::ok();
+        };
+        if a.is_agent_call() && (!self.insts[k].agent_up || self.insts[k].partitioned) {
+            return Self::fail("agent unreachable");
+        }
+        let now = self.now;
+        match a {
+            Action::Promote { instance } => {
+                let i = self.insts[k].clone();
+                if i.primary && i.pg {
+                    return Self::ok();
+                }
+                if !i.pg {
+                    return Self::fail("postgres is not running");
+                }
+                if self.spec.priority_of(u32::try_from(k).unwrap()) <= 0 {
+                    self.violations.push(format!("promoted learner {instance}"));
+                }
+                let required = self.spec.replication.mode == crate::api::ReplicationMode::Sync
+                    && self.spec.replication.data_durability == crate::api::DataDurability::Required;
+                if required && i.lsn < self.acked {
+                    self.violations.push(format!("promoted {instance} at {} but {} was acknowledged", i.lsn, self.acked));
+                }
+                let tli = self.insts.iter().map(|x| x.tli).chain(self.parents.keys().copied()).max().unwrap_or(1) + 1;
+                self.parents.insert(tli, (i.tli, i.lsn));
+                let me = &mut self.insts[k];
+                me.primary = true;
+                me.tli = tli;
+                me.upstream = None;
+                self.promotions.push(instance.clone());
+                Self::ok()
+            }
+            Action::Demote { primary, .. } | Action::Follow { primary, .. } => {
+                let Some(p) = self.idx(primary) else { return Self::fail("no such primary") };
+                let pi = self.insts[p].clone();
+                if !(pi.pg && pi.primary) {
+                    return Self::fail("upstream is not a running primary");
+                }
+                let demote = matches!(a, Action::Demote { .. });
+                let me = self.insts[k].clone();
+                if !demote && (!me.pg || me.primary) {
+                    return Self::fail("not a running standby");
+                }
+                if demote && !self.compatible(&me, &pi) {
+                    if me.rewind_broken {
+                        return Self::fail("pg_rewind failed");
+                    }
+                    let lsn = me.lsn.min(pi.lsn);
+                    let m = &mut self.insts[k];
+                    m.tli = pi.tli;
+                    m.lsn = lsn;
+                }
+                let m = &mut self.insts[k];
+                if demote {
+                    m.pg = true;
+                    m.primary = false;
+                    m.fenced = false;
+                    m.held_stopped = false;
+                }
+                m.upstream = Some(primary.clone());
+                Self::ok()
+            }
+            Action::Rewind { .. } => Outcome::Succeeded { detail: Some("checked".into()) },
+            Action::Reclone { source, instance } => {
+                let Some(p) = self.idx(source) else { return Self::fail("no source") };
+                let pi = self.insts[p].clone();
+                if !(pi.pg && pi.primary) {
+                    return Self::fail("source is not a running primary");
+                }
+                let me = &self.insts[k];
+                if (me.tli, me.lsn) > (pi.tli, pi.lsn) {
+                    self.violations.push(format!("re-cloned {instance}, more advanced than {source}"));
+                }
+                let m = &mut self.insts[k];
+                m.tli = pi.tli;
+                m.lsn = pi.lsn;
+                m.pg = true;
+                m.primary = false;
+                m.fenced = false;
+                m.held_stopped = false;
+                m.rewind_broken = false;
+                m.upstream = Some(source.clone());
+                Self::ok()
+            }
+            Action::Stop { .. } => {
+                let m = &mut self.insts[k];
+                m.pg = false;
+                m.held_stopped = true;
+                Self::ok()
+            }
+            Action::Start { .. } => {
+                let m = &mut self.insts[k];
+                if m.primary && m.lease_until <= now {
+                    return Self::fail("no lease: will not start as primary");
+                }
+                m.pg = true;
+                m.held_stopped = false;
+                m.fenced = false;
+                Self::ok()
+            }
+            Action::Restart { .. } => Self::ok(),
+            Action::Config { synchronous_commit, synchronous_standby_names, .. } => {
+                let m = &mut self.insts[k];
+                m.sync_names = synchronous_standby_names.clone();
+                m.sync_commit = synchronous_commit.clone();
+                Self::ok()
+            }
+            Action::RenewLease { ttl_ms, .. } => {
+                self.insts[k].lease_until = now + i64::try_from(*ttl_ms).unwrap();
+                Self::ok()
+            }
+            Action::SetRole { role, .. } => {
+                self.insts[k].label = Some(*role);
+                Self::ok()
+            }
+            Action::FenceInstance { .. } => {
+                let m = &mut self.insts[k];
+                m.agent_up = false;
+                m.pg = false;
+                m.gone_known = true;
+                m.lease_until = 0;
+                m.crash_restart_at = None;
+                Self::ok()
+            }
+            Action::Event { .. } | Action::RequestDone { .. } => Self::ok(),
+        }
+    }
+
+    /// Let `ms` pass: agents enforce leases, restart crashed postgres, the primary writes.
+    pub fn advance(&mut self, ms: i64) {
+        self.now += ms;
+        let now = self.now;
+        for m in &mut self.insts {
+            if m.agent_up && m.pg && m.primary && m.lease_until <= now {
+                m.pg = false;
+                m.fenced = true;
+            }
+            if let Some(t) = m.crash_restart_at {
+                if m.agent_up && !m.pg && t <= now {
+                    m.crash_restart_at = None;
+                    if !m.held_stopped && !(m.primary && m.lease_until <= now) {
+                        m.pg = true;
+                    }
+                }
+            }
+        }
+        let writers: Vec<usize> = (0..self.insts.len()).filter(|&k| self.writable(&self.insts[k])).collect();
+        if let [w] = writers[..] {
+            self.insts[w].lsn += 100;
+            let primary = self.insts[w].clone();
+            let mut confirmed = Vec::new();
+            for k in 0..self.insts.len() {
+                if self.insts[k].upstream.as_deref() == Some(primary.name.as_str()) && self.streaming(&self.insts[k]) {
+                    self.insts[k].lsn = primary.lsn;
+                    confirmed.push(self.insts[k].name.clone());
+                }
+            }
+            let quorum = parse_quorum(&primary.sync_names);
+            let acked_by = match &quorum {
+                Some((n, names)) => confirmed.iter().filter(|c| names.contains(c)).count() >= *n,
+                None => true,
+            };
+            if acked_by {
+                self.acked = self.acked.max(primary.lsn);
+            }
+        }
+        self.check("after time passed");
+    }
+
+    pub fn check(&mut self, when: &str) {
+        let writers: Vec<String> = self.insts.iter().filter(|i| self.writable(i)).map(|i| i.name.clone()).collect();
+        if writers.len() > 1 {
+            self.violations.push(format!("two writable primaries {writers:?} {when} at {}", self.now));
+        }
+    }
+}
+
+/// `ANY n ("a", "b")` → (n, [a, b]).
+fn parse_quorum(names: &str) -> Option<(usize, Vec<String>)> {
+    let rest = names.strip_prefix("ANY ")?;
+    let (n, list) = rest.split_once(' ')?;
+    let n = n.parse().ok()?;
+    let list = list.trim_start_matches('(').trim_end_matches(')');
+    Some((n, list.split(", ").map(|s| s.trim_matches('"').to_string()).collect()))
+}

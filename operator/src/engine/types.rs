@@ -1,0 +1,265 @@
+//! What the engine is given: observations of every instance, user requests,
+//! and the results of actions issued earlier. Plain data, no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::{HealthCheck, Lsn};
+
+use super::action::{Action, RoleLabel};
+
+/// Everything the platform learned since the last decision.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Observations {
+    /// The DbCluster's name: instances are `<cluster>-<ordinal>`.
+    pub cluster: String,
+    /// metadata.generation of the DbCluster, copied to status.observedGeneration.
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// The annotation `tandem.dev/paused=true` is set (spec.paused is read from the spec).
+    #[serde(default)]
+    pub paused_annotation: bool,
+    /// One entry per instance the platform knows of; an instance of the spec
+    /// that is missing here counts as not observed (agent unreachable).
+    #[serde(default)]
+    pub instances: Vec<InstanceObs>,
+    /// Pending user requests (annotations / local control API), oldest first.
+    #[serde(default)]
+    pub requests: Vec<Request>,
+    /// Outcomes of actions issued by earlier decisions that finished since.
+    #[serde(default)]
+    pub results: Vec<ActionResult>,
+}
+
+/// What the platform knows about one instance.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceObs {
+    /// Instance name (`<cluster>-<ordinal>`).
+    pub name: String,
+    /// What the platform (kubelet / local process table) says about the pod or process.
+    #[serde(default)]
+    pub platform: PlatformState,
+    /// The role label / local endpoint role currently set for it.
+    #[serde(default)]
+    pub label: Option<RoleLabel>,
+    /// The agent's status report of this poll; `None` when the agent did not answer.
+    #[serde(default)]
+    pub agent: Option<AgentReport>,
+}
+
+/// The platform's knowledge of the process or pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PlatformState {
+    /// Running as far as the platform knows.
+    #[default]
+    Running,
+    /// Definitively dead: the pod is deleted or its node lost, the local process exited.
+    /// Its postgres cannot accept writes: failover need not wait for the detection timeout or the lease.
+    Gone,
+    /// Being created / restarted; not yet running.
+    Starting,
+}
+
+/// The agent's `/status` answer, reduced to what the engine needs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentReport {
+    /// postgres is up and accepts connections.
+    pub postgres_running: bool,
+    /// postgres is in recovery (a standby). Meaningless when not running.
+    pub in_recovery: bool,
+    /// Timeline (of the running server, or from pg_controldata when stopped).
+    #[serde(default)]
+    pub timeline: Option<i64>,
+    /// pg_current_wal_lsn on a primary.
+    #[serde(default)]
+    pub current_lsn: Option<Lsn>,
+    /// pg_last_wal_receive_lsn on a standby.
+    #[serde(default)]
+    pub received_lsn: Option<Lsn>,
+    /// pg_last_wal_replay_lsn on a standby.
+    #[serde(default)]
+    pub replayed_lsn: Option<Lsn>,
+    /// Latest checkpoint location from pg_controldata while postgres is stopped
+    /// (after a clean shutdown this is the shutdown checkpoint).
+    #[serde(default)]
+    pub checkpoint_lsn: Option<Lsn>,
+    /// The instance this standby's walreceiver streams from (application of primary_conninfo).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The walreceiver is streaming.
+    #[serde(default)]
+    pub streaming: bool,
+    /// Standbys connected to this server (pg_stat_replication).
+    #[serde(default)]
+    pub standbys: Vec<ConnectedStandby>,
+    /// Files in pg_wal/archive_status with `.ready`.
+    #[serde(default)]
+    pub archive_ready: Option<i64>,
+    /// max_wal_senders.
+    #[serde(default)]
+    pub max_wal_senders: Option<i64>,
+    /// max_replication_slots.
+    #[serde(default)]
+    pub max_replication_slots: Option<i64>,
+    /// Replication slots in use (existing) on this server.
+    #[serde(default)]
+    pub slots_used: Option<i64>,
+    /// For each other instance: can this instance open a replication connection to it
+    /// (the switchover precheck "the demotion candidate can reach the promotion candidate").
+    #[serde(default)]
+    pub replication_to: BTreeMap<String, bool>,
+    /// The agent's lease, when it holds or recently held one.
+    #[serde(default)]
+    pub lease: Option<LeaseReport>,
+    /// The agent fenced postgres (lease ran out) and will not start it as primary until told.
+    #[serde(default)]
+    pub fenced: bool,
+    /// A parameter change waits for a restart.
+    #[serde(default)]
+    pub pending_restart: bool,
+    /// pg_control's database system identifier.
+    #[serde(default)]
+    pub system_identifier: Option<String>,
+    /// synchronous_standby_names in effect.
+    #[serde(default)]
+    pub synchronous_standby_names: Option<String>,
+    /// synchronous_commit in effect.
+    #[serde(default)]
+    pub synchronous_commit: Option<String>,
+    /// The spec parameters as the agent last applied them; `None` if the agent does not report them.
+    #[serde(default)]
+    pub parameters: Option<BTreeMap<String, String>>,
+    /// The agent's health checks, copied to status.
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One row of pg_stat_replication.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectedStandby {
+    /// application_name: the standby's instance name.
+    pub name: String,
+    /// sync_state.
+    #[serde(default)]
+    pub sync_state: SyncState,
+    /// flush_lsn.
+    #[serde(default)]
+    pub flush_lsn: Option<Lsn>,
+}
+
+/// pg_stat_replication.sync_state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// Not synchronous.
+    #[default]
+    Async,
+    /// Could become synchronous.
+    Potential,
+    /// Synchronous (priority-based).
+    Sync,
+    /// Member of a quorum (ANY n).
+    Quorum,
+}
+
+/// The agent's lease as it reports it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseReport {
+    /// It holds a valid lease now.
+    pub held: bool,
+    /// Milliseconds left on its own monotonic clock.
+    #[serde(default)]
+    pub remaining_ms: i64,
+}
+
+/// The target of a switchover request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SwitchoverTarget {
+    /// A named instance.
+    Instance(String),
+    /// The engine picks, as failover does.
+    Any,
+}
+
+/// The target of a restart request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RestartTarget {
+    /// One instance.
+    Instance(String),
+    /// Every instance, standbys first.
+    All,
+}
+
+/// A user request. The platform clears it when the engine answers with [`Action::RequestDone`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum Request {
+    /// `tandem.dev/switchover` (or `switchover-dry-run`), with `tandem.dev/force`.
+    Switchover {
+        to: SwitchoverTarget,
+        dry_run: bool,
+        force: bool,
+    },
+    /// `tandem.dev/rejoin=<instance>`.
+    Rejoin { instance: String, dry_run: bool },
+    /// `tandem.dev/reclone=<instance>`.
+    Reclone { instance: String },
+    /// `tandem.dev/restart=<instance>|all`.
+    Restart { target: RestartTarget },
+}
+
+/// How an issued action ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "outcome")]
+pub enum Outcome {
+    /// Done; `detail` carries what the agent said (for example whether a rewind is needed).
+    Succeeded { detail: Option<String> },
+    /// Failed, with the agent's or platform's message.
+    Failed { message: String },
+}
+
+/// The result of an action issued by an earlier decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionResult {
+    /// The action exactly as the engine issued it.
+    pub action: Action,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl ActionResult {
+    /// A successful result.
+    pub fn ok(action: Action) -> Self {
+        Self {
+            action,
+            outcome: Outcome::Succeeded { detail: None },
+        }
+    }
+
+    /// A failed result.
+    pub fn failed(action: Action, message: impl Into<String>) -> Self {
+        Self {
+            action,
+            outcome: Outcome::Failed {
+                message: message.into(),
+            },
+        }
+    }
+}
+
+impl Observations {
+    /// The observation of `name`, if the platform reported one.
+    pub fn instance(&self, name: &str) -> Option<&InstanceObs> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+}
