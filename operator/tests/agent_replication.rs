@@ -237,3 +237,83 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
     assert!(r2.moved_aside_to.unwrap().ends_with(&copies[0]));
     wait_rows(old, "t", &[1, 2, 3]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sibling_follows_promoted_standby_with_a_reload() {
+    let c = cluster_with("fol", 2).await;
+    let (old, new, sib) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1]).await;
+    wait_rows(new, "t", &[1]).await;
+    old.client.stop(&StopRequest::default()).await.unwrap();
+    new.client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap();
+    new.wait_ready("primary", T).await;
+
+    // Following a standby is refused: only a primary can be followed.
+    let err = sib
+        .client
+        .follow(&FollowRequest {
+            primary: Member {
+                name: "fol-0".into(),
+                host: "127.0.0.1".into(),
+                port: old.pg_port,
+            },
+        })
+        .await
+        .expect_err("the stopped old primary cannot be followed");
+    assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
+
+    let pid = sib.status().await.postgres_pid;
+    let r = sib
+        .client
+        .follow(&FollowRequest {
+            primary: new.member(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("follow: {e}\n{}", c.logs()));
+    assert!(r.changed, "{r:?}");
+    let st = sib.wait_ready("standby", T).await;
+    assert_eq!(st.upstream.as_ref().map(|m| m.name.as_str()), Some("fol-1"));
+    assert_eq!(
+        st.postgres_pid, pid,
+        "follow must not restart postgres: {r:?}"
+    );
+    new.sql()
+        .await
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1, 2]).await;
+    wait_for(
+        "fol-2 in the new primary's pg_stat_replication",
+        T,
+        || async {
+            let rows = new
+                .sql()
+                .await
+                .query("SELECT application_name FROM pg_stat_replication", &[])
+                .await
+                .ok()?;
+            rows.iter()
+                .any(|r| r.get::<_, String>(0) == "fol-2")
+                .then_some(())
+        },
+    )
+    .await;
+    // Again: nothing to do.
+    let r = sib
+        .client
+        .follow(&FollowRequest {
+            primary: new.member(),
+        })
+        .await
+        .unwrap();
+    assert!(!r.changed, "{r:?}");
+}
