@@ -18,7 +18,7 @@ enum Command {
     /// Run the Kubernetes operator (controller and HA engine).
     Operator(tandem::controller::OperatorArgs),
     /// Run the instance agent that owns PostgreSQL in a pod or local instance.
-    Agent(tandem::agent::AgentArgs),
+    Agent(Box<tandem::agent::AgentArgs>),
     /// Print the DbCluster CustomResourceDefinition as YAML.
     Crdgen,
     /// Run and drive a cluster of local PostgreSQL processes.
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Operator(args) => runtime.block_on(tandem::controller::run(args)),
-        Command::Agent(args) => runtime.block_on(tandem::agent::run(args)),
+        Command::Agent(args) => runtime.block_on(tandem::agent::run(*args)),
         Command::Local(args) => {
             let code = runtime.block_on(tandem::local::run(args))?;
             std::process::exit(code)

@@ -2,6 +2,7 @@
 //! duration and size values, and the agent protocol shared by the agent and
 //! its callers. Plain types: no I/O.
 
+pub mod agent;
 pub mod cluster;
 pub mod keys;
 pub mod status;

@@ -1,0 +1,535 @@
+//! The agent's actions: promote, demote, follow, rewind, re-clone, stop,
+//! start, restart, config, lease. Each is idempotent, validates before it
+//! changes anything, and logs its steps. Does I/O.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api::agent::*;
+use crate::pg::{self, conf, query, Tool};
+
+use super::bootstrap::{clone_into, fresh_dir, install, sibling, standby_files};
+use super::state::{lock, Agent};
+use super::AgentError;
+
+const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn timeout_or(t: &Option<crate::api::DurationString>, default: Duration) -> Duration {
+    t.as_ref().map(|d| d.duration()).unwrap_or(default)
+}
+
+impl Agent {
+    fn validate_member(&self, m: &Member, what: &str) -> Result<(), AgentError> {
+        if m.name.is_empty() || m.host.is_empty() || m.port == 0 {
+            return Err(AgentError::BadRequest(format!(
+                "{what} needs a name, a host and a port"
+            )));
+        }
+        if self.cfg.is_me(m) {
+            return Err(AgentError::SelfTarget(format!(
+                "{what} {} ({}) is this instance itself; nothing was changed",
+                m.name,
+                m.address()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The system identifier of our data directory (pg_controldata works while stopped).
+    async fn own_system_identifier(&self) -> Result<String, AgentError> {
+        let args: Vec<OsString> = vec!["-D".into(), self.cfg.data_dir.clone().into()];
+        let out = self
+            .runner
+            .run(Tool::PgControldata, &args, None, Duration::from_secs(30))
+            .await?;
+        out.lines()
+            .find_map(|l| l.strip_prefix("Database system identifier:"))
+            .map(|v| v.trim().to_string())
+            .ok_or_else(|| AgentError::Conflict("pg_controldata shows no system identifier".into()))
+    }
+
+    /// The target must answer, be a primary and belong to our cluster.
+    async fn check_primary(&self, m: &Member, what: &str) -> Result<(), AgentError> {
+        let client = self
+            .member_client(m, Duration::from_secs(5))
+            .await
+            .map_err(|e| {
+                AgentError::BadTarget(format!(
+                    "{what} {} at {} cannot be reached: {e}; nothing was changed",
+                    m.name,
+                    m.address()
+                ))
+            })?;
+        let (in_recovery, sysid) = query::identity(&client).await?;
+        if in_recovery {
+            return Err(AgentError::BadTarget(format!(
+                "{what} {} at {} is not a primary (it is in recovery); nothing was changed",
+                m.name,
+                m.address()
+            )));
+        }
+        let ours = self.own_system_identifier().await?;
+        if ours != sysid {
+            return Err(AgentError::BadTarget(format!(
+                "{what} {} belongs to another cluster (system identifier {sysid}, ours {ours}); nothing was changed",
+                m.name
+            )));
+        }
+        Ok(())
+    }
+
+    async fn ensure_slot_on(&self, m: &Member) -> Result<(), AgentError> {
+        let client = self
+            .member_client(m, Duration::from_secs(5))
+            .await
+            .map_err(|e| AgentError::BadTarget(format!("cannot reach {}: {e}", m.address())))?;
+        query::ensure_slot(&client, &slot_name(&self.cfg.instance)).await?;
+        Ok(())
+    }
+
+    /// Wait until the walreceiver streams from `m`.
+    async fn wait_streaming(&self, m: &Member, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(c) = self.local_client(Duration::from_secs(2)).await {
+                if let Ok(o) = query::observe(&c).await {
+                    if let Some(w) = o.wal_receiver {
+                        if w.status == "streaming"
+                            && w.sender_port == Some(i32::from(m.port))
+                            && w.sender_host.as_deref() == Some(m.host.as_str())
+                        {
+                            return true;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        false
+    }
+
+    async fn in_recovery(&self) -> Result<bool, AgentError> {
+        let c = self
+            .local_client(Duration::from_secs(5))
+            .await
+            .map_err(|e| AgentError::Unavailable(format!("postgres does not answer: {e}")))?;
+        Ok(query::identity(&c).await?.0)
+    }
+
+    /// pg_rewind from `source`; `dry_run` only asks. Whether a rewind is/was needed.
+    async fn pg_rewind(
+        &self,
+        source: &Member,
+        dry_run: bool,
+    ) -> Result<(bool, String), AgentError> {
+        // pg_rewind compares timelines from the source's pg_control, which a
+        // fresh promotion only updates at its next checkpoint.
+        let client = self
+            .member_client(source, Duration::from_secs(5))
+            .await
+            .map_err(|e| {
+                AgentError::BadTarget(format!("cannot reach {}: {e}", source.address()))
+            })?;
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(|source| pg::Error::Sql {
+                context: "CHECKPOINT on the rewind source".into(),
+                source,
+            })?;
+        drop(client);
+        let conninfo = format!(
+            "host={} port={} user={} dbname=postgres connect_timeout=10",
+            conf::conninfo_value(&source.host),
+            source.port,
+            conf::conninfo_value(&self.cfg.superuser)
+        );
+        let mut args: Vec<OsString> = vec![
+            "--target-pgdata".into(),
+            self.cfg.data_dir.clone().into(),
+            "--source-server".into(),
+            conninfo.into(),
+        ];
+        if dry_run {
+            args.push("--dry-run".into());
+        }
+        let out = self
+            .runner
+            .run(Tool::PgRewind, &args, None, Duration::from_secs(3600))
+            .await
+            .map_err(AgentError::RewindFailed)?;
+        let needed = !out.contains("no rewind required");
+        let reason = out
+            .lines()
+            .filter(|l| {
+                l.contains("diverged") || l.contains("no rewind required") || l.contains("timeline")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        Ok((needed, reason))
+    }
+
+    /// Stopped data directory → standby of `primary`, started and streaming.
+    async fn start_as_standby(
+        self: &Arc<Self>,
+        action: &str,
+        primary: &Member,
+        steps: &mut Vec<String>,
+    ) -> Result<(), AgentError> {
+        self.step(
+            action,
+            steps,
+            format!("configure as standby of {}", primary.name),
+        );
+        standby_files(self, &self.cfg.data_dir, primary)?;
+        self.step(action, steps, "ensure the replication slot on the primary");
+        self.ensure_slot_on(primary).await?;
+        self.step(action, steps, "start postgres");
+        lock(&self.pg).fenced = false;
+        self.start_postgres(self.cfg.start_timeout).await?;
+        self.step(action, steps, "wait for streaming");
+        if !self.wait_streaming(primary, STREAM_TIMEOUT).await {
+            return Err(AgentError::Conflict(format!(
+                "started as a standby of {} but it is not streaming after {}s",
+                primary.name,
+                STREAM_TIMEOUT.as_secs()
+            )));
+        }
+        self.step(action, steps, format!("streaming from {}", primary.name));
+        Ok(())
+    }
+}
+
+/// Promote this standby.
+pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionResponse, AgentError> {
+    let mut steps = Vec::new();
+    if !agent.postgres_running() {
+        return Err(AgentError::Unavailable(
+            "postgres is not running; start it before promoting".into(),
+        ));
+    }
+    let client = agent
+        .local_client(Duration::from_secs(5))
+        .await
+        .map_err(|e| AgentError::Unavailable(format!("postgres does not answer: {e}")))?;
+    let before = query::observe(&client).await?;
+    if !before.in_recovery {
+        return Err(AgentError::AlreadyPrimary(format!(
+            "{} is already a primary (timeline {}); nothing was changed",
+            agent.cfg.instance,
+            before.timeline.unwrap_or(0)
+        )));
+    }
+    let wait = timeout_or(&req.timeout, Duration::from_secs(60));
+    agent.step("promote", &mut steps, "pg_promote(wait => true)");
+    let row = client
+        .query_one(
+            "SELECT pg_promote(true, $1)",
+            &[&(wait.as_secs().max(1) as i32)],
+        )
+        .await
+        .map_err(|source| pg::Error::Sql {
+            context: "pg_promote".into(),
+            source,
+        })?;
+    let done: bool = row.try_get(0).map_err(|source| pg::Error::Sql {
+        context: "pg_promote".into(),
+        source,
+    })?;
+    if !done {
+        return Err(AgentError::Conflict(format!(
+            "promotion did not finish within {}s",
+            wait.as_secs()
+        )));
+    }
+    let deadline = Instant::now() + wait;
+    let timeline = loop {
+        let o = query::observe(&client).await?;
+        if !o.in_recovery && o.timeline > before.timeline {
+            break o.timeline;
+        }
+        if Instant::now() > deadline {
+            return Err(AgentError::Conflict(
+                "postgres did not leave recovery onto a new timeline".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    agent.step(
+        "promote",
+        &mut steps,
+        format!("left recovery; timeline {}", timeline.unwrap_or(0)),
+    );
+    // Make the new timeline durable in pg_control: pg_rewind against this
+    // server reads it from there.
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .map_err(|source| pg::Error::Sql {
+            context: "CHECKPOINT after promotion".into(),
+            source,
+        })?;
+    agent.step("promote", &mut steps, "checkpoint");
+    query::alter_system(&client, "primary_conninfo", None).await?;
+    query::alter_system(&client, "primary_slot_name", None).await?;
+    query::reload(&client).await?;
+    conf::remove_if_exists(&agent.cfg.data_dir.join(conf::UPSTREAM_FILE))?;
+    agent.step("promote", &mut steps, "cleared the standby settings");
+    Ok(ActionResponse {
+        changed: true,
+        message: format!("{} is now the primary", agent.cfg.instance),
+        steps,
+        timeline,
+        ..Default::default()
+    })
+}
+
+/// Restart as a standby of `primary`, rewinding first when the timelines diverged.
+pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionResponse, AgentError> {
+    agent.validate_member(&req.primary, "primary")?;
+    agent.check_primary(&req.primary, "primary").await?;
+    if agent.postgres_running() && agent.in_recovery().await? {
+        let mut r = follow(
+            agent,
+            FollowRequest {
+                primary: req.primary,
+            },
+        )
+        .await?;
+        r.message = format!("already a standby; {}", r.message);
+        return Ok(r);
+    }
+    let mut steps = Vec::new();
+    let timeout = timeout_or(&req.timeout, agent.cfg.stop_timeout);
+    agent.step("demote", &mut steps, "stop postgres (fast)");
+    let stopped_with = agent.stop_postgres(StopMode::Fast, timeout).await?;
+    agent.step("demote", &mut steps, "pg_rewind --dry-run");
+    let (needed, reason) = agent.pg_rewind(&req.primary, true).await?;
+    if needed {
+        agent.step(
+            "demote",
+            &mut steps,
+            format!("rewind needed ({reason}): pg_rewind"),
+        );
+        agent.pg_rewind(&req.primary, false).await?;
+    } else {
+        agent.step("demote", &mut steps, format!("no rewind needed ({reason})"));
+    }
+    agent
+        .start_as_standby("demote", &req.primary, &mut steps)
+        .await?;
+    Ok(ActionResponse {
+        changed: true,
+        message: format!(
+            "{} is a standby of {}",
+            agent.cfg.instance, req.primary.name
+        ),
+        steps,
+        rewind_needed: Some(needed),
+        stopped_with,
+        ..Default::default()
+    })
+}
+
+/// Point this standby at `primary`: reload, restart only when needed.
+pub async fn follow(agent: Arc<Agent>, req: FollowRequest) -> Result<ActionResponse, AgentError> {
+    let p = &req.primary;
+    agent.validate_member(p, "primary")?;
+    let running = agent.postgres_running();
+    if running && !agent.in_recovery().await? {
+        return Err(AgentError::Conflict(format!(
+            "{} is a primary; use demote to make it follow {}",
+            agent.cfg.instance, p.name
+        )));
+    }
+    if !running && !conf::is_standby(&agent.cfg.data_dir) {
+        return Err(AgentError::Conflict(format!(
+            "{} is a stopped primary; use demote to make it follow {}",
+            agent.cfg.instance, p.name
+        )));
+    }
+    agent.check_primary(p, "primary").await?;
+    let mut steps = Vec::new();
+    let current = conf::read_upstream(&agent.cfg.data_dir);
+    if running
+        && current.as_ref() == Some(p)
+        && agent.wait_streaming(p, Duration::from_millis(500)).await
+    {
+        return Ok(ActionResponse {
+            changed: false,
+            message: format!("already streaming from {}", p.name),
+            ..Default::default()
+        });
+    }
+    agent.step(
+        "follow",
+        &mut steps,
+        "ensure the replication slot on the primary",
+    );
+    agent.ensure_slot_on(p).await?;
+    if !running {
+        standby_files(&agent, &agent.cfg.data_dir, p)?;
+        agent.step("follow", &mut steps, "configured; start postgres");
+        agent.start_postgres(agent.cfg.start_timeout).await?;
+    } else {
+        let client = agent.local_client(Duration::from_secs(5)).await?;
+        let conninfo = conf::primary_conninfo(
+            p,
+            &agent.cfg.replication_user,
+            &agent.cfg.instance,
+            agent.runner.passfile(),
+        );
+        agent.step(
+            "follow",
+            &mut steps,
+            "ALTER SYSTEM SET primary_conninfo; reload",
+        );
+        query::alter_system(&client, "primary_conninfo", Some(&conninfo)).await?;
+        query::alter_system(
+            &client,
+            "primary_slot_name",
+            Some(&slot_name(&agent.cfg.instance)),
+        )
+        .await?;
+        conf::write_upstream(&agent.runner, &agent.cfg.data_dir, p)?;
+        query::reload(&client).await?;
+    }
+    if !agent.wait_streaming(p, Duration::from_secs(15)).await {
+        agent.step("follow", &mut steps, "not streaming after reload: restart");
+        agent
+            .stop_postgres(StopMode::Fast, agent.cfg.stop_timeout)
+            .await?;
+        agent.start_postgres(agent.cfg.start_timeout).await?;
+        if !agent.wait_streaming(p, STREAM_TIMEOUT).await {
+            return Err(AgentError::Conflict(format!(
+                "not streaming from {} after a restart",
+                p.name
+            )));
+        }
+    }
+    agent.step("follow", &mut steps, format!("streaming from {}", p.name));
+    Ok(ActionResponse {
+        changed: true,
+        message: format!("{} follows {}", agent.cfg.instance, p.name),
+        steps,
+        ..Default::default()
+    })
+}
+
+/// pg_rewind from `source` (or only say whether it is needed), then run as its standby.
+pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionResponse, AgentError> {
+    agent.validate_member(&req.source, "source")?;
+    if req.dry_run && agent.postgres_running() {
+        return Err(AgentError::Conflict(
+            "postgres is running: pg_rewind can only compare a stopped data directory; stop the instance first".into(),
+        ));
+    }
+    agent.check_primary(&req.source, "source").await?;
+    let mut steps = Vec::new();
+    if req.dry_run {
+        agent.step("rewind", &mut steps, "pg_rewind --dry-run");
+        let (needed, reason) = agent.pg_rewind(&req.source, true).await?;
+        return Ok(ActionResponse {
+            changed: false,
+            message: if needed {
+                format!("a rewind is needed: {reason}")
+            } else {
+                format!("no rewind is needed: {reason}")
+            },
+            steps,
+            rewind_needed: Some(needed),
+            ..Default::default()
+        });
+    }
+    agent.step("rewind", &mut steps, "stop postgres (fast)");
+    let stopped_with = agent
+        .stop_postgres(StopMode::Fast, agent.cfg.stop_timeout)
+        .await?;
+    agent.step("rewind", &mut steps, "pg_rewind");
+    let (needed, reason) = agent.pg_rewind(&req.source, false).await?;
+    agent.step("rewind", &mut steps, format!("pg_rewind done: {reason}"));
+    agent
+        .start_as_standby("rewind", &req.source, &mut steps)
+        .await?;
+    Ok(ActionResponse {
+        changed: needed,
+        message: format!("rewound from {}; streaming", req.source.name),
+        steps,
+        rewind_needed: Some(needed),
+        stopped_with,
+        ..Default::default()
+    })
+}
+
+/// Move the data directory aside (keeping one old copy), clone it again from `source`, start as its standby.
+pub async fn reclone(agent: Arc<Agent>, req: RecloneRequest) -> Result<ActionResponse, AgentError> {
+    let src = &req.source;
+    agent.validate_member(src, "source")?;
+    agent
+        .member_client(src, Duration::from_secs(5))
+        .await
+        .map_err(|e| {
+            AgentError::BadTarget(format!(
+                "source {} at {} cannot be reached: {e}; nothing was changed",
+                src.name,
+                src.address()
+            ))
+        })?;
+    let dir = agent.cfg.data_dir.clone();
+    let mut steps = Vec::new();
+    agent.step("reclone", &mut steps, "stop postgres (fast)");
+    let stopped_with = agent
+        .stop_postgres(StopMode::Fast, agent.cfg.stop_timeout)
+        .await?;
+    let mut moved = None;
+    if dir.exists() {
+        let stamp = jiff::Timestamp::now()
+            .strftime("%Y%m%dT%H%M%S%.3fZ")
+            .to_string();
+        let old = sibling(&dir, &format!(".old-{stamp}"));
+        agent.step(
+            "reclone",
+            &mut steps,
+            format!("move the data directory to {}", old.display()),
+        );
+        std::fs::rename(&dir, &old).map_err(pg::Error::io(&dir))?;
+        remove_old_copies(&dir, &old)?;
+        moved = Some(old.display().to_string());
+    }
+    let scratch = sibling(&dir, ".bootstrap");
+    fresh_dir(&agent, &scratch)?;
+    agent.step(
+        "reclone",
+        &mut steps,
+        format!("pg_basebackup from {}", src.address()),
+    );
+    clone_into(&agent, &scratch, src).await?;
+    install(&scratch, &dir)?;
+    agent.start_as_standby("reclone", src, &mut steps).await?;
+    Ok(ActionResponse {
+        changed: true,
+        message: format!("re-cloned from {}; streaming", src.name),
+        steps,
+        stopped_with,
+        moved_aside_to: moved,
+        ..Default::default()
+    })
+}
+
+/// Delete every `<dir>.old-*` but `keep`.
+fn remove_old_copies(dir: &std::path::Path, keep: &std::path::Path) -> Result<(), AgentError> {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return Ok(());
+    };
+    let prefix = format!("{}.old-", name.to_string_lossy());
+    for e in std::fs::read_dir(parent).map_err(pg::Error::io(parent))? {
+        let e = e.map_err(pg::Error::io(parent))?;
+        let p = e.path();
+        if e.file_name().to_string_lossy().starts_with(&prefix) && p != keep {
+            tracing::info!(path = %p.display(), "removing an older data directory copy");
+            std::fs::remove_dir_all(&p).map_err(pg::Error::io(&p))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! The agent's HTTP API (DESIGN.md §4) with axum: bearer token compared in
+//! constant time on everything but /healthz, /readyz and /metrics, JSON
+//! errors, a body size limit; actions run one at a time in their own task so
+//! a caller that goes away cannot interrupt one halfway. Does I/O.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::api::agent::*;
+
+use super::state::Agent;
+use super::{actions, ops, probe, AgentError};
+
+type Shared = Arc<Agent>;
+
+/// Serve the API on `listener` until the process ends.
+pub async fn serve(agent: Shared, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(agent)).await
+}
+
+/// The router (public for in-process use).
+pub fn router(agent: Shared) -> Router {
+    let protected = Router::new()
+        .route(PATH_STATUS, get(status))
+        .route(PATH_PROMOTE, post(promote))
+        .route(PATH_DEMOTE, post(demote))
+        .route(PATH_FOLLOW, post(follow))
+        .route(PATH_REWIND, post(rewind))
+        .route(PATH_RECLONE, post(reclone))
+        .route(PATH_STOP, post(stop))
+        .route(PATH_START, post(start))
+        .route(PATH_RESTART, post(restart))
+        .route(PATH_CONFIG, post(config))
+        .route(PATH_LEASE, post(lease))
+        .route_layer(middleware::from_fn_with_state(agent.clone(), auth));
+    Router::new()
+        .route(PATH_HEALTHZ, get(healthz))
+        .route(PATH_READYZ, get(readyz))
+        .route(PATH_METRICS, get(metrics))
+        .merge(protected)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(agent)
+}
+
+async fn auth(State(agent): State<Shared>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok: bool = given.as_bytes().ct_eq(agent.cfg.token.as_bytes()).into();
+    if !ok || given.is_empty() {
+        tracing::warn!(path = %req.uri().path(), "refused: missing or wrong bearer token");
+        return AgentError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+fn snapshot(agent: &Agent) -> AgentStatus {
+    let mut st = agent.status.read().map(|s| s.clone()).unwrap_or_default();
+    probe::overlay_live(agent, &mut st);
+    st
+}
+
+async fn readyz(State(agent): State<Shared>) -> Response {
+    let st = snapshot(&agent);
+    let body = serde_json::json!({"ready": st.ready, "role": st.role});
+    let code = if st.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(agent): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        agent.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn status(State(agent): State<Shared>) -> Response {
+    Json(snapshot(&agent)).into_response()
+}
+
+fn body_error(rej: BytesRejection) -> Response {
+    let body = ErrorBody {
+        error: ERR_BAD_REQUEST.into(),
+        detail: rej.body_text(),
+    };
+    (rej.status(), Json(body)).into_response()
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AgentError::BadRequest(format!("malformed request body: {e}")))
+}
+
+fn parse_or_default<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, AgentError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse(body)
+}
+
+/// Run one action: serialised with the others, in its own task, logged.
+async fn act<T, F, Fut>(agent: Shared, name: &'static str, f: F) -> Response
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(Shared) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, AgentError>> + Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        let _ops = agent.ops.lock().await;
+        tracing::info!(instance = %agent.cfg.instance, action = name, "action started");
+        let result = f(agent.clone()).await;
+        match &result {
+            Ok(_) => {
+                tracing::info!(instance = %agent.cfg.instance, action = name, "action succeeded");
+                agent.set_activity(None);
+            }
+            Err(e) => {
+                tracing::warn!(instance = %agent.cfg.instance, action = name, error = %e, "action failed");
+                agent.set_activity(Some(format!("{name} failed: {e}")));
+            }
+        }
+        agent.probe_now.notify_one();
+        result
+    });
+    match task.await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => AgentError::Config(format!("{name} task failed: {e}")).into_response(),
+    }
+}
+
+macro_rules! handler {
+    ($fn:ident, $req:ty, $parse:ident, $action:path) => {
+        async fn $fn(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+            let body = match body {
+                Ok(b) => b,
+                Err(rej) => return body_error(rej),
+            };
+            let req: $req = match $parse(&body) {
+                Ok(r) => r,
+                Err(e) => return e.into_response(),
+            };
+            act(agent, stringify!($fn), move |a| $action(a, req)).await
+        }
+    };
+}
+
+handler!(promote, PromoteRequest, parse_or_default, actions::promote);
+handler!(demote, DemoteRequest, parse, actions::demote);
+handler!(follow, FollowRequest, parse, actions::follow);
+handler!(rewind, RewindRequest, parse, actions::rewind);
+handler!(reclone, RecloneRequest, parse, actions::reclone);
+handler!(stop, StopRequest, parse_or_default, ops::stop);
+handler!(start, StopRequest, parse_or_default, ops::start);
+handler!(restart, StopRequest, parse_or_default, ops::restart);
+handler!(config, ConfigRequest, parse_or_default, ops::config);
+handler!(lease, LeaseRequest, parse, ops::lease);

@@ -1,0 +1,221 @@
+//! The agent's process and settings actions: stop, start, restart, config,
+//! lease. Idempotent; validated before anything changes. Does I/O.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api::agent::*;
+use crate::pg::{self, query};
+
+use super::state::{lock, Agent};
+use super::AgentError;
+
+/// Parameters the agent owns: set on postgres' command line or by follow/demote.
+const AGENT_OWNED: [&str; 7] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "primary_conninfo",
+    "primary_slot_name",
+    "wal_log_hints",
+    "cluster_name",
+];
+
+const SYNC_COMMIT: [&str; 5] = ["on", "remote_write", "remote_apply", "local", "off"];
+
+fn step_timeout(agent: &Agent, req: &StopRequest) -> Duration {
+    req.timeout
+        .as_ref()
+        .map(|d| d.duration())
+        .unwrap_or(agent.cfg.stop_timeout)
+}
+
+/// Stop postgres and keep it stopped (fenced) until started.
+pub async fn stop(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse, AgentError> {
+    let mut steps = Vec::new();
+    {
+        let mut pg = lock(&agent.pg);
+        pg.fenced = true;
+        pg.want_running = false;
+    }
+    agent.step(
+        "stop",
+        &mut steps,
+        format!("stop postgres ({})", req.mode.as_str()),
+    );
+    let used = agent
+        .stop_postgres(req.mode, step_timeout(&agent, &req))
+        .await?;
+    let message = match used {
+        None => "postgres was not running; it stays stopped".to_string(),
+        Some(m) if m == req.mode => format!("stopped ({})", m.as_str()),
+        Some(m) => format!(
+            "{} did not finish in time; escalated to {}",
+            req.mode.as_str(),
+            m.as_str()
+        ),
+    };
+    agent.step("stop", &mut steps, message.clone());
+    Ok(ActionResponse {
+        changed: used.is_some(),
+        message,
+        steps,
+        stopped_with: used,
+        ..Default::default()
+    })
+}
+
+/// Start postgres (and clear the fence).
+pub async fn start(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse, AgentError> {
+    let mut steps = Vec::new();
+    if !pg::conf::is_initialized(&agent.cfg.data_dir) {
+        return Err(AgentError::Conflict(
+            "the data directory holds no cluster (bootstrap has not finished)".into(),
+        ));
+    }
+    lock(&agent.pg).fenced = false;
+    agent.step("start", &mut steps, "start postgres");
+    let timeout = req
+        .timeout
+        .as_ref()
+        .map(|d| d.duration())
+        .unwrap_or(agent.cfg.start_timeout);
+    let changed = agent.start_postgres(timeout).await?;
+    Ok(ActionResponse {
+        changed,
+        message: if changed {
+            "started".into()
+        } else {
+            "postgres was already running".into()
+        },
+        steps,
+        ..Default::default()
+    })
+}
+
+/// Stop (escalating) and start again.
+pub async fn restart(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse, AgentError> {
+    let mut steps = Vec::new();
+    agent.step(
+        "restart",
+        &mut steps,
+        format!("stop postgres ({})", req.mode.as_str()),
+    );
+    let used = agent
+        .stop_postgres(req.mode, step_timeout(&agent, &req))
+        .await?;
+    lock(&agent.pg).fenced = false;
+    agent.step("restart", &mut steps, "start postgres");
+    agent.start_postgres(agent.cfg.start_timeout).await?;
+    Ok(ActionResponse {
+        changed: true,
+        message: "restarted".into(),
+        steps,
+        stopped_with: used,
+        ..Default::default()
+    })
+}
+
+fn sql_err(context: &str) -> impl FnOnce(tokio_postgres::Error) -> pg::Error + '_ {
+    move |source| pg::Error::Sql {
+        context: context.into(),
+        source,
+    }
+}
+
+/// Apply parameters and synchronous settings with ALTER SYSTEM and a reload.
+pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigResponse, AgentError> {
+    let mut settings: Vec<(String, Option<String>)> = req
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), (!v.is_empty()).then(|| v.clone())))
+        .collect();
+    for (k, _) in &settings {
+        if AGENT_OWNED.contains(&k.as_str()) {
+            return Err(AgentError::BadRequest(format!(
+                "{k} is managed by the agent and cannot be set; nothing was changed"
+            )));
+        }
+    }
+    if let Some(sc) = &req.synchronous_commit {
+        if !SYNC_COMMIT.contains(&sc.as_str()) {
+            return Err(AgentError::BadRequest(format!(
+                "synchronous_commit {sc:?} is not one of {SYNC_COMMIT:?}; nothing was changed"
+            )));
+        }
+        settings.push(("synchronous_commit".into(), Some(sc.clone())));
+    }
+    if let Some(s) = &req.synchronous_standbys {
+        settings.push(("synchronous_standby_names".into(), Some(s.to_setting())));
+    }
+    if !agent.postgres_running() {
+        return Err(AgentError::Unavailable(
+            "postgres is not running; start it before changing its configuration".into(),
+        ));
+    }
+    let client = agent
+        .local_client(Duration::from_secs(5))
+        .await
+        .map_err(|e| AgentError::Unavailable(format!("postgres does not answer: {e}")))?;
+    let names: Vec<String> = settings.iter().map(|(k, _)| k.clone()).collect();
+    let row = client
+        .query_one(
+            "SELECT ARRAY(SELECT n FROM unnest($1::text[]) n WHERE n NOT IN (SELECT name FROM pg_settings))",
+            &[&names],
+        )
+        .await
+        .map_err(sql_err("check parameter names"))?;
+    let unknown: Vec<String> = row.try_get(0).map_err(sql_err("check parameter names"))?;
+    if !unknown.is_empty() {
+        return Err(AgentError::BadRequest(format!(
+            "unknown parameters {unknown:?}; nothing was changed"
+        )));
+    }
+    let row = client
+        .query_one("SELECT pg_conf_load_time()::text", &[])
+        .await
+        .map_err(sql_err("pg_conf_load_time"))?;
+    let loaded_before: String = row.try_get(0).map_err(sql_err("pg_conf_load_time"))?;
+    for (k, v) in &settings {
+        tracing::info!(parameter = %k, reset = v.is_none(), "ALTER SYSTEM");
+        query::alter_system(&client, k, v.as_deref())
+            .await
+            .map_err(|e| AgentError::BadRequest(format!("{k}: {e}")))?;
+    }
+    if let Some(known) = req.known_standbys {
+        *lock(&agent.known_standbys) = known;
+    }
+    query::reload(&client).await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = client
+            .query_one("SELECT pg_conf_load_time()::text", &[])
+            .await
+            .map_err(sql_err("pg_conf_load_time"))?;
+        let now: String = row.try_get(0).map_err(sql_err("pg_conf_load_time"))?;
+        if now != loaded_before || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pending_restart = query::pending_restart(&client).await?;
+    agent.probe_now.notify_one();
+    Ok(ConfigResponse {
+        applied: names,
+        pending_restart,
+        reloaded: true,
+    })
+}
+
+/// Record the primary lease (enforcement comes with the HA work).
+pub async fn lease(agent: Arc<Agent>, req: LeaseRequest) -> Result<ActionResponse, AgentError> {
+    if req.ttl_ms == 0 {
+        return Err(AgentError::BadRequest("ttlMs must be positive".into()));
+    }
+    *lock(&agent.lease) = Some((Instant::now(), req.ttl_ms));
+    Ok(ActionResponse {
+        changed: true,
+        message: format!("lease renewed for {}ms", req.ttl_ms),
+        ..Default::default()
+    })
+}

@@ -1,0 +1,169 @@
+//! The agent's shared state: configuration, the runner, the postgres child
+//! and its supervision flags, the last probe, the lease. Connections helpers.
+//! Does I/O (connections, the run directory).
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::{Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::api::agent::{AgentStatus, LeaseState, Member};
+use crate::pg::{self, conf, process::PgChild, query, Runner};
+
+use super::{metrics::Metrics, AgentError, Config};
+
+/// Supervision state of the postgres child.
+#[derive(Default)]
+pub struct PgState {
+    /// The running postmaster, taken out while it is being stopped on purpose.
+    pub child: Option<PgChild>,
+    /// Incremented at every start, so a crash watcher knows whether its child is still current.
+    pub generation: u64,
+    /// Stopped on request: not restarted after exits.
+    pub fenced: bool,
+    /// Whether the agent wants postgres up (false before bootstrap and during actions).
+    pub want_running: bool,
+    pub crash_count: u64,
+    pub last_crash: Option<String>,
+}
+
+/// The agent.
+pub struct Agent {
+    pub cfg: Config,
+    pub runner: Runner,
+    /// Serialises actions (and crash restarts): one at a time.
+    pub ops: tokio::sync::Mutex<()>,
+    pub pg: Mutex<PgState>,
+    pub status: RwLock<AgentStatus>,
+    pub lease: Mutex<Option<(Instant, u64)>>,
+    pub known_standbys: Mutex<Vec<String>>,
+    pub activity: Mutex<Option<String>>,
+    pub metrics: Metrics,
+    /// Wakes the probe loop early (after an action).
+    pub probe_now: tokio::sync::Notify,
+    /// Generations of children that crashed and should be restarted.
+    pub crashed: tokio::sync::mpsc::UnboundedSender<u64>,
+}
+
+/// Lock a std mutex, recovering from poisoning (the data stays usable).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Agent {
+    /// Set up the run directory (socket, password file) and the runner.
+    pub fn new(
+        cfg: Config,
+        crashed: tokio::sync::mpsc::UnboundedSender<u64>,
+    ) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&cfg.run_dir).map_err(pg::Error::io(&cfg.run_dir))?;
+        std::fs::set_permissions(&cfg.run_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(pg::Error::io(&cfg.run_dir))?;
+        let passfile = cfg.run_dir.join("pgpass");
+        let runner = Runner::new(
+            cfg.bin_dir.clone(),
+            cfg.run_as.clone(),
+            Some(passfile.clone()),
+        );
+        runner.chown(&cfg.run_dir)?;
+        let mut text = conf::passfile_line(&cfg.superuser, &cfg.superuser_password);
+        text.push_str(&conf::passfile_line(
+            &cfg.replication_user,
+            &cfg.replication_password,
+        ));
+        conf::write_owned(&runner, &passfile, &text)?;
+        let status = AgentStatus {
+            instance: cfg.instance.clone(),
+            data_dir: cfg.data_dir.display().to_string(),
+            ..Default::default()
+        };
+        Ok(Agent {
+            metrics: Metrics::new(),
+            cfg,
+            runner,
+            ops: tokio::sync::Mutex::new(()),
+            pg: Mutex::new(PgState::default()),
+            status: RwLock::new(status),
+            lease: Mutex::new(None),
+            known_standbys: Mutex::new(Vec::new()),
+            activity: Mutex::new(None),
+            probe_now: tokio::sync::Notify::new(),
+            crashed,
+        })
+    }
+
+    /// The socket directory postgres listens in.
+    pub fn socket_dir(&self) -> String {
+        self.cfg.run_dir.display().to_string()
+    }
+
+    /// A superuser connection to the local postgres over its socket.
+    pub async fn local_client(&self, timeout: Duration) -> Result<Client, pg::Error> {
+        let dir = self.socket_dir();
+        query::connect(&query::ConnectOpts {
+            host: &dir,
+            port: self.cfg.pg_port,
+            user: &self.cfg.superuser,
+            password: Some(&self.cfg.superuser_password),
+            timeout,
+        })
+        .await
+    }
+
+    /// A superuser connection to another member.
+    pub async fn member_client(&self, m: &Member, timeout: Duration) -> Result<Client, pg::Error> {
+        query::connect(&query::ConnectOpts {
+            host: &m.host,
+            port: m.port,
+            user: &self.cfg.superuser,
+            password: Some(&self.cfg.superuser_password),
+            timeout,
+        })
+        .await
+    }
+
+    /// Record what the agent is doing (shown in /status).
+    pub fn set_activity(&self, what: Option<String>) {
+        *lock(&self.activity) = what;
+    }
+
+    /// Log one step of an action and add it to its list.
+    pub fn step(&self, action: &str, steps: &mut Vec<String>, text: impl Into<String>) {
+        let text = text.into();
+        tracing::info!(instance = %self.cfg.instance, action, step = %text, "step");
+        self.set_activity(Some(format!("{action}: {text}")));
+        steps.push(text);
+    }
+
+    /// The lease as seen now.
+    pub fn lease_state(&self) -> LeaseState {
+        match *lock(&self.lease) {
+            None => LeaseState::default(),
+            Some((at, ttl)) => {
+                let ago = at.elapsed().as_millis() as u64;
+                LeaseState {
+                    held: ago < ttl,
+                    ttl_ms: Some(ttl),
+                    remaining_ms: Some(ttl.saturating_sub(ago)),
+                    renewed_ago_ms: Some(ago),
+                }
+            }
+        }
+    }
+
+    /// Stop postgres and remove the run directory; called once at exit.
+    pub async fn shutdown(&self) {
+        let _guard = self.ops.lock().await;
+        lock(&self.pg).want_running = false;
+        if let Err(e) = self
+            .stop_postgres(crate::api::agent::StopMode::Fast, self.cfg.stop_timeout)
+            .await
+        {
+            tracing::error!(error = %e, "stopping postgres at exit failed");
+        }
+        if self.cfg.run_dir_owned {
+            let _ = std::fs::remove_dir_all(&self.cfg.run_dir);
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Supervision of the postgres child: start (instance settings on the
+//! command line, agent-owned config files rewritten first), stop with
+//! smart → fast → immediate escalation, and crash detection with restart
+//! unless fenced. Does I/O.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::api::agent::{slot_name, StopMode};
+use crate::pg::{conf, process, Tool};
+
+use super::state::{lock, Agent};
+use super::AgentError;
+
+fn signal_for(mode: StopMode) -> Signal {
+    match mode {
+        StopMode::Smart => Signal::SIGTERM,
+        StopMode::Fast => Signal::SIGINT,
+        StopMode::Immediate => Signal::SIGQUIT,
+    }
+}
+
+fn escalation(from: StopMode) -> Vec<StopMode> {
+    [StopMode::Smart, StopMode::Fast, StopMode::Immediate]
+        .into_iter()
+        .filter(|m| *m >= from)
+        .collect()
+}
+
+impl Agent {
+    /// Whether the postmaster is running (our child and not exited).
+    pub fn postgres_running(&self) -> bool {
+        lock(&self.pg)
+            .child
+            .as_ref()
+            .is_some_and(|c| c.exit_status().is_none())
+    }
+
+    /// Rewrite the files the agent owns in the data directory (configs copied
+    /// from a clone or rewind source are replaced by this instance's).
+    pub fn prepare_data_dir(&self) -> Result<(), AgentError> {
+        let dir = &self.cfg.data_dir;
+        conf::write_owned(
+            &self.runner,
+            &dir.join("postgresql.conf"),
+            &conf::postgresql_conf(self.cfg.pg_config_file.as_deref()),
+        )?;
+        conf::write_owned(
+            &self.runner,
+            &dir.join("pg_hba.conf"),
+            &conf::pg_hba_conf(&self.cfg.superuser, &self.cfg.replication_user),
+        )?;
+        if conf::is_standby(dir) {
+            if let Some(up) = conf::read_upstream(dir) {
+                let conninfo = conf::primary_conninfo(
+                    &up,
+                    &self.cfg.replication_user,
+                    &self.cfg.instance,
+                    self.runner.passfile(),
+                );
+                conf::edit_auto_conf(
+                    &self.runner,
+                    dir,
+                    &[
+                        ("primary_conninfo", Some(conninfo)),
+                        ("primary_slot_name", Some(slot_name(&self.cfg.instance))),
+                    ],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Start postgres and wait until it accepts connections; false when it already ran.
+    pub async fn start_postgres(self: &Arc<Self>, timeout: Duration) -> Result<bool, AgentError> {
+        if self.postgres_running() {
+            return Ok(false);
+        }
+        self.prepare_data_dir()?;
+        let c = &self.cfg;
+        let mut cmd = self.runner.command(Tool::Postgres);
+        let settings = [
+            format!("port={}", c.pg_port),
+            format!("listen_addresses={}", c.pg_listen),
+            format!("unix_socket_directories={}", c.run_dir.display()),
+            format!("cluster_name={}", c.instance),
+            "wal_log_hints=on".to_string(),
+        ];
+        let mut args: Vec<OsString> = vec!["-D".into(), c.data_dir.clone().into()];
+        for s in settings {
+            args.push("-c".into());
+            args.push(s.into());
+        }
+        tracing::info!(
+            command = %crate::pg::runner::command_line(Tool::Postgres, &args),
+            "starting postgres"
+        );
+        cmd.args(&args);
+        let child = process::spawn_postgres(cmd)?;
+        let generation = {
+            let mut pg = lock(&self.pg);
+            pg.generation += 1;
+            pg.child = Some(child.clone());
+            pg.want_running = true;
+            pg.generation
+        };
+        tokio::spawn(watch(self.clone(), generation, child.clone()));
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.exit_status() {
+                return Err(crate::pg::Error::StartFailed {
+                    status,
+                    log: child.log_tail(),
+                }
+                .into());
+            }
+            if self.local_client(Duration::from_secs(2)).await.is_ok() {
+                tracing::info!(pid = child.pid(), "postgres accepts connections");
+                return Ok(true);
+            }
+            if Instant::now() > deadline {
+                return Err(crate::pg::Error::StartTimeout(timeout.as_secs()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stop postgres, escalating smart → fast → immediate (then SIGKILL) after
+    /// `step_timeout` each; the mode that stopped it, None when it was not running.
+    pub async fn stop_postgres(
+        &self,
+        mode: StopMode,
+        step_timeout: Duration,
+    ) -> Result<Option<StopMode>, AgentError> {
+        let Some(child) = lock(&self.pg).child.take() else {
+            return Ok(None);
+        };
+        if child.exit_status().is_some() {
+            return Ok(None);
+        }
+        for m in escalation(mode) {
+            tracing::info!(pid = child.pid(), mode = m.as_str(), "stopping postgres");
+            child.signal(signal_for(m))?;
+            if child.wait_timeout(step_timeout).await.is_some() {
+                tracing::info!(mode = m.as_str(), "postgres stopped");
+                return Ok(Some(m));
+            }
+            tracing::warn!(
+                mode = m.as_str(),
+                timeout_s = step_timeout.as_secs_f64(),
+                "postgres did not stop in time; escalating"
+            );
+        }
+        child.signal(Signal::SIGKILL)?;
+        child.wait_timeout(Duration::from_secs(30)).await;
+        Ok(Some(StopMode::Immediate))
+    }
+}
+
+/// Wait for the child of `generation` to exit; an exit nobody asked for is a
+/// crash, handed to [`restarter`] when postgres should run.
+async fn watch(agent: Arc<Agent>, generation: u64, child: process::PgChild) {
+    let status = child.wait().await;
+    let restart = {
+        let mut pg = lock(&agent.pg);
+        if pg.generation != generation || pg.child.is_none() {
+            return;
+        }
+        pg.child = None;
+        pg.crash_count += 1;
+        pg.last_crash = Some(format!("{}: {status}", jiff::Timestamp::now()));
+        tracing::error!(
+            pid = child.pid(),
+            status = %status,
+            crash_count = pg.crash_count,
+            log = %child.log_tail(),
+            "postgres exited unexpectedly"
+        );
+        agent.metrics.crashes.inc();
+        pg.want_running && !pg.fenced
+    };
+    agent.probe_now.notify_one();
+    if restart {
+        let _ = agent.crashed.send(generation);
+    }
+}
+
+/// Restart postgres after crashes (unless fenced or stopped on purpose meanwhile).
+pub async fn restarter(agent: Arc<Agent>, mut crashed: tokio::sync::mpsc::UnboundedReceiver<u64>) {
+    while let Some(generation) = crashed.recv().await {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(backoff).await;
+            let _ops = agent.ops.lock().await;
+            {
+                let pg = lock(&agent.pg);
+                if pg.generation != generation
+                    || pg.child.is_some()
+                    || !pg.want_running
+                    || pg.fenced
+                {
+                    break;
+                }
+            }
+            tracing::info!("restarting postgres after a crash");
+            match agent.start_postgres(agent.cfg.start_timeout).await {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "restart after crash failed");
+                    // A child that was spawned has its own watcher, which takes over.
+                    if lock(&agent.pg).generation != generation {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_escalates_from_the_requested_mode() {
+        assert_eq!(
+            escalation(StopMode::Smart),
+            vec![StopMode::Smart, StopMode::Fast, StopMode::Immediate]
+        );
+        assert_eq!(escalation(StopMode::Immediate), vec![StopMode::Immediate]);
+    }
+}

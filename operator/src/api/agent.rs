@@ -1,0 +1,516 @@
+//! The agent's HTTP protocol (DESIGN.md §4): path constants and the request
+//! and response bodies, shared by the agent and its callers. Plain types, no I/O.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::status::{CheckState, HealthCheck, InstanceRole};
+use super::units::DurationString;
+
+/// Liveness: the agent is alive. No token.
+pub const PATH_HEALTHZ: &str = "/healthz";
+/// Readiness: postgres accepts connections in its expected role. No token.
+pub const PATH_READYZ: &str = "/readyz";
+/// Prometheus metrics. No token.
+pub const PATH_METRICS: &str = "/metrics";
+/// Full status of the instance ([`AgentStatus`]).
+pub const PATH_STATUS: &str = "/status";
+/// Promote this standby ([`PromoteRequest`]).
+pub const PATH_PROMOTE: &str = "/promote";
+/// Restart as a standby of another primary, rewinding if needed ([`DemoteRequest`]).
+pub const PATH_DEMOTE: &str = "/demote";
+/// Point this standby at another primary ([`FollowRequest`]).
+pub const PATH_FOLLOW: &str = "/follow";
+/// Run pg_rewind or say whether it is needed ([`RewindRequest`]).
+pub const PATH_REWIND: &str = "/rewind";
+/// Move the data directory aside and clone it again ([`RecloneRequest`]).
+pub const PATH_RECLONE: &str = "/reclone";
+/// Stop postgres ([`StopRequest`]); it stays stopped (fenced) until started.
+pub const PATH_STOP: &str = "/stop";
+/// Start postgres ([`StopRequest`] for the timeout).
+pub const PATH_START: &str = "/start";
+/// Stop then start postgres ([`StopRequest`]).
+pub const PATH_RESTART: &str = "/restart";
+/// Apply parameters and synchronous settings ([`ConfigRequest`]).
+pub const PATH_CONFIG: &str = "/config";
+/// Renew the primary lease ([`LeaseRequest`]).
+pub const PATH_LEASE: &str = "/lease";
+
+/// Most bytes a request body may have.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Every error answer: `{"error": "...", "detail": "..."}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Fixed, machine-readable category (snake_case), see the `ERR_*` constants.
+    pub error: String,
+    /// What happened, for people, with the tool's own message where there is one.
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Missing or wrong bearer token (401).
+pub const ERR_UNAUTHORIZED: &str = "unauthorized";
+/// Malformed request body (400).
+pub const ERR_BAD_REQUEST: &str = "bad_request";
+/// Promote asked of an instance that is already the primary (409); nothing changed.
+pub const ERR_ALREADY_PRIMARY: &str = "already_primary";
+/// Demote or follow asked to follow this very instance (400).
+pub const ERR_SELF_TARGET: &str = "self_target";
+/// The named primary or source cannot be reached or is not usable (422).
+pub const ERR_BAD_TARGET: &str = "bad_target";
+/// The action does not fit the instance's state (409).
+pub const ERR_CONFLICT: &str = "conflict";
+/// pg_rewind failed (500); detail has its message.
+pub const ERR_REWIND_FAILED: &str = "rewind_failed";
+/// An external tool or postgres failed (500); detail has its message.
+pub const ERR_TOOL_FAILED: &str = "tool_failed";
+/// postgres is not running or not reachable (503).
+pub const ERR_UNAVAILABLE: &str = "unavailable";
+/// Anything else (500).
+pub const ERR_INTERNAL: &str = "internal";
+
+/// Another member of the cluster, as this agent must reach it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    /// Instance name (becomes `application_name`; its slot name is derived from it).
+    pub name: String,
+    /// Host other members use to reach its postgres.
+    pub host: String,
+    /// Its postgres port.
+    pub port: u16,
+}
+
+impl Member {
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+/// Physical replication slot name of an instance: `-` becomes `_`, lowercase.
+pub fn slot_name(instance: &str) -> String {
+    instance
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .collect()
+}
+
+/// Body of `POST /promote` (may be empty).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PromoteRequest {
+    /// How long to wait for the promotion to finish (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationString>,
+}
+
+/// Body of `POST /demote`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DemoteRequest {
+    /// The primary to follow.
+    pub primary: Member,
+    /// Shutdown timeout per stop step (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationString>,
+}
+
+/// Body of `POST /follow`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FollowRequest {
+    /// The primary to follow.
+    pub primary: Member,
+}
+
+/// Body of `POST /rewind`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RewindRequest {
+    /// The primary to rewind from (and follow afterwards).
+    pub source: Member,
+    /// Only say whether a rewind is needed.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// Body of `POST /reclone`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RecloneRequest {
+    /// The primary to clone from (and follow afterwards).
+    pub source: Member,
+}
+
+/// PostgreSQL shutdown mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum StopMode {
+    /// Wait for sessions to end.
+    Smart,
+    /// Roll back sessions and shut down cleanly.
+    #[default]
+    Fast,
+    /// Abort; crash recovery at next start.
+    Immediate,
+}
+
+impl StopMode {
+    /// The name PostgreSQL uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopMode::Smart => "smart",
+            StopMode::Fast => "fast",
+            StopMode::Immediate => "immediate",
+        }
+    }
+}
+
+/// Body of `POST /stop`, `/start`, `/restart` (may be empty).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StopRequest {
+    /// First stop mode; it escalates smart → fast → immediate on timeouts (default fast).
+    #[serde(default)]
+    pub mode: StopMode,
+    /// Timeout of each stop step, and of the start (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationString>,
+}
+
+/// `synchronous_standby_names` as a quorum: `ANY n (names…)`; empty names = `*`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStandbys {
+    /// How many standbys must confirm (ANY n); 0 turns synchronous replication off.
+    pub count: u32,
+    /// Candidate standby names (application_name); empty means any (`*`).
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+impl SyncStandbys {
+    /// The value of `synchronous_standby_names`.
+    pub fn to_setting(&self) -> String {
+        if self.count == 0 {
+            return String::new();
+        }
+        let names = if self.names.is_empty() {
+            "*".to_string()
+        } else {
+            self.names
+                .iter()
+                .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!("ANY {} ({names})", self.count)
+    }
+}
+
+/// Body of `POST /config`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigRequest {
+    /// Parameters to set (ALTER SYSTEM); an empty value resets one.
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+    /// `synchronous_commit`: on, remote_write, remote_apply, local or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_commit: Option<String>,
+    /// `synchronous_standby_names`; count 0 turns it off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_standbys: Option<SyncStandbys>,
+    /// The standbys this primary should have (for the downstream and slot checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_standbys: Option<Vec<String>>,
+}
+
+/// Answer of `POST /config`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigResponse {
+    /// Parameters written by this request.
+    pub applied: Vec<String>,
+    /// Parameters that only take effect after a restart.
+    pub pending_restart: Vec<String>,
+    /// Whether postgres was reloaded.
+    pub reloaded: bool,
+}
+
+/// Body of `POST /lease`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseRequest {
+    /// Lease time to live in milliseconds, counted on the agent's monotonic clock.
+    pub ttl_ms: u64,
+}
+
+/// The lease as the agent holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeaseState {
+    /// A lease was granted and has not run out.
+    pub held: bool,
+    /// TTL of the last renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// Milliseconds left (0 when expired).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_ms: Option<u64>,
+    /// Milliseconds since the last renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_ago_ms: Option<u64>,
+}
+
+/// Answer of every action.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionResponse {
+    /// Whether the action changed anything (false when it was already done).
+    pub changed: bool,
+    /// What happened, for people.
+    pub message: String,
+    /// The steps carried out, in order.
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// Rewind only: whether a rewind is (dry run) or was needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_needed: Option<bool>,
+    /// Stop only: the mode that finally stopped postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_with: Option<StopMode>,
+    /// Reclone only: where the previous data directory was moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_aside_to: Option<String>,
+    /// Promote only: the new timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+}
+
+/// A standby connected to this primary (`pg_stat_replication`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Downstream {
+    /// application_name (the instance name).
+    pub name: String,
+    /// Client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    /// startup, catchup, streaming…
+    pub state: String,
+    /// async, potential, sync, quorum.
+    pub sync_state: String,
+    /// Sent, written, flushed, replayed LSNs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lsn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lsn: Option<String>,
+    /// Lags in seconds as postgres measures them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_lag_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flush_lag_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lag_seconds: Option<f64>,
+    /// Bytes between this primary's current LSN and the standby's replay LSN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+}
+
+/// A replication slot on this instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Slot {
+    /// Slot name.
+    pub name: String,
+    /// A walsender uses it now.
+    pub active: bool,
+    /// Oldest WAL it keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_lsn: Option<String>,
+}
+
+/// The walreceiver of a standby (`pg_stat_wal_receiver`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WalReceiver {
+    /// streaming, starting, waiting…
+    pub status: String,
+    /// Host and port it streams from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_port: Option<i32>,
+    /// Slot it uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_name: Option<String>,
+    /// Timeline it receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_tli: Option<i64>,
+}
+
+/// Answer of `GET /status`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Instance name.
+    pub instance: String,
+    /// primary, standby, fenced (stopped on request), down (not running) or unknown.
+    pub role: InstanceRole,
+    /// postgres accepts connections in its role.
+    pub ready: bool,
+    /// postgres (the postmaster) is running as the agent's child.
+    pub postgres_running: bool,
+    /// The postmaster's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_pid: Option<i32>,
+    /// Times postgres exited without being asked to.
+    pub crash_count: u64,
+    /// The last unexpected exit (RFC 3339 and exit description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_crash: Option<String>,
+    /// Stopped on request: not restarted until started, demoted or re-cloned.
+    pub fenced: bool,
+    /// What the agent is doing now (bootstrap, an action) or last failed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<String>,
+    /// The data directory.
+    pub data_dir: String,
+    /// server_version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_version: Option<String>,
+    /// The database system identifier (same on every member of a cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// Timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// Current WAL LSN (primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_lsn: Option<String>,
+    /// Last received LSN (standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_lsn: Option<String>,
+    /// Last replayed LSN (standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replayed_lsn: Option<String>,
+    /// Standby: bytes behind its upstream's current LSN (or received − replayed when the upstream cannot be asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// Standby: seconds since the last replayed transaction's commit time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// Standby: the primary it is configured to follow (from primary_conninfo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Member>,
+    /// Standby: its walreceiver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_receiver: Option<WalReceiver>,
+    /// Primary: connected standbys.
+    #[serde(default)]
+    pub downstreams: Vec<Downstream>,
+    /// Replication slots.
+    #[serde(default)]
+    pub slots: Vec<Slot>,
+    /// `*.ready` files in pg_wal/archive_status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_ready: Option<i64>,
+    /// max_wal_senders and senders in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wal_senders: Option<i64>,
+    #[serde(default)]
+    pub wal_senders_used: i64,
+    /// max_replication_slots and slots in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replication_slots: Option<i64>,
+    #[serde(default)]
+    pub replication_slots_used: i64,
+    /// Current synchronous_standby_names and synchronous_commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_standby_names: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous_commit: Option<String>,
+    /// Parameters changed but waiting for a restart.
+    #[serde(default)]
+    pub pending_restart: Vec<String>,
+    /// The health checks: role, replication_lag, archive_ready, upstream, downstream, slots, data_directory.
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+    /// The primary lease.
+    #[serde(default)]
+    pub lease: LeaseState,
+    /// When this was observed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<String>,
+}
+
+impl AgentStatus {
+    /// The check of this name, if computed.
+    pub fn check(&self, name: &str) -> Option<&HealthCheck> {
+        self.checks.iter().find(|c| c.name == name)
+    }
+
+    /// The worst check state (OK when there are none).
+    pub fn worst_check(&self) -> CheckState {
+        self.checks
+            .iter()
+            .map(|c| c.state)
+            .max()
+            .unwrap_or(CheckState::Ok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_only_use_allowed_characters() {
+        assert_eq!(slot_name("main-0"), "main_0");
+        assert_eq!(slot_name("Db.X-1"), "db_x_1");
+    }
+
+    #[test]
+    fn sync_standbys_render_as_quorum() {
+        let s = SyncStandbys {
+            count: 1,
+            names: vec![],
+        };
+        assert_eq!(s.to_setting(), "ANY 1 (*)");
+        let s = SyncStandbys {
+            count: 2,
+            names: vec!["a-1".into(), "a-2".into()],
+        };
+        assert_eq!(s.to_setting(), "ANY 2 (\"a-1\", \"a-2\")");
+        assert_eq!(
+            SyncStandbys {
+                count: 0,
+                names: vec![]
+            }
+            .to_setting(),
+            ""
+        );
+    }
+
+    #[test]
+    fn empty_stop_request_defaults_to_fast() {
+        let r: StopRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(r.mode, StopMode::Fast);
+        let r: RewindRequest =
+            serde_json::from_str(r#"{"source":{"name":"a","host":"h","port":1},"dryRun":true}"#)
+                .unwrap();
+        assert!(r.dry_run);
+    }
+}

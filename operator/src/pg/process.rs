@@ -1,0 +1,167 @@
+//! The postgres child process: spawned from one long-lived thread (so that
+//! PR_SET_PDEATHSIG, which fires when the forking *thread* exits, only fires
+//! when the agent dies), with its stderr forwarded to the log and the last
+//! lines kept for error messages. Does I/O.
+
+use std::collections::VecDeque;
+use std::io::BufRead;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use super::Error;
+
+const LOG_TAIL_LINES: usize = 30;
+
+/// A running (or exited) postmaster that is our child.
+#[derive(Clone, Debug)]
+pub struct PgChild {
+    pid: i32,
+    exit: watch::Receiver<Option<String>>,
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl PgChild {
+    /// The postmaster's pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// How it exited, once it has.
+    pub fn exit_status(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// Wait until it exits; its exit description.
+    pub async fn wait(&self) -> String {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(s) = rx.borrow_and_update().clone() {
+                return s;
+            }
+            if rx.changed().await.is_err() {
+                return rx.borrow().clone().unwrap_or_else(|| "unknown".into());
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for it to exit.
+    pub async fn wait_timeout(&self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.wait()).await.ok()
+    }
+
+    /// Send a signal to the postmaster.
+    pub fn signal(&self, sig: Signal) -> Result<(), Error> {
+        if self.exit_status().is_some() {
+            return Ok(());
+        }
+        match signal::kill(Pid::from_raw(self.pid), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::Signal(e)),
+        }
+    }
+
+    /// The last lines postgres wrote to stderr.
+    pub fn log_tail(&self) -> String {
+        match self.log.lock() {
+            Ok(l) => l.iter().cloned().collect::<Vec<_>>().join("\n"),
+            Err(_) => String::new(),
+        }
+    }
+}
+
+type SpawnReply = std::sync::mpsc::Sender<std::io::Result<std::process::Child>>;
+
+/// The thread that forks every postgres; it lives as long as the process.
+fn spawner() -> &'static Mutex<mpsc::Sender<(std::process::Command, SpawnReply)>> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<(std::process::Command, SpawnReply)>>> =
+        OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<(std::process::Command, SpawnReply)>();
+        std::thread::Builder::new()
+            .name("postgres-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the spawner thread"));
+        Mutex::new(tx)
+    })
+}
+
+/// Start postgres from `cmd` (built by the runner) as a child that dies with the agent.
+pub fn spawn_postgres(mut cmd: std::process::Command) -> Result<PgChild, Error> {
+    let agent_pid = std::process::id() as i32;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Runs after the uid/gid switch, which would otherwise clear the death signal.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid().as_raw() != agent_pid {
+                nix::libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let spawn_err = |source| Error::Spawn {
+        tool: "postgres".into(),
+        source,
+    };
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner()
+        .lock()
+        .map_err(|_| spawn_err(std::io::Error::other("spawner lock poisoned")))?
+        .send((cmd, reply_tx))
+        .map_err(|_| spawn_err(std::io::Error::other("spawner thread is gone")))?;
+    let mut child = reply_rx
+        .recv()
+        .map_err(|_| spawn_err(std::io::Error::other("spawner thread is gone")))?
+        .map_err(spawn_err)?;
+    let pid = child.id() as i32;
+    let log = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_TAIL_LINES)));
+    if let Some(stderr) = child.stderr.take() {
+        let log = log.clone();
+        let _ = std::thread::Builder::new()
+            .name("postgres-log".into())
+            .spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    tracing::info!(target: "postgres", pid, "{line}");
+                    if let Ok(mut l) = log.lock() {
+                        if l.len() == LOG_TAIL_LINES {
+                            l.pop_front();
+                        }
+                        l.push_back(line);
+                    }
+                }
+            });
+    }
+    let (exit_tx, exit_rx) = watch::channel(None);
+    std::thread::Builder::new()
+        .name("postgres-wait".into())
+        .spawn(move || {
+            let status = match child.wait() {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let _ = exit_tx.send(Some(status));
+        })
+        .map_err(spawn_err)?;
+    tracing::info!(pid, "postgres started");
+    Ok(PgChild {
+        pid,
+        exit: exit_rx,
+        log,
+    })
+}

@@ -1,0 +1,420 @@
+//! The agent against real PostgreSQL: synchronous settings, stop escalation,
+//! the archive backlog check, refused requests, crash restart, and postgres
+//! dying with a SIGKILLed agent.
+
+mod agent_support;
+
+use std::time::{Duration, Instant};
+
+use agent_support::*;
+use tandem::api::agent::*;
+use tandem::api::CheckState;
+
+const T: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_on_and_off_changes_sync_state_and_reports_pending_restart() {
+    let c = cluster_with("sync", 1).await;
+    let (p, s) = (&c.agents[0], &c.agents[1]);
+    let sync_state = |want: &'static str| async move {
+        wait_for(&format!("sync_state {want}"), T, || async {
+            let rows = p
+                .sql()
+                .await
+                .query(
+                    "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'sync-1'",
+                    &[],
+                )
+                .await
+                .ok()?;
+            let got: String = rows.first()?.get(0);
+            (got == want).then_some(())
+        })
+        .await
+    };
+    sync_state("async").await;
+
+    let r = p
+        .client
+        .config(&ConfigRequest {
+            synchronous_commit: Some("remote_apply".into()),
+            synchronous_standbys: Some(SyncStandbys {
+                count: 1,
+                names: vec!["sync-1".into()],
+            }),
+            known_standbys: Some(vec!["sync-1".into()]),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(r.reloaded && r.pending_restart.is_empty(), "{r:?}");
+    sync_state("quorum").await;
+    let st = p.status().await;
+    assert_eq!(
+        st.synchronous_standby_names.as_deref(),
+        Some("ANY 1 (\"sync-1\")")
+    );
+    assert_eq!(st.synchronous_commit.as_deref(), Some("remote_apply"));
+    // A synchronous commit returns and is visible on the standby at once (remote_apply).
+    let db = p.sql().await;
+    db.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(rows(&s.sql().await, "t").await, vec![1]);
+
+    let r = p
+        .client
+        .config(&ConfigRequest {
+            synchronous_commit: Some("local".into()),
+            synchronous_standbys: Some(SyncStandbys {
+                count: 0,
+                names: vec![],
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(r.pending_restart.is_empty(), "{r:?}");
+    sync_state("async").await;
+
+    // A parameter that needs a restart is reported as pending.
+    let mut parameters = std::collections::BTreeMap::new();
+    parameters.insert("max_connections".to_string(), "50".to_string());
+    let r = p
+        .client
+        .config(&ConfigRequest {
+            parameters,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.pending_restart,
+        vec!["max_connections".to_string()],
+        "{r:?}"
+    );
+    wait_for("pending restart in status", T, || async {
+        let st = p.status().await;
+        (st.pending_restart == ["max_connections"]).then_some(())
+    })
+    .await;
+    // Unknown parameters are refused whole.
+    let mut bad = std::collections::BTreeMap::new();
+    bad.insert("work_mem".to_string(), "8MB".to_string());
+    bad.insert("no_such_parameter".to_string(), "1".to_string());
+    let err = p
+        .client
+        .config(&ConfigRequest {
+            parameters: bad,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown parameter");
+    assert_eq!(err.code(), Some(ERR_BAD_REQUEST), "{err}");
+    let wm = db.query_one("SHOW work_mem", &[]).await.unwrap();
+    assert_eq!(wm.get::<_, String>(0), "4MB");
+    // After a restart nothing is pending any more.
+    p.client.restart(&StopRequest::default()).await.unwrap();
+    wait_for("no pending restart", T, || async {
+        let st = p.status().await;
+        (st.ready && st.pending_restart.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_stop_blocked_by_a_session_escalates_to_fast() {
+    let mut c = Cluster::new("stop");
+    c.add("stop-0", None, &[]);
+    let a = &c.agents[0];
+    let st = a.wait_ready("primary", T).await;
+    let pid = st.postgres_pid.unwrap();
+    let held = a.sql().await;
+    held.execute("SELECT 1", &[]).await.unwrap();
+
+    let started = Instant::now();
+    let r = a
+        .client
+        .stop(&StopRequest {
+            mode: StopMode::Smart,
+            timeout: Some("2s".parse().unwrap()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.stopped_with, Some(StopMode::Fast), "{r:?}");
+    assert!(r.message.contains("escalated to fast"), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        held.execute("SELECT 1", &[]).await.is_err(),
+        "the session must be gone"
+    );
+    assert!(!pid_alive(pid));
+    let st = a.status().await;
+    assert!(st.fenced && !st.postgres_running, "{st:?}");
+    assert_eq!(st.role, tandem::api::InstanceRole::Fenced);
+
+    // Stop again: nothing to do.
+    let r = a.client.stop(&StopRequest::default()).await.unwrap();
+    assert!(!r.changed);
+    let r = a.client.start(&StopRequest::default()).await.unwrap();
+    assert!(r.changed);
+    let st = a.wait_ready("primary", T).await;
+    assert!(!st.fenced);
+    let r = a
+        .client
+        .restart(&StopRequest {
+            mode: StopMode::Fast,
+            timeout: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.stopped_with, Some(StopMode::Fast));
+    let st2 = a.wait_ready("primary", T).await;
+    assert_ne!(st2.postgres_pid, st.postgres_pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_backlog_turns_the_check_critical_then_warning_then_ok() {
+    let mut c = Cluster::new("arch");
+    c.add("arch-0", None, &["--archive-ready-warning", "100"]);
+    let a = &c.agents[0];
+    a.wait_ready("primary", T).await;
+    let status_dir = a.data_dir.join("pg_wal/archive_status");
+    let file = |i: u32| status_dir.join(format!("00000001000000AA{i:08X}.ready"));
+    for i in 0..130 {
+        std::fs::write(file(i), "").unwrap();
+    }
+    let check = |want: CheckState, n: i64| async move {
+        wait_for(&format!("archive_ready {want:?} {n}"), T, || async {
+            let st = a.status().await;
+            let c = st.check("archive_ready")?;
+            (c.state == want && c.value == Some(n)).then(|| c.clone())
+        })
+        .await
+    };
+    let c130 = check(CheckState::Critical, 130).await;
+    assert!(c130.message.contains("critical 128"), "{c130:?}");
+    let m = a.client.metrics().await.unwrap();
+    assert!(m.contains("tandem_archive_ready_files 130"), "{m}");
+    assert!(
+        m.contains("tandem_check_state{check=\"archive_ready\"} 2"),
+        "{m}"
+    );
+    for i in 0..20 {
+        std::fs::remove_file(file(i)).unwrap();
+    }
+    check(CheckState::Warning, 110).await;
+    for i in 20..130 {
+        std::fs::remove_file(file(i)).unwrap();
+    }
+    check(CheckState::Ok, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let c = cluster_with("bad", 1).await;
+    let (p, s) = (&c.agents[0], &c.agents[1]);
+    let before = p.status().await;
+    let pid = before.postgres_pid;
+    let base = format!("http://127.0.0.1:{}", p.http_port);
+    let http = reqwest::Client::new();
+
+    // No token, wrong token: 401, JSON error, nothing done.
+    let r = http
+        .post(format!("{base}{PATH_STOP}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.error, ERR_UNAUTHORIZED);
+    let r = http
+        .get(format!("{base}{PATH_STATUS}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let wrong = tandem::agent::client::AgentClient::new(&base, "wrong-token").unwrap();
+    let err = wrong.stop(&StopRequest::default()).await.unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(401), Some(ERR_UNAUTHORIZED))
+    );
+    let err = wrong.promote(&PromoteRequest::default()).await.unwrap_err();
+    assert_eq!(err.status(), Some(401));
+    let r = http
+        .post(format!("{base}{PATH_STOP}"))
+        .header("Authorization", format!("Bearer {TOKEN}x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // Probes need no token.
+    for path in [PATH_HEALTHZ, PATH_READYZ, PATH_METRICS] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+    }
+
+    // Malformed JSON and oversized bodies.
+    let r = http
+        .post(format!("{base}{PATH_DEMOTE}"))
+        .bearer_auth(TOKEN)
+        .body("{\"primary\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.error, ERR_BAD_REQUEST);
+    assert!(body.detail.contains("malformed"), "{body:?}");
+    let r = http
+        .post(format!("{base}{PATH_CONFIG}"))
+        .bearer_auth(TOKEN)
+        .body(vec![b' '; MAX_BODY_BYTES + 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+
+    // Promoting a primary, demoting to itself, an unknown primary.
+    let err = p
+        .client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(409), Some(ERR_ALREADY_PRIMARY))
+    );
+    assert!(err.to_string().contains("already a primary"), "{err}");
+    let err = p
+        .client
+        .demote(&DemoteRequest {
+            primary: p.member(),
+            timeout: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(400), Some(ERR_SELF_TARGET))
+    );
+    let ghost = Member {
+        name: "ghost".into(),
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
+    let err = p
+        .client
+        .demote(&DemoteRequest {
+            primary: ghost.clone(),
+            timeout: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(422), Some(ERR_BAD_TARGET))
+    );
+    assert!(err.to_string().contains("cannot be reached"), "{err}");
+    // Demoting the primary to its own standby: refused, the standby is not a primary.
+    let err = p
+        .client
+        .demote(&DemoteRequest {
+            primary: s.member(),
+            timeout: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
+    let err = s
+        .client
+        .follow(&FollowRequest { primary: ghost })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
+    let err = p
+        .client
+        .rewind(&RewindRequest {
+            source: s.member(),
+            dry_run: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ERR_CONFLICT), "{err}");
+    let err = p
+        .client
+        .lease(&LeaseRequest { ttl_ms: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ERR_BAD_REQUEST));
+
+    // Nothing changed.
+    let after = p.wait_ready("primary", T).await;
+    assert_eq!(after.postgres_pid, pid);
+    assert!(!after.fenced);
+    assert_eq!(after.timeline, before.timeline);
+    let st = s.wait_ready("standby", T).await;
+    assert_eq!(st.upstream.map(|m| m.name), Some("bad-0".to_string()));
+
+    // The lease is recorded and visible.
+    p.client
+        .lease(&LeaseRequest { ttl_ms: 60_000 })
+        .await
+        .unwrap();
+    let l = p.status().await.lease;
+    assert!(l.held && l.ttl_ms == Some(60_000), "{l:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_postgres_is_restarted_and_counted() {
+    let mut c = Cluster::new("crash");
+    c.add("crash-0", None, &[]);
+    let a = &c.agents[0];
+    let st = a.wait_ready("primary", T).await;
+    let pid = st.postgres_pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let st = wait_for("postgres restarted after the crash", T, || async {
+        let st = a.status().await;
+        (st.ready && st.postgres_pid.is_some_and(|p| p != pid) && st.crash_count == 1).then_some(st)
+    })
+    .await;
+    assert!(st.last_crash.is_some());
+    let m = a.client.metrics().await.unwrap();
+    assert!(m.contains("tandem_postgres_crashes_total 1"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_agent_takes_its_postgres_down_and_restart_keeps_the_data() {
+    let mut c = Cluster::new("kill");
+    c.add("kill-0", None, &[]);
+    let st = c.agents[0].wait_ready("primary", T).await;
+    let pid = st.postgres_pid.unwrap();
+    assert_eq!(c.agents[0].postmaster_pid(), Some(pid));
+    let sysid = st.system_identifier.clone();
+    c.agents[0]
+        .sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (7)")
+        .await
+        .unwrap();
+    c.agents[0].kill_agent();
+    let port = c.agents[0].pg_port;
+    wait_for(
+        "postgres to die with its agent",
+        Duration::from_secs(20),
+        || async { (!pid_alive(pid) && connect(port).await.is_err()).then_some(()) },
+    )
+    .await;
+
+    // An agent started over the existing data directory starts it, never re-initialises it.
+    c.agents[0].respawn();
+    let st = c.agents[0].wait_ready("primary", T).await;
+    assert_eq!(st.system_identifier, sysid);
+    assert_eq!(rows(&c.agents[0].sql().await, "t").await, vec![7]);
+    assert!(c.agents[0].log_text().contains("data directory exists"));
+}

@@ -1,0 +1,319 @@
+//! The agent against real PostgreSQL: bootstrap, streaming, promote, demote,
+//! rewind after divergence, and re-clone when a rewind is impossible.
+
+mod agent_support;
+
+use std::time::Duration;
+
+use agent_support::*;
+use tandem::api::agent::*;
+
+const T: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_primary_and_two_standbys_stream_rows_to_both() {
+    let c = cluster_with("boot", 2).await;
+    let p = c.agents[0].sql().await;
+    p.batch_execute("CREATE TABLE t (v int); INSERT INTO t SELECT generate_series(1, 5)")
+        .await
+        .unwrap();
+    for s in &c.agents[1..] {
+        wait_rows(s, "t", &[1, 2, 3, 4, 5]).await;
+    }
+    // The primary's probe lists both standbys streaming, with their slots.
+    let st = wait_for("both standbys in the primary's status", T, || async {
+        let st = c.agents[0].status().await;
+        let mut names: Vec<_> = st.downstreams.iter().map(|d| d.name.clone()).collect();
+        names.sort();
+        let ok = names == ["boot-1", "boot-2"]
+            && st.downstreams.iter().all(|d| d.state == "streaming")
+            && st.slots.len() == 2;
+        ok.then_some(st)
+    })
+    .await;
+    let mut slots: Vec<_> = st.slots.iter().map(|s| s.name.clone()).collect();
+    slots.sort();
+    assert_eq!(slots, vec!["boot_1", "boot_2"]);
+    // Checksums are on and the standby knows its upstream.
+    let r = p.query_one("SHOW data_checksums", &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), "on");
+    let r = p.query_one("SHOW wal_log_hints", &[]).await.unwrap();
+    assert_eq!(r.get::<_, String>(0), "on");
+    let s1 = c.agents[1].status().await;
+    assert_eq!(
+        s1.upstream.as_ref().map(|m| m.name.as_str()),
+        Some("boot-0")
+    );
+    assert_eq!(s1.system_identifier, st.system_identifier);
+    assert!(s1
+        .checks
+        .iter()
+        .any(|c| c.name == "upstream" && c.state == tandem::api::CheckState::Ok));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_standby_then_demote_old_primary_to_follow_it() {
+    let c = cluster_with("prom", 1).await;
+    let (old, new) = (&c.agents[0], &c.agents[1]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    wait_rows(new, "t", &[1, 2]).await;
+    let tl_before = new.status().await.timeline.unwrap();
+
+    // Planned: stop the old primary cleanly first, then promote.
+    let r = old.client.stop(&StopRequest::default()).await.unwrap();
+    assert_eq!(r.stopped_with, Some(StopMode::Fast));
+    let r = new
+        .client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap();
+    assert!(r.changed);
+    assert!(r.timeline.unwrap() > tl_before, "{r:?}");
+    new.wait_ready("primary", T).await;
+    new.sql()
+        .await
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap();
+
+    let r = old
+        .client
+        .demote(&DemoteRequest {
+            primary: new.member(),
+            timeout: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
+    assert_eq!(r.rewind_needed, Some(false), "{r:?}");
+    old.wait_ready("standby", T).await;
+    wait_rows(old, "t", &[1, 2, 3]).await;
+    let st = new.status().await;
+    assert!(st.downstreams.iter().any(|d| d.name == "prom-0"), "{st:?}");
+    let rows = new
+        .sql()
+        .await
+        .query("SELECT application_name FROM pg_stat_replication", &[])
+        .await
+        .unwrap();
+    assert!(rows.iter().any(|r| r.get::<_, String>(0) == "prom-0"));
+
+    // Demote again: idempotent, nothing restarted.
+    let pid = old.status().await.postgres_pid;
+    let r = old
+        .client
+        .demote(&DemoteRequest {
+            primary: new.member(),
+            timeout: None,
+        })
+        .await
+        .unwrap();
+    assert!(!r.changed, "{r:?}");
+    assert_eq!(old.status().await.postgres_pid, pid);
+}
+
+/// Promote the standby while the old primary stays up and takes writes of its own.
+async fn diverge(c: &Cluster) {
+    let (old, new) = (&c.agents[0], &c.agents[1]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    wait_rows(new, "t", &[1, 2]).await;
+    new.client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap();
+    new.wait_ready("primary", T).await;
+    new.sql()
+        .await
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap();
+    let o = old.sql().await;
+    o.execute("INSERT INTO t VALUES (100)", &[]).await.unwrap();
+    o.execute("CHECKPOINT", &[]).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
+    let c = cluster_with("div", 1).await;
+    diverge(&c).await;
+    let (old, new) = (&c.agents[0], &c.agents[1]);
+    let r = old
+        .client
+        .demote(&DemoteRequest {
+            primary: new.member(),
+            timeout: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
+    assert_eq!(r.rewind_needed, Some(true), "{r:?}");
+    assert!(r.steps.iter().any(|s| s.contains("rewind needed")), "{r:?}");
+    old.wait_ready("standby", T).await;
+    wait_rows(old, "t", &[1, 2, 3]).await;
+    // The rewound instance is on its own port again, not the source's.
+    let st = old.status().await;
+    assert_eq!(st.timeline, new.status().await.timeline);
+    new.sql()
+        .await
+        .execute("INSERT INTO t VALUES (4)", &[])
+        .await
+        .unwrap();
+    wait_rows(old, "t", &[1, 2, 3, 4]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
+    let c = cluster_with("recl", 1).await;
+    diverge(&c).await;
+    let (old, new) = (&c.agents[0], &c.agents[1]);
+    old.client.stop(&StopRequest::default()).await.unwrap();
+
+    // Dry run while stopped: a rewind is needed.
+    let r = old
+        .client
+        .rewind(&RewindRequest {
+            source: new.member(),
+            dry_run: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
+    assert_eq!(r.rewind_needed, Some(true), "{r:?}");
+    assert!(!r.changed);
+
+    // Remove the WAL the rewind needs: pg_rewind must fail with its own message.
+    let wal = old.data_dir.join("pg_wal");
+    for e in std::fs::read_dir(&wal).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() && e.file_name().len() == 24 {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    let err = old
+        .client
+        .rewind(&RewindRequest {
+            source: new.member(),
+            dry_run: false,
+        })
+        .await
+        .expect_err("rewind without WAL must fail");
+    assert_eq!(err.code(), Some(ERR_REWIND_FAILED), "{err}");
+    assert!(err.to_string().contains("pg_rewind"), "{err}");
+
+    let r = old
+        .client
+        .reclone(&RecloneRequest {
+            source: new.member(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("reclone: {e}\n{}", c.logs()));
+    let aside = r.moved_aside_to.clone().expect("moved aside");
+    assert!(std::path::Path::new(&aside).join("PG_VERSION").exists());
+    old.wait_ready("standby", T).await;
+    wait_rows(old, "t", &[1, 2, 3]).await;
+
+    // A second re-clone keeps only the newest old copy.
+    let r2 = old
+        .client
+        .reclone(&RecloneRequest {
+            source: new.member(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("reclone 2: {e}\n{}", c.logs()));
+    old.wait_ready("standby", T).await;
+    let parent = old.data_dir.parent().unwrap();
+    let copies: Vec<_> = std::fs::read_dir(parent)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("pgdata.old-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert!(r2.moved_aside_to.unwrap().ends_with(&copies[0]));
+    wait_rows(old, "t", &[1, 2, 3]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sibling_follows_promoted_standby_with_a_reload() {
+    let c = cluster_with("fol", 2).await;
+    let (old, new, sib) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1]).await;
+    wait_rows(new, "t", &[1]).await;
+    old.client.stop(&StopRequest::default()).await.unwrap();
+    new.client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap();
+    new.wait_ready("primary", T).await;
+
+    // Following a standby is refused: only a primary can be followed.
+    let err = sib
+        .client
+        .follow(&FollowRequest {
+            primary: Member {
+                name: "fol-0".into(),
+                host: "127.0.0.1".into(),
+                port: old.pg_port,
+            },
+        })
+        .await
+        .expect_err("the stopped old primary cannot be followed");
+    assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
+
+    let pid = sib.status().await.postgres_pid;
+    let r = sib
+        .client
+        .follow(&FollowRequest {
+            primary: new.member(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("follow: {e}\n{}", c.logs()));
+    assert!(r.changed, "{r:?}");
+    let st = sib.wait_ready("standby", T).await;
+    assert_eq!(st.upstream.as_ref().map(|m| m.name.as_str()), Some("fol-1"));
+    assert_eq!(
+        st.postgres_pid, pid,
+        "follow must not restart postgres: {r:?}"
+    );
+    new.sql()
+        .await
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1, 2]).await;
+    wait_for(
+        "fol-2 in the new primary's pg_stat_replication",
+        T,
+        || async {
+            let rows = new
+                .sql()
+                .await
+                .query("SELECT application_name FROM pg_stat_replication", &[])
+                .await
+                .ok()?;
+            rows.iter()
+                .any(|r| r.get::<_, String>(0) == "fol-2")
+                .then_some(())
+        },
+    )
+    .await;
+    // Again: nothing to do.
+    let r = sib
+        .client
+        .follow(&FollowRequest {
+            primary: new.member(),
+        })
+        .await
+        .unwrap();
+    assert!(!r.changed, "{r:?}");
+}

@@ -1,0 +1,403 @@
+//! Test support for the agent's integration tests: temp directories the
+//! postgres user can use, free ports, agents as separate `tandem agent`
+//! processes (killed with their directories on drop), SQL helpers and
+//! waiting on conditions with timeouts. Does I/O.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use tandem::agent::client::AgentClient;
+use tandem::api::agent::{AgentStatus, Member};
+use tokio_postgres::{Client, NoTls};
+
+pub const TOKEN: &str = "test-token-0123456789";
+pub const SUPERUSER_PASSWORD: &str = "su:pa\\ss'word";
+pub const REPLICATION_PASSWORD: &str = "repl-secret";
+
+/// A directory under /tmp that the postgres user can traverse; removed on drop.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(prefix: &str) -> TestDir {
+        let path = tempfile::Builder::new()
+            .prefix(&format!("tandem-{prefix}-"))
+            .tempdir_in("/tmp")
+            .expect("create temp dir")
+            .keep();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod temp dir");
+        TestDir { path }
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A port below 32768 that is free now (probed by binding).
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20000 + (std::process::id() % 1000) as u16 * 12,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = if p >= 32700 { 20000 + p % 1000 } else { p };
+        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Wait until `f` returns Some, polling every 200ms; panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One `tandem agent` process.
+pub struct AgentProc {
+    pub name: String,
+    pub pg_port: u16,
+    pub http_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub client: AgentClient,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+impl AgentProc {
+    pub fn member(&self) -> Member {
+        Member {
+            name: self.name.clone(),
+            host: "127.0.0.1".into(),
+            port: self.pg_port,
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// The postmaster pid from postmaster.pid, if the file is there.
+    pub fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// SQL connection to this instance's postgres as the superuser.
+    pub async fn sql(&self) -> Client {
+        connect(self.pg_port)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.name, self.log_text()))
+    }
+
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(6000);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        format!("--- last log of {} ---\n{}", self.name, &text[start..])
+    }
+
+    pub async fn status(&self) -> AgentStatus {
+        self.client
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("status of {}: {e}\n{}", self.name, self.log_text()))
+    }
+
+    /// Wait until the agent reports postgres ready in `role` ("primary"/"standby").
+    pub async fn wait_ready(&self, role: &str, timeout: Duration) -> AgentStatus {
+        let want = role.to_string();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(st) = self.client.status().await {
+                let r = serde_json::to_value(st.role).unwrap_or_default();
+                let streaming = st
+                    .wal_receiver
+                    .as_ref()
+                    .is_some_and(|w| w.status == "streaming");
+                if st.ready && r == want.as_str() && (want != "standby" || streaming) {
+                    return st;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} not ready as {role} after {timeout:?}\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// SIGKILL the agent process (postgres must follow it).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start the agent process again with the same arguments.
+    pub fn respawn(&mut self) {
+        self.kill_agent();
+        self.child = Some(spawn(&self.args, &self.log));
+    }
+
+    /// Stop the agent (SIGTERM, then SIGKILL), and make sure its postgres is gone.
+    pub fn shutdown(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(pid) = self.postmaster_pid() {
+            if pid_alive(pid) && is_postgres(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // A zombie ('Z') is dead for our purposes.
+    !stat.is_empty()
+        && stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().next())
+            != Some("Z")
+}
+
+pub fn is_postgres(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().starts_with("postgres"))
+        .unwrap_or(false)
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open agent log");
+    let err = out.try_clone().expect("clone log handle");
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .env("TANDEM_TOKEN", TOKEN)
+        .env("TANDEM_SUPERUSER_PASSWORD", SUPERUSER_PASSWORD)
+        .env("TANDEM_REPLICATION_PASSWORD", REPLICATION_PASSWORD)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn tandem agent")
+}
+
+/// A test cluster: its directory and its agents (agents are dropped first).
+pub struct Cluster {
+    pub agents: Vec<AgentProc>,
+    pub dir: TestDir,
+    pub config_file: PathBuf,
+}
+
+impl Cluster {
+    pub fn new(prefix: &str) -> Cluster {
+        let dir = TestDir::new(prefix);
+        let config_file = dir.path.join("test.conf");
+        std::fs::write(
+            &config_file,
+            "fsync = off\nfull_page_writes = on\nshared_buffers = 16MB\nmax_connections = 40\n\
+             max_wal_size = 64MB\nmin_wal_size = 32MB\nwal_keep_size = 64MB\n\
+             checkpoint_timeout = 300s\nlog_min_messages = warning\n\
+             wal_receiver_status_interval = 1s\nwal_retrieve_retry_interval = 1s\n",
+        )
+        .expect("write test.conf");
+        Cluster {
+            agents: Vec::new(),
+            dir,
+            config_file,
+        }
+    }
+
+    /// Start an agent; it clones from agent `from` (an index) or initdb's when None.
+    pub fn add(&mut self, name: &str, from: Option<usize>, extra: &[&str]) -> usize {
+        let pg_port = free_port();
+        let http_port = free_port();
+        let inst_dir = self.dir.path.join(name);
+        std::fs::create_dir_all(&inst_dir).expect("mkdir instance dir");
+        std::fs::set_permissions(&inst_dir, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod instance dir");
+        let data_dir = inst_dir.join("pgdata");
+        let log = self.dir.path.join(format!("{name}.log"));
+        let mut args: Vec<String> = vec![
+            "agent".into(),
+            "--cluster".into(),
+            "t".into(),
+            "--instance".into(),
+            name.into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--pg-port".into(),
+            pg_port.to_string(),
+            "--pg-listen".into(),
+            "127.0.0.1".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{http_port}"),
+            "--advertise-host".into(),
+            "127.0.0.1".into(),
+            "--pg-config-file".into(),
+            self.config_file.display().to_string(),
+            "--stop-timeout".into(),
+            "10s".into(),
+        ];
+        if let Some(i) = from {
+            let p = &self.agents[i];
+            args.push("--bootstrap-from".into());
+            args.push(format!("127.0.0.1:{}", p.pg_port));
+            args.push("--bootstrap-from-name".into());
+            args.push(p.name.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = spawn(&args, &log);
+        let client =
+            AgentClient::new(format!("http://127.0.0.1:{http_port}"), TOKEN).expect("agent client");
+        self.agents.push(AgentProc {
+            name: name.into(),
+            pg_port,
+            http_port,
+            data_dir,
+            log,
+            client,
+            child: Some(child),
+            args,
+        });
+        self.agents.len() - 1
+    }
+
+    /// Print every agent's log (call before failing asserts when useful).
+    pub fn logs(&self) -> String {
+        self.agents
+            .iter()
+            .map(|a| a.log_text())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Connect to 127.0.0.1:port as the superuser.
+pub async fn connect(port: u16) -> Result<Client, tokio_postgres::Error> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(SUPERUSER_PASSWORD)
+        .dbname("postgres")
+        .connect_timeout(Duration::from_secs(5));
+    let (client, conn) = cfg.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// Values of column `v` in table `t`, sorted.
+pub async fn rows(c: &Client, table: &str) -> Vec<i32> {
+    let rows = c
+        .query(&format!("SELECT v FROM {table} ORDER BY v"), &[])
+        .await
+        .expect("select rows");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// Wait until `table` on the instance at `port` holds exactly `want`.
+pub async fn wait_rows(a: &AgentProc, table: &str, want: &[i32]) {
+    let port = a.pg_port;
+    let want = want.to_vec();
+    wait_for(
+        &format!("rows {want:?} in {table} on {}", a.name),
+        Duration::from_secs(30),
+        || {
+            let want = want.clone();
+            let table = table.to_string();
+            async move {
+                let c = connect(port).await.ok()?;
+                let r = c
+                    .query(&format!("SELECT v FROM {table} ORDER BY v"), &[])
+                    .await
+                    .ok()?;
+                let got: Vec<i32> = r.iter().map(|r| r.get(0)).collect();
+                (got == want).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// A primary with `standbys` streaming standbys, all ready.
+pub async fn cluster_with(prefix: &str, standbys: usize) -> Cluster {
+    let mut c = Cluster::new(prefix);
+    let p = c.add(&format!("{prefix}-0"), None, &[]);
+    c.agents[p]
+        .wait_ready("primary", Duration::from_secs(90))
+        .await;
+    for i in 1..=standbys {
+        c.add(&format!("{prefix}-{i}"), Some(0), &[]);
+    }
+    for i in 1..=standbys {
+        c.agents[i]
+            .wait_ready("standby", Duration::from_secs(90))
+            .await;
+    }
+    c
+}
