@@ -454,6 +454,10 @@ pub struct AgentStatus {
     /// When this was observed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<String>,
+    /// While postgres is stopped: the latest checkpoint location from pg_controldata
+    /// (after a clean shutdown, the shutdown checkpoint a switchover target must have received).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_lsn: Option<String>,
 }
 
 impl AgentStatus {

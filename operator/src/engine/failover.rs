@@ -259,7 +259,12 @@ fn fence(
                 Err(why) if ctx.reachable(old) => {
                     // Nobody was promoted: give up and let the old primary start again.
                     let message = format!("failover from {old} abandoned: {why}; {old} answers again and stays the primary");
-                    out.push(event(Some(old), EventType::Warning, reasons::FAILOVER_FAILED, &message));
+                    out.push(event(
+                        Some(old),
+                        EventType::Warning,
+                        reasons::FAILOVER_FAILED,
+                        &message,
+                    ));
                     st.target_primary = Some(old.to_string());
                     Step::Finish(history(ctx, &tr_now, outcomes::FAILED, &message))
                 }
@@ -343,7 +348,9 @@ fn promote(
             instance: c.clone(),
             ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
         });
-        out.push(Action::Start { instance: c.clone() });
+        out.push(Action::Start {
+            instance: c.clone(),
+        });
         st.blocked_by = Some(format!("starting postgres on {c} before promoting it"));
         return Step::Wait;
     }

@@ -96,16 +96,29 @@ impl Driver {
     fn addresses(&self) -> BTreeMap<String, Member> {
         self.members
             .iter()
-            .map(|(n, m)| (n.clone(), Member { name: n.clone(), host: "127.0.0.1".into(), port: m.launch.pg_port }))
+            .map(|(n, m)| {
+                (
+                    n.clone(),
+                    Member {
+                        name: n.clone(),
+                        host: "127.0.0.1".into(),
+                        port: m.launch.pg_port,
+                    },
+                )
+            })
             .collect()
     }
 
     fn pg_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.members.get(name).map(|m| SocketAddr::from(([127, 0, 0, 1], m.launch.pg_port)))
+        self.members
+            .get(name)
+            .map(|m| SocketAddr::from(([127, 0, 0, 1], m.launch.pg_port)))
     }
 
     fn save(&mut self) {
-        let Ok(text) = serde_json::to_string_pretty(&self.persisted) else { return };
+        let Ok(text) = serde_json::to_string_pretty(&self.persisted) else {
+            return;
+        };
         if text == self.last_saved {
             return;
         }
@@ -122,7 +135,9 @@ impl Driver {
         let names: Vec<String> = self.members.keys().cloned().collect();
         for name in names {
             let alive = self.agents.pid(&name).is_some();
-            let Some(m) = self.members.get_mut(&name) else { continue };
+            let Some(m) = self.members.get_mut(&name) else {
+                continue;
+            };
             if alive {
                 m.died_at = None;
                 continue;
@@ -137,9 +152,14 @@ impl Driver {
                 None if keys::instance_ordinal(&self.name, &name) == Some(0) => None,
                 None => Some(keys::instance_name(&self.name, 0)),
             };
-            let from = source
-                .and_then(|s| self.members.get(&s).map(|sm| format!("127.0.0.1:{}", sm.launch.pg_port)));
-            let Some(m) = self.members.get_mut(&name) else { continue };
+            let from = source.and_then(|s| {
+                self.members
+                    .get(&s)
+                    .map(|sm| format!("127.0.0.1:{}", sm.launch.pg_port))
+            });
+            let Some(m) = self.members.get_mut(&name) else {
+                continue;
+            };
             match self.agents.start(&m.launch, from.as_deref()) {
                 Ok(pid) => {
                     m.died_at = None;
@@ -160,21 +180,32 @@ impl Driver {
         let polls = self.members.iter().map(|(n, m)| {
             let c = m.client.clone();
             let n = n.clone();
-            async move { (n, tokio::time::timeout(POLL_TIMEOUT, c.status()).await.ok().and_then(|r| r.ok())) }
+            async move {
+                (
+                    n,
+                    tokio::time::timeout(POLL_TIMEOUT, c.status())
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok()),
+                )
+            }
         });
         let answers: Vec<(String, Option<AgentStatus>)> = futures::future::join_all(polls).await;
         let mut out = Vec::new();
         for (name, answer) in answers {
             let alive = self.agents.pid(&name).is_some();
             let label = self.persisted.labels.get(&name).copied();
-            let Some(m) = self.members.get_mut(&name) else { continue };
+            let Some(m) = self.members.get_mut(&name) else {
+                continue;
+            };
             if let Some(s) = &answer {
                 m.last_seen = Some(Instant::now());
                 m.last_report = Some(s.clone());
             }
             let platform = if !alive {
                 PlatformState::Gone
-            } else if answer.is_none() && m.started_at.is_some_and(|t| t.elapsed() < STARTING_GRACE) {
+            } else if answer.is_none() && m.started_at.is_some_and(|t| t.elapsed() < STARTING_GRACE)
+            {
                 PlatformState::Starting
             } else {
                 PlatformState::Running
@@ -182,22 +213,35 @@ impl Driver {
             if !alive {
                 m.last_report = None;
             }
-            out.push(InstanceObs { name, platform, label, agent: answer.as_ref().map(super::observe::report) });
+            out.push(InstanceObs {
+                name,
+                platform,
+                label,
+                agent: answer.as_ref().map(super::observe::report),
+            });
         }
         out
     }
 
     /// Whether the primary can open a replication connection to each other instance (switchover precheck).
     async fn replication_checks(&self, obs: &mut [InstanceObs]) {
-        let Some(primary) = self.persisted.status.current_primary.clone() else { return };
-        let user = self.state.replication.as_ref().map(|c| (c.user.clone(), c.password.clone()));
+        let Some(primary) = self.persisted.status.current_primary.clone() else {
+            return;
+        };
+        let user = self
+            .state
+            .replication
+            .as_ref()
+            .map(|c| (c.user.clone(), c.password.clone()));
         let Some((user, password)) = user else { return };
         let mut result = BTreeMap::new();
         for (name, m) in &self.members {
             if *name == primary {
                 continue;
             }
-            let ok = super::replcheck::can_replicate("127.0.0.1", m.launch.pg_port, &user, &password).await;
+            let ok =
+                super::replcheck::can_replicate("127.0.0.1", m.launch.pg_port, &user, &password)
+                    .await;
             result.insert(name.clone(), ok);
         }
         if let Some(p) = obs.iter_mut().find(|o| o.name == primary) {
@@ -213,7 +257,10 @@ impl Driver {
         self.respawn();
         let mut instances = self.observe().await;
         let requests = self.requests.for_engine();
-        if requests.iter().any(|r| matches!(r, engine::Request::Switchover { .. })) {
+        if requests
+            .iter()
+            .any(|r| matches!(r, engine::Request::Switchover { .. }))
+        {
             self.replication_checks(&mut instances).await;
         }
         let obs = Observations {
@@ -227,11 +274,22 @@ impl Driver {
         let spec = self.spec();
         let before = self.persisted.status.history.clone();
         let decision = engine::decide(&spec, &self.persisted.status, &obs, jiff::Timestamp::now());
-        if self.persisted.status.transition.as_ref().map(|t| (&t.kind, &t.step))
-            != decision.status.transition.as_ref().map(|t| (&t.kind, &t.step))
+        if self
+            .persisted
+            .status
+            .transition
+            .as_ref()
+            .map(|t| (&t.kind, &t.step))
+            != decision
+                .status
+                .transition
+                .as_ref()
+                .map(|t| (&t.kind, &t.step))
         {
             match &decision.status.transition {
-                Some(t) => info!(transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step"),
+                Some(t) => {
+                    info!(transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
+                }
                 None => info!("no transition in progress"),
             }
         }
@@ -249,7 +307,12 @@ impl Driver {
         self.publish(&spec);
     }
 
-    fn act(&mut self, action: Action, before: &[crate::api::HistoryEntry], members: &BTreeMap<String, Member>) {
+    fn act(
+        &mut self,
+        action: Action,
+        before: &[crate::api::HistoryEntry],
+        members: &BTreeMap<String, Member>,
+    ) {
         match &action {
             Action::SetRole { instance, role } => {
                 if self.persisted.labels.get(instance) != Some(role) {
@@ -268,18 +331,32 @@ impl Driver {
                 }
                 self.results.push(engine::ActionResult::ok(action));
             }
-            Action::Event { instance, type_, reason, message } => match type_ {
-                EventType::Normal => info!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}"),
-                EventType::Warning => warn!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}"),
+            Action::Event {
+                instance,
+                type_,
+                reason,
+                message,
+            } => match type_ {
+                EventType::Normal => {
+                    info!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                }
+                EventType::Warning => {
+                    warn!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                }
             },
             Action::RequestDone { request } => {
                 let status = self.persisted.status.clone();
                 self.requests.done(request, before, &status);
             }
             _ => {
-                let Some(name) = action.instance().map(str::to_string) else { return };
+                let Some(name) = action.instance().map(str::to_string) else {
+                    return;
+                };
                 let Some(m) = self.members.get(&name) else {
-                    self.results.push(engine::ActionResult::failed(action, format!("unknown instance {name}")));
+                    self.results.push(engine::ActionResult::failed(
+                        action,
+                        format!("unknown instance {name}"),
+                    ));
                     return;
                 };
                 if !self.exec.busy(&action) {
@@ -315,13 +392,23 @@ impl Driver {
             .iter()
             .filter(|(_, r)| **r == RoleLabel::Standby)
             .filter(|(n, _)| {
-                self.members.get(*n).and_then(|m| m.last_report.as_ref()).is_some_and(|s| {
-                    s.postgres_running && s.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming")
-                })
+                self.members
+                    .get(*n)
+                    .and_then(|m| m.last_report.as_ref())
+                    .is_some_and(|s| {
+                        s.postgres_running
+                            && s.wal_receiver
+                                .as_ref()
+                                .is_some_and(|w| w.status == "streaming")
+                    })
             })
             .filter_map(|(n, _)| self.pg_addr(n))
             .collect();
-        let ro = if current_ro.is_some_and(|c| streaming.contains(&c)) { current_ro } else { streaming.first().copied() };
+        let ro = if current_ro.is_some_and(|c| streaming.contains(&c)) {
+            current_ro
+        } else {
+            streaming.first().copied()
+        };
         self.ro.send_if_modified(|cur| {
             if *cur != ro {
                 *cur = ro;
@@ -341,18 +428,32 @@ impl Driver {
                 let m = self.members.get(&i.name);
                 let alive = m.is_some_and(|m| m.died_at.is_none());
                 let rep = m.and_then(|m| m.last_report.as_ref());
-                let fresh = m.and_then(|m| m.last_seen).is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+                let fresh = m
+                    .and_then(|m| m.last_seen)
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
                 let status = match (alive, fresh, rep) {
                     (false, _, _) => "down".to_string(),
                     (true, true, Some(r)) if r.fenced => "fenced".to_string(),
                     (true, true, Some(r)) if r.postgres_running => "running".to_string(),
-                    (true, true, Some(r)) => r.activity.clone().map(|a| format!("stopped ({a})")).unwrap_or_else(|| "stopped".into()),
-                    (true, _, _) if m.and_then(|m| m.started_at).is_some_and(|t| t.elapsed() < STARTING_GRACE) => "starting".into(),
+                    (true, true, Some(r)) => r
+                        .activity
+                        .clone()
+                        .map(|a| format!("stopped ({a})"))
+                        .unwrap_or_else(|| "stopped".into()),
+                    (true, _, _)
+                        if m.and_then(|m| m.started_at)
+                            .is_some_and(|t| t.elapsed() < STARTING_GRACE) =>
+                    {
+                        "starting".into()
+                    }
                     _ => "unreachable".into(),
                 };
                 InstanceReport {
                     name: i.name.clone(),
-                    role: serde_json::to_value(i.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+                    role: serde_json::to_value(i.role)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
                     status,
                     upstream: i.upstream.clone(),
                     timeline: i.timeline,
@@ -360,13 +461,18 @@ impl Driver {
                     lag_bytes: i.lag_bytes,
                     priority: i.priority,
                     checks: i.checks.clone(),
-                    last_seen_secs: m.and_then(|m| m.last_seen).map(|t| t.elapsed().as_secs_f64()),
+                    last_seen_secs: m
+                        .and_then(|m| m.last_seen)
+                        .map(|t| t.elapsed().as_secs_f64()),
                 }
             })
             .collect();
         let report = StatusReport {
             name: self.name.clone(),
-            phase: st.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Creating".into()),
+            phase: st
+                .phase
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "Creating".into()),
             primary: st.current_primary.clone(),
             paused: st.paused,
             mode: match spec.replication.mode {
@@ -386,11 +492,19 @@ impl Driver {
         let names: Vec<String> = self.members.keys().cloned().collect();
         let unknown = |n: &str| {
             (!names.iter().any(|x| x == n)).then(|| Refusal {
-                error: format!("instance {n} does not exist (instances: {})", names.join(", ")),
+                error: format!(
+                    "instance {n} does not exist (instances: {})",
+                    names.join(", ")
+                ),
                 detail: vec![],
             })
         };
-        let ok = |message: String| Ok(Outcome { message, detail: vec![] });
+        let ok = |message: String| {
+            Ok(Outcome {
+                message,
+                detail: vec![],
+            })
+        };
         let engine_request = match req {
             LocalRequest::Switchover { to, dry_run, force } => {
                 let to = if to == keys::ANY {
@@ -409,7 +523,10 @@ impl Driver {
                     let _ = reply.send(Err(r));
                     return false;
                 }
-                engine::Request::Rejoin { instance: name, dry_run }
+                engine::Request::Rejoin {
+                    instance: name,
+                    dry_run,
+                }
             }
             LocalRequest::Reclone { name } => {
                 if let Some(r) = unknown(&name) {
@@ -433,7 +550,9 @@ impl Driver {
             LocalRequest::Pause => {
                 self.persisted.paused = Some(true);
                 self.save();
-                let _ = reply.send(ok("paused: no automatic failover or rejoin until tandem local unpause".into()));
+                let _ = reply.send(ok(
+                    "paused: no automatic failover or rejoin until tandem local unpause".into(),
+                ));
                 return false;
             }
             LocalRequest::Unpause => {
@@ -442,11 +561,21 @@ impl Driver {
                 let _ = reply.send(ok("unpaused: automatic failover and rejoin are on".into()));
                 return false;
             }
-            LocalRequest::Set { mode, synchronous_commit, data_durability, sync_standbys } => {
-                let _ = reply.send(self.set(mode, synchronous_commit, data_durability, sync_standbys));
+            LocalRequest::Set {
+                mode,
+                synchronous_commit,
+                data_durability,
+                sync_standbys,
+            } => {
+                let _ =
+                    reply.send(self.set(mode, synchronous_commit, data_durability, sync_standbys));
                 return false;
             }
-            LocalRequest::Kill { name, signal, agent } => {
+            LocalRequest::Kill {
+                name,
+                signal,
+                agent,
+            } => {
                 let _ = reply.send(self.kill(&name, &signal, agent));
                 return false;
             }
@@ -455,7 +584,10 @@ impl Driver {
                 return true;
             }
         };
-        self.requests.pending.push(Pending { request: engine_request, reply: Some(reply) });
+        self.requests.pending.push(Pending {
+            request: engine_request,
+            reply: Some(reply),
+        });
         false
     }
 
@@ -466,23 +598,27 @@ impl Driver {
         durability: Option<String>,
         sync_standbys: Option<i32>,
     ) -> Result<Outcome, Refusal> {
-        let refuse = |e: String| Err(Refusal { error: e, detail: vec![] });
+        let refuse = |e: String| {
+            Err(Refusal {
+                error: e,
+                detail: vec![],
+            })
+        };
         let mut r = self.spec().replication;
-        let parse = |what: &str, v: String| serde_json::from_value(serde_json::Value::String(v.clone())).map_err(|_| format!("invalid {what} {v:?}"));
         if let Some(m) = mode {
-            match parse("mode", m) {
+            match parse_value("mode", m) {
                 Ok(v) => r.mode = v,
                 Err(e) => return refuse(e),
             }
         }
         if let Some(s) = synchronous_commit {
-            match parse("synchronous commit", s) {
+            match parse_value("synchronous commit", s) {
                 Ok(v) => r.synchronous_commit = v,
                 Err(e) => return refuse(e),
             }
         }
         if let Some(d) = durability {
-            match parse("data durability", d) {
+            match parse_value("data durability", d) {
                 Ok(v) => r.data_durability = v,
                 Err(e) => return refuse(e),
             }
@@ -499,21 +635,33 @@ impl Driver {
         }
         let message = format!(
             "replication: mode {}, synchronous_commit {}, syncStandbys {}, dataDurability {}",
-            serde_json::to_value(r.mode).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            serde_json::to_value(r.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             r.synchronous_commit.as_pg(),
             r.sync_standbys,
-            serde_json::to_value(r.data_durability).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            serde_json::to_value(r.data_durability)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
         );
         self.persisted.replication = Some(r);
         self.save();
-        Ok(Outcome { message, detail: vec!["applied to the primary with a reload (no restart)".into()] })
+        Ok(Outcome {
+            message,
+            detail: vec!["applied to the primary with a reload (no restart)".into()],
+        })
     }
 
     fn kill(&mut self, name: &str, signal: &str, agent: bool) -> Result<Outcome, Refusal> {
         let Some(m) = self.members.get(name) else {
             let names: Vec<String> = self.members.keys().cloned().collect();
             return Err(Refusal {
-                error: format!("instance {name} does not exist (instances: {})", names.join(", ")),
+                error: format!(
+                    "instance {name} does not exist (instances: {})",
+                    names.join(", ")
+                ),
                 detail: vec![],
             });
         };
@@ -521,18 +669,35 @@ impl Driver {
             "KILL" => Signal::SIGKILL,
             "STOP" => Signal::SIGSTOP,
             "CONT" => Signal::SIGCONT,
-            other => return Err(Refusal { error: format!("unknown signal {other} (KILL, STOP or CONT)"), detail: vec![] }),
+            other => {
+                return Err(Refusal {
+                    error: format!("unknown signal {other} (KILL, STOP or CONT)"),
+                    detail: vec![],
+                })
+            }
         };
         let data_dir = m.launch.data_dir.clone();
         if agent {
             self.agents
                 .signal_agent(name, sig)
-                .map(|()| Outcome { message: format!("sent SIG{signal} to the agent of {name}"), detail: vec![] })
-                .map_err(|e| Refusal { error: e.to_string(), detail: vec![] })
+                .map(|()| Outcome {
+                    message: format!("sent SIG{signal} to the agent of {name}"),
+                    detail: vec![],
+                })
+                .map_err(|e| Refusal {
+                    error: e.to_string(),
+                    detail: vec![],
+                })
         } else {
             procs::signal_postgres(name, &data_dir, sig)
-                .map(|pid| Outcome { message: format!("sent SIG{signal} to postgres of {name} (pid {pid})"), detail: vec![] })
-                .map_err(|e| Refusal { error: e.to_string(), detail: vec![] })
+                .map(|pid| Outcome {
+                    message: format!("sent SIG{signal} to postgres of {name} (pid {pid})"),
+                    detail: vec![],
+                })
+                .map_err(|e| Refusal {
+                    error: e.to_string(),
+                    detail: vec![],
+                })
         }
     }
 
@@ -549,6 +714,11 @@ impl Driver {
             warn!(error = %e, "cannot update state.json");
         }
     }
+}
+
+fn parse_value<T: serde::de::DeserializeOwned>(what: &str, v: String) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(v.clone()))
+        .map_err(|_| format!("invalid {what} {v:?}"))
 }
 
 /// Receive control requests without waiting.

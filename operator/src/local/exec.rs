@@ -10,8 +10,8 @@ use tracing::{info, warn};
 
 use crate::agent::client::{AgentClient, ClientError};
 use crate::api::agent::{
-    self as proto, ConfigRequest, DemoteRequest, FollowRequest, LeaseRequest, Member, PromoteRequest,
-    RecloneRequest, RewindRequest, StopRequest, SyncStandbys,
+    self as proto, ConfigRequest, DemoteRequest, FollowRequest, LeaseRequest, Member,
+    PromoteRequest, RecloneRequest, RewindRequest, StopRequest, SyncStandbys,
 };
 use crate::api::DurationString;
 use crate::engine::{Action, ActionResult, StopMode};
@@ -28,7 +28,11 @@ pub struct Executor {
 impl Default for Executor {
     fn default() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        Self { in_flight: HashSet::new(), tx, rx }
+        Self {
+            in_flight: HashSet::new(),
+            tx,
+            rx,
+        }
     }
 }
 
@@ -71,7 +75,12 @@ impl Executor {
     }
 
     /// Start `action` on `client`; `members` gives every instance's address.
-    pub fn spawn(&mut self, action: Action, client: AgentClient, members: &BTreeMap<String, Member>) {
+    pub fn spawn(
+        &mut self,
+        action: Action,
+        client: AgentClient,
+        members: &BTreeMap<String, Member>,
+    ) {
         let k = key(&action);
         if !self.in_flight.insert(k.clone()) {
             return;
@@ -83,8 +92,15 @@ impl Executor {
             let outcome = call(&action, &client, &members).await;
             let result = match outcome {
                 Ok(detail) => {
-                    info!(action = %short(&action), ms = started.elapsed().as_millis() as u64, detail = detail.as_deref().unwrap_or(""), "action done");
-                    ActionResult { action, outcome: crate::engine::Outcome::Succeeded { detail } }
+                    if matches!(action, Action::RenewLease { .. }) {
+                        tracing::debug!(action = %short(&action), "lease renewed");
+                    } else {
+                        info!(action = %short(&action), ms = started.elapsed().as_millis() as u64, detail = detail.as_deref().unwrap_or(""), "action done");
+                    }
+                    ActionResult {
+                        action,
+                        outcome: crate::engine::Outcome::Succeeded { detail },
+                    }
                 }
                 Err(message) => {
                     warn!(action = %short(&action), ms = started.elapsed().as_millis() as u64, error = %message, "action failed");
@@ -107,7 +123,10 @@ pub fn short(a: &Action) -> String {
 }
 
 fn member(members: &BTreeMap<String, Member>, name: &str) -> Result<Member, String> {
-    members.get(name).cloned().ok_or_else(|| format!("unknown instance {name}"))
+    members
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("unknown instance {name}"))
 }
 
 fn describe(e: ClientError) -> String {
@@ -123,31 +142,75 @@ fn describe(e: ClientError) -> String {
     }
 }
 
-async fn call(a: &Action, c: &AgentClient, members: &BTreeMap<String, Member>) -> Result<Option<String>, String> {
+async fn call(
+    a: &Action,
+    c: &AgentClient,
+    members: &BTreeMap<String, Member>,
+) -> Result<Option<String>, String> {
     let resp = match a {
         Action::Promote { .. } => match c.promote(&PromoteRequest::default()).await {
             // Already primary: the promotion happened (idempotent).
-            Err(e) if e.code() == Some(proto::ERR_ALREADY_PRIMARY) => return Ok(Some("already primary".into())),
+            Err(e) if e.code() == Some(proto::ERR_ALREADY_PRIMARY) => {
+                return Ok(Some("already primary".into()))
+            }
             other => other,
         },
         Action::Demote { primary, .. } => {
-            c.demote(&DemoteRequest { primary: member(members, primary)?, timeout: None }).await
+            c.demote(&DemoteRequest {
+                primary: member(members, primary)?,
+                timeout: None,
+            })
+            .await
         }
-        Action::Follow { primary, .. } => c.follow(&FollowRequest { primary: member(members, primary)? }).await,
-        Action::Rewind { source, dry_run, .. } => {
-            c.rewind(&RewindRequest { source: member(members, source)?, dry_run: *dry_run }).await
+        Action::Follow { primary, .. } => {
+            c.follow(&FollowRequest {
+                primary: member(members, primary)?,
+            })
+            .await
         }
-        Action::Reclone { source, .. } => c.reclone(&RecloneRequest { source: member(members, source)? }).await,
-        Action::Stop { mode, timeout_ms, .. } => {
-            c.stop(&StopRequest { mode: stop_mode(*mode), timeout: duration_ms(*timeout_ms) }).await
+        Action::Rewind {
+            source, dry_run, ..
+        } => {
+            c.rewind(&RewindRequest {
+                source: member(members, source)?,
+                dry_run: *dry_run,
+            })
+            .await
+        }
+        Action::Reclone { source, .. } => {
+            c.reclone(&RecloneRequest {
+                source: member(members, source)?,
+            })
+            .await
+        }
+        Action::Stop {
+            mode, timeout_ms, ..
+        } => {
+            c.stop(&StopRequest {
+                mode: stop_mode(*mode),
+                timeout: duration_ms(*timeout_ms),
+            })
+            .await
         }
         Action::Start { .. } => c.start(&StopRequest::default()).await,
-        Action::Restart { mode, timeout_ms, .. } => {
-            c.restart(&StopRequest { mode: stop_mode(*mode), timeout: duration_ms(*timeout_ms) }).await
+        Action::Restart {
+            mode, timeout_ms, ..
+        } => {
+            c.restart(&StopRequest {
+                mode: stop_mode(*mode),
+                timeout: duration_ms(*timeout_ms),
+            })
+            .await
         }
-        Action::Config { synchronous_commit, synchronous_standby_names, parameters, .. } => {
-            let (count, names) = parse_sync_names(synchronous_standby_names)
-                .ok_or_else(|| format!("cannot apply synchronous_standby_names {synchronous_standby_names:?}"))?;
+        Action::Config {
+            synchronous_commit,
+            synchronous_standby_names,
+            parameters,
+            ..
+        } => {
+            let (count, names) = parse_sync_names(synchronous_standby_names).ok_or_else(|| {
+                format!("cannot apply synchronous_standby_names {synchronous_standby_names:?}")
+            })?;
             let req = ConfigRequest {
                 parameters: parameters.clone(),
                 synchronous_commit: Some(synchronous_commit.clone()),
@@ -157,19 +220,26 @@ async fn call(a: &Action, c: &AgentClient, members: &BTreeMap<String, Member>) -
             return c
                 .config(&req)
                 .await
-                .map(|r| (!r.pending_restart.is_empty()).then(|| format!("pending restart: {}", r.pending_restart.join(", "))))
+                .map(|r| {
+                    (!r.pending_restart.is_empty())
+                        .then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
+                })
                 .map_err(describe);
         }
         Action::RenewLease { ttl_ms, .. } => {
-            return tokio::time::timeout(Duration::from_secs(2), c.lease(&LeaseRequest { ttl_ms: *ttl_ms }))
-                .await
-                .map_err(|_| "lease renewal timed out".to_string())?
-                .map(|_| None)
-                .map_err(describe)
+            return tokio::time::timeout(
+                Duration::from_secs(2),
+                c.lease(&LeaseRequest { ttl_ms: *ttl_ms }),
+            )
+            .await
+            .map_err(|_| "lease renewal timed out".to_string())?
+            .map(|_| None)
+            .map_err(describe)
         }
-        Action::SetRole { .. } | Action::FenceInstance { .. } | Action::Event { .. } | Action::RequestDone { .. } => {
-            return Ok(None)
-        }
+        Action::SetRole { .. }
+        | Action::FenceInstance { .. }
+        | Action::Event { .. }
+        | Action::RequestDone { .. } => return Ok(None),
     };
     resp.map(|r| {
         let mut detail = r.message;

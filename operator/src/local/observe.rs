@@ -29,7 +29,10 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         replayed_lsn: lsn(&s.replayed_lsn),
         checkpoint_lsn: lsn(&s.checkpoint_lsn),
         upstream: s.upstream.as_ref().map(|m| m.name.clone()),
-        streaming: s.wal_receiver.as_ref().is_some_and(|w| w.status == "streaming"),
+        streaming: s
+            .wal_receiver
+            .as_ref()
+            .is_some_and(|w| w.status == "streaming"),
         standbys: s
             .downstreams
             .iter()
@@ -46,7 +49,11 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         replication_to: Default::default(),
         lease: Some(LeaseReport {
             held: s.lease.held,
-            remaining_ms: s.lease.remaining_ms.and_then(|m| i64::try_from(m).ok()).unwrap_or(0),
+            remaining_ms: s
+                .lease
+                .remaining_ms
+                .and_then(|m| i64::try_from(m).ok())
+                .unwrap_or(0),
         }),
         fenced: s.fenced,
         pending_restart: !s.pending_restart.is_empty(),
@@ -84,7 +91,10 @@ mod tests {
     #[test]
     fn engine_sync_names_parse_back() {
         let s = crate::engine::sync_standby_names(1, &["main-1".into(), "main-2".into()]);
-        assert_eq!(parse_sync_names(&s), Some((1, vec!["main-1".into(), "main-2".into()])));
+        assert_eq!(
+            parse_sync_names(&s),
+            Some((1, vec!["main-1".into(), "main-2".into()]))
+        );
         assert_eq!(parse_sync_names(""), Some((0, vec![])));
         assert_eq!(parse_sync_names("ANY 2 (*)"), Some((2, vec![])));
         assert_eq!(parse_sync_names("FIRST 1 (a)"), None);

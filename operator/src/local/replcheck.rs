@@ -20,8 +20,14 @@ pub fn init(bin_dir: Option<PathBuf>) {
 
 /// Whether `user` can open a physical replication connection to host:port.
 pub async fn can_replicate(host: &str, port: u16, user: &str, password: &str) -> bool {
-    let psql = PSQL.get().cloned().flatten().unwrap_or_else(|| PathBuf::from("psql"));
-    let conninfo = format!("host={host} port={port} user={user} dbname=replication replication=true connect_timeout=2");
+    let psql = PSQL
+        .get()
+        .cloned()
+        .flatten()
+        .unwrap_or_else(|| PathBuf::from("psql"));
+    let conninfo = format!(
+        "host={host} port={port} user={user} dbname=replication replication=true connect_timeout=2"
+    );
     let mut cmd = Command::new(psql);
     cmd.arg("-X")
         .arg("-A")

@@ -61,15 +61,27 @@ fn lines(e: &HistoryEntry) -> Vec<String> {
 pub fn answer(e: &HistoryEntry) -> Result<Outcome, Refusal> {
     let detail = lines(e);
     match e.outcome.as_str() {
-        engine::outcomes::SUCCEEDED => Ok(Outcome { message: e.message.clone(), detail }),
+        engine::outcomes::SUCCEEDED => Ok(Outcome {
+            message: e.message.clone(),
+            detail,
+        }),
         engine::outcomes::DRY_RUN => {
             if e.checks.iter().any(|c| c.state == CheckState::Critical) {
-                Err(Refusal { error: e.message.clone(), detail })
+                Err(Refusal {
+                    error: e.message.clone(),
+                    detail,
+                })
             } else {
-                Ok(Outcome { message: e.message.clone(), detail })
+                Ok(Outcome {
+                    message: e.message.clone(),
+                    detail,
+                })
             }
         }
-        _ => Err(Refusal { error: e.message.clone(), detail }),
+        _ => Err(Refusal {
+            error: e.message.clone(),
+            detail,
+        }),
     }
 }
 
@@ -81,17 +93,27 @@ impl Requests {
 
     /// The engine answered `request` (RequestDone) in a decision that produced `status`.
     pub fn done(&mut self, request: &Request, before: &[HistoryEntry], status: &DbClusterStatus) {
-        let Some(i) = self.pending.iter().position(|p| &p.request == request) else { return };
+        let Some(i) = self.pending.iter().position(|p| &p.request == request) else {
+            return;
+        };
         let p = self.pending.remove(i);
         let Some(reply) = p.reply else { return };
         let fresh = new_entries(before, &status.history);
         // Refused or reported at once.
-        if let Some(e) = fresh.iter().rev().find(|e| e.outcome != engine::outcomes::SUCCEEDED && e.duration_ms == 0) {
+        if let Some(e) = fresh
+            .iter()
+            .rev()
+            .find(|e| e.outcome != engine::outcomes::SUCCEEDED && e.duration_ms == 0)
+        {
             let _ = reply.send(answer(e));
             return;
         }
         if let Some(t) = &status.transition {
-            self.waiting.push(Waiting { kind: t.kind.clone(), started_at: t.started_at.clone(), reply });
+            self.waiting.push(Waiting {
+                kind: t.kind.clone(),
+                started_at: t.started_at.clone(),
+                reply,
+            });
             return;
         }
         match fresh.last() {
@@ -99,26 +121,39 @@ impl Requests {
                 let _ = reply.send(answer(e));
             }
             None => {
-                let _ = reply.send(Ok(Outcome { message: "request accepted".into(), detail: vec![] }));
+                let _ = reply.send(Ok(Outcome {
+                    message: "request accepted".into(),
+                    detail: vec![],
+                }));
             }
         }
     }
 
     /// Answer the waiters whose transition is over.
     pub fn finish(&mut self, status: &DbClusterStatus) {
-        let current = status.transition.as_ref().map(|t| (t.kind.clone(), t.started_at.clone()));
+        let current = status
+            .transition
+            .as_ref()
+            .map(|t| (t.kind.clone(), t.started_at.clone()));
         let mut still = Vec::new();
         for w in self.waiting.drain(..) {
             if current.as_ref() == Some(&(w.kind.clone(), w.started_at.clone())) {
                 still.push(w);
                 continue;
             }
-            let entry = status.history.iter().rev().find(|e| e.kind == w.kind && e.started_at == w.started_at);
+            let entry = status
+                .history
+                .iter()
+                .rev()
+                .find(|e| e.kind == w.kind && e.started_at == w.started_at);
             let result = match entry {
                 Some(e) => answer(e),
                 None => match status.history.last() {
                     Some(e) => answer(e),
-                    None => Ok(Outcome { message: format!("{} finished", w.kind), detail: vec![] }),
+                    None => Ok(Outcome {
+                        message: format!("{} finished", w.kind),
+                        detail: vec![],
+                    }),
                 },
             };
             let _ = w.reply.send(result);
@@ -130,11 +165,17 @@ impl Requests {
     pub fn abandon(&mut self, why: &str) {
         for p in self.pending.drain(..) {
             if let Some(r) = p.reply {
-                let _ = r.send(Err(Refusal { error: why.to_string(), detail: vec![] }));
+                let _ = r.send(Err(Refusal {
+                    error: why.to_string(),
+                    detail: vec![],
+                }));
             }
         }
         for w in self.waiting.drain(..) {
-            let _ = w.reply.send(Err(Refusal { error: why.to_string(), detail: vec![] }));
+            let _ = w.reply.send(Err(Refusal {
+                error: why.to_string(),
+                detail: vec![],
+            }));
         }
     }
 }

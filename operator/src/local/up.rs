@@ -27,10 +27,17 @@ const SUPERUSER: &str = "postgres";
 const REPLICATION_USER: &str = "replicator";
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn,hyper=warn,reqwest=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,tower_http=warn,hyper=warn,reqwest=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 fn fail(msg: impl std::fmt::Display) -> anyhow::Result<i32> {
@@ -45,17 +52,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
-    if let Err(e) = std::fs::create_dir_all(&args.dir) {
-        return fail(format!("cannot create {}: {e}", args.dir.display()));
+    if let Err(e) = std::fs::create_dir_all(&args.dir.dir) {
+        return fail(format!("cannot create {}: {e}", args.dir.dir.display()));
     }
-    let dir = match args.dir.canonicalize() {
+    let dir = match args.dir.dir.canonicalize() {
         Ok(d) => d,
-        Err(e) => return fail(format!("cannot use {}: {e}", args.dir.display())),
+        Err(e) => return fail(format!("cannot use {}: {e}", args.dir.dir.display())),
     };
     let previous = LocalState::load(&dir).ok();
     if let Some(p) = &previous {
         if p.pid != 0 && p.pid != std::process::id() && pid_alive(p.pid) {
-            return fail(setup::SetupError::AlreadyRunning { dir: dir.display().to_string(), pid: p.pid });
+            return fail(setup::SetupError::AlreadyRunning {
+                dir: dir.display().to_string(),
+                pid: p.pid,
+            });
         }
         if p.name != name {
             return fail(format!(
@@ -87,11 +97,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
-    let (control, rw_addr, ro_addr, instances) =
-        match setup::layout(&dir, &name, spec.instances, previous.as_ref(), args.rw_port, args.ro_port) {
-            Ok(v) => v,
-            Err(e) => return fail(e),
-        };
+    let (control, rw_addr, ro_addr, instances) = match setup::layout(
+        &dir,
+        &name,
+        spec.instances,
+        previous.as_ref(),
+        args.rw_port,
+        args.ro_port,
+    ) {
+        Ok(v) => v,
+        Err(e) => return fail(e),
+    };
     let logs = dir.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
         return fail(format!("cannot create {}: {e}", logs.display()));
@@ -167,7 +183,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     };
     tokio::spawn(rw.serve());
     tokio::spawn(ro.serve());
-    let (report_tx, report_rx) = watch::channel(StatusReport { name: name.clone(), ..Default::default() });
+    let (report_tx, report_rx) = watch::channel(StatusReport {
+        name: name.clone(),
+        ..Default::default()
+    });
     let (req_tx, mut req_rx) = mpsc::channel(32);
     let listener = match tokio::net::TcpListener::bind(control).await {
         Ok(l) => l,
@@ -222,7 +241,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         }
     }
     driver.shutdown().await;
-    eprintln!("cluster {name} stopped; its data stays in {} (tandem local up starts it again)", dir.display());
+    eprintln!(
+        "cluster {name} stopped; its data stays in {} (tandem local up starts it again)",
+        dir.display()
+    );
     Ok(EXIT_OK)
 }
 

@@ -132,7 +132,11 @@ pub fn primary_obs(me: &str, n: u32) -> InstanceObs {
             max_wal_senders: Some(10),
             max_replication_slots: Some(10),
             slots_used: Some(i64::from(n) - 1),
-            replication_to: (0..n).map(name).filter(|s| s != me).map(|s| (s, true)).collect(),
+            replication_to: (0..n)
+                .map(name)
+                .filter(|s| s != me)
+                .map(|s| (s, true))
+                .collect(),
             system_identifier: Some("7000".into()),
             synchronous_standby_names: Some(String::new()),
             synchronous_commit: Some("local".into()),
