@@ -104,7 +104,11 @@ impl ApiServer {
         );
         assert_eq!(r.body["kind"], kind, "{}", r.path);
         let owner = &r.body["metadata"]["ownerReferences"][0];
-        assert_eq!(owner["kind"], "DbCluster", "{} lacks its owner reference", r.path);
+        assert_eq!(
+            owner["kind"], "DbCluster",
+            "{} lacks its owner reference",
+            r.path
+        );
         assert_eq!(owner["controller"], true);
         let body = r.body.clone();
         r.echo();
@@ -113,7 +117,10 @@ impl ApiServer {
 
     async fn expect_secret_lookup(&mut self, name: &str, exists: bool) {
         let r = self
-            .next(Method::GET, &format!("/api/v1/namespaces/{NS}/secrets/{name}"))
+            .next(
+                Method::GET,
+                &format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+            )
             .await;
         if exists {
             r.reply(
@@ -127,8 +134,15 @@ impl ApiServer {
     }
 
     async fn expect_pod_list(&mut self, pods: Value) {
-        let r = self.next(Method::GET, &format!("/api/v1/namespaces/{NS}/pods")).await;
-        assert!(r.query.contains("labelSelector=tandem.dev%2Fcluster%3Dmain"), "{}", r.query);
+        let r = self
+            .next(Method::GET, &format!("/api/v1/namespaces/{NS}/pods"))
+            .await;
+        assert!(
+            r.query
+                .contains("labelSelector=tandem.dev%2Fcluster%3Dmain"),
+            "{}",
+            r.query
+        );
         r.reply(
             StatusCode::OK,
             json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
@@ -136,9 +150,15 @@ impl ApiServer {
     }
 
     async fn expect_secret_create(&mut self, name: &str) -> Value {
-        let r = self.next(Method::POST, &format!("/api/v1/namespaces/{NS}/secrets")).await;
+        let r = self
+            .next(Method::POST, &format!("/api/v1/namespaces/{NS}/secrets"))
+            .await;
         assert_eq!(r.body["metadata"]["name"], name, "created the wrong Secret");
-        assert!(r.query.contains("fieldManager=tandem-operator"), "{}", r.query);
+        assert!(
+            r.query.contains("fieldManager=tandem-operator"),
+            "{}",
+            r.query
+        );
         let body = r.body.clone();
         r.echo();
         body
@@ -151,7 +171,11 @@ impl ApiServer {
                 &format!("/apis/tandem.dev/v1alpha1/namespaces/{NS}/dbclusters/main/status"),
             )
             .await;
-        assert!(r.query.contains("fieldManager=tandem-operator"), "{}", r.query);
+        assert!(
+            r.query.contains("fieldManager=tandem-operator"),
+            "{}",
+            r.query
+        );
         let status = r.body["status"].clone();
         let mut answer = serde_json::to_value(dc).unwrap_or_default();
         answer["status"] = status.clone();
@@ -229,7 +253,10 @@ where
 
 async fn expect_children(server: &mut ApiServer, existing: &[&str]) -> Vec<Value> {
     server
-        .expect_apply(&format!("/api/v1/namespaces/{NS}/configmaps/main-config"), "ConfigMap")
+        .expect_apply(
+            &format!("/api/v1/namespaces/{NS}/configmaps/main-config"),
+            "ConfigMap",
+        )
         .await;
     let mut created = Vec::new();
     for name in ["main-superuser", "main-replication", "main-agent-token"] {
@@ -239,7 +266,10 @@ async fn expect_children(server: &mut ApiServer, existing: &[&str]) -> Vec<Value
     }
     for svc in ["main-pods", "main-rw", "main-ro", "main-r"] {
         server
-            .expect_apply(&format!("/api/v1/namespaces/{NS}/services/{svc}"), "Service")
+            .expect_apply(
+                &format!("/api/v1/namespaces/{NS}/services/{svc}"),
+                "Service",
+            )
             .await;
     }
     server
@@ -249,10 +279,16 @@ async fn expect_children(server: &mut ApiServer, existing: &[&str]) -> Vec<Value
         )
         .await;
     let sts = server
-        .expect_apply(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets/main"), "StatefulSet")
+        .expect_apply(
+            &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/main"),
+            "StatefulSet",
+        )
         .await;
     assert_eq!(sts["spec"]["replicas"], 3);
-    assert_eq!(sts["spec"]["template"]["spec"]["containers"][0]["image"], IMAGE);
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        IMAGE
+    );
     created
 }
 
@@ -310,7 +346,9 @@ async fn existing_secret_is_never_overwritten() {
 #[tokio::test]
 async fn invalid_spec_sets_ready_false_and_warns_without_touching_children() {
     let mut spec = DbClusterSpec::default();
-    spec.postgres.parameters.insert("port".into(), "5433".into());
+    spec.postgres
+        .parameters
+        .insert("port".into(), "5433".into());
     let dc = cluster(spec);
     let dc2 = dc.clone();
     let (result, ctx) = run(dc.clone(), |mut server| async move {
@@ -319,13 +357,19 @@ async fn invalid_spec_sets_ready_false_and_warns_without_touching_children() {
         }
         server.expect_pod_list(json!([])).await;
         let ev = server
-            .next(Method::POST, &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"))
+            .next(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            )
             .await;
         assert_eq!(ev.body["type"], "Warning");
         assert_eq!(ev.body["reason"], "InvalidSpec");
         assert_eq!(ev.body["regarding"]["name"], "main");
         let note = ev.body["note"].as_str().unwrap_or_default().to_string();
-        assert!(note.contains("postgres.parameters.port is managed by tandem"), "{note}");
+        assert!(
+            note.contains("postgres.parameters.port is managed by tandem"),
+            "{note}"
+        );
         ev.echo();
         let status = server.expect_status_apply(&dc2).await;
         let ready = status["conditions"]
@@ -334,7 +378,10 @@ async fn invalid_spec_sets_ready_false_and_warns_without_touching_children() {
             .unwrap_or_default();
         assert_eq!(ready["status"], "False");
         assert_eq!(ready["reason"], "InvalidSpec");
-        assert!(ready["message"].as_str().unwrap_or_default().contains("port"));
+        assert!(ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("port"));
         server
     })
     .await;
@@ -344,7 +391,10 @@ async fn invalid_spec_sets_ready_false_and_warns_without_touching_children() {
     };
     assert_eq!(err.category(), Category::InvalidSpec);
     // Nothing to retry until the spec changes.
-    assert_eq!(error_policy(Arc::new(dc), &err, ctx), Action::await_change());
+    assert_eq!(
+        error_policy(Arc::new(dc), &err, ctx),
+        Action::await_change()
+    );
 }
 
 #[tokio::test]
@@ -352,7 +402,10 @@ async fn api_failure_backs_off_exponentially() {
     let dc = cluster(DbClusterSpec::default());
     let (result, ctx) = run(dc.clone(), |mut server| async move {
         let r = server
-            .next(Method::GET, &format!("/api/v1/namespaces/{NS}/secrets/main-superuser"))
+            .next(
+                Method::GET,
+                &format!("/api/v1/namespaces/{NS}/secrets/main-superuser"),
+            )
             .await;
         r.reply(
             StatusCode::INTERNAL_SERVER_ERROR,
