@@ -251,6 +251,7 @@ where
     (result, ctx)
 }
 
+/// Apply every child; returns the bodies of the Secrets created.
 async fn expect_children(server: &mut ApiServer, existing: &[&str]) -> Vec<Value> {
     server
         .expect_apply(
@@ -264,14 +265,22 @@ async fn expect_children(server: &mut ApiServer, existing: &[&str]) -> Vec<Value
             created.push(server.expect_secret_create(name).await);
         }
     }
+    let mut services = Vec::new();
     for svc in ["main-pods", "main-rw", "main-ro", "main-r"] {
-        server
-            .expect_apply(
-                &format!("/api/v1/namespaces/{NS}/services/{svc}"),
-                "Service",
-            )
-            .await;
+        let path = format!("/api/v1/namespaces/{NS}/services/{svc}");
+        services.push(server.expect_apply(&path, "Service").await);
     }
+    assert_eq!(services[0]["spec"]["clusterIP"], "None");
+    assert_eq!(services[0]["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(
+        services[1]["spec"]["selector"]["tandem.dev/role"],
+        "primary"
+    );
+    assert_eq!(
+        services[2]["spec"]["selector"]["tandem.dev/role"],
+        "standby"
+    );
+    assert_eq!(services[3]["spec"]["selector"].get("tandem.dev/role"), None);
     server
         .expect_apply(
             &format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/main"),
@@ -435,4 +444,54 @@ async fn deleted_cluster_is_left_to_the_garbage_collector() {
     ));
     let (result, _) = run(dc, |server| async move { server }).await;
     assert_eq!(result.ok(), Some(Action::await_change()));
+}
+
+fn pod(name: &str, ready: bool, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+#[tokio::test]
+async fn pods_get_their_instance_label_and_feed_status() {
+    let dc = cluster(DbClusterSpec::default());
+    let dc2 = dc.clone();
+    let all = ["main-superuser", "main-replication", "main-agent-token"];
+    let (result, _) = run(dc, |mut server| async move {
+        for name in all {
+            server.expect_secret_lookup(name, true).await;
+        }
+        let primary = json!({"tandem.dev/cluster": "main", "tandem.dev/role": "primary"});
+        let labelled = json!({"tandem.dev/cluster": "main", "tandem.dev/instance": "main-1"});
+        server
+            .expect_pod_list(json!([
+                pod("main-0", true, primary),
+                pod("main-1", false, labelled)
+            ]))
+            .await;
+        let created = expect_children(&mut server, &all).await;
+        assert!(created.is_empty());
+        let path = format!("/api/v1/namespaces/{NS}/pods/main-0");
+        let label = server.next(Method::PATCH, &path).await;
+        // A merge patch of the instance label only: the role label is left alone.
+        assert_eq!(
+            label.body,
+            json!({"metadata": {"labels": {"tandem.dev/instance": "main-0"}}})
+        );
+        let answer = pod("main-0", true, json!({"tandem.dev/instance": "main-0"}));
+        label.reply(StatusCode::OK, answer);
+        let status = server.expect_status_apply(&dc2).await;
+        assert_eq!(status["readyInstances"], "1/3");
+        assert_eq!(status["phase"], "Creating");
+        assert_eq!(status["instances"][0]["name"], "main-0");
+        assert_eq!(status["instances"][0]["role"], "primary");
+        assert_eq!(status["instances"][0]["ready"], true);
+        assert_eq!(status["instances"][1]["name"], "main-1");
+        assert_eq!(status["instances"][1]["ready"], false);
+        server
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
 }
