@@ -120,6 +120,7 @@ pub const CONTROLLER_NAME: &str = "tandem-operator";
 /// Run the operator until SIGTERM (or until it loses the leader lease, which is an error).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     init_logging(args.log_format, &args.log_filter)?;
+    install_crypto_provider();
     let identity = match &args.leader.identity {
         Some(id) => id.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -284,6 +285,12 @@ async fn run_controller(
     .await;
 }
 
+/// kube and reqwest enable different rustls crypto providers, so rustls
+/// cannot pick one by itself; install ring's. Already installed is fine.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Install the global tracing subscriber.
 fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -291,7 +298,9 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
     };
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
