@@ -407,7 +407,7 @@ async fn invalid_spec_sets_ready_false_and_warns_without_touching_children() {
 }
 
 #[tokio::test]
-async fn api_failure_backs_off_exponentially() {
+async fn api_failure_warns_with_its_category_and_backs_off_exponentially() {
     let dc = cluster(DbClusterSpec::default());
     let (result, ctx) = run(dc.clone(), |mut server| async move {
         let r = server
@@ -421,6 +421,17 @@ async fn api_failure_backs_off_exponentially() {
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                    "reason": "InternalError", "code": 500, "message": "etcd is down"}),
         );
+        let ev = server
+            .next(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            )
+            .await;
+        assert_eq!(ev.body["type"], "Warning");
+        assert_eq!(ev.body["reason"], "ApiError");
+        let note = ev.body["note"].as_str().unwrap_or_default().to_string();
+        assert!(note.contains("etcd is down"), "{note}");
+        ev.echo();
         server
     })
     .await;

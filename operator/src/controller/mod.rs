@@ -17,7 +17,6 @@ pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -304,6 +303,3 @@ fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     };
     result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
-
-/// Default requeue interval, for tests and callers that build a context by hand.
-pub const DEFAULT_REQUEUE: Duration = Duration::from_secs(60);

@@ -11,7 +11,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 
 use super::build::build_children;
-use super::error::Error;
+use super::error::{Category, Error};
 use super::metrics::Metrics;
 use super::status::{desired_status, patch_status, Outcome};
 use super::validate::{validate, Defaults, Invalid};
@@ -92,9 +92,41 @@ pub async fn reconcile(dc: Arc<DbCluster>, ctx: Arc<Context>) -> Result<Action, 
         }
         Err(e) => {
             tracing::warn!(%cluster, %namespace, category = e.category().as_label(), error = %e, "reconcile failed");
+            // A refused spec has already been reported with its own Event.
+            if e.category() != Category::InvalidSpec {
+                warn(
+                    &dc,
+                    &ctx,
+                    e.category().event_reason(),
+                    "Reconcile",
+                    e.to_string(),
+                )
+                .await;
+            }
         }
     }
     result
+}
+
+/// Publish a Warning Event on the DbCluster; best effort (the log has it too).
+async fn warn(dc: &DbCluster, ctx: &Context, reason: &str, action: &str, mut note: String) {
+    if note.len() > EVENT_NOTE_MAX {
+        let mut cut = EVENT_NOTE_MAX;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &dc.object_ref(&())).await {
+        tracing::warn!(cluster = %dc.name_any(), error = %e, "could not publish event");
+    }
 }
 
 async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
@@ -123,25 +155,8 @@ async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
 
 /// A refused spec: a Warning Event and Ready=False; no child is touched.
 async fn refuse(dc: &DbCluster, ctx: &Context, invalid: &Invalid, now: &str) -> Result<(), Error> {
-    let mut note = invalid.to_string();
-    if note.len() > EVENT_NOTE_MAX {
-        let mut cut = EVENT_NOTE_MAX;
-        while !note.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        note.truncate(cut);
-    }
-    let event = Event {
-        type_: EventType::Warning,
-        reason: super::error::Category::InvalidSpec.event_reason().into(),
-        note: Some(note),
-        action: "Validate".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &dc.object_ref(&())).await {
-        // The condition below carries the same message; an Event is best effort.
-        tracing::warn!(cluster = %dc.name_any(), error = %e, "could not publish event");
-    }
+    let reason = Category::InvalidSpec.event_reason();
+    warn(dc, ctx, reason, "Validate", invalid.to_string()).await;
     let status = desired_status(dc, Outcome::Invalid(invalid), &[], now);
     patch_status(&ctx.client, dc, status).await
 }
