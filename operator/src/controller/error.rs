@@ -1,0 +1,120 @@
+//! The controller's error type and its bounded categories (no I/O).
+
+use super::validate::Invalid;
+
+/// Everything a reconcile can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec is valid for the schema but not for tandem; waits for a change.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(Invalid),
+
+    /// The object lacks metadata the API server always sets (namespace, uid).
+    #[error("DbCluster is missing metadata.{0}")]
+    MissingMetadata(&'static str),
+
+    /// A call to the API server failed.
+    #[error("{action} {kind} {name}: {source}")]
+    Kube {
+        /// What was attempted (get, list, apply, create, patch).
+        action: &'static str,
+        /// Kind of the object.
+        kind: &'static str,
+        /// Name of the object (or the label selector of a list).
+        name: String,
+        /// The client's error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+
+    /// An object could not be encoded for an apply.
+    #[error("encode {kind} {name}: {source}")]
+    Encode {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Name of the object.
+        name: String,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Bounded error categories: metric label values and Event reasons come from here only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Category {
+    /// The spec is invalid (see the Ready condition).
+    InvalidSpec,
+    /// Required metadata was missing.
+    Metadata,
+    /// The API server refused the request because of a conflict.
+    Conflict,
+    /// The API server denied access (RBAC).
+    Forbidden,
+    /// Any other API failure (network, server error, timeout).
+    Api,
+    /// Encoding an object failed.
+    Encode,
+}
+
+impl Category {
+    /// snake_case label value for metrics.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "invalid_spec",
+            Self::Metadata => "metadata",
+            Self::Conflict => "conflict",
+            Self::Forbidden => "forbidden",
+            Self::Api => "api",
+            Self::Encode => "encode",
+        }
+    }
+
+    /// PascalCase Event reason.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            Self::InvalidSpec => "InvalidSpec",
+            Self::Metadata => "MissingMetadata",
+            Self::Conflict => "ApiConflict",
+            Self::Forbidden => "ApiForbidden",
+            Self::Api => "ApiError",
+            Self::Encode => "EncodeError",
+        }
+    }
+
+    /// Whether retrying without a change to the object can help.
+    pub fn is_transient(self) -> bool {
+        !matches!(self, Self::InvalidSpec | Self::Metadata | Self::Encode)
+    }
+}
+
+impl Error {
+    /// The error's bounded category.
+    pub fn category(&self) -> Category {
+        match self {
+            Self::InvalidSpec(_) => Category::InvalidSpec,
+            Self::MissingMetadata(_) => Category::Metadata,
+            Self::Encode { .. } => Category::Encode,
+            Self::Kube { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) if status.is_conflict() => Category::Conflict,
+                kube::Error::Api(status) if status.is_forbidden() => Category::Forbidden,
+                _ => Category::Api,
+            },
+        }
+    }
+
+    /// Wrap a client error with what was attempted.
+    pub fn kube(
+        action: &'static str,
+        kind: &'static str,
+        name: impl Into<String>,
+        source: kube::Error,
+    ) -> Self {
+        Self::Kube {
+            action,
+            kind,
+            name: name.into(),
+            source: Box::new(source),
+        }
+    }
+}

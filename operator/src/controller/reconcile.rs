@@ -1,0 +1,197 @@
+//! The reconcile pipeline (observe → validate → build → apply → status) and
+//! the error policy. Does I/O through the steps that need it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+
+use super::build::build_children;
+use super::error::{Category, Error};
+use super::metrics::Metrics;
+use super::status::{desired_status, patch_status, Outcome};
+use super::validate::{validate, Defaults, Invalid};
+use super::{apply, observe};
+use crate::api::DbCluster;
+
+/// Shortest wait after a transient failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest wait after repeated transient failures.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Event notes are limited to 1 kB by the API.
+const EVENT_NOTE_MAX: usize = 1000;
+
+/// Settings of the reconcile loop, parsed once from the flags.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    /// Defaults for fields the spec may leave out.
+    pub defaults: Defaults,
+    /// Requeue interval after a successful reconcile.
+    pub requeue: Duration,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Events on DbClusters.
+    pub recorder: Recorder,
+    /// Reconcile counters.
+    pub metrics: Arc<Metrics>,
+    /// Settings.
+    pub config: ReconcileConfig,
+    /// Consecutive transient failures per cluster (namespace/name), for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context with no failures recorded.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        config: ReconcileConfig,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            config,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        // A poisoned map only holds counters: keep using it.
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn key(dc: &DbCluster) -> String {
+    format!("{}/{}", dc.namespace().unwrap_or_default(), dc.name_any())
+}
+
+/// Reconcile one DbCluster; counts the outcome in the metrics.
+pub async fn reconcile(dc: Arc<DbCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let cluster = dc.name_any();
+    let namespace = dc.namespace().unwrap_or_default();
+    let result = run_pipeline(&dc, &ctx).await;
+    ctx.metrics.record(
+        result.as_ref().err().map(Error::category),
+        started.elapsed(),
+    );
+    match &result {
+        Ok(_) => {
+            ctx.failures().remove(&key(&dc));
+            tracing::debug!(%cluster, %namespace, "reconciled");
+        }
+        Err(e) => {
+            tracing::warn!(%cluster, %namespace, category = e.category().as_label(), error = %e, "reconcile failed");
+            // A refused spec has already been reported with its own Event.
+            if e.category() != Category::InvalidSpec {
+                warn(
+                    &dc,
+                    &ctx,
+                    e.category().event_reason(),
+                    "Reconcile",
+                    e.to_string(),
+                )
+                .await;
+            }
+        }
+    }
+    result
+}
+
+/// Publish a Warning Event on the DbCluster; best effort (the log has it too).
+async fn warn(dc: &DbCluster, ctx: &Context, reason: &str, action: &str, mut note: String) {
+    if note.len() > EVENT_NOTE_MAX {
+        let mut cut = EVENT_NOTE_MAX;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &dc.object_ref(&())).await {
+        tracing::warn!(cluster = %dc.name_any(), error = %e, "could not publish event");
+    }
+}
+
+async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
+    if dc.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the children.
+        return Ok(Action::await_change());
+    }
+    let namespace = dc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let name = dc.name_any();
+    let observed = observe::observe(&ctx.client, &namespace, &name).await?;
+    let now = Timestamp::now().to_string();
+    let cluster = match validate(dc, &ctx.config.defaults) {
+        Ok(cluster) => cluster,
+        Err(Error::InvalidSpec(invalid)) => {
+            refuse(dc, ctx, &invalid, &now).await?;
+            return Err(Error::InvalidSpec(invalid));
+        }
+        Err(e) => return Err(e),
+    };
+    let children = build_children(&cluster, &observed.missing_secrets(), &mut rand::rng());
+    apply::apply(&ctx.client, &cluster, children, &observed.pods).await?;
+    let status = desired_status(dc, Outcome::Applied(&cluster), &observed.pods, &now);
+    patch_status(&ctx.client, dc, status).await?;
+    Ok(Action::requeue(ctx.config.requeue))
+}
+
+/// A refused spec: a Warning Event and Ready=False; no child is touched.
+async fn refuse(dc: &DbCluster, ctx: &Context, invalid: &Invalid, now: &str) -> Result<(), Error> {
+    let reason = Category::InvalidSpec.event_reason();
+    warn(dc, ctx, reason, "Validate", invalid.to_string()).await;
+    let status = desired_status(dc, Outcome::Invalid(invalid), &[], now);
+    patch_status(&ctx.client, dc, status).await
+}
+
+/// Invalid specs wait for a change; transient errors back off exponentially.
+pub fn error_policy(dc: Arc<DbCluster>, error: &Error, ctx: Arc<Context>) -> Action {
+    let category = error.category();
+    if !category.is_transient() {
+        return Action::await_change();
+    }
+    let failures = {
+        let mut map = ctx.failures();
+        let n = map.entry(key(&dc)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    Action::requeue(backoff(failures))
+}
+
+/// Wait after the `failures`-th consecutive transient failure: 1s, 2s, 4s… up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(40), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
+    }
+}

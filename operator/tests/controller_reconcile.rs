@@ -1,0 +1,508 @@
+//! Reconcile against a mocked API server (kube's tower-test pattern): each
+//! scenario asserts the exact sequence of requests, method, path and body, and
+//! answers them; the test fails on any request it did not expect.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, Resource};
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+use tandem::api::{DbCluster, DbClusterSpec};
+use tandem::controller::error::Category;
+use tandem::controller::metrics::Metrics;
+use tandem::controller::validate::Defaults;
+use tandem::controller::{error_policy, reconcile, Context, ReconcileConfig};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+const NS: &str = "db";
+const IMAGE: &str = "example.org/tandem-postgres:17";
+
+/// The mocked API server side of a scenario.
+struct ApiServer(Handle);
+
+/// One request as received.
+struct Received {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+    respond: tower_test::mock::SendResponse<Response<Body>>,
+}
+
+impl Received {
+    fn reply(self, status: StatusCode, body: Value) {
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        match Response::builder().status(status).body(Body::from(bytes)) {
+            Ok(resp) => self.respond.send_response(resp),
+            Err(e) => panic!("building a response: {e}"),
+        }
+    }
+
+    /// Answer with the request's own body, as the API server does for applies.
+    fn echo(self) {
+        let body = self.body.clone();
+        self.reply(StatusCode::OK, body);
+    }
+
+    fn not_found(self) {
+        self.reply(
+            StatusCode::NOT_FOUND,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "NotFound", "code": 404, "message": "not found"}),
+        );
+    }
+}
+
+impl ApiServer {
+    async fn next(&mut self, method: Method, path: &str) -> Received {
+        let Some((request, respond)) = self.0.next_request().await else {
+            panic!("expected {method} {path}, but the client sent nothing more");
+        };
+        let (parts, body) = request.into_parts();
+        let bytes = match body.collect_bytes().await {
+            Ok(b) => b,
+            Err(e) => panic!("reading request body: {e}"),
+        };
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        let got_path = parts.uri.path().to_string();
+        let query = parts.uri.query().unwrap_or_default().to_string();
+        assert_eq!(
+            (&parts.method, got_path.as_str()),
+            (&method, path),
+            "unexpected request (query {query}, body {body})"
+        );
+        Received {
+            method: parts.method,
+            path: got_path,
+            query,
+            body,
+            respond,
+        }
+    }
+
+    /// The next request must be a server-side apply by tandem's field manager
+    /// of an object of `kind` at `path`; answered by echoing it.
+    async fn expect_apply(&mut self, path: &str, kind: &str) -> Value {
+        let r = self.next(Method::PATCH, path).await;
+        assert!(
+            r.query.contains("fieldManager=tandem-operator") && r.query.contains("force=true"),
+            "{} {}: not a forced apply by tandem-operator: {}",
+            r.method,
+            r.path,
+            r.query
+        );
+        assert_eq!(r.body["kind"], kind, "{}", r.path);
+        let owner = &r.body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            owner["kind"], "DbCluster",
+            "{} lacks its owner reference",
+            r.path
+        );
+        assert_eq!(owner["controller"], true);
+        let body = r.body.clone();
+        r.echo();
+        body
+    }
+
+    async fn expect_secret_lookup(&mut self, name: &str, exists: bool) {
+        let r = self
+            .next(
+                Method::GET,
+                &format!("/api/v1/namespaces/{NS}/secrets/{name}"),
+            )
+            .await;
+        if exists {
+            r.reply(
+                StatusCode::OK,
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                       "metadata": {"name": name, "namespace": NS}}),
+            );
+        } else {
+            r.not_found();
+        }
+    }
+
+    async fn expect_pod_list(&mut self, pods: Value) {
+        let r = self
+            .next(Method::GET, &format!("/api/v1/namespaces/{NS}/pods"))
+            .await;
+        assert!(
+            r.query
+                .contains("labelSelector=tandem.dev%2Fcluster%3Dmain"),
+            "{}",
+            r.query
+        );
+        r.reply(
+            StatusCode::OK,
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods}),
+        );
+    }
+
+    async fn expect_secret_create(&mut self, name: &str) -> Value {
+        let r = self
+            .next(Method::POST, &format!("/api/v1/namespaces/{NS}/secrets"))
+            .await;
+        assert_eq!(r.body["metadata"]["name"], name, "created the wrong Secret");
+        assert!(
+            r.query.contains("fieldManager=tandem-operator"),
+            "{}",
+            r.query
+        );
+        let body = r.body.clone();
+        r.echo();
+        body
+    }
+
+    async fn expect_status_apply(&mut self, dc: &DbCluster) -> Value {
+        let r = self
+            .next(
+                Method::PATCH,
+                &format!("/apis/tandem.dev/v1alpha1/namespaces/{NS}/dbclusters/main/status"),
+            )
+            .await;
+        assert!(
+            r.query.contains("fieldManager=tandem-operator"),
+            "{}",
+            r.query
+        );
+        let status = r.body["status"].clone();
+        let mut answer = serde_json::to_value(dc).unwrap_or_default();
+        answer["status"] = status.clone();
+        r.reply(StatusCode::OK, answer);
+        status
+    }
+
+    /// No request is waiting. Called after reconcile returned, so every
+    /// request it made has already arrived.
+    fn expect_nothing_more(mut self) {
+        if let Some(Some((req, _))) = self.0.next_request().now_or_never() {
+            panic!("unexpected extra request {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+fn cluster(spec: DbClusterSpec) -> DbCluster {
+    let mut dc = DbCluster::new("main", spec);
+    let meta = dc.meta_mut();
+    meta.namespace = Some(NS.into());
+    meta.uid = Some("0b7c5a4e-uid".into());
+    meta.generation = Some(1);
+    meta.resource_version = Some("1".into());
+    dc
+}
+
+fn setup() -> (Arc<Context>, ApiServer) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, NS);
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tandem-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let ctx = Context::new(
+        client,
+        recorder,
+        metrics,
+        ReconcileConfig {
+            defaults: Defaults {
+                postgres_image: IMAGE.into(),
+            },
+            requeue: Duration::from_secs(60),
+        },
+    );
+    (Arc::new(ctx), ApiServer(handle))
+}
+
+/// Run `reconcile` against `scenario`; both must finish within the timeout.
+async fn run<F>(
+    dc: DbCluster,
+    scenario: impl FnOnce(ApiServer) -> F,
+) -> (Result<Action, tandem::controller::Error>, Arc<Context>)
+where
+    F: std::future::Future<Output = ApiServer> + Send + 'static,
+{
+    let (ctx, server) = setup();
+    let scenario = tokio::spawn(scenario(server));
+    let dc = Arc::new(dc);
+    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(dc, ctx.clone()))
+        .await
+        .unwrap_or_else(|_| panic!("reconcile did not finish"));
+    let server = match tokio::time::timeout(Duration::from_secs(10), scenario).await {
+        Ok(Ok(server)) => server,
+        Ok(Err(e)) => panic!("scenario failed: {e}"),
+        Err(_) => panic!("scenario did not finish"),
+    };
+    server.expect_nothing_more();
+    (result, ctx)
+}
+
+/// Apply every child; returns the bodies of the Secrets created.
+async fn expect_children(server: &mut ApiServer, existing: &[&str]) -> Vec<Value> {
+    server
+        .expect_apply(
+            &format!("/api/v1/namespaces/{NS}/configmaps/main-config"),
+            "ConfigMap",
+        )
+        .await;
+    let mut created = Vec::new();
+    for name in ["main-superuser", "main-replication", "main-agent-token"] {
+        if !existing.contains(&name) {
+            created.push(server.expect_secret_create(name).await);
+        }
+    }
+    let mut services = Vec::new();
+    for svc in ["main-pods", "main-rw", "main-ro", "main-r"] {
+        let path = format!("/api/v1/namespaces/{NS}/services/{svc}");
+        services.push(server.expect_apply(&path, "Service").await);
+    }
+    assert_eq!(services[0]["spec"]["clusterIP"], "None");
+    assert_eq!(services[0]["spec"]["publishNotReadyAddresses"], true);
+    assert_eq!(
+        services[1]["spec"]["selector"]["tandem.dev/role"],
+        "primary"
+    );
+    assert_eq!(
+        services[2]["spec"]["selector"]["tandem.dev/role"],
+        "standby"
+    );
+    assert_eq!(services[3]["spec"]["selector"].get("tandem.dev/role"), None);
+    server
+        .expect_apply(
+            &format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/main"),
+            "PodDisruptionBudget",
+        )
+        .await;
+    let sts = server
+        .expect_apply(
+            &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/main"),
+            "StatefulSet",
+        )
+        .await;
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        IMAGE
+    );
+    created
+}
+
+#[tokio::test]
+async fn new_cluster_applies_every_child_in_order_and_writes_status() {
+    let dc = cluster(DbClusterSpec::default());
+    let dc2 = dc.clone();
+    let (result, _) = run(dc, |mut server| async move {
+        for name in ["main-superuser", "main-replication", "main-agent-token"] {
+            server.expect_secret_lookup(name, false).await;
+        }
+        server.expect_pod_list(json!([])).await;
+        let created = expect_children(&mut server, &[]).await;
+        assert_eq!(created.len(), 3);
+        let su = &created[0]["stringData"];
+        assert_eq!(su["username"], "postgres");
+        assert_eq!(su["password"].as_str().map(str::len), Some(32));
+        let token = &created[2]["stringData"]["token"];
+        assert_eq!(token.as_str().map(str::len), Some(48));
+        let status = server.expect_status_apply(&dc2).await;
+        assert_eq!(status["phase"], "Creating");
+        assert_eq!(status["readyInstances"], "0/3");
+        assert_eq!(status["observedGeneration"], 1);
+        let ready = status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+            .unwrap_or_default();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "InstancesNotReady");
+        server
+    })
+    .await;
+    assert_eq!(result.ok(), Some(Action::requeue(Duration::from_secs(60))));
+}
+
+#[tokio::test]
+async fn existing_secret_is_never_overwritten() {
+    let dc = cluster(DbClusterSpec::default());
+    let dc2 = dc.clone();
+    let (result, _) = run(dc, |mut server| async move {
+        server.expect_secret_lookup("main-superuser", true).await;
+        server.expect_secret_lookup("main-replication", false).await;
+        server.expect_secret_lookup("main-agent-token", true).await;
+        server.expect_pod_list(json!([])).await;
+        let created = expect_children(&mut server, &["main-superuser", "main-agent-token"]).await;
+        let names: Vec<&Value> = created.iter().map(|s| &s["metadata"]["name"]).collect();
+        assert_eq!(names, vec!["main-replication"]);
+        server.expect_status_apply(&dc2).await;
+        server
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn invalid_spec_sets_ready_false_and_warns_without_touching_children() {
+    let mut spec = DbClusterSpec::default();
+    spec.postgres
+        .parameters
+        .insert("port".into(), "5433".into());
+    let dc = cluster(spec);
+    let dc2 = dc.clone();
+    let (result, ctx) = run(dc.clone(), |mut server| async move {
+        for name in ["main-superuser", "main-replication", "main-agent-token"] {
+            server.expect_secret_lookup(name, false).await;
+        }
+        server.expect_pod_list(json!([])).await;
+        let ev = server
+            .next(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            )
+            .await;
+        assert_eq!(ev.body["type"], "Warning");
+        assert_eq!(ev.body["reason"], "InvalidSpec");
+        assert_eq!(ev.body["regarding"]["name"], "main");
+        let note = ev.body["note"].as_str().unwrap_or_default().to_string();
+        assert!(
+            note.contains("postgres.parameters.port is managed by tandem"),
+            "{note}"
+        );
+        ev.echo();
+        let status = server.expect_status_apply(&dc2).await;
+        let ready = status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready").cloned())
+            .unwrap_or_default();
+        assert_eq!(ready["status"], "False");
+        assert_eq!(ready["reason"], "InvalidSpec");
+        assert!(ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("port"));
+        server
+    })
+    .await;
+    let err = match result {
+        Err(e) => e,
+        Ok(a) => panic!("invalid spec reconciled to {a:?}"),
+    };
+    assert_eq!(err.category(), Category::InvalidSpec);
+    // Nothing to retry until the spec changes.
+    assert_eq!(
+        error_policy(Arc::new(dc), &err, ctx),
+        Action::await_change()
+    );
+}
+
+#[tokio::test]
+async fn api_failure_warns_with_its_category_and_backs_off_exponentially() {
+    let dc = cluster(DbClusterSpec::default());
+    let (result, ctx) = run(dc.clone(), |mut server| async move {
+        let r = server
+            .next(
+                Method::GET,
+                &format!("/api/v1/namespaces/{NS}/secrets/main-superuser"),
+            )
+            .await;
+        r.reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                   "reason": "InternalError", "code": 500, "message": "etcd is down"}),
+        );
+        let ev = server
+            .next(
+                Method::POST,
+                &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            )
+            .await;
+        assert_eq!(ev.body["type"], "Warning");
+        assert_eq!(ev.body["reason"], "ApiError");
+        let note = ev.body["note"].as_str().unwrap_or_default().to_string();
+        assert!(note.contains("etcd is down"), "{note}");
+        ev.echo();
+        server
+    })
+    .await;
+    let err = match result {
+        Err(e) => e,
+        Ok(a) => panic!("failed call reconciled to {a:?}"),
+    };
+    assert_eq!(err.category(), Category::Api);
+    let dc = Arc::new(dc);
+    let first = error_policy(dc.clone(), &err, ctx.clone());
+    let second = error_policy(dc.clone(), &err, ctx.clone());
+    assert_eq!(first, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(second, Action::requeue(Duration::from_secs(2)));
+}
+
+#[tokio::test]
+async fn deleted_cluster_is_left_to_the_garbage_collector() {
+    let mut dc = cluster(DbClusterSpec::default());
+    dc.meta_mut().deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+    ));
+    let (result, _) = run(dc, |server| async move { server }).await;
+    assert_eq!(result.ok(), Some(Action::await_change()));
+}
+
+fn pod(name: &str, ready: bool, labels: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+    })
+}
+
+#[tokio::test]
+async fn pods_get_their_instance_label_and_feed_status() {
+    let dc = cluster(DbClusterSpec::default());
+    let dc2 = dc.clone();
+    let all = ["main-superuser", "main-replication", "main-agent-token"];
+    let (result, _) = run(dc, |mut server| async move {
+        for name in all {
+            server.expect_secret_lookup(name, true).await;
+        }
+        let primary = json!({"tandem.dev/cluster": "main", "tandem.dev/role": "primary"});
+        let labelled = json!({"tandem.dev/cluster": "main", "tandem.dev/instance": "main-1"});
+        server
+            .expect_pod_list(json!([
+                pod("main-0", true, primary),
+                pod("main-1", false, labelled)
+            ]))
+            .await;
+        let created = expect_children(&mut server, &all).await;
+        assert!(created.is_empty());
+        let path = format!("/api/v1/namespaces/{NS}/pods/main-0");
+        let label = server.next(Method::PATCH, &path).await;
+        // A merge patch of the instance label only: the role label is left alone.
+        assert_eq!(
+            label.body,
+            json!({"metadata": {"labels": {"tandem.dev/instance": "main-0"}}})
+        );
+        let answer = pod("main-0", true, json!({"tandem.dev/instance": "main-0"}));
+        label.reply(StatusCode::OK, answer);
+        let status = server.expect_status_apply(&dc2).await;
+        assert_eq!(status["readyInstances"], "1/3");
+        assert_eq!(status["phase"], "Creating");
+        assert_eq!(status["instances"][0]["name"], "main-0");
+        assert_eq!(status["instances"][0]["role"], "primary");
+        assert_eq!(status["instances"][0]["ready"], true);
+        assert_eq!(status["instances"][1]["name"], "main-1");
+        assert_eq!(status["instances"][1]["ready"], false);
+        server
+    })
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+}

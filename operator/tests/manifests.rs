@@ -1,0 +1,419 @@
+//! Every manifest we ship parses into its typed Kubernetes object with no
+//! field lost (so a misspelled field fails), the chart renders and refuses bad
+//! values, every example DbCluster passes the generated CRD schema made strict,
+//! and the committed CRD copies equal `tandem crdgen`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tandem::api::DbCluster;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn read(rel: &str) -> String {
+    let path = root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Every non-empty document of a multi-document YAML stream, as JSON.
+fn documents(yaml: &str, origin: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|doc| {
+            let value = serde_yaml::Value::deserialize_from(doc, origin);
+            (!value.is_null()).then(|| {
+                serde_json::to_value(value)
+                    .unwrap_or_else(|e| panic!("{origin}: not JSON-compatible: {e}"))
+            })
+        })
+        .collect()
+}
+
+trait DeserializeFrom {
+    fn deserialize_from(doc: serde_yaml::Deserializer<'_>, origin: &str) -> Self;
+}
+
+impl DeserializeFrom for serde_yaml::Value {
+    fn deserialize_from(doc: serde_yaml::Deserializer<'_>, origin: &str) -> Self {
+        use serde::Deserialize;
+        serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{origin}: bad YAML: {e}"))
+    }
+}
+
+/// Paths present in `original` but missing or different after the typed round trip.
+fn lost_fields(original: &Value, back: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, back) {
+        (Value::Object(o), Value::Object(b)) => {
+            for (k, v) in o {
+                let p = format!("{path}.{k}");
+                match b.get(k) {
+                    Some(bv) => lost_fields(v, bv, &p, out),
+                    None if v.is_null() => {}
+                    None => out.push(p),
+                }
+            }
+        }
+        (Value::Array(o), Value::Array(b)) if o.len() == b.len() => {
+            for (i, (ov, bv)) in o.iter().zip(b).enumerate() {
+                lost_fields(ov, bv, &format!("{path}[{i}]"), out);
+            }
+        }
+        (o, b) if o == b => {}
+        (Value::Number(o), Value::Number(b)) if o.as_f64() == b.as_f64() => {}
+        _ => out.push(format!("{path} ({original} became {back})")),
+    }
+}
+
+/// Deserialize strictly: fields the type does not know are dropped by serde,
+/// so compare the round trip with the original and fail on anything lost.
+fn typed<K: DeserializeOwned + Serialize>(doc: &Value, origin: &str) -> K {
+    let obj: K = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{origin}: does not deserialize: {e}\n{doc:#}"));
+    let back = serde_json::to_value(&obj).unwrap_or_else(|e| panic!("{origin}: {e}"));
+    let mut lost = Vec::new();
+    lost_fields(doc, &back, "", &mut lost);
+    assert!(
+        lost.is_empty(),
+        "{origin}: unknown or mistyped fields {lost:?}"
+    );
+    obj
+}
+
+/// Check one document by its kind; returns the kind.
+fn check_document(doc: &Value, origin: &str) -> String {
+    let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+    let origin = format!("{origin} ({kind} {})", doc["metadata"]["name"]);
+    match kind.as_str() {
+        "Namespace" => drop(typed::<Namespace>(doc, &origin)),
+        "ServiceAccount" => drop(typed::<ServiceAccount>(doc, &origin)),
+        "ClusterRole" => drop(typed::<ClusterRole>(doc, &origin)),
+        "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc, &origin)),
+        "Role" => drop(typed::<Role>(doc, &origin)),
+        "RoleBinding" => drop(typed::<RoleBinding>(doc, &origin)),
+        "Deployment" => drop(typed::<Deployment>(doc, &origin)),
+        "Service" => drop(typed::<Service>(doc, &origin)),
+        "CustomResourceDefinition" => drop(typed::<CustomResourceDefinition>(doc, &origin)),
+        "DbCluster" => drop(typed::<DbCluster>(doc, &origin)),
+        other => panic!("{origin}: unexpected kind {other:?}"),
+    }
+    kind
+}
+
+fn yaml_files(dir: &str) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(root().join(dir))
+        .unwrap_or_else(|e| panic!("listing {dir}: {e}"))
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .map(|n| format!("{dir}/{n}"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// helm from .cache/helm (`make helm`) or PATH; its absence fails the test.
+fn helm() -> PathBuf {
+    let cached = root().join(".cache/helm/helm");
+    if cached.is_file() {
+        return cached;
+    }
+    if run(Command::new("helm").arg("version")).is_ok() {
+        return PathBuf::from("helm");
+    }
+    panic!("helm not found at .cache/helm/helm nor on PATH: run `make helm` first");
+}
+
+fn helm_template(extra: &[&str]) -> Result<String, String> {
+    let chart = root().join("charts/tandem-operator");
+    run(Command::new(helm())
+        .args(["template", "tandem"])
+        .arg(&chart)
+        .args(["--namespace", "tandem-system", "--include-crds"])
+        .args(extra))
+}
+
+fn by_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+#[test]
+fn crdgen_output_equals_every_committed_crd_copy() {
+    let generated = match tandem::crdgen::crd_yaml() {
+        Ok(y) => y,
+        Err(e) => panic!("crdgen: {e}"),
+    };
+    for copy in [
+        "crds/dbcluster.yaml",
+        "charts/tandem-operator/crds/dbcluster.yaml",
+        "deploy/base/crd.yaml",
+    ] {
+        assert!(
+            read(copy) == generated,
+            "{copy} differs from `tandem crdgen`: run `make crds`"
+        );
+    }
+}
+
+#[test]
+fn deploy_base_manifests_are_valid_typed_objects() {
+    let mut kinds = Vec::new();
+    for file in yaml_files("deploy/base") {
+        if file.ends_with("kustomization.yaml") {
+            continue;
+        }
+        for doc in documents(&read(&file), &file) {
+            kinds.push(check_document(&doc, &file));
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        vec![
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "Deployment",
+            "Namespace",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+}
+
+#[test]
+fn kustomize_renders_the_base_offline() {
+    let out = run(Command::new("kubectl")
+        .arg("kustomize")
+        .arg(root().join("deploy/base")))
+    .unwrap_or_else(|e| {
+        panic!("kubectl kustomize deploy/base failed (is kubectl installed?): {e}")
+    });
+    let docs = documents(&out, "kustomize deploy/base");
+    for doc in &docs {
+        check_document(doc, "kustomize deploy/base");
+    }
+    let deployment = by_kind(&docs, "Deployment");
+    assert_eq!(deployment.len(), 1);
+    assert_eq!(deployment[0]["metadata"]["namespace"], "tandem-system");
+}
+
+#[test]
+fn chart_renders_typed_objects_with_two_leader_elected_replicas() {
+    let out = helm_template(&[]).unwrap_or_else(|e| panic!("helm template failed: {e}"));
+    let docs = documents(&out, "helm template");
+    let mut kinds: Vec<String> = docs
+        .iter()
+        .map(|d| check_document(d, "helm template"))
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    for kind in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ] {
+        assert!(kinds.iter().any(|k| k == kind), "chart renders no {kind}");
+    }
+    let deployment: Deployment = typed(by_kind(&docs, "Deployment")[0], "chart Deployment");
+    let spec = deployment.spec;
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.unwrap_or_default();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(args.contains(&"operator".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--leader-elect=true".to_string()),
+        "{args:?}"
+    );
+    let env: Vec<String> = pod.containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(env.contains(&"TANDEM_IDENTITY".to_string()));
+    assert!(env.contains(&"TANDEM_LEASE_NAMESPACE".to_string()));
+}
+
+#[test]
+fn chart_and_kustomize_base_grant_the_same_rbac() {
+    let chart = documents(
+        &helm_template(&[]).unwrap_or_else(|e| panic!("helm template failed: {e}")),
+        "helm template",
+    );
+    let base = documents(&read("deploy/base/rbac.yaml"), "deploy/base/rbac.yaml");
+    for kind in ["ClusterRole", "Role"] {
+        let rules = |docs: &[Value]| by_kind(docs, kind).first().map(|d| d["rules"].clone());
+        assert_eq!(rules(&chart), rules(&base), "{kind} rules differ");
+        assert!(rules(&chart).is_some(), "no {kind}");
+    }
+}
+
+#[test]
+fn chart_refuses_values_the_schema_does_not_allow() {
+    assert!(helm_template(&["--set", "logFormat=text", "--set", "replicaCount=3"]).is_ok());
+    for bad in [
+        "replicaCount=two",
+        "logFormat=xml",
+        "replicCount=2",
+        "leaderElection.leaseDuration=soon",
+    ] {
+        let result = helm_template(&["--set", bad]);
+        assert!(result.is_err(), "helm template accepted --set {bad}");
+    }
+}
+
+/// Make a CRD schema strict the way the API server's pruning is: unknown
+/// fields fail (additionalProperties: false where properties are listed), and
+/// `nullable` becomes a null type.
+fn strict(schema: &mut Value) {
+    let Value::Object(map) = schema else {
+        if let Value::Array(items) = schema {
+            items.iter_mut().for_each(strict);
+        }
+        return;
+    };
+    let open = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if map.contains_key("properties") && !map.contains_key("additionalProperties") && !open {
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    if map.get("nullable") == Some(&Value::Bool(true)) {
+        if let Some(Value::String(t)) = map.get("type").cloned() {
+            map.insert("type".into(), serde_json::json!([t, "null"]));
+        }
+    }
+    for (key, value) in map.iter_mut() {
+        // Keys under `properties` are field names, not keywords.
+        if key == "properties" {
+            if let Value::Object(props) = value {
+                props.values_mut().for_each(strict);
+            }
+        } else {
+            strict(value);
+        }
+    }
+}
+
+fn dbcluster_validator() -> jsonschema::Validator {
+    let crd = documents(&read("crds/dbcluster.yaml"), "crds/dbcluster.yaml")
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("crds/dbcluster.yaml is empty"));
+    let mut schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+    assert!(schema.is_object(), "CRD has no openAPIV3Schema");
+    // The API server adds these to every schema implicitly.
+    for (field, ty) in [
+        ("apiVersion", "string"),
+        ("kind", "string"),
+        ("metadata", "object"),
+    ] {
+        if schema["properties"].get(field).is_none() {
+            schema["properties"][field] = serde_json::json!({"type": ty});
+        }
+    }
+    strict(&mut schema);
+    jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("schema does not compile: {e}"))
+}
+
+fn schema_errors(validator: &jsonschema::Validator, doc: &Value) -> Vec<String> {
+    validator
+        .iter_errors(doc)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect()
+}
+
+#[test]
+fn example_dbclusters_pass_the_strict_crd_schema_and_semantic_validation() {
+    let validator = dbcluster_validator();
+    let files = yaml_files("deploy/examples");
+    let names: Vec<&str> = files
+        .iter()
+        .map(|f| f.rsplit('/').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["learner.yaml", "minimal.yaml", "paused.yaml", "sync.yaml"]
+    );
+    let defaults = tandem::controller::validate::Defaults {
+        postgres_image: "example.org/pg:17".into(),
+    };
+    for file in &files {
+        for doc in documents(&read(file), file) {
+            let errors = schema_errors(&validator, &doc);
+            assert!(errors.is_empty(), "{file}: {errors:?}");
+            let mut dc: DbCluster = typed(&doc, file);
+            dc.metadata.namespace = Some("db".into());
+            dc.metadata.uid = Some("uid".into());
+            if let Err(e) = tandem::controller::validate::validate(&dc, &defaults) {
+                panic!("{file}: refused by the operator: {e}");
+            }
+        }
+    }
+}
+
+/// A change that makes a DbCluster invalid.
+type Mutation = fn(&mut Value);
+
+#[test]
+fn misspelled_or_mistyped_dbcluster_fields_fail_the_schema() {
+    let validator = dbcluster_validator();
+    let good = documents(&read("deploy/examples/minimal.yaml"), "minimal").remove(0);
+    assert!(schema_errors(&validator, &good).is_empty());
+    let cases: [(&str, Mutation); 6] = [
+        ("misspelled spec field", |d| {
+            d["spec"]["instance"] = 3.into()
+        }),
+        ("misspelled nested field", |d| {
+            d["spec"]["storage"]["sizee"] = "1Gi".into()
+        }),
+        ("string for an integer", |d| {
+            d["spec"]["instances"] = "three".into()
+        }),
+        ("value outside the enum", |d| {
+            d["spec"]["replication"] = serde_json::json!({"mode": "semi"})
+        }),
+        ("instances out of range", |d| {
+            d["spec"]["instances"] = 17.into()
+        }),
+        ("malformed duration", |d| {
+            d["spec"]["failover"] = serde_json::json!({"detectionTimeout": "5"})
+        }),
+    ];
+    for (what, mutate) in cases {
+        let mut doc = good.clone();
+        mutate(&mut doc);
+        assert!(
+            !schema_errors(&validator, &doc).is_empty(),
+            "the schema accepted a DbCluster with a {what}: {doc}"
+        );
+    }
+    // And the typed round trip catches a misspelling too.
+    let mut doc = good.clone();
+    doc["spec"]["pausd"] = true.into();
+    let caught = std::panic::catch_unwind(|| drop(typed::<DbCluster>(&doc, "misspelled")));
+    assert!(caught.is_err(), "typed round trip accepted spec.pausd");
+}
