@@ -27,6 +27,8 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // kube and reqwest enable different rustls providers; pick one for the process.
+    tandem::controller::install_crypto_provider();
     if let Command::Crdgen = cli.command {
         print!("{}", tandem::crdgen::crd_yaml()?);
         return Ok(());

@@ -142,6 +142,12 @@ impl Driver {
                 m.died_at = None;
                 continue;
             }
+            if m.died_at.is_none() {
+                // As when a pod goes: nothing of the instance survives its agent.
+                if let Ok(pid) = procs::signal_postgres(&name, &m.launch.data_dir, Signal::SIGKILL) {
+                    warn!(instance = %name, pid, "agent gone: killed its orphaned postgres");
+                }
+            }
             let died = *m.died_at.get_or_insert_with(Instant::now);
             if died.elapsed() < RESPAWN_DELAY {
                 continue;

@@ -21,7 +21,9 @@ fn sync_state(s: &str) -> SyncState {
 /// The engine's view of an agent's status answer.
 pub fn report(s: &AgentStatus) -> AgentReport {
     AgentReport {
-        postgres_running: s.postgres_running,
+        // Running only once the agent knows in which role: a server whose
+        // probe has not answered yet must not look like a primary.
+        postgres_running: s.postgres_running && matches!(s.role, InstanceRole::Primary | InstanceRole::Standby),
         in_recovery: s.role == InstanceRole::Standby,
         timeline: s.timeline,
         current_lsn: lsn(&s.current_lsn),
