@@ -111,7 +111,7 @@ pub enum Verb {
         /// Instance name.
         name: String,
         /// KILL, STOP or CONT.
-        #[arg(long, value_enum, default_value = "kill")]
+        #[arg(long, value_enum, default_value = "KILL")]
         signal: SignalArg,
         /// Signal the instance's agent process instead of postgres.
         #[arg(long)]

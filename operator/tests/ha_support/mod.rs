@@ -1,0 +1,6 @@
+//! Test support for the HA end-to-end tests: a local cluster run by the real
+//! `tandem local up` on real PostgreSQL, and an acknowledged-writes writer.
+#![allow(dead_code)]
+
+pub mod cluster;
+pub mod writer;
