@@ -130,7 +130,7 @@ pub(crate) fn step(
     out: &mut Vec<Action>,
 ) -> Step {
     let Some(old) = tr.from.clone() else {
-        return Step::Finish(history(
+        return Step::finish(history(
             ctx,
             tr,
             outcomes::FAILED,
@@ -259,9 +259,14 @@ fn fence(
                 Err(why) if ctx.reachable(old) => {
                     // Nobody was promoted: give up and let the old primary start again.
                     let message = format!("failover from {old} abandoned: {why}; {old} answers again and stays the primary");
-                    out.push(event(Some(old), EventType::Warning, reasons::FAILOVER_FAILED, &message));
+                    out.push(event(
+                        Some(old),
+                        EventType::Warning,
+                        reasons::FAILOVER_FAILED,
+                        &message,
+                    ));
                     st.target_primary = Some(old.to_string());
-                    Step::Finish(history(ctx, &tr_now, outcomes::FAILED, &message))
+                    Step::finish(history(ctx, &tr_now, outcomes::FAILED, &message))
                 }
                 Err(why) => {
                     st.blocked_by = Some(format!("{old} is fenced ({how}) but {why}"));
@@ -343,7 +348,9 @@ fn promote(
             instance: c.clone(),
             ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
         });
-        out.push(Action::Start { instance: c.clone() });
+        out.push(Action::Start {
+            instance: c.clone(),
+        });
         st.blocked_by = Some(format!("starting postgres on {c} before promoting it"));
         return Step::Wait;
     }
@@ -412,5 +419,5 @@ fn label(
     entry.old_primary_lsn = old_lsn.map(|l| l.to_string());
     entry.promoted_lsn = promoted.map(|l| l.to_string());
     entry.bytes_possibly_lost = lost;
-    Step::Finish(entry)
+    Step::finish(entry)
 }

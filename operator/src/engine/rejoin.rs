@@ -293,7 +293,7 @@ pub(crate) fn step(
     out: &mut Vec<Action>,
 ) -> Step {
     let Some(name) = tr.target.clone() else {
-        return Step::Finish(history(
+        return Step::finish(history(
             ctx,
             tr,
             outcomes::FAILED,
@@ -301,7 +301,7 @@ pub(crate) fn step(
         ));
     };
     let Some(primary) = st.current_primary.clone() else {
-        return Step::Finish(history(
+        return Step::finish(history(
             ctx,
             tr,
             outcomes::FAILED,
@@ -314,7 +314,7 @@ pub(crate) fn step(
             "{} of {name} abandoned: the primary {primary} failed",
             tr.kind
         );
-        return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+        return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
     }
     let source_gone = !ctx.runs_as_primary(&primary);
     if !ctx.reachable(&name) || source_gone {
@@ -328,7 +328,7 @@ pub(crate) fn step(
                 reasons::REJOIN_FAILED,
                 &message,
             ));
-            return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+            return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
         }
         st.blocked_by = Some(format!(
             "{} of {name} waits for {} to answer",
@@ -358,7 +358,7 @@ pub(crate) fn step(
                         reasons::REJOIN_DRY_RUN,
                         &message,
                     ));
-                    Step::Finish(history(ctx, tr, outcomes::DRY_RUN, &message))
+                    Step::finish(history(ctx, tr, outcomes::DRY_RUN, &message))
                 }
                 Some(Outcome::Failed { message }) => {
                     let message = format!("rejoin dry-run of {name} to {primary}: {message}");
@@ -368,7 +368,7 @@ pub(crate) fn step(
                         reasons::REJOIN_DRY_RUN,
                         &message,
                     ));
-                    Step::Finish(history(ctx, tr, outcomes::FAILED, &message))
+                    Step::finish(history(ctx, tr, outcomes::FAILED, &message))
                 }
                 None => {
                     out.push(check);
@@ -397,7 +397,7 @@ pub(crate) fn step(
                     reasons::REJOIN_COMPLETED,
                     &message,
                 ));
-                return Step::Finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
+                return Step::finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
             }
             if let Some(message) = ctx.failure(&demote) {
                 let failed = format!("rejoining {name} to {primary} failed: {message}");
@@ -408,7 +408,7 @@ pub(crate) fn step(
                     &failed,
                 ));
                 if !ctx.spec.rejoin.allow_reclone {
-                    return Step::Finish(history(
+                    return Step::finish(history(
                         ctx,
                         tr,
                         outcomes::FAILED,
@@ -418,7 +418,7 @@ pub(crate) fn step(
                     ));
                 }
                 if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
-                    return Step::Finish(history(
+                    return Step::finish(history(
                         ctx,
                         tr,
                         outcomes::FAILED,
@@ -467,7 +467,7 @@ pub(crate) fn step(
                     reasons::RECLONE_COMPLETED,
                     &message,
                 ));
-                return Step::Finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
+                return Step::finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
             }
             if let Some(message) = ctx.failure(&reclone) {
                 let message = format!("re-cloning {name} from {primary} failed: {message}");
@@ -477,12 +477,12 @@ pub(crate) fn step(
                     reasons::RECLONE_FAILED,
                     &message,
                 ));
-                return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+                return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
             }
             if !tr.data.contains_key("recloneIssued") {
                 // Checked again right before the data directory goes.
                 if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
-                    return Step::Finish(history(
+                    return Step::finish(history(
                         ctx,
                         tr,
                         outcomes::REFUSED,

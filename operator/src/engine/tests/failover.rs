@@ -33,13 +33,21 @@ fn bootstrap_waits_for_the_first_primary_then_records_it() {
     f.tick(100);
     assert_eq!(f.status.phase, Some(Phase::Creating));
     assert!(f.status.current_primary.is_none());
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("first primary"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("first primary"));
     f.agent("main-0").postgres_running = true;
     let actions = f.tick(100);
     assert_eq!(f.status.current_primary.as_deref(), Some("main-0"));
     assert_eq!(f.last_history().kind, "Bootstrap");
     assert_eq!(f.last_history().outcome, "Succeeded");
-    assert!(has(&actions, |a| matches!(a, Action::RenewLease { instance, .. } if instance == "main-0")));
+    assert!(has(
+        &actions,
+        |a| matches!(a, Action::RenewLease { instance, .. } if instance == "main-0")
+    ));
 }
 
 #[test]
@@ -49,7 +57,11 @@ fn bootstrap_adopts_the_most_advanced_of_two_primaries_and_fences_the_other() {
     f.promoted("main-1", 2);
     let actions = f.tick(100);
     assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
-    assert!(has(&actions, |a| *a == Action::SetRole { instance: "main-0".into(), role: RoleLabel::Fenced }));
+    assert!(has(&actions, |a| *a
+        == Action::SetRole {
+            instance: "main-0".into(),
+            role: RoleLabel::Fenced
+        }));
 }
 
 #[test]
@@ -60,7 +72,10 @@ fn failover_waits_for_the_detection_timeout_when_the_primary_is_unreachable() {
     f.tick(2000);
     assert!(f.status.transition.is_none());
     let why = f.status.blocked_by.clone().unwrap();
-    assert!(why.contains("main-0's agent does not answer") && why.contains("detectionTimeout 5s"), "{why}");
+    assert!(
+        why.contains("main-0's agent does not answer") && why.contains("detectionTimeout 5s"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -72,13 +87,25 @@ fn failover_fences_and_waits_for_the_lease_before_promoting_an_unreachable_prima
     f.tick(100);
     let actions = f.tick(5000);
     assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
-    assert!(has(&actions, |a| *a == Action::SetRole { instance: "main-0".into(), role: RoleLabel::Fenced }));
-    assert!(has(&actions, |a| *a == Action::FenceInstance { instance: "main-0".into() }));
+    assert!(has(&actions, |a| *a
+        == Action::SetRole {
+            instance: "main-0".into(),
+            role: RoleLabel::Fenced
+        }));
+    assert!(has(&actions, |a| *a
+        == Action::FenceInstance {
+            instance: "main-0".into()
+        }));
     assert!(promotes(&actions).is_none());
     f.ack_all();
     let actions = f.tick(1000);
     assert!(promotes(&actions).is_none());
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("lease runs out in"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("lease runs out in"));
     let actions = f.tick(4000); // 10.1 s since the last renewal
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
     assert_eq!(f.step(), Some(("Failover".into(), "Promote".into())));
@@ -89,20 +116,34 @@ fn failover_promotes_at_once_when_the_platform_reports_the_primary_gone() {
     let mut f = cluster().instances(3).build();
     f.gone("main-0");
     let actions = f.tick(10);
-    assert!(has(&actions, |a| *a == Action::SetRole { instance: "main-0".into(), role: RoleLabel::Fenced }));
-    assert!(!has(&actions, |a| matches!(a, Action::FenceInstance { .. })));
+    assert!(has(&actions, |a| *a
+        == Action::SetRole {
+            instance: "main-0".into(),
+            role: RoleLabel::Fenced
+        }));
+    assert!(!has(&actions, |a| matches!(
+        a,
+        Action::FenceInstance { .. }
+    )));
     f.ack_all();
     let actions = f.tick(10);
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
     f.promoted("main-1", 2);
     let actions = f.tick(10);
-    assert!(has(&actions, |a| *a == Action::SetRole { instance: "main-1".into(), role: RoleLabel::Primary }));
+    assert!(has(&actions, |a| *a
+        == Action::SetRole {
+            instance: "main-1".into(),
+            role: RoleLabel::Primary
+        }));
     assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
     f.ack_all();
     f.tick(10);
     assert!(f.status.transition.is_none());
     let h = f.last_history();
-    assert_eq!((h.kind.as_str(), h.outcome.as_str()), ("Failover", "Succeeded"));
+    assert_eq!(
+        (h.kind.as_str(), h.outcome.as_str()),
+        ("Failover", "Succeeded")
+    );
     assert_eq!(h.from.as_deref(), Some("main-0"));
     assert_eq!(h.to.as_deref(), Some("main-1"));
 }
@@ -118,7 +159,10 @@ fn fail_primary_and_fence(f: &mut Fixture) -> Vec<Action> {
 fn failover_promotes_the_most_advanced_standby() {
     let mut f = cluster().instances(3).build();
     f.agent("main-2").received_lsn = Some(lsn("0/5000100"));
-    assert_eq!(promotes(&fail_primary_and_fence(&mut f)).as_deref(), Some("main-2"));
+    assert_eq!(
+        promotes(&fail_primary_and_fence(&mut f)).as_deref(),
+        Some("main-2")
+    );
 }
 
 #[test]
@@ -126,15 +170,24 @@ fn failover_prefers_higher_timeline_over_higher_lsn() {
     let mut f = cluster().instances(3).build();
     f.agent("main-1").timeline = Some(2);
     f.agent("main-2").received_lsn = Some(lsn("0/9000000"));
-    assert_eq!(promotes(&fail_primary_and_fence(&mut f)).as_deref(), Some("main-1"));
+    assert_eq!(
+        promotes(&fail_primary_and_fence(&mut f)).as_deref(),
+        Some("main-1")
+    );
 }
 
 #[test]
 fn failover_prefers_priority_then_lowest_ordinal_when_positions_tie() {
     let mut f = cluster().instances(4).priority(3, 9).build();
-    assert_eq!(promotes(&fail_primary_and_fence(&mut f)).as_deref(), Some("main-3"));
+    assert_eq!(
+        promotes(&fail_primary_and_fence(&mut f)).as_deref(),
+        Some("main-3")
+    );
     let mut f = cluster().instances(4).build();
-    assert_eq!(promotes(&fail_primary_and_fence(&mut f)).as_deref(), Some("main-1"));
+    assert_eq!(
+        promotes(&fail_primary_and_fence(&mut f)).as_deref(),
+        Some("main-1")
+    );
 }
 
 #[test]
@@ -146,14 +199,21 @@ fn failover_never_promotes_a_learner_and_says_why() {
     assert!(promotes(&actions).is_none());
     assert!(f.status.transition.is_none());
     let why = f.status.blocked_by.clone().unwrap();
-    assert!(why.contains("main-1 has priority 0 (learner)") && why.contains("main-2 does not answer"), "{why}");
+    assert!(
+        why.contains("main-1 has priority 0 (learner)") && why.contains("main-2 does not answer"),
+        "{why}"
+    );
     assert_eq!(f.status.phase, Some(Phase::Failed));
 }
 
 #[test]
 fn failover_under_sync_required_promotes_only_a_synchronous_standby() {
     let mut f = cluster().instances(3).required().build();
-    f.status.sync = Some(SyncStatus { primary: "main-0".into(), quorum: 1, standbys: vec!["main-1".into()] });
+    f.status.sync = Some(SyncStatus {
+        primary: "main-0".into(),
+        quorum: 1,
+        standbys: vec!["main-1".into()],
+    });
     f.agent("main-2").received_lsn = Some(lsn("0/6000000"));
     f.gone("main-0");
     f.tick(10);
@@ -172,7 +232,10 @@ fn failover_under_sync_required_waits_while_a_quorum_member_is_missing() {
     let actions = f.tick(10);
     assert!(promotes(&actions).is_none());
     let why = f.status.blocked_by.clone().unwrap();
-    assert!(why.contains("1 of the 2 synchronous standbys answer"), "{why}");
+    assert!(
+        why.contains("1 of the 2 synchronous standbys answer"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -193,7 +256,11 @@ fn failover_records_rpo_accounting_in_history() {
     assert_eq!(h.old_primary_lsn.as_deref(), Some("0/5000000"));
     assert_eq!(h.promoted_lsn.as_deref(), Some("0/4000000"));
     assert_eq!(h.bytes_possibly_lost, Some(0x100_0000));
-    assert!(h.message.contains("16777216 bytes possibly lost"), "{}", h.message);
+    assert!(
+        h.message.contains("16777216 bytes possibly lost"),
+        "{}",
+        h.message
+    );
 }
 
 #[test]
@@ -223,7 +290,10 @@ fn crashed_postgres_restarted_by_its_agent_within_detection_timeout_is_no_failov
     assert!(f.status.instances[0].unhealthy_since.is_none());
     f.agent("main-0").postgres_running = false;
     f.tick(4000);
-    assert!(f.status.transition.is_none(), "the window starts again after a recovery");
+    assert!(
+        f.status.transition.is_none(),
+        "the window starts again after a recovery"
+    );
 }
 
 #[test]
@@ -233,7 +303,11 @@ fn crash_loop_longer_than_detection_timeout_fails_over_after_stopping_postgres()
     f.tick(100);
     let actions = f.tick(5000);
     assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
-    let stop = Action::Stop { instance: "main-0".into(), mode: StopMode::Immediate, timeout_ms: 5000 };
+    let stop = Action::Stop {
+        instance: "main-0".into(),
+        mode: StopMode::Immediate,
+        timeout_ms: 5000,
+    };
     assert!(has(&actions, |a| *a == stop), "{actions:?}");
     f.ack_all();
     let actions = f.tick(10);
@@ -247,14 +321,27 @@ fn paused_cluster_does_not_fail_over_and_says_why() {
     f.gone("main-0");
     let actions = f.tick(10);
     assert!(f.status.transition.is_none());
-    assert!(!has(&actions, |a| matches!(a, Action::SetRole { .. } | Action::Promote { .. })));
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("automation is paused (spec.paused)"));
+    assert!(!has(&actions, |a| matches!(
+        a,
+        Action::SetRole { .. } | Action::Promote { .. }
+    )));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("automation is paused (spec.paused)"));
     assert_eq!(f.status.phase, Some(Phase::Paused));
     assert_eq!(f.status.condition("Paused").unwrap().status, "True");
     f.spec.paused = false;
     f.obs.paused_annotation = true;
     f.tick(10);
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("tandem.dev/paused=true"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("tandem.dev/paused=true"));
     f.obs.paused_annotation = false;
     f.tick(10);
     assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
@@ -266,7 +353,12 @@ fn disabled_failover_says_why() {
     f.gone("main-0");
     f.tick(10);
     assert!(f.status.transition.is_none());
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("failover is disabled"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("failover is disabled"));
 }
 
 #[test]
@@ -285,10 +377,18 @@ fn failed_promotion_moves_on_to_the_next_candidate() {
     let mut f = cluster().instances(3).build();
     let actions = fail_primary_and_fence(&mut f);
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
-    f.fail(Action::Promote { instance: "main-1".into() }, "promote timed out");
+    f.fail(
+        Action::Promote {
+            instance: "main-1".into(),
+        },
+        "promote timed out",
+    );
     let actions = f.tick(10);
     assert_eq!(promotes(&actions).as_deref(), Some("main-2"));
-    assert!(has(&actions, |a| matches!(a, Action::Event { reason, .. } if reason == "PromotionFailed")));
+    assert!(has(
+        &actions,
+        |a| matches!(a, Action::Event { reason, .. } if reason == "PromotionFailed")
+    ));
 }
 
 #[test]
@@ -310,8 +410,16 @@ fn a_primary_that_comes_back_fenced_is_rejoined_after_failover() {
     a.fenced = true;
     let actions = f.tick(10);
     assert_eq!(f.step(), Some(("Rejoin".into(), "Demote".into())));
-    assert!(has(&actions, |a| *a == Action::Demote { instance: "main-0".into(), primary: "main-1".into() }));
-    assert!(has(&actions, |a| *a == Action::Follow { instance: "main-2".into(), primary: "main-1".into() }));
+    assert!(has(&actions, |a| *a
+        == Action::Demote {
+            instance: "main-0".into(),
+            primary: "main-1".into()
+        }));
+    assert!(has(&actions, |a| *a
+        == Action::Follow {
+            instance: "main-2".into(),
+            primary: "main-1".into()
+        }));
 }
 
 #[test]
@@ -321,12 +429,26 @@ fn every_failover_step_reissues_the_same_actions_when_decided_again() {
     for _ in 0..8 {
         let before = f.peek();
         let again = crate::engine::decide(&f.spec, &before.status, &f.obs, f.now());
-        assert_eq!(before.actions.iter().filter(|a| !matches!(a, Action::Event { .. })).collect::<Vec<_>>(),
-                   again.actions.iter().filter(|a| !matches!(a, Action::Event { .. })).collect::<Vec<_>>());
+        assert_eq!(
+            before
+                .actions
+                .iter()
+                .filter(|a| !matches!(a, Action::Event { .. }))
+                .collect::<Vec<_>>(),
+            again
+                .actions
+                .iter()
+                .filter(|a| !matches!(a, Action::Event { .. }))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(before.status.transition, again.status.transition);
         f.tick(10);
         f.ack_all();
-        if f.obs.results.iter().any(|r| matches!(r.action, Action::Promote { .. })) {
+        if f.obs
+            .results
+            .iter()
+            .any(|r| matches!(r.action, Action::Promote { .. }))
+        {
             f.promoted("main-1", 2);
         }
     }
@@ -340,7 +462,10 @@ fn lost_results_after_an_operator_restart_do_not_stop_a_failover() {
     fail_primary_and_fence(&mut f);
     // The operator restarts: the Promote result is lost, but main-1 did promote.
     f.promoted("main-1", 2);
-    let fresh = Observations { results: Vec::<ActionResult>::new(), ..f.obs.clone() };
+    let fresh = Observations {
+        results: Vec::<ActionResult>::new(),
+        ..f.obs.clone()
+    };
     f.obs = fresh;
     f.tick(10);
     assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));

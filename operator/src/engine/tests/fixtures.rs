@@ -61,10 +61,6 @@ impl ClusterBuilder {
         self.spec.paused = true;
         self
     }
-    pub fn no_reclone(mut self) -> Self {
-        self.spec.rejoin.allow_reclone = false;
-        self
-    }
     pub fn primary_restart_in_place(mut self) -> Self {
         self.spec.primary_update_method = PrimaryUpdateMethod::Restart;
         self
@@ -76,9 +72,6 @@ impl ClusterBuilder {
     pub fn delay(mut self, d: &str) -> Self {
         self.spec.failover.delay = d.parse().unwrap();
         self
-    }
-    pub fn spec(self) -> DbClusterSpec {
-        self.spec
     }
 
     /// A settled healthy cluster: main-0 primary, the others streaming.
@@ -132,7 +125,11 @@ pub fn primary_obs(me: &str, n: u32) -> InstanceObs {
             max_wal_senders: Some(10),
             max_replication_slots: Some(10),
             slots_used: Some(i64::from(n) - 1),
-            replication_to: (0..n).map(name).filter(|s| s != me).map(|s| (s, true)).collect(),
+            replication_to: (0..n)
+                .map(name)
+                .filter(|s| s != me)
+                .map(|s| (s, true))
+                .collect(),
             system_identifier: Some("7000".into()),
             synchronous_standby_names: Some(String::new()),
             synchronous_commit: Some("local".into()),

@@ -5,11 +5,17 @@ use crate::api::{InstanceRole, Phase};
 use crate::engine::{decide, sync_standby_names, Action, Request, RestartTarget, StopMode};
 
 fn restart_all() -> Request {
-    Request::Restart { target: RestartTarget::All }
+    Request::Restart {
+        target: RestartTarget::All,
+    }
 }
 
 fn restart_of(name: &str) -> Action {
-    Action::Restart { instance: name.into(), mode: StopMode::Fast, timeout_ms: 60_000 }
+    Action::Restart {
+        instance: name.into(),
+        mode: StopMode::Fast,
+        timeout_ms: 60_000,
+    }
 }
 
 #[test]
@@ -24,11 +30,26 @@ fn rolling_restart_does_standbys_first_then_switches_the_primary_over() {
     assert!(has(&a, |x| *x == restart_of("main-2")));
     f.ok(restart_of("main-2"));
     let a = f.tick(10);
-    assert!(!has(&a, |x| *x == restart_of("main-0")), "the primary is switched over, not restarted");
-    assert_eq!(f.step(), Some(("Switchover".into(), "DropPrimaryLabel".into())));
+    assert!(
+        !has(&a, |x| *x == restart_of("main-0")),
+        "the primary is switched over, not restarted"
+    );
+    assert_eq!(
+        f.step(),
+        Some(("Switchover".into(), "DropPrimaryLabel".into()))
+    );
     let h = f.last_history();
-    assert_eq!((h.kind.as_str(), h.outcome.as_str()), ("Restart", "Succeeded"));
-    assert!(h.message.contains("main-1 restarted; main-2 restarted; main-0 restarted by a switchover to main-1"), "{}", h.message);
+    assert_eq!(
+        (h.kind.as_str(), h.outcome.as_str()),
+        ("Restart", "Succeeded")
+    );
+    assert!(
+        h.message.contains(
+            "main-1 restarted; main-2 restarted; main-0 restarted by a switchover to main-1"
+        ),
+        "{}",
+        h.message
+    );
 }
 
 #[test]
@@ -48,11 +69,18 @@ fn rolling_restart_restarts_the_primary_in_place_when_asked() {
 #[test]
 fn restart_escalates_to_immediate_when_the_fast_stop_fails() {
     let mut f = cluster().instances(2).build();
-    f.request(Request::Restart { target: RestartTarget::Instance("main-1".into()) });
+    f.request(Request::Restart {
+        target: RestartTarget::Instance("main-1".into()),
+    });
     f.tick(10);
     f.fail(restart_of("main-1"), "shutdown timed out");
     let a = f.tick(10);
-    assert!(has(&a, |x| *x == Action::Restart { instance: "main-1".into(), mode: StopMode::Immediate, timeout_ms: 60_000 }));
+    assert!(has(&a, |x| *x
+        == Action::Restart {
+            instance: "main-1".into(),
+            mode: StopMode::Immediate,
+            timeout_ms: 60_000
+        }));
 }
 
 #[test]
@@ -61,7 +89,12 @@ fn pending_restart_starts_a_rolling_restart_unless_paused() {
     f.agent("main-2").pending_restart = true;
     f.tick(10);
     assert!(f.status.transition.is_none());
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("restart is pending on main-2"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("restart is pending on main-2"));
     f.spec.paused = false;
     let a = f.tick(10);
     assert!(has(&a, |x| *x == restart_of("main-2")));
@@ -70,20 +103,34 @@ fn pending_restart_starts_a_rolling_restart_unless_paused() {
 #[test]
 fn restart_refused_for_unknown_instance_and_while_paused() {
     let mut f = cluster().instances(3).build();
-    f.request(Request::Restart { target: RestartTarget::Instance("main-9".into()) });
+    f.request(Request::Restart {
+        target: RestartTarget::Instance("main-9".into()),
+    });
     f.tick(10);
-    assert!(f.last_history().message.contains("instance main-9 does not exist"));
+    assert!(f
+        .last_history()
+        .message
+        .contains("instance main-9 does not exist"));
     f.spec.paused = true;
     f.request(restart_all());
     f.tick(10);
-    assert!(f.last_history().message.contains("restart refused: automation is paused"));
+    assert!(f
+        .last_history()
+        .message
+        .contains("restart refused: automation is paused"));
 }
 
 fn config_of(a: &[Action], name: &str) -> Option<(String, String)> {
     a.iter().find_map(|x| match x {
-        Action::Config { instance, synchronous_commit, synchronous_standby_names, .. } if instance == name => {
-            Some((synchronous_commit.clone(), synchronous_standby_names.clone()))
-        }
+        Action::Config {
+            instance,
+            synchronous_commit,
+            synchronous_standby_names,
+            ..
+        } if instance == name => Some((
+            synchronous_commit.clone(),
+            synchronous_standby_names.clone(),
+        )),
         _ => None,
     })
 }
@@ -93,27 +140,47 @@ fn sync_mode_sets_any_n_over_non_learner_standbys() {
     let mut f = cluster().instances(4).priority(3, 0).build();
     f.spec.replication.mode = crate::api::ReplicationMode::Sync;
     let a = f.tick(10);
-    assert_eq!(config_of(&a, "main-0"), Some(("on".into(), "ANY 1 (\"main-1\", \"main-2\")".into())));
+    assert_eq!(
+        config_of(&a, "main-0"),
+        Some(("on".into(), "ANY 1 (\"main-1\", \"main-2\")".into()))
+    );
     f.ack_all();
     let a = f.tick(10);
-    assert!(config_of(&a, "main-0").is_none(), "applied settings are not re-sent");
+    assert!(
+        config_of(&a, "main-0").is_none(),
+        "applied settings are not re-sent"
+    );
     f.spec.replication.mode = crate::api::ReplicationMode::Async;
     let a = f.tick(10);
-    assert_eq!(config_of(&a, "main-0"), Some(("local".into(), String::new())));
+    assert_eq!(
+        config_of(&a, "main-0"),
+        Some(("local".into(), String::new()))
+    );
 }
 
 #[test]
 fn preferred_durability_drops_sync_names_while_no_standby_streams_and_restores_them() {
     let mut f = cluster().instances(2).sync().build();
-    assert_eq!(f.agent("main-0").synchronous_standby_names.as_deref(), Some("ANY 1 (\"main-1\")"));
+    assert_eq!(
+        f.agent("main-0").synchronous_standby_names.as_deref(),
+        Some("ANY 1 (\"main-1\")")
+    );
     f.agent("main-1").streaming = false;
     let a = f.tick(10);
     assert_eq!(config_of(&a, "main-0").map(|c| c.1), Some(String::new()));
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("dataDurability preferred"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("dataDurability preferred"));
     f.ack_all();
     f.agent("main-1").streaming = true;
     let a = f.tick(10);
-    assert_eq!(config_of(&a, "main-0").map(|c| c.1), Some("ANY 1 (\"main-1\")".into()));
+    assert_eq!(
+        config_of(&a, "main-0").map(|c| c.1),
+        Some("ANY 1 (\"main-1\")".into())
+    );
 }
 
 #[test]
@@ -122,13 +189,37 @@ fn required_durability_never_drops_sync_names() {
     f.unreachable("main-1");
     let a = f.tick(10);
     assert!(config_of(&a, "main-0").is_none());
-    assert_eq!(f.agent("main-0").synchronous_standby_names.as_deref(), Some("ANY 1 (\"main-1\")"));
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("dataDurability required: 0 of 1"));
+    assert_eq!(
+        f.agent("main-0").synchronous_standby_names.as_deref(),
+        Some("ANY 1 (\"main-1\")")
+    );
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("dataDurability required: 0 of 1"));
+}
+
+#[test]
+fn sync_standbys_sets_the_quorum_size() {
+    let mut f = cluster().instances(4).sync().sync_standbys(2).build();
+    let a = f.tick(10);
+    assert!(config_of(&a, "main-0").is_none(), "settled");
+    assert_eq!(
+        f.agent("main-0").synchronous_standby_names.as_deref(),
+        Some("ANY 2 (\"main-1\", \"main-2\", \"main-3\")")
+    );
+    let sync = f.status.sync.clone().unwrap();
+    assert_eq!((sync.quorum, sync.standbys.len()), (2, 3));
 }
 
 #[test]
 fn sync_standby_names_quotes_names_and_is_empty_for_zero() {
-    assert_eq!(sync_standby_names(2, &["a-1".into(), "a-2".into()]), "ANY 2 (\"a-1\", \"a-2\")");
+    assert_eq!(
+        sync_standby_names(2, &["a-1".into(), "a-2".into()]),
+        "ANY 2 (\"a-1\", \"a-2\")"
+    );
     assert_eq!(sync_standby_names(0, &["a-1".into()]), "");
 }
 
@@ -147,7 +238,10 @@ fn scale_down_never_removes_the_primary_it_switches_over_first() {
     assert_eq!(d.keep_instances, 3);
     f.tick(10);
     let tr = f.status.transition.clone().unwrap();
-    assert_eq!((tr.kind.as_str(), tr.from.as_deref()), ("Switchover", Some("main-2")));
+    assert_eq!(
+        (tr.kind.as_str(), tr.from.as_deref()),
+        ("Switchover", Some("main-2"))
+    );
     assert!(tr.reason.contains("scale down to 2 instances"));
 }
 
@@ -160,7 +254,11 @@ fn scale_up_points_new_instances_at_the_primary() {
     f.agent("main-2").streaming = false;
     let d = f.peek();
     assert_eq!(d.keep_instances, 3);
-    assert!(has(&d.actions, |x| *x == Action::Follow { instance: "main-2".into(), primary: "main-0".into() }));
+    assert!(has(&d.actions, |x| *x
+        == Action::Follow {
+            instance: "main-2".into(),
+            primary: "main-0".into()
+        }));
 }
 
 #[test]
@@ -171,13 +269,30 @@ fn status_reports_roles_lag_and_conditions() {
     f.agent("main-1").replayed_lsn = Some(lsn("0/4FFFF00"));
     f.tick(10);
     let roles: Vec<InstanceRole> = f.status.instances.iter().map(|i| i.role).collect();
-    assert_eq!(roles, [InstanceRole::Primary, InstanceRole::Standby, InstanceRole::Down, InstanceRole::Learner]);
+    assert_eq!(
+        roles,
+        [
+            InstanceRole::Primary,
+            InstanceRole::Standby,
+            InstanceRole::Down,
+            InstanceRole::Learner
+        ]
+    );
     assert_eq!(f.status.instances[1].lag_bytes, Some(256));
     assert_eq!(f.status.instances[3].priority, 0);
-    assert!(f.status.instances[2].last_seen.is_some(), "lastSeen is kept while unreachable");
+    assert!(
+        f.status.instances[2].last_seen.is_some(),
+        "lastSeen is kept while unreachable"
+    );
     assert_eq!(f.status.phase, Some(Phase::Degraded));
-    assert_eq!(f.status.condition("ReplicationHealthy").unwrap().status, "False");
-    assert_eq!(f.status.condition("PrimaryAvailable").unwrap().status, "True");
+    assert_eq!(
+        f.status.condition("ReplicationHealthy").unwrap().status,
+        "False"
+    );
+    assert_eq!(
+        f.status.condition("PrimaryAvailable").unwrap().status,
+        "True"
+    );
     assert_eq!(f.status.ready_instances.as_deref(), Some("3/4"));
 }
 
@@ -185,7 +300,9 @@ fn status_reports_roles_lag_and_conditions() {
 fn history_is_bounded_to_twenty_entries() {
     let mut f = cluster().instances(3).build();
     for _ in 0..25 {
-        f.request(Request::Reclone { instance: "main-0".into() });
+        f.request(Request::Reclone {
+            instance: "main-0".into(),
+        });
         f.tick(10);
     }
     assert_eq!(f.status.history.len(), 20);

@@ -47,7 +47,10 @@ fn ev() -> impl Strategy<Value = Ev> {
 }
 
 fn spec_of(instances: i32, mode: u8, learner: Option<i32>) -> DbClusterSpec {
-    let mut spec = DbClusterSpec { instances, ..DbClusterSpec::default() };
+    let mut spec = DbClusterSpec {
+        instances,
+        ..DbClusterSpec::default()
+    };
     match mode {
         0 => {}
         1 => spec.replication.mode = ReplicationMode::Sync,
@@ -57,7 +60,10 @@ fn spec_of(instances: i32, mode: u8, learner: Option<i32>) -> DbClusterSpec {
         }
     }
     if let Some(o) = learner.filter(|o| *o > 0 && *o < instances) {
-        spec.instance_overrides.push(InstanceOverride { ordinal: o, priority: Some(0) });
+        spec.instance_overrides.push(InstanceOverride {
+            ordinal: o,
+            priority: Some(0),
+        });
     }
     spec
 }
@@ -69,13 +75,20 @@ fn name(k: usize) -> String {
 fn request_of(e: &Ev) -> Option<Request> {
     Some(match e {
         Ev::Switchover(t, dry_run, force) => Request::Switchover {
-            to: t.map_or(SwitchoverTarget::Any, |k| SwitchoverTarget::Instance(name(k))),
+            to: t.map_or(SwitchoverTarget::Any, |k| {
+                SwitchoverTarget::Instance(name(k))
+            }),
             dry_run: *dry_run,
             force: *force,
         },
-        Ev::Rejoin(k, dry_run) => Request::Rejoin { instance: name(*k), dry_run: *dry_run },
+        Ev::Rejoin(k, dry_run) => Request::Rejoin {
+            instance: name(*k),
+            dry_run: *dry_run,
+        },
         Ev::Reclone(k) => Request::Reclone { instance: name(*k) },
-        Ev::Restart(t) => Request::Restart { target: t.map_or(RestartTarget::All, |k| RestartTarget::Instance(name(k))) },
+        Ev::Restart(t) => Request::Restart {
+            target: t.map_or(RestartTarget::All, |k| RestartTarget::Instance(name(k))),
+        },
         _ => return None,
     })
 }
@@ -125,7 +138,10 @@ fn heal(sim: &mut Sim, k: usize) {
     }
     m.partitioned = false;
     m.repl_blocked = false;
-    if m.crash_restart_at.take().is_some() && !m.held_stopped && !(m.primary && m.lease_until <= now) {
+    if m.crash_restart_at.take().is_some()
+        && !m.held_stopped
+        && !(m.primary && m.lease_until <= now)
+    {
         m.pg = true;
     }
 }
@@ -135,8 +151,17 @@ fn check_refusal_changes_nothing(sim: &Sim) -> Result<(), TestCaseError> {
     let with = sim.decide();
     let mut quiet = sim.observations();
     quiet.requests.clear();
-    let without = crate::engine::decide(&sim.spec, &sim.status, &quiet, jiff::Timestamp::from_millisecond(sim.now).unwrap());
-    let refused = with.status.history.last().is_some_and(|h| h.outcome == "Refused")
+    let without = crate::engine::decide(
+        &sim.spec,
+        &sim.status,
+        &quiet,
+        jiff::Timestamp::from_millisecond(sim.now).unwrap(),
+    );
+    let refused = with
+        .status
+        .history
+        .last()
+        .is_some_and(|h| h.outcome == "Refused")
         && with.status.history.last() != without.status.history.last();
     if refused {
         let (mut a, mut b) = (with.status.clone(), without.status.clone());
@@ -144,23 +169,34 @@ fn check_refusal_changes_nothing(sim: &Sim) -> Result<(), TestCaseError> {
         b.history.clear();
         prop_assert_eq!(a, b, "a refused request changed the status");
         let strip = |v: &[Action]| -> Vec<Action> {
-            v.iter().filter(|x| !matches!(x, Action::Event { .. } | Action::RequestDone { .. })).cloned().collect()
+            v.iter()
+                .filter(|x| !matches!(x, Action::Event { .. } | Action::RequestDone { .. }))
+                .cloned()
+                .collect()
         };
-        prop_assert_eq!(strip(&with.actions), strip(&without.actions), "a refused request issued actions");
+        prop_assert_eq!(
+            strip(&with.actions),
+            strip(&without.actions),
+            "a refused request issued actions"
+        );
     }
     Ok(())
 }
 
 fn converged(sim: &Sim) -> bool {
-    let Some(p) = sim.status.current_primary.clone() else { return false };
+    let Some(p) = sim.status.current_primary.clone() else {
+        return false;
+    };
     let Some(pk) = sim.idx(&p) else { return false };
     let pi = &sim.insts[pk];
     sim.status.transition.is_none()
         && pi.pg
         && pi.primary
-        && sim.insts.iter().filter(|i| i.name != p).all(|i| {
-            i.pg && !i.primary && i.upstream.as_deref() == Some(p.as_str())
-        })
+        && sim
+            .insts
+            .iter()
+            .filter(|i| i.name != p)
+            .all(|i| i.pg && !i.primary && i.upstream.as_deref() == Some(p.as_str()))
         && sim.status.instances.iter().all(|i| i.ready)
 }
 
@@ -213,4 +249,3 @@ proptest! {
         );
     }
 }
-

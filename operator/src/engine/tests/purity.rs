@@ -88,8 +88,14 @@ fn engine_sources_name_no_io_clock_or_randomness() {
 #[test]
 fn purity_scan_catches_forbidden_names() {
     assert_eq!(violations("use tokio::time::sleep;"), ["tokio"]);
-    assert_eq!(violations("let t = std::time::SystemTime::now();"), ["SystemTime"]);
+    assert_eq!(
+        violations("let t = std::time::SystemTime::now();"),
+        ["SystemTime"]
+    );
     assert_eq!(violations("let f = std :: fs :: read(p);"), ["std::fs"]);
-    assert_eq!(violations("let now = jiff::Timestamp::now();"), ["Timestamp::now"]);
+    assert_eq!(
+        violations("let now = jiff::Timestamp::now();"),
+        ["Timestamp::now"]
+    );
     assert!(violations("// no kube, no tokio here\nlet kubelet = 1;").is_empty());
 }

@@ -5,11 +5,16 @@ use crate::api::Phase;
 use crate::engine::{Action, Outcome, Request, RoleLabel};
 
 fn rejoin(name: &str, dry_run: bool) -> Request {
-    Request::Rejoin { instance: name.into(), dry_run }
+    Request::Rejoin {
+        instance: name.into(),
+        dry_run,
+    }
 }
 
 fn reclone(name: &str) -> Request {
-    Request::Reclone { instance: name.into() }
+    Request::Reclone {
+        instance: name.into(),
+    }
 }
 
 /// main-1 is primary on timeline 2 after a failover; main-0 is back as a stale primary.
@@ -48,14 +53,24 @@ fn returned_old_primary_running_as_primary_is_fenced_and_rejoined() {
     let a = f.tick(10);
     assert_eq!(f.step(), Some(("Rejoin".into(), "Demote".into())));
     assert_eq!(f.status.phase, Some(Phase::Rejoining));
-    assert!(has(&a, |x| *x == Action::SetRole { instance: "main-0".into(), role: RoleLabel::Fenced }));
-    let demote = Action::Demote { instance: "main-0".into(), primary: "main-1".into() };
+    assert!(has(&a, |x| *x
+        == Action::SetRole {
+            instance: "main-0".into(),
+            role: RoleLabel::Fenced
+        }));
+    let demote = Action::Demote {
+        instance: "main-0".into(),
+        primary: "main-1".into(),
+    };
     assert!(has(&a, |x| *x == demote));
     f.ok(demote);
     f.streams("main-0", "main-1");
     f.tick(10);
     let h = f.last_history();
-    assert_eq!((h.kind.as_str(), h.outcome.as_str()), ("Rejoin", "Succeeded"));
+    assert_eq!(
+        (h.kind.as_str(), h.outcome.as_str()),
+        ("Rejoin", "Succeeded")
+    );
 }
 
 #[test]
@@ -66,7 +81,12 @@ fn paused_cluster_does_not_rejoin_automatically_and_says_why() {
     let a = f.tick(10);
     assert!(f.status.transition.is_none());
     assert!(!has(&a, |x| matches!(x, Action::Demote { .. })));
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("no automatic rejoin"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("no automatic rejoin"));
 }
 
 #[test]
@@ -74,13 +94,31 @@ fn failed_rewind_falls_back_to_reclone_with_history_and_event() {
     let mut f = after_failover();
     old_primary_returns(&mut f, false);
     f.tick(10);
-    f.fail(Action::Demote { instance: "main-0".into(), primary: "main-1".into() }, "pg_rewind: source and target clusters are from different systems");
+    f.fail(
+        Action::Demote {
+            instance: "main-0".into(),
+            primary: "main-1".into(),
+        },
+        "pg_rewind: source and target clusters are from different systems",
+    );
     let a = f.tick(10);
     assert_eq!(f.step(), Some(("Rejoin".into(), "Reclone".into())));
-    let reclone = Action::Reclone { instance: "main-0".into(), source: "main-1".into() };
+    let reclone = Action::Reclone {
+        instance: "main-0".into(),
+        source: "main-1".into(),
+    };
     assert!(has(&a, |x| *x == reclone));
-    assert!(has(&a, |x| matches!(x, Action::Event { reason, .. } if reason == "RecloneStarted")));
-    let started = f.status.history.iter().rev().find(|h| h.kind == "Reclone").unwrap();
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Event { reason, .. } if reason == "RecloneStarted")
+    ));
+    let started = f
+        .status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.kind == "Reclone")
+        .unwrap();
     assert_eq!(started.outcome, "Started");
     assert!(started.message.contains("different systems"));
     f.ok(reclone);
@@ -97,7 +135,13 @@ fn failed_rewind_without_reclone_allowed_fails_with_the_reason() {
     f.spec.rejoin.allow_reclone = false;
     old_primary_returns(&mut f, false);
     f.tick(10);
-    f.fail(Action::Demote { instance: "main-0".into(), primary: "main-1".into() }, "rewind failed");
+    f.fail(
+        Action::Demote {
+            instance: "main-0".into(),
+            primary: "main-1".into(),
+        },
+        "rewind failed",
+    );
     let a = f.tick(10);
     assert!(!has(&a, |x| matches!(x, Action::Reclone { .. })));
     let h = f.last_history();
@@ -110,7 +154,11 @@ fn rejoin_request_demotes_a_standby_to_the_primary() {
     let mut f = cluster().instances(3).build();
     f.request(rejoin("main-2", false));
     let a = f.tick(10);
-    assert!(has(&a, |x| *x == Action::Demote { instance: "main-2".into(), primary: "main-0".into() }));
+    assert!(has(&a, |x| *x
+        == Action::Demote {
+            instance: "main-2".into(),
+            primary: "main-0".into()
+        }));
     assert!(has(&a, |x| matches!(x, Action::RequestDone { .. })));
 }
 
@@ -119,13 +167,28 @@ fn rejoin_dry_run_reports_whether_a_rewind_is_needed_and_changes_nothing() {
     let mut f = cluster().instances(3).build();
     f.request(rejoin("main-2", true));
     let a = f.tick(10);
-    let check = Action::Rewind { instance: "main-2".into(), source: "main-0".into(), dry_run: true };
+    let check = Action::Rewind {
+        instance: "main-2".into(),
+        source: "main-0".into(),
+        dry_run: true,
+    };
     assert!(has(&a, |x| *x == check));
-    assert!(!has(&a, |x| matches!(x, Action::Demote { .. } | Action::Reclone { .. })));
-    f.obs.results.push(crate::engine::ActionResult { action: check, outcome: Outcome::Succeeded { detail: Some("no rewind needed".into()) } });
+    assert!(!has(&a, |x| matches!(
+        x,
+        Action::Demote { .. } | Action::Reclone { .. }
+    )));
+    f.obs.results.push(crate::engine::ActionResult {
+        action: check,
+        outcome: Outcome::Succeeded {
+            detail: Some("no rewind needed".into()),
+        },
+    });
     f.tick(10);
     let h = f.last_history();
-    assert_eq!((h.kind.as_str(), h.outcome.as_str()), ("RejoinDryRun", "DryRun"));
+    assert_eq!(
+        (h.kind.as_str(), h.outcome.as_str()),
+        ("RejoinDryRun", "DryRun")
+    );
     assert!(h.message.contains("no rewind needed"));
 }
 
@@ -134,10 +197,16 @@ fn rejoin_refused_for_the_primary_unknown_instances_and_while_paused() {
     let mut f = cluster().instances(3).build();
     f.request(rejoin("main-0", false));
     f.tick(10);
-    assert!(f.last_history().message.contains("main-0 is the primary; switch over first"));
+    assert!(f
+        .last_history()
+        .message
+        .contains("main-0 is the primary; switch over first"));
     f.request(rejoin("main-7", false));
     f.tick(10);
-    assert!(f.last_history().message.contains("instance main-7 does not exist (instances: main-0, main-1, main-2)"));
+    assert!(f
+        .last_history()
+        .message
+        .contains("instance main-7 does not exist (instances: main-0, main-1, main-2)"));
     f.obs.paused_annotation = true;
     f.request(rejoin("main-1", false));
     f.tick(10);
@@ -153,13 +222,25 @@ fn explicit_reclone_of_a_behind_standby_runs_and_records_why() {
     f.request(reclone("main-2"));
     let a = f.tick(10);
     assert_eq!(f.status.phase, Some(Phase::Recloning));
-    let action = Action::Reclone { instance: "main-2".into(), source: "main-0".into() };
+    let action = Action::Reclone {
+        instance: "main-2".into(),
+        source: "main-0".into(),
+    };
     assert!(has(&a, |x| *x == action));
-    assert!(has(&a, |x| matches!(x, Action::Event { reason, .. } if reason == "RecloneStarted")));
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Event { reason, .. } if reason == "RecloneStarted")
+    ));
     assert_eq!(f.last_history().outcome, "Started");
     f.ok(action);
     f.tick(10);
-    assert_eq!((f.last_history().kind.as_str(), f.last_history().outcome.as_str()), ("Reclone", "Succeeded"));
+    assert_eq!(
+        (
+            f.last_history().kind.as_str(),
+            f.last_history().outcome.as_str()
+        ),
+        ("Reclone", "Succeeded")
+    );
 }
 
 #[test]
@@ -171,7 +252,12 @@ fn reclone_refused_when_it_would_destroy_the_most_advanced_copy() {
     assert!(!has(&a, |x| matches!(x, Action::Reclone { .. })));
     let h = f.last_history();
     assert_eq!(h.outcome, "Refused");
-    assert!(h.message.contains("main-2 has the most advanced copy of the data"), "{}", h.message);
+    assert!(
+        h.message
+            .contains("main-2 has the most advanced copy of the data"),
+        "{}",
+        h.message
+    );
 }
 
 #[test]
@@ -190,7 +276,10 @@ fn instance_from_another_system_is_recloned_automatically() {
     f.agent("main-2").replayed_lsn = Some(lsn("0/1000000"));
     let a = f.tick(10);
     assert_eq!(f.step(), Some(("Reclone".into(), "Reclone".into())));
-    assert!(has(&a, |x| matches!(x, Action::Reclone { instance, .. } if instance == "main-2")));
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Reclone { instance, .. } if instance == "main-2")
+    ));
 }
 
 #[test]

@@ -123,7 +123,14 @@ impl Sim {
             return false;
         };
         let p = &self.insts[up];
-        i.agent_up && i.pg && !i.primary && !i.repl_blocked && p.agent_up && p.pg && p.primary && self.compatible(i, p)
+        i.agent_up
+            && i.pg
+            && !i.primary
+            && !i.repl_blocked
+            && p.agent_up
+            && p.pg
+            && p.primary
+            && self.compatible(i, p)
     }
 
     pub fn observations(&self) -> Observations {
@@ -177,7 +184,11 @@ impl Sim {
             let _ = k;
             obs.instances.push(InstanceObs {
                 name: i.name.clone(),
-                platform: if i.gone_known { PlatformState::Gone } else { PlatformState::Running },
+                platform: if i.gone_known {
+                    PlatformState::Gone
+                } else {
+                    PlatformState::Running
+                },
                 label: i.label,
                 agent,
             });
@@ -187,7 +198,12 @@ impl Sim {
 
     pub fn decide(&self) -> Decision {
         let obs = self.observations();
-        decide(&self.spec, &self.status, &obs, Timestamp::from_millisecond(self.now).unwrap())
+        decide(
+            &self.spec,
+            &self.status,
+            &obs,
+            Timestamp::from_millisecond(self.now).unwrap(),
+        )
     }
 
     /// One control round: decide, persist, carry out the actions.
@@ -199,7 +215,10 @@ impl Sim {
         for a in &d.actions {
             let outcome = self.apply(a);
             if !matches!(a, Action::Event { .. } | Action::RequestDone { .. }) {
-                self.results.push(ActionResult { action: a.clone(), outcome });
+                self.results.push(ActionResult {
+                    action: a.clone(),
+                    outcome,
+                });
             }
         }
         self.check("after actions");
@@ -235,11 +254,22 @@ impl Sim {
                     self.violations.push(format!("promoted learner {instance}"));
                 }
                 let required = self.spec.replication.mode == crate::api::ReplicationMode::Sync
-                    && self.spec.replication.data_durability == crate::api::DataDurability::Required;
+                    && self.spec.replication.data_durability
+                        == crate::api::DataDurability::Required;
                 if required && i.lsn < self.acked {
-                    self.violations.push(format!("promoted {instance} at {} but {} was acknowledged", i.lsn, self.acked));
+                    self.violations.push(format!(
+                        "promoted {instance} at {} but {} was acknowledged",
+                        i.lsn, self.acked
+                    ));
                 }
-                let tli = self.insts.iter().map(|x| x.tli).chain(self.parents.keys().copied()).max().unwrap_or(1) + 1;
+                let tli = self
+                    .insts
+                    .iter()
+                    .map(|x| x.tli)
+                    .chain(self.parents.keys().copied())
+                    .max()
+                    .unwrap_or(1)
+                    + 1;
                 self.parents.insert(tli, (i.tli, i.lsn));
                 let me = &mut self.insts[k];
                 me.primary = true;
@@ -249,7 +279,9 @@ impl Sim {
                 Self::ok()
             }
             Action::Demote { primary, .. } | Action::Follow { primary, .. } => {
-                let Some(p) = self.idx(primary) else { return Self::fail("no such primary") };
+                let Some(p) = self.idx(primary) else {
+                    return Self::fail("no such primary");
+                };
                 let pi = self.insts[p].clone();
                 if !(pi.pg && pi.primary) {
                     return Self::fail("upstream is not a running primary");
@@ -278,16 +310,21 @@ impl Sim {
                 m.upstream = Some(primary.clone());
                 Self::ok()
             }
-            Action::Rewind { .. } => Outcome::Succeeded { detail: Some("checked".into()) },
+            Action::Rewind { .. } => Outcome::Succeeded {
+                detail: Some("checked".into()),
+            },
             Action::Reclone { source, instance } => {
-                let Some(p) = self.idx(source) else { return Self::fail("no source") };
+                let Some(p) = self.idx(source) else {
+                    return Self::fail("no source");
+                };
                 let pi = self.insts[p].clone();
                 if !(pi.pg && pi.primary) {
                     return Self::fail("source is not a running primary");
                 }
                 let me = &self.insts[k];
                 if (me.tli, me.lsn) > (pi.tli, pi.lsn) {
-                    self.violations.push(format!("re-cloned {instance}, more advanced than {source}"));
+                    self.violations
+                        .push(format!("re-cloned {instance}, more advanced than {source}"));
                 }
                 let m = &mut self.insts[k];
                 m.tli = pi.tli;
@@ -317,7 +354,11 @@ impl Sim {
                 Self::ok()
             }
             Action::Restart { .. } => Self::ok(),
-            Action::Config { synchronous_commit, synchronous_standby_names, .. } => {
+            Action::Config {
+                synchronous_commit,
+                synchronous_standby_names,
+                ..
+            } => {
                 let m = &mut self.insts[k];
                 m.sync_names = synchronous_standby_names.clone();
                 m.sync_commit = synchronous_commit.clone();
@@ -356,19 +397,23 @@ impl Sim {
             if let Some(t) = m.crash_restart_at {
                 if m.agent_up && !m.pg && t <= now {
                     m.crash_restart_at = None;
-                    if !m.held_stopped && !(m.primary && m.lease_until <= now) {
+                    if !(m.held_stopped || (m.primary && m.lease_until <= now)) {
                         m.pg = true;
                     }
                 }
             }
         }
-        let writers: Vec<usize> = (0..self.insts.len()).filter(|&k| self.writable(&self.insts[k])).collect();
+        let writers: Vec<usize> = (0..self.insts.len())
+            .filter(|&k| self.writable(&self.insts[k]))
+            .collect();
         if let [w] = writers[..] {
             self.insts[w].lsn += 100;
             let primary = self.insts[w].clone();
             let mut confirmed = Vec::new();
             for k in 0..self.insts.len() {
-                if self.insts[k].upstream.as_deref() == Some(primary.name.as_str()) && self.streaming(&self.insts[k]) {
+                if self.insts[k].upstream.as_deref() == Some(primary.name.as_str())
+                    && self.streaming(&self.insts[k])
+                {
                     self.insts[k].lsn = primary.lsn;
                     confirmed.push(self.insts[k].name.clone());
                 }
@@ -386,9 +431,17 @@ impl Sim {
     }
 
     pub fn check(&mut self, when: &str) {
-        let writers: Vec<String> = self.insts.iter().filter(|i| self.writable(i)).map(|i| i.name.clone()).collect();
+        let writers: Vec<String> = self
+            .insts
+            .iter()
+            .filter(|i| self.writable(i))
+            .map(|i| i.name.clone())
+            .collect();
         if writers.len() > 1 {
-            self.violations.push(format!("two writable primaries {writers:?} {when} at {}", self.now));
+            self.violations.push(format!(
+                "two writable primaries {writers:?} {when} at {}",
+                self.now
+            ));
         }
     }
 }
@@ -399,5 +452,10 @@ fn parse_quorum(names: &str) -> Option<(usize, Vec<String>)> {
     let (n, list) = rest.split_once(' ')?;
     let n = n.parse().ok()?;
     let list = list.trim_start_matches('(').trim_end_matches(')');
-    Some((n, list.split(", ").map(|s| s.trim_matches('"').to_string()).collect()))
+    Some((
+        n,
+        list.split(", ")
+            .map(|s| s.trim_matches('"').to_string())
+            .collect(),
+    ))
 }
