@@ -45,6 +45,9 @@ pub(crate) fn needs_rejoin(
             "{name} runs as a primary but {primary} is the primary"
         ));
     }
+    if a.operation.is_some() {
+        return None;
+    }
     let since = st
         .instances
         .iter()
@@ -80,7 +83,7 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
         .filter(|n| **n != primary && ctx.in_spec(n))
     {
         let sys = ctx.agent(name).and_then(|a| a.system_identifier.clone());
-        let foreign = matches!((&psys, &sys), (Some(p), Some(s)) if p != s);
+        let foreign = !ctx.busy(name) && matches!((&psys, &sys), (Some(p), Some(s)) if p != s);
         let why = if foreign {
             Some(format!(
                 "{name} has system identifier {} but the primary {primary} has {}",

@@ -97,9 +97,9 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
         .iter()
         .filter(|n| {
             ctx.in_spec(n)
-                && ctx
-                    .agent(n)
-                    .is_some_and(|a| a.pending_restart && a.postgres_running)
+                && ctx.agent(n).is_some_and(|a| {
+                    a.pending_restart && a.postgres_running && a.operation.is_none()
+                })
         })
         .cloned()
         .collect();
