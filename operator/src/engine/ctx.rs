@@ -104,6 +104,11 @@ impl<'a> Ctx<'a> {
         instance_ordinal(&self.obs.cluster, name).unwrap_or(u32::MAX)
     }
 
+    /// The agent is busy with a long operation (clone, rewind…).
+    pub fn busy(&self, name: &str) -> bool {
+        self.agent(name).is_some_and(|a| a.operation.is_some())
+    }
+
     /// Named by the spec (ordinal below spec.instances).
     pub fn exists(&self, name: &str) -> bool {
         self.names.iter().any(|n| n == name) && self.in_spec(name)

@@ -130,7 +130,7 @@ pub(crate) fn step(
     out: &mut Vec<Action>,
 ) -> Step {
     let Some(old) = tr.from.clone() else {
-        return Step::Finish(history(
+        return Step::finish(history(
             ctx,
             tr,
             outcomes::FAILED,
@@ -249,6 +249,7 @@ fn fence(
                     if let Some(t) = st.transition.as_mut() {
                         t.target = Some(c.clone());
                         t.data.insert("fencedBy".into(), how);
+                        t.data.remove("promoteIssued");
                         if let Some(lsn) = ctx.lsn(&c) {
                             t.data.insert("candidateLsn".into(), lsn.to_string());
                         }
@@ -266,7 +267,7 @@ fn fence(
                         &message,
                     ));
                     st.target_primary = Some(old.to_string());
-                    Step::Finish(history(ctx, &tr_now, outcomes::FAILED, &message))
+                    Step::finish(history(ctx, &tr_now, outcomes::FAILED, &message))
                 }
                 Err(why) => {
                     st.blocked_by = Some(format!("{old} is fenced ({how}) but {why}"));
@@ -336,8 +337,20 @@ fn promote(
         }
     }
     if !ctx.reachable(&c) {
+        // Never asked: pick another at once. Asked: it may have promoted; its
+        // lease (renewed with the promotion) must run out before anyone else is.
+        let issued = tr.data.contains_key("promoteIssued");
+        let waited = ctx.since(tr.data.get("stepStartedAt").map(String::as_str));
+        let bound = ctx.ttl_ms() + ctx.detection_ms();
+        if !issued || waited >= bound {
+            let mut failed = failed_list(tr);
+            failed.push(c.clone());
+            set_data(st, "failedCandidates", failed.join(","));
+            return Step::Goto(STEP_FENCE);
+        }
         st.blocked_by = Some(format!(
-            "waiting for {c} to confirm its promotion: its agent does not answer"
+            "waiting for {c} to confirm its promotion: its agent does not answer; another candidate is chosen in {}",
+            secs(bound - waited)
         ));
         return Step::Wait;
     }
@@ -360,6 +373,7 @@ fn promote(
         instance: c.clone(),
         ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
     });
+    set_data(st, "promoteIssued", "true".into());
     out.push(promote);
     let _ = old;
     Step::Wait
@@ -419,5 +433,5 @@ fn label(
     entry.old_primary_lsn = old_lsn.map(|l| l.to_string());
     entry.promoted_lsn = promoted.map(|l| l.to_string());
     entry.bytes_possibly_lost = lost;
-    Step::Finish(entry)
+    Step::finish(entry)
 }

@@ -16,6 +16,7 @@ mod action;
 mod ctx;
 mod durability;
 mod failover;
+mod plan;
 mod prechecks;
 mod rejoin;
 mod report;
@@ -151,7 +152,14 @@ pub(crate) enum Step {
     /// Go to the named step now.
     Goto(&'static str),
     /// The transition is over; record this entry.
-    Finish(HistoryEntry),
+    Finish(Box<HistoryEntry>),
+}
+
+impl Step {
+    /// Finish with this history entry.
+    pub(crate) fn finish(entry: HistoryEntry) -> Self {
+        Step::Finish(Box::new(entry))
+    }
 }
 
 /// Run the transition in progress as far as the observations allow.
@@ -168,7 +176,7 @@ fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 rejoin::step(ctx, st, &tr, out)
             }
             kinds::RESTART => restart::step(ctx, st, &tr, out),
-            _ => Step::Finish(history(
+            _ => Step::finish(history(
                 ctx,
                 &tr,
                 outcomes::FAILED,
@@ -184,6 +192,7 @@ fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 }
             }
             Step::Finish(entry) => {
+                let entry = *entry;
                 // A step may have replaced the transition (restart → switchover).
                 if st.transition.as_ref().map(|t| (&t.kind, &t.started_at))
                     == Some((&tr.kind, &tr.started_at))
@@ -230,13 +239,13 @@ fn bootstrap(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> Step
     let tr = st.transition.clone().unwrap_or_default();
     let mut entry = history(ctx, &tr, outcomes::SUCCEEDED, &message);
     entry.to = Some(primary);
-    Step::Finish(entry)
+    Step::finish(entry)
 }
 
 fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &mut Vec<Action>) {
     match request {
         Request::Switchover { to, dry_run, force } => {
-            switchover::request(ctx, st, request, to, *dry_run, *force, out)
+            plan::request(ctx, st, request, to, *dry_run, *force, out)
         }
         Request::Rejoin { instance, dry_run } => {
             rejoin::request_rejoin(ctx, st, request, instance, *dry_run, out)
@@ -249,7 +258,7 @@ fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &
 /// Start what the cluster needs without being asked; true when a transition started.
 fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool {
     failover::detect(ctx, st, out)
-        || switchover::scale_down(ctx, st, out)
+        || plan::scale_down(ctx, st, out)
         || rejoin::automatic(ctx, st, out)
         || restart::automatic(ctx, st, out)
 }

@@ -45,6 +45,9 @@ pub(crate) fn needs_rejoin(
             "{name} runs as a primary but {primary} is the primary"
         ));
     }
+    if a.operation.is_some() {
+        return None;
+    }
     let since = st
         .instances
         .iter()
@@ -80,7 +83,7 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
         .filter(|n| **n != primary && ctx.in_spec(n))
     {
         let sys = ctx.agent(name).and_then(|a| a.system_identifier.clone());
-        let foreign = matches!((&psys, &sys), (Some(p), Some(s)) if p != s);
+        let foreign = !ctx.busy(name) && matches!((&psys, &sys), (Some(p), Some(s)) if p != s);
         let why = if foreign {
             Some(format!(
                 "{name} has system identifier {} but the primary {primary} has {}",
@@ -293,7 +296,7 @@ pub(crate) fn step(
     out: &mut Vec<Action>,
 ) -> Step {
     let Some(name) = tr.target.clone() else {
-        return Step::Finish(history(
+        return Step::finish(history(
             ctx,
             tr,
             outcomes::FAILED,
@@ -301,7 +304,7 @@ pub(crate) fn step(
         ));
     };
     let Some(primary) = st.current_primary.clone() else {
-        return Step::Finish(history(
+        return Step::finish(history(
             ctx,
             tr,
             outcomes::FAILED,
@@ -314,7 +317,7 @@ pub(crate) fn step(
             "{} of {name} abandoned: the primary {primary} failed",
             tr.kind
         );
-        return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+        return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
     }
     let source_gone = !ctx.runs_as_primary(&primary);
     if !ctx.reachable(&name) || source_gone {
@@ -328,7 +331,7 @@ pub(crate) fn step(
                 reasons::REJOIN_FAILED,
                 &message,
             ));
-            return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+            return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
         }
         st.blocked_by = Some(format!(
             "{} of {name} waits for {} to answer",
@@ -358,7 +361,7 @@ pub(crate) fn step(
                         reasons::REJOIN_DRY_RUN,
                         &message,
                     ));
-                    Step::Finish(history(ctx, tr, outcomes::DRY_RUN, &message))
+                    Step::finish(history(ctx, tr, outcomes::DRY_RUN, &message))
                 }
                 Some(Outcome::Failed { message }) => {
                     let message = format!("rejoin dry-run of {name} to {primary}: {message}");
@@ -368,7 +371,7 @@ pub(crate) fn step(
                         reasons::REJOIN_DRY_RUN,
                         &message,
                     ));
-                    Step::Finish(history(ctx, tr, outcomes::FAILED, &message))
+                    Step::finish(history(ctx, tr, outcomes::FAILED, &message))
                 }
                 None => {
                     out.push(check);
@@ -397,7 +400,7 @@ pub(crate) fn step(
                     reasons::REJOIN_COMPLETED,
                     &message,
                 ));
-                return Step::Finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
+                return Step::finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
             }
             if let Some(message) = ctx.failure(&demote) {
                 let failed = format!("rejoining {name} to {primary} failed: {message}");
@@ -408,7 +411,7 @@ pub(crate) fn step(
                     &failed,
                 ));
                 if !ctx.spec.rejoin.allow_reclone {
-                    return Step::Finish(history(
+                    return Step::finish(history(
                         ctx,
                         tr,
                         outcomes::FAILED,
@@ -418,7 +421,7 @@ pub(crate) fn step(
                     ));
                 }
                 if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
-                    return Step::Finish(history(
+                    return Step::finish(history(
                         ctx,
                         tr,
                         outcomes::FAILED,
@@ -467,7 +470,7 @@ pub(crate) fn step(
                     reasons::RECLONE_COMPLETED,
                     &message,
                 ));
-                return Step::Finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
+                return Step::finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
             }
             if let Some(message) = ctx.failure(&reclone) {
                 let message = format!("re-cloning {name} from {primary} failed: {message}");
@@ -477,12 +480,12 @@ pub(crate) fn step(
                     reasons::RECLONE_FAILED,
                     &message,
                 ));
-                return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+                return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
             }
             if !tr.data.contains_key("recloneIssued") {
                 // Checked again right before the data directory goes.
                 if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
-                    return Step::Finish(history(
+                    return Step::finish(history(
                         ctx,
                         tr,
                         outcomes::REFUSED,

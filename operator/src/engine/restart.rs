@@ -5,7 +5,7 @@
 use crate::api::{DbClusterStatus, PrimaryUpdateMethod, Transition};
 
 use super::ctx::Ctx;
-use super::switchover::{self, Plan};
+use super::plan::{self, Plan};
 use super::{
     busy_reason, event, history, kinds, new_transition, outcomes, reasons, refuse, Action,
     EventType, Request, RestartTarget, Step, StopMode, SwitchoverTarget,
@@ -97,9 +97,9 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
         .iter()
         .filter(|n| {
             ctx.in_spec(n)
-                && ctx
-                    .agent(n)
-                    .is_some_and(|a| a.pending_restart && a.postgres_running)
+                && ctx.agent(n).is_some_and(|a| {
+                    a.pending_restart && a.postgres_running && a.operation.is_none()
+                })
         })
         .cloned()
         .collect();
@@ -183,7 +183,7 @@ fn advance(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<A
         },
         &message,
     ));
-    Step::Finish(history(
+    Step::finish(history(
         ctx,
         tr,
         if failed {
@@ -210,7 +210,7 @@ pub(crate) fn step(
         && ctx.spec.primary_update_method == PrimaryUpdateMethod::Switchover
         && !tr.data.contains_key("inPlace")
     {
-        match switchover::plan(ctx, st, &SwitchoverTarget::Any, false) {
+        match plan::plan(ctx, st, &SwitchoverTarget::Any, false) {
             Plan::Go { target, .. } => {
                 // The switchover restarts the old primary as a standby.
                 note(st, format!("{name} restarted by a switchover to {target}"));
@@ -224,7 +224,7 @@ pub(crate) fn step(
                     &message,
                 ));
                 let entry = history(ctx, &tr_now, outcomes::SUCCEEDED, &message);
-                switchover::start(
+                plan::start(
                     ctx,
                     st,
                     &name,
@@ -232,7 +232,7 @@ pub(crate) fn step(
                     "rolling restart of the primary",
                     out,
                 );
-                return Step::Finish(entry);
+                return Step::finish(entry);
             }
             Plan::Refused { message, .. } => {
                 note(st, format!("{name} restarted in place because {message}"));

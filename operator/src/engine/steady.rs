@@ -89,7 +89,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
             label(ctx, name, RoleLabel::Fenced, out);
             continue;
         }
-        if !ctx.runs_as_standby(name) {
+        if !ctx.runs_as_standby(name) || ctx.busy(name) {
             continue;
         }
         label(ctx, name, RoleLabel::Standby, out);

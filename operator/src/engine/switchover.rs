@@ -1,16 +1,11 @@
-//! Planned switchover: request validation, prechecks and dry-run, then the
-//! steps drop label → stop the primary (fast, escalating) → wait for the
+//! Planned switchover steps (requests and prechecks are in `plan`): drop label → stop the primary (fast, escalating) → wait for the
 //! shutdown checkpoint on the target → promote → label → old primary and
 //! siblings follow; rollback while nothing was promoted. Pure.
 
-use crate::api::{DbClusterStatus, HealthCheck, Lsn, Transition};
+use crate::api::{DbClusterStatus, Lsn, Transition};
 
 use super::ctx::{secs, Ctx};
-use super::prechecks::{better, first_failure, primary_checks, target_checks};
-use super::{
-    busy_reason, event, history, instant_history, kinds, new_transition, outcomes, reasons, refuse,
-    Action, EventType, Request, RoleLabel, Step, StopMode, SwitchoverTarget,
-};
+use super::{event, history, outcomes, reasons, Action, EventType, RoleLabel, Step, StopMode};
 
 pub(crate) const FIRST_STEP: &str = STEP_DROP_LABEL;
 const STEP_DROP_LABEL: &str = "DropPrimaryLabel";
@@ -20,236 +15,6 @@ const STEP_PROMOTE: &str = "Promote";
 const STEP_LABEL: &str = "Label";
 const STEP_FOLLOW: &str = "Follow";
 const STEP_ROLLBACK: &str = "RollBack";
-
-/// Outcome of choosing and checking a target.
-pub(crate) enum Plan {
-    Go {
-        target: String,
-        checks: Vec<HealthCheck>,
-    },
-    Refused {
-        target: Option<String>,
-        checks: Vec<HealthCheck>,
-        message: String,
-    },
-}
-
-/// Validate and precheck a switchover from the current primary.
-pub(crate) fn plan(ctx: &Ctx, st: &DbClusterStatus, to: &SwitchoverTarget, force: bool) -> Plan {
-    let refused = |target: Option<&str>, checks: Vec<HealthCheck>, message: String| Plan::Refused {
-        target: target.map(str::to_string),
-        checks,
-        message,
-    };
-    let Some(primary) = st.current_primary.clone() else {
-        return refused(
-            None,
-            vec![],
-            "switchover refused: the cluster has no primary yet".into(),
-        );
-    };
-    let mut checks = primary_checks(ctx, &primary, force);
-    let target = match to {
-        SwitchoverTarget::Instance(name) => {
-            if !ctx.exists(name) {
-                return refused(
-                    Some(name),
-                    vec![],
-                    format!(
-                        "instance {name} does not exist (instances: {})",
-                        ctx.name_list()
-                    ),
-                );
-            }
-            if *name == primary {
-                return refused(Some(name), vec![], format!("{name} is already the primary"));
-            }
-            name.clone()
-        }
-        SwitchoverTarget::Any => {
-            let mut standbys: Vec<String> = ctx
-                .names
-                .iter()
-                .filter(|n| **n != primary && ctx.in_spec(n))
-                .cloned()
-                .collect();
-            standbys.sort_by(|a, b| better(ctx, a, b));
-            let passing = standbys
-                .iter()
-                .find(|n| first_failure(&target_checks(ctx, &primary, n)).is_none());
-            match passing.or(standbys.first()) {
-                Some(t) => t.clone(),
-                None => {
-                    return refused(
-                        None,
-                        checks,
-                        "switchover refused: the cluster has no standby".into(),
-                    )
-                }
-            }
-        }
-    };
-    checks.extend(target_checks(ctx, &primary, &target));
-    match first_failure(&checks) {
-        Some(why) => {
-            let message = format!("switchover refused: {why}");
-            refused(Some(&target), checks, message)
-        }
-        None => Plan::Go { target, checks },
-    }
-}
-
-/// Answer a switchover request (start, dry-run report, or refusal).
-pub(crate) fn request(
-    ctx: &Ctx,
-    st: &mut DbClusterStatus,
-    req: &Request,
-    to: &SwitchoverTarget,
-    dry_run: bool,
-    force: bool,
-    out: &mut Vec<Action>,
-) {
-    let kind = if dry_run {
-        kinds::SWITCHOVER_DRY_RUN
-    } else {
-        kinds::SWITCHOVER
-    };
-    if !dry_run {
-        if let Some(tr) = &st.transition {
-            if tr.kind == kinds::SWITCHOVER
-                && matches!(to, SwitchoverTarget::Instance(t) if Some(t) == tr.target.as_ref())
-            {
-                // Already accepted (the platform had not cleared the request yet).
-                out.push(Action::RequestDone {
-                    request: req.clone(),
-                });
-                return;
-            }
-        }
-        if let Some(why) = busy_reason(ctx, st, "switchover") {
-            let to_name = match to {
-                SwitchoverTarget::Instance(n) => Some(n.as_str()),
-                SwitchoverTarget::Any => None,
-            };
-            refuse(ctx, st, req, kind, to_name, &why, out);
-            return;
-        }
-    }
-    match plan(ctx, st, to, force) {
-        Plan::Refused {
-            target,
-            checks,
-            message,
-        } => {
-            if dry_run {
-                let mut entry =
-                    instant_history(ctx, kind, target.as_deref(), outcomes::DRY_RUN, &message);
-                entry.from = st.current_primary.clone();
-                entry.checks = checks;
-                st.push_history(entry);
-                out.push(event(
-                    target.as_deref(),
-                    EventType::Warning,
-                    reasons::SWITCHOVER_DRY_RUN,
-                    &message,
-                ));
-                out.push(Action::RequestDone {
-                    request: req.clone(),
-                });
-            } else {
-                refuse(ctx, st, req, kind, target.as_deref(), &message, out);
-                if let Some(last) = st.history.last_mut() {
-                    last.from = st.current_primary.clone();
-                    last.checks = checks;
-                }
-            }
-        }
-        Plan::Go { target, checks } => {
-            let from = st.current_primary.clone().unwrap_or_default();
-            if dry_run {
-                let message = format!(
-                    "switchover from {from} to {target} would proceed: every precheck passed"
-                );
-                let mut entry =
-                    instant_history(ctx, kind, Some(&target), outcomes::DRY_RUN, &message);
-                entry.from = Some(from);
-                entry.checks = checks;
-                st.push_history(entry);
-                out.push(event(
-                    Some(&target),
-                    EventType::Normal,
-                    reasons::SWITCHOVER_DRY_RUN,
-                    &message,
-                ));
-                out.push(Action::RequestDone {
-                    request: req.clone(),
-                });
-                return;
-            }
-            start(ctx, st, &from, &target, "requested", out);
-            out.push(Action::RequestDone {
-                request: req.clone(),
-            });
-        }
-    }
-}
-
-/// Start a switchover that passed its prechecks.
-pub(crate) fn start(
-    ctx: &Ctx,
-    st: &mut DbClusterStatus,
-    from: &str,
-    target: &str,
-    reason: &str,
-    out: &mut Vec<Action>,
-) {
-    let mut tr = new_transition(ctx, kinds::SWITCHOVER, Some(target), Some(from), reason);
-    if let Some(l) = ctx.lsn(from) {
-        tr.data.insert("oldPrimaryLsn".into(), l.to_string());
-    }
-    st.target_primary = Some(target.to_string());
-    st.transition = Some(tr);
-    out.push(event(
-        Some(target),
-        EventType::Normal,
-        reasons::SWITCHOVER_STARTED,
-        &format!("switchover from {from} to {target} ({reason})"),
-    ));
-}
-
-/// The primary's ordinal is scaled away: switch over first; true when started.
-pub(crate) fn scale_down(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool {
-    let Some(primary) = st.current_primary.clone() else {
-        return false;
-    };
-    if ctx.in_spec(&primary) {
-        return false;
-    }
-    if ctx.paused {
-        st.blocked_by = Some(format!(
-            "scale down waits: {primary} is the primary and must be switched over first, but automation is paused ({})",
-            ctx.paused_by()
-        ));
-        return false;
-    }
-    match plan(ctx, st, &SwitchoverTarget::Any, false) {
-        Plan::Go { target, .. } => {
-            start(
-                ctx,
-                st,
-                &primary,
-                &target,
-                &format!("scale down to {} instances", ctx.spec.instances),
-                out,
-            );
-            true
-        }
-        Plan::Refused { message, .. } => {
-            st.blocked_by = Some(format!("scale down waits: {primary} is the primary and must be switched over first; {message}"));
-            false
-        }
-    }
-}
 
 fn set_data(st: &mut DbClusterStatus, key: &str, value: String) {
     if let Some(t) = st.transition.as_mut() {
@@ -265,7 +30,7 @@ pub(crate) fn step(
     out: &mut Vec<Action>,
 ) -> Step {
     let (Some(old), Some(target)) = (tr.from.clone(), tr.target.clone()) else {
-        return Step::Finish(history(
+        return Step::finish(history(
             ctx,
             tr,
             outcomes::FAILED,
@@ -286,7 +51,7 @@ pub(crate) fn step(
             &message,
         ));
         st.target_primary = st.current_primary.clone();
-        return Step::Finish(history(ctx, tr, outcomes::FAILED, &message));
+        return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
     }
     match tr.step.as_str() {
         STEP_DROP_LABEL => {
@@ -511,7 +276,7 @@ fn follow(
         .cloned();
     entry.promoted_lsn = tr.data.get("promotedLsn").cloned();
     entry.bytes_possibly_lost = Some(0);
-    Step::Finish(entry)
+    Step::finish(entry)
 }
 
 fn rollback(
@@ -542,7 +307,7 @@ fn rollback(
                 reasons::SWITCHOVER_ROLLED_BACK,
                 &message,
             ));
-            return Step::Finish(history(ctx, tr, outcomes::ROLLED_BACK, &message));
+            return Step::finish(history(ctx, tr, outcomes::ROLLED_BACK, &message));
         }
         out.push(Action::RenewLease {
             instance: old.to_string(),

@@ -134,6 +134,10 @@ pub struct AgentReport {
     /// The spec parameters as the agent last applied them; `None` if the agent does not report them.
     #[serde(default)]
     pub parameters: Option<BTreeMap<String, String>>,
+    /// A long operation the agent is carrying out (initdb, basebackup, rewind,
+    /// re-clone…); the engine leaves the instance alone meanwhile.
+    #[serde(default)]
+    pub operation: Option<String>,
     /// The agent's health checks, copied to status.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,

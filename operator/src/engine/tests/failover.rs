@@ -473,3 +473,30 @@ fn lost_results_after_an_operator_restart_do_not_stop_a_failover() {
     f.tick(10);
     assert!(f.status.transition.is_none());
 }
+
+#[test]
+fn failover_picks_another_candidate_when_the_chosen_one_never_got_the_promotion() {
+    let mut f = cluster().instances(3).build();
+    f.gone("main-0");
+    f.tick(10);
+    f.ack_all();
+    f.unreachable("main-1");
+    f.agent("main-2").received_lsn = Some(lsn("0/4000000"));
+    f.agent("main-2").replayed_lsn = Some(lsn("0/4000000"));
+    // main-1 was the candidate when the failover started, but is gone by the time it is fenced.
+    let a = f.tick(10);
+    assert_eq!(promotes(&a).as_deref(), Some("main-2"));
+}
+
+#[test]
+fn failover_waits_a_lease_before_replacing_a_candidate_that_may_have_promoted() {
+    let mut f = cluster().instances(3).build();
+    let a = fail_primary_and_fence(&mut f);
+    assert_eq!(promotes(&a).as_deref(), Some("main-1"));
+    f.unreachable("main-1");
+    let a = f.tick(1000);
+    assert!(promotes(&a).is_none());
+    assert!(f.status.blocked_by.as_deref().unwrap().contains("waiting for main-1 to confirm its promotion"));
+    let a = f.tick(14_500);
+    assert_eq!(promotes(&a).as_deref(), Some("main-2"), "after lease TTL + detection timeout");
+}

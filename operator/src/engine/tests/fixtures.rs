@@ -61,10 +61,6 @@ impl ClusterBuilder {
         self.spec.paused = true;
         self
     }
-    pub fn no_reclone(mut self) -> Self {
-        self.spec.rejoin.allow_reclone = false;
-        self
-    }
     pub fn primary_restart_in_place(mut self) -> Self {
         self.spec.primary_update_method = PrimaryUpdateMethod::Restart;
         self
@@ -76,9 +72,6 @@ impl ClusterBuilder {
     pub fn delay(mut self, d: &str) -> Self {
         self.spec.failover.delay = d.parse().unwrap();
         self
-    }
-    pub fn spec(self) -> DbClusterSpec {
-        self.spec
     }
 
     /// A settled healthy cluster: main-0 primary, the others streaming.

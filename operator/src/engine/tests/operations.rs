@@ -202,6 +202,19 @@ fn required_durability_never_drops_sync_names() {
 }
 
 #[test]
+fn sync_standbys_sets_the_quorum_size() {
+    let mut f = cluster().instances(4).sync().sync_standbys(2).build();
+    let a = f.tick(10);
+    assert!(config_of(&a, "main-0").is_none(), "settled");
+    assert_eq!(
+        f.agent("main-0").synchronous_standby_names.as_deref(),
+        Some("ANY 2 (\"main-1\", \"main-2\", \"main-3\")")
+    );
+    let sync = f.status.sync.clone().unwrap();
+    assert_eq!((sync.quorum, sync.standbys.len()), (2, 3));
+}
+
+#[test]
 fn sync_standby_names_quotes_names_and_is_empty_for_zero() {
     assert_eq!(
         sync_standby_names(2, &["a-1".into(), "a-2".into()]),

@@ -249,3 +249,40 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn simulation_reports_two_writable_primaries() {
+    let mut sim = Sim::new(spec_of(3, 0, None));
+    sim.round();
+    sim.insts[1].lease_until = sim.now + 10_000;
+    sim.insts[1].primary = true;
+    sim.check("forced");
+    assert_eq!(sim.violations.len(), 1, "{:?}", sim.violations);
+}
+
+#[test]
+fn simulation_fails_over_after_node_loss_and_rejoins_the_old_primary() {
+    let mut sim = Sim::new(spec_of(3, 2, None));
+    for _ in 0..3 {
+        sim.round();
+        sim.advance(200);
+    }
+    apply_fault(&mut sim, &Ev::Kill(0));
+    for _ in 0..5 {
+        sim.round();
+        sim.advance(100);
+    }
+    assert_eq!(sim.promotions.len(), 1, "{:?}", sim.status);
+    let history = sim.status.history.last().unwrap();
+    assert_eq!((history.kind.as_str(), history.bytes_possibly_lost), ("Failover", Some(0)));
+    heal(&mut sim, 0);
+    let mut rounds = 0;
+    while !converged(&sim) && rounds < 100 {
+        sim.round();
+        sim.advance(500);
+        rounds += 1;
+    }
+    assert!(converged(&sim), "{:#?}", sim.status);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    assert!(sim.status.history.iter().any(|h| h.kind == "Rejoin" && h.outcome == "Succeeded"));
+}

@@ -291,3 +291,15 @@ fn standby_not_streaming_past_detection_timeout_is_rejoined() {
     f.tick(5100);
     assert_eq!(f.step(), Some(("Rejoin".into(), "Demote".into())));
 }
+
+#[test]
+fn instance_busy_with_a_long_operation_is_left_alone() {
+    let mut f = cluster().instances(3).build();
+    let a = f.agent("main-2");
+    a.postgres_running = false;
+    a.operation = Some("basebackup".into());
+    f.tick(10);
+    let a = f.tick(6000);
+    assert!(f.status.transition.is_none());
+    assert!(!has(&a, |x| x.instance() == Some("main-2")));
+}

@@ -397,7 +397,7 @@ impl Sim {
             if let Some(t) = m.crash_restart_at {
                 if m.agent_up && !m.pg && t <= now {
                     m.crash_restart_at = None;
-                    if !m.held_stopped && !(m.primary && m.lease_until <= now) {
+                    if !(m.held_stopped || (m.primary && m.lease_until <= now)) {
                         m.pg = true;
                     }
                 }
