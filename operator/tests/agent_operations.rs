@@ -276,6 +276,16 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
 
+    let r = http
+        .get(format!("{base}/no-such-call"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.error, "not_found");
+
     // Promoting a primary, demoting to itself, an unknown primary.
     let err = p
         .client

@@ -165,6 +165,18 @@ async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
         .await
         .unwrap();
     wait_rows(old, "t", &[1, 2, 3, 4]).await;
+    // Rewinding a standby that already streams from the source changes nothing.
+    let pid = old.status().await.postgres_pid;
+    let r = old
+        .client
+        .rewind(&RewindRequest {
+            source: new.member(),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert!(!r.changed && r.rewind_needed == Some(false), "{r:?}");
+    assert_eq!(old.status().await.postgres_pid, pid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -442,6 +442,23 @@ pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionRespo
             ..Default::default()
         });
     }
+    if agent.postgres_running()
+        && agent.in_recovery().await?
+        && conf::read_upstream(&agent.cfg.data_dir).as_ref() == Some(&req.source)
+        && agent
+            .wait_streaming(&req.source, Duration::from_millis(500))
+            .await
+    {
+        return Ok(ActionResponse {
+            changed: false,
+            message: format!(
+                "already streaming from {}: on its timeline, nothing to rewind",
+                req.source.name
+            ),
+            rewind_needed: Some(false),
+            ..Default::default()
+        });
+    }
     agent.step("rewind", &mut steps, "stop postgres (fast)");
     let stopped_with = agent
         .stop_postgres(StopMode::Fast, agent.cfg.stop_timeout)
