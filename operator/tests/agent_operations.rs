@@ -49,12 +49,13 @@ async fn sync_on_and_off_changes_sync_state_and_reports_pending_restart() {
         .unwrap();
     assert!(r.reloaded && r.pending_restart.is_empty(), "{r:?}");
     sync_state("quorum").await;
-    let st = p.status().await;
-    assert_eq!(
-        st.synchronous_standby_names.as_deref(),
-        Some("ANY 1 (\"sync-1\")")
-    );
-    assert_eq!(st.synchronous_commit.as_deref(), Some("remote_apply"));
+    wait_for("sync settings in status", T, || async {
+        let st = p.status().await;
+        (st.synchronous_standby_names.as_deref() == Some("ANY 1 (\"sync-1\")")
+            && st.synchronous_commit.as_deref() == Some("remote_apply"))
+        .then_some(())
+    })
+    .await;
     // A synchronous commit returns and is visible on the standby at once (remote_apply).
     let db = p.sql().await;
     db.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
@@ -275,6 +276,16 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
+
+    let r = http
+        .get(format!("{base}/no-such-call"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    let body: ErrorBody = r.json().await.unwrap();
+    assert_eq!(body.error, "not_found");
 
     // Promoting a primary, demoting to itself, an unknown primary.
     let err = p

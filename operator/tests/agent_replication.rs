@@ -31,6 +31,35 @@ async fn bootstrap_primary_and_two_standbys_stream_rows_to_both() {
         ok.then_some(st)
     })
     .await;
+    // What the engine needs for its decisions and prechecks.
+    assert_eq!(st.timeline, Some(1));
+    assert!(st.current_lsn.is_some() && st.postgres_running && !st.fenced);
+    assert_eq!((st.max_wal_senders, st.wal_senders_used), (Some(10), 2));
+    assert_eq!(
+        (st.max_replication_slots, st.replication_slots_used),
+        (Some(10), 2)
+    );
+    assert!(st
+        .postgres_version
+        .as_deref()
+        .is_some_and(|v| !v.is_empty()));
+    assert_eq!(st.synchronous_standby_names.as_deref(), Some(""));
+    assert_eq!(st.crash_count, 0);
+    for name in [
+        "role",
+        "replication_lag",
+        "archive_ready",
+        "downstream",
+        "slots",
+        "data_directory",
+    ] {
+        let c = st
+            .check(name)
+            .unwrap_or_else(|| panic!("check {name} missing: {st:?}"));
+        assert_eq!(c.state, tandem::api::CheckState::Ok, "{c:?}");
+    }
+    assert!(c.agents[0].client.readyz().await.unwrap());
+    assert!(c.agents[0].client.healthz().await.unwrap());
     let mut slots: Vec<_> = st.slots.iter().map(|s| s.name.clone()).collect();
     slots.sort();
     assert_eq!(slots, vec!["boot_1", "boot_2"]);
@@ -45,10 +74,24 @@ async fn bootstrap_primary_and_two_standbys_stream_rows_to_both() {
         Some("boot-0")
     );
     assert_eq!(s1.system_identifier, st.system_identifier);
-    assert!(s1
-        .checks
-        .iter()
-        .any(|c| c.name == "upstream" && c.state == tandem::api::CheckState::Ok));
+    assert!(s1.received_lsn.is_some() && s1.replayed_lsn.is_some());
+    let s1 = wait_for("standby lag figures", T, || async {
+        let s1 = c.agents[1].status().await;
+        (s1.lag_bytes == Some(0) && s1.lag_seconds.is_some()).then_some(s1)
+    })
+    .await;
+    for name in [
+        "role",
+        "replication_lag",
+        "upstream",
+        "archive_ready",
+        "data_directory",
+    ] {
+        let c = s1
+            .check(name)
+            .unwrap_or_else(|| panic!("check {name} missing: {s1:?}"));
+        assert_eq!(c.state, tandem::api::CheckState::Ok, "{c:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,6 +208,18 @@ async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
         .await
         .unwrap();
     wait_rows(old, "t", &[1, 2, 3, 4]).await;
+    // Rewinding a standby that already streams from the source changes nothing.
+    let pid = old.status().await.postgres_pid;
+    let r = old
+        .client
+        .rewind(&RewindRequest {
+            source: new.member(),
+            dry_run: false,
+        })
+        .await
+        .unwrap();
+    assert!(!r.changed && r.rewind_needed == Some(false), "{r:?}");
+    assert_eq!(old.status().await.postgres_pid, pid);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,204 +1,21 @@
-//! The agent's actions: promote, demote, follow, rewind, re-clone, stop,
-//! start, restart, config, lease. Each is idempotent, validates before it
-//! changes anything, and logs its steps. Does I/O.
+//! The agent's replication actions: promote, demote, follow, rewind and
+//! re-clone (process and settings actions are in `ops`). Each validates
+//! before it changes anything, is idempotent where it can be, and logs its
+//! steps. Does I/O.
 
-use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::agent::*;
-use crate::pg::{self, conf, query, Tool};
+use crate::pg::{self, conf, query};
 
 use super::bootstrap::{clone_into, fresh_dir, install, sibling, standby_files};
-use super::state::{lock, Agent};
+use super::standby::STREAM_TIMEOUT;
+use super::state::Agent;
 use super::AgentError;
-
-const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn timeout_or(t: &Option<crate::api::DurationString>, default: Duration) -> Duration {
     t.as_ref().map(|d| d.duration()).unwrap_or(default)
-}
-
-impl Agent {
-    fn validate_member(&self, m: &Member, what: &str) -> Result<(), AgentError> {
-        if m.name.is_empty() || m.host.is_empty() || m.port == 0 {
-            return Err(AgentError::BadRequest(format!(
-                "{what} needs a name, a host and a port"
-            )));
-        }
-        if self.cfg.is_me(m) {
-            return Err(AgentError::SelfTarget(format!(
-                "{what} {} ({}) is this instance itself; nothing was changed",
-                m.name,
-                m.address()
-            )));
-        }
-        Ok(())
-    }
-
-    /// The system identifier of our data directory (pg_controldata works while stopped).
-    async fn own_system_identifier(&self) -> Result<String, AgentError> {
-        let args: Vec<OsString> = vec!["-D".into(), self.cfg.data_dir.clone().into()];
-        let out = self
-            .runner
-            .run(Tool::PgControldata, &args, None, Duration::from_secs(30))
-            .await?;
-        out.lines()
-            .find_map(|l| l.strip_prefix("Database system identifier:"))
-            .map(|v| v.trim().to_string())
-            .ok_or_else(|| AgentError::Conflict("pg_controldata shows no system identifier".into()))
-    }
-
-    /// The target must answer, be a primary and belong to our cluster.
-    async fn check_primary(&self, m: &Member, what: &str) -> Result<(), AgentError> {
-        let client = self
-            .member_client(m, Duration::from_secs(5))
-            .await
-            .map_err(|e| {
-                AgentError::BadTarget(format!(
-                    "{what} {} at {} cannot be reached: {e}; nothing was changed",
-                    m.name,
-                    m.address()
-                ))
-            })?;
-        let (in_recovery, sysid) = query::identity(&client).await?;
-        if in_recovery {
-            return Err(AgentError::BadTarget(format!(
-                "{what} {} at {} is not a primary (it is in recovery); nothing was changed",
-                m.name,
-                m.address()
-            )));
-        }
-        let ours = self.own_system_identifier().await?;
-        if ours != sysid {
-            return Err(AgentError::BadTarget(format!(
-                "{what} {} belongs to another cluster (system identifier {sysid}, ours {ours}); nothing was changed",
-                m.name
-            )));
-        }
-        Ok(())
-    }
-
-    async fn ensure_slot_on(&self, m: &Member) -> Result<(), AgentError> {
-        let client = self
-            .member_client(m, Duration::from_secs(5))
-            .await
-            .map_err(|e| AgentError::BadTarget(format!("cannot reach {}: {e}", m.address())))?;
-        query::ensure_slot(&client, &slot_name(&self.cfg.instance)).await?;
-        Ok(())
-    }
-
-    /// Wait until the walreceiver streams from `m`.
-    async fn wait_streaming(&self, m: &Member, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(c) = self.local_client(Duration::from_secs(2)).await {
-                if let Ok(o) = query::observe(&c).await {
-                    if let Some(w) = o.wal_receiver {
-                        if w.status == "streaming"
-                            && w.sender_port == Some(i32::from(m.port))
-                            && w.sender_host.as_deref() == Some(m.host.as_str())
-                        {
-                            return true;
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        false
-    }
-
-    async fn in_recovery(&self) -> Result<bool, AgentError> {
-        let c = self
-            .local_client(Duration::from_secs(5))
-            .await
-            .map_err(|e| AgentError::Unavailable(format!("postgres does not answer: {e}")))?;
-        Ok(query::identity(&c).await?.0)
-    }
-
-    /// pg_rewind from `source`; `dry_run` only asks. Whether a rewind is/was needed.
-    async fn pg_rewind(
-        &self,
-        source: &Member,
-        dry_run: bool,
-    ) -> Result<(bool, String), AgentError> {
-        // pg_rewind compares timelines from the source's pg_control, which a
-        // fresh promotion only updates at its next checkpoint.
-        let client = self
-            .member_client(source, Duration::from_secs(5))
-            .await
-            .map_err(|e| {
-                AgentError::BadTarget(format!("cannot reach {}: {e}", source.address()))
-            })?;
-        client
-            .batch_execute("CHECKPOINT")
-            .await
-            .map_err(|source| pg::Error::Sql {
-                context: "CHECKPOINT on the rewind source".into(),
-                source,
-            })?;
-        drop(client);
-        let conninfo = format!(
-            "host={} port={} user={} dbname=postgres connect_timeout=10",
-            conf::conninfo_value(&source.host),
-            source.port,
-            conf::conninfo_value(&self.cfg.superuser)
-        );
-        let mut args: Vec<OsString> = vec![
-            "--target-pgdata".into(),
-            self.cfg.data_dir.clone().into(),
-            "--source-server".into(),
-            conninfo.into(),
-        ];
-        if dry_run {
-            args.push("--dry-run".into());
-        }
-        let out = self
-            .runner
-            .run(Tool::PgRewind, &args, None, Duration::from_secs(3600))
-            .await
-            .map_err(AgentError::RewindFailed)?;
-        let needed = !out.contains("no rewind required");
-        let reason = out
-            .lines()
-            .filter(|l| {
-                l.contains("diverged") || l.contains("no rewind required") || l.contains("timeline")
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        Ok((needed, reason))
-    }
-
-    /// Stopped data directory → standby of `primary`, started and streaming.
-    async fn start_as_standby(
-        self: &Arc<Self>,
-        action: &str,
-        primary: &Member,
-        steps: &mut Vec<String>,
-    ) -> Result<(), AgentError> {
-        self.step(
-            action,
-            steps,
-            format!("configure as standby of {}", primary.name),
-        );
-        standby_files(self, &self.cfg.data_dir, primary)?;
-        self.step(action, steps, "ensure the replication slot on the primary");
-        self.ensure_slot_on(primary).await?;
-        self.step(action, steps, "start postgres");
-        lock(&self.pg).fenced = false;
-        self.start_postgres(self.cfg.start_timeout).await?;
-        self.step(action, steps, "wait for streaming");
-        if !self.wait_streaming(primary, STREAM_TIMEOUT).await {
-            return Err(AgentError::Conflict(format!(
-                "started as a standby of {} but it is not streaming after {}s",
-                primary.name,
-                STREAM_TIMEOUT.as_secs()
-            )));
-        }
-        self.step(action, steps, format!("streaming from {}", primary.name));
-        Ok(())
-    }
 }
 
 /// Promote this standby.
@@ -439,6 +256,23 @@ pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionRespo
             },
             steps,
             rewind_needed: Some(needed),
+            ..Default::default()
+        });
+    }
+    if agent.postgres_running()
+        && agent.in_recovery().await?
+        && conf::read_upstream(&agent.cfg.data_dir).as_ref() == Some(&req.source)
+        && agent
+            .wait_streaming(&req.source, Duration::from_millis(500))
+            .await
+    {
+        return Ok(ActionResponse {
+            changed: false,
+            message: format!(
+                "already streaming from {}: on its timeline, nothing to rewind",
+                req.source.name
+            ),
+            rewind_needed: Some(false),
             ..Default::default()
         });
     }

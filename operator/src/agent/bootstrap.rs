@@ -210,10 +210,27 @@ pub async fn clone_into(agent: &Agent, target: &Path, source: &Member) -> Result
         slot.clone().into(),
         "-w".into(),
     ];
-    agent
-        .runner
-        .run(Tool::PgBasebackup, &args, None, Duration::from_secs(3600))
-        .await?;
+    // The slot can still be held for a moment by the walsender of this
+    // instance's previous (just stopped) walreceiver.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match agent
+            .runner
+            .run(Tool::PgBasebackup, &args, None, Duration::from_secs(3600))
+            .await
+        {
+            Ok(_) => break,
+            Err(pg::Error::ToolFailed { output, .. })
+                if attempts < 10 && output.contains("is active for PID") =>
+            {
+                tracing::info!(slot = %slot, "slot still active; retrying pg_basebackup");
+                fresh_dir(agent, target)?;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     standby_files(agent, target, source)
 }
 

@@ -50,6 +50,7 @@ pub fn router(agent: Shared) -> Router {
         .route(PATH_READYZ, get(readyz))
         .route(PATH_METRICS, get(metrics))
         .merge(protected)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(agent)
 }
@@ -67,6 +68,14 @@ async fn auth(State(agent): State<Shared>, req: Request, next: Next) -> Response
         return AgentError::Unauthorized.into_response();
     }
     next.run(req).await
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let body = ErrorBody {
+        error: "not_found".into(),
+        detail: format!("no such call: {}", uri.path()),
+    };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
 async fn healthz() -> Response {

@@ -10,6 +10,7 @@ mod http;
 mod metrics;
 mod ops;
 mod probe;
+mod standby;
 mod state;
 mod supervisor;
 

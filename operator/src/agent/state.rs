@@ -51,12 +51,35 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Remove `tandem-agent-<pid>` run directories of agents that are gone (killed ones leave theirs).
+fn remove_stale_run_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("tandem-agent-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(dir = %e.path().display(), "removing the run directory of a gone agent");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 impl Agent {
     /// Set up the run directory (socket, password file) and the runner.
     pub fn new(
         cfg: Config,
         crashed: tokio::sync::mpsc::UnboundedSender<u64>,
     ) -> Result<Agent, AgentError> {
+        if cfg.run_dir_owned {
+            remove_stale_run_dirs();
+        }
         std::fs::create_dir_all(&cfg.run_dir).map_err(pg::Error::io(&cfg.run_dir))?;
         std::fs::set_permissions(&cfg.run_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(pg::Error::io(&cfg.run_dir))?;

@@ -409,7 +409,7 @@ pub struct AgentStatus {
     /// Standby: bytes behind its upstream's current LSN (or received − replayed when the upstream cannot be asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
-    /// Standby: seconds since the last replayed transaction's commit time.
+    /// Standby: seconds since the last replayed transaction's commit time (0 when all received WAL is replayed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_seconds: Option<f64>,
     /// Standby: the primary it is configured to follow (from primary_conninfo).

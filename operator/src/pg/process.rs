@@ -98,22 +98,11 @@ fn spawner() -> &'static Mutex<mpsc::Sender<(std::process::Command, SpawnReply)>
 
 /// Start postgres from `cmd` (built by the runner) as a child that dies with the agent.
 pub fn spawn_postgres(mut cmd: std::process::Command) -> Result<PgChild, Error> {
-    let agent_pid = std::process::id() as i32;
+    // The death signal itself is set by `Runner::command`.
     cmd.stdin(Stdio::null())
         .stdout(Stdio::inherit())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Runs after the uid/gid switch, which would otherwise clear the death signal.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
-            if nix::unistd::getppid().as_raw() != agent_pid {
-                nix::libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
     let spawn_err = |source| Error::Spawn {
         tool: "postgres".into(),
         source,

@@ -123,7 +123,8 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
             .query_one(
                 "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
                  (pg_last_wal_receive_lsn() - pg_last_wal_replay_lsn())::int8, \
-                 extract(epoch from now() - pg_last_xact_replay_timestamp())::float8",
+                 CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8 \
+                 ELSE extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 END",
                 &[],
             )
             .await

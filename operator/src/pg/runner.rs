@@ -97,7 +97,9 @@ impl Runner {
         self.passfile.as_deref()
     }
 
-    /// A command for `tool`: run-as user, PGPASSFILE, no inherited password, cwd `/`.
+    /// A command for `tool`: run-as user, PGPASSFILE, no inherited password,
+    /// cwd `/`, killed when the agent dies (PR_SET_PDEATHSIG, which fires when
+    /// the forking *thread* exits: fork only from long-lived threads).
     pub fn command(&self, tool: Tool) -> std::process::Command {
         let mut cmd = std::process::Command::new(self.bin_dir.join(tool.name()));
         if let Some(u) = &self.run_as {
@@ -114,6 +116,20 @@ impl Runner {
             None => cmd.env_remove("PGPASSFILE"),
         };
         cmd.current_dir("/");
+        let agent_pid = std::process::id() as i32;
+        // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Runs after the uid/gid switch, which would otherwise clear the
+                // death signal: no tool or postgres outlives the agent.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)?;
+                if nix::unistd::getppid().as_raw() != agent_pid {
+                    nix::libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
         cmd
     }
 

@@ -300,6 +300,8 @@ impl Cluster {
             self.config_file.display().to_string(),
             "--stop-timeout".into(),
             "10s".into(),
+            "--run-dir".into(),
+            inst_dir.join("run").display().to_string(),
         ];
         if let Some(i) = from {
             let p = &self.agents[i];
