@@ -40,14 +40,19 @@ async fn wait_ack_after(w: &Writer, t: Instant, timeout: Duration) -> Instant {
         if let Some(at) = w.snapshot().first_ack_after(t) {
             return at;
         }
-        assert!(Instant::now() < deadline, "no write was acknowledged through rw within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no write was acknowledged through rw within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Every acknowledged row is on `name` (read straight from its postgres).
 async fn assert_nothing_lost(c: &LocalCluster, name: &str, log: &ha_support::writer::WriteLog) {
-    let stored = stored_ids(&c.direct(name)).await.expect("read rows from the primary");
+    let stored = stored_ids(&c.direct(name))
+        .await
+        .expect("read rows from the primary");
     let missing = lost(log, &stored);
     assert!(
         missing.is_empty(),
@@ -56,7 +61,10 @@ async fn assert_nothing_lost(c: &LocalCluster, name: &str, log: &ha_support::wri
         log.acked.len(),
         &missing[..missing.len().min(10)]
     );
-    assert!(!log.acked.is_empty(), "the writer never got an acknowledgement");
+    assert!(
+        !log.acked.is_empty(),
+        "the writer never got an acknowledgement"
+    );
 }
 
 fn history_kinds(s: &serde_json::Value) -> Vec<(String, String)> {
@@ -64,7 +72,12 @@ fn history_kinds(s: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .map(|h| {
             h.iter()
-                .map(|e| (e["kind"].as_str().unwrap_or("").to_string(), e["outcome"].as_str().unwrap_or("").to_string()))
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap_or("").to_string(),
+                        e["outcome"].as_str().unwrap_or("").to_string(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -72,7 +85,10 @@ fn history_kinds(s: &serde_json::Value) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_to_named_and_any_moves_rw_and_loses_nothing() {
-    let c = LocalCluster::start("sw", "  instances: 3\n  instanceOverrides: [{ordinal: 2, priority: 0}]");
+    let c = LocalCluster::start(
+        "sw",
+        "  instances: 3\n  instanceOverrides: [{ordinal: 2, priority: 0}]",
+    );
     let w = healthy_with_writer(&c).await;
     wait_ack_after(&w, Instant::now(), Duration::from_secs(10)).await;
     assert_eq!(c.primary().as_deref(), Some("sw-0"));
@@ -82,19 +98,38 @@ async fn switchover_to_named_and_any_moves_rw_and_loses_nothing() {
     let out = c.cli("switchover", &["--to", "sw-1", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    for check in ["archive_ready", "candidate_lag", "wal_senders", "replication_slots", "replication_connection", "shutdown_timeout"] {
-        assert!(text.contains(check), "dry run does not report {check}:\n{text}");
+    for check in [
+        "archive_ready",
+        "candidate_lag",
+        "wal_senders",
+        "replication_slots",
+        "replication_connection",
+        "shutdown_timeout",
+    ] {
+        assert!(
+            text.contains(check),
+            "dry run does not report {check}:\n{text}"
+        );
     }
     let after = c.status().expect("status");
     assert_eq!(after["primary"], before["primary"]);
     assert!(after["transition"].is_null());
-    assert_eq!(history_kinds(&after).last(), Some(&("SwitchoverDryRun".to_string(), "DryRun".to_string())));
+    assert_eq!(
+        history_kinds(&after).last(),
+        Some(&("SwitchoverDryRun".to_string(), "DryRun".to_string()))
+    );
 
     // Refusals change nothing.
     let refusals: [(&[&str], &str); 3] = [
-        (&["--to", "sw-3"], "instance sw-3 does not exist (instances: sw-0, sw-1, sw-2)"),
+        (
+            &["--to", "sw-3"],
+            "instance sw-3 does not exist (instances: sw-0, sw-1, sw-2)",
+        ),
         (&["--to", "sw-0"], "sw-0 is already the primary"),
-        (&["--to", "sw-2"], "sw-2 has priority 0 (learner) and cannot be promoted"),
+        (
+            &["--to", "sw-2"],
+            "sw-2 has priority 0 (learner) and cannot be promoted",
+        ),
     ];
     for (args, message) in refusals {
         let out = c.cli("switchover", args);
@@ -103,7 +138,10 @@ async fn switchover_to_named_and_any_moves_rw_and_loses_nothing() {
         assert!(err.contains(message), "expected {message:?} in:\n{err}");
         let s = c.status().expect("status");
         assert_eq!(s["primary"], "sw-0");
-        assert!(s["transition"].is_null(), "a refused switchover started a transition");
+        assert!(
+            s["transition"].is_null(),
+            "a refused switchover started a transition"
+        );
     }
 
     // Named switchover.
@@ -136,11 +174,16 @@ async fn switchover_refused_on_archive_backlog_until_forced() {
         let f = status_dir.join(format!("0000000100000000000001{i:02X}.ready"));
         std::fs::write(&f, b"").expect("write .ready file");
     }
-    c.wait_for("the archive check to turn CRITICAL", Duration::from_secs(30), |s| {
-        s["instances"][0]["checks"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|ch| ch["name"] == "archive_ready" && ch["state"] == "CRITICAL"))
-    });
+    c.wait_for(
+        "the archive check to turn CRITICAL",
+        Duration::from_secs(30),
+        |s| {
+            s["instances"][0]["checks"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|ch| ch["name"] == "archive_ready" && ch["state"] == "CRITICAL")
+            })
+        },
+    );
     let out = c.cli("switchover", &["--to", "ar-1"]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -156,7 +199,10 @@ async fn switchover_refused_on_archive_backlog_until_forced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_loss_under_sync_required_fails_over_and_loses_no_acknowledged_row() {
-    let c = LocalCluster::start("nl", "  instances: 3\n  replication: {mode: sync, dataDurability: required}");
+    let c = LocalCluster::start(
+        "nl",
+        "  instances: 3\n  replication: {mode: sync, dataDurability: required}",
+    );
     let w = healthy_with_writer(&c).await;
     wait_ack_after(&w, Instant::now(), Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -164,20 +210,37 @@ async fn node_loss_under_sync_required_fails_over_and_loses_no_acknowledged_row(
     let agent = c.agent_pid(&old);
     let t = Instant::now();
     LocalCluster::signal(agent, Signal::SIGKILL);
-    let s = c.wait_for("a new primary", FAILOVER, |s| s["primary"].as_str().is_some_and(|p| p != old));
+    let s = c.wait_for("a new primary", FAILOVER, |s| {
+        s["primary"].as_str().is_some_and(|p| p != old)
+    });
     let new = s["primary"].as_str().unwrap_or_default().to_string();
     let first = wait_ack_after(&w, t, FAILOVER).await;
-    eprintln!("node loss: first acknowledged write {:?} after the kill", first.duration_since(t));
+    eprintln!(
+        "node loss: first acknowledged write {:?} after the kill",
+        first.duration_since(t)
+    );
     // The old primary comes back by itself as a standby of the new one.
-    c.wait_for("the old primary to rejoin as a standby", Duration::from_secs(120), |s| {
-        s["instances"].as_array().is_some_and(|a| {
-            a.iter().any(|i| i["name"] == old.as_str() && i["role"] == "standby" && i["status"] == "running" && i["upstream"] == new.as_str())
-        })
-    });
+    c.wait_for(
+        "the old primary to rejoin as a standby",
+        Duration::from_secs(120),
+        |s| {
+            s["instances"].as_array().is_some_and(|a| {
+                a.iter().any(|i| {
+                    i["name"] == old.as_str()
+                        && i["role"] == "standby"
+                        && i["status"] == "running"
+                        && i["upstream"] == new.as_str()
+                })
+            })
+        },
+    );
     let log = w.stop().await;
     assert_nothing_lost(&c, &new, &log).await;
     let s = c.status().expect("status");
-    let failover = s["history"].as_array().and_then(|h| h.iter().rev().find(|e| e["kind"] == "Failover")).cloned();
+    let failover = s["history"]
+        .as_array()
+        .and_then(|h| h.iter().rev().find(|e| e["kind"] == "Failover"))
+        .cloned();
     let failover = failover.expect("a Failover in history");
     assert_eq!(failover["outcome"], "Succeeded");
     assert_eq!(failover["bytesPossiblyLost"], 0, "{failover}");
@@ -192,41 +255,66 @@ async fn postgres_crash_is_recovered_in_place_without_failover() {
     let t = Instant::now();
     LocalCluster::signal(pid, Signal::SIGKILL);
     let first = wait_ack_after(&w, t, Duration::from_secs(30)).await;
-    eprintln!("postgres crash: first acknowledged write {:?} after the kill", first.duration_since(t));
+    eprintln!(
+        "postgres crash: first acknowledged write {:?} after the kill",
+        first.duration_since(t)
+    );
     let s = c.wait_healthy(BOOT);
     assert_eq!(s["primary"], "cr-0");
-    assert!(!history_kinds(&s).iter().any(|(k, _)| k == "Failover"), "a crash within detectionTimeout must not fail over");
+    assert!(
+        !history_kinds(&s).iter().any(|(k, _)| k == "Failover"),
+        "a crash within detectionTimeout must not fail over"
+    );
     let log = w.stop().await;
     assert_nothing_lost(&c, "cr-0", &log).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hung_primary_is_replaced_and_accepts_no_writes_when_it_wakes() {
-    let c = LocalCluster::start("hg", "  instances: 3\n  failover: {detectionTimeout: 2s, leaseTtl: 3s}");
+    let c = LocalCluster::start(
+        "hg",
+        "  instances: 3\n  failover: {detectionTimeout: 2s, leaseTtl: 3s}",
+    );
     let w = healthy_with_writer(&c).await;
     wait_ack_after(&w, Instant::now(), Duration::from_secs(20)).await;
-    let pid = c.postgres_pid("hg-0").expect("postgres of hg-0 runs");
     let t = Instant::now();
-    LocalCluster::signal(pid, Signal::SIGSTOP);
-    let s = c.wait_for("a new primary", FAILOVER, |s| s["primary"].as_str().is_some_and(|p| p != "hg-0"));
+    let out = c.cli("kill", &["hg-0", "--signal", "STOP"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let s = c.wait_for("a new primary", FAILOVER, |s| {
+        s["primary"].as_str().is_some_and(|p| p != "hg-0")
+    });
     let new = s["primary"].as_str().unwrap_or_default().to_string();
     wait_ack_after(&w, t, FAILOVER).await;
-    LocalCluster::signal(pid, Signal::SIGCONT);
+    let _ = c.cli("kill", &["hg-0", "--signal", "CONT"]);
     // Whatever it does now, the woken server must not take a write.
     let direct = c.direct("hg-0");
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Ok(client) = direct.connect().await {
-            let r = client.execute("INSERT INTO tandem_writes (id) VALUES (-1)", &[]).await;
-            assert!(r.is_err(), "the old primary accepted a write after it woke up");
+            let r = client
+                .execute("INSERT INTO tandem_writes (id) VALUES (-1)", &[])
+                .await;
+            assert!(
+                r.is_err(),
+                "the old primary accepted a write after it woke up"
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    c.wait_for("the old primary to rejoin as a standby", Duration::from_secs(120), |s| {
-        s["instances"].as_array().is_some_and(|a| {
-            a.iter().any(|i| i["name"] == "hg-0" && i["role"] == "standby" && i["status"] == "running" && i["upstream"] == new.as_str())
-        })
-    });
+    c.wait_for(
+        "the old primary to rejoin as a standby",
+        Duration::from_secs(120),
+        |s| {
+            s["instances"].as_array().is_some_and(|a| {
+                a.iter().any(|i| {
+                    i["name"] == "hg-0"
+                        && i["role"] == "standby"
+                        && i["status"] == "running"
+                        && i["upstream"] == new.as_str()
+                })
+            })
+        },
+    );
     let log = w.stop().await;
     assert_nothing_lost(&c, &new, &log).await;
 }
@@ -261,7 +349,10 @@ async fn verbs_without_a_running_cluster_say_how_to_start_one() {
         assert_eq!(out.status.code(), Some(1), "{v:?}: {}", show(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
-            err.starts_with(&format!("no cluster is running in {} (start one with tandem local up)", dir.display())),
+            err.starts_with(&format!(
+                "no cluster is running in {} (start one with tandem local up)",
+                dir.display()
+            )),
             "{v:?}: {err}"
         );
     }
@@ -282,8 +373,17 @@ async fn verbs_without_a_running_cluster_say_how_to_start_one() {
             .expect("run");
         assert_eq!(out.status.code(), Some(2), "{v:?}: {}", show(&out));
     }
-    let out = std::process::Command::new(&bin).args(["local", "up", "--dir"]).arg(&dir).args(["-f", "/nonexistent.yaml"]).output().expect("run");
+    let out = std::process::Command::new(&bin)
+        .args(["local", "up", "--dir"])
+        .arg(&dir)
+        .args(["-f", "/nonexistent.yaml"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"),
+        "{}",
+        show(&out)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

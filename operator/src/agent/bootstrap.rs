@@ -25,6 +25,7 @@ pub async fn run(agent: Arc<Agent>) {
         };
         match result {
             Ok(()) => {
+                *lock(&agent.operation) = None;
                 agent.set_activity(None);
                 agent.probe_now.notify_one();
                 return;
@@ -72,15 +73,23 @@ async fn bootstrap_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
     let dir = &cfg.data_dir;
     let mut steps = Vec::new();
     if conf::is_initialized(dir) {
-        let role = if conf::is_standby(dir) {
-            "standby"
-        } else {
-            "primary"
-        };
+        if !conf::is_standby(dir) {
+            // The data directory of a primary, met by a (re)started agent: it
+            // may have been replaced meanwhile. It stays stopped until the
+            // operator says which it is: /start (still the primary) or
+            // /demote (follow the new one). Two writable primaries never run.
+            lock(&agent.pg).fenced = true;
+            agent.step(
+                "bootstrap",
+                &mut steps,
+                "data directory of a primary: postgres stays stopped until told to start or demote",
+            );
+            return Ok(());
+        }
         agent.step(
             "bootstrap",
             &mut steps,
-            format!("data directory exists: starting as {role}"),
+            "data directory exists: starting as standby",
         );
         agent.start_postgres(cfg.start_timeout).await?;
         return Ok(());

@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use crate::api::agent::*;
 
-use super::state::Agent;
+use super::state::{lock, Agent};
 use super::{actions, ops, probe, AgentError};
 
 type Shared = Arc<Agent>;
@@ -144,7 +144,9 @@ where
     let task = tokio::spawn(async move {
         let _ops = agent.ops.lock().await;
         tracing::info!(instance = %agent.cfg.instance, action = name, "action started");
+        *lock(&agent.operation) = Some(name.to_string());
         let result = f(agent.clone()).await;
+        *lock(&agent.operation) = None;
         match &result {
             Ok(_) => {
                 tracing::info!(instance = %agent.cfg.instance, action = name, "action succeeded");
@@ -190,4 +192,19 @@ handler!(stop, StopRequest, parse_or_default, ops::stop);
 handler!(start, StopRequest, parse_or_default, ops::start);
 handler!(restart, StopRequest, parse_or_default, ops::restart);
 handler!(config, ConfigRequest, parse_or_default, ops::config);
-handler!(lease, LeaseRequest, parse, ops::lease);
+/// `POST /lease` is not serialised with the actions: a renewal must never
+/// wait behind a long action, or the primary would fence itself.
+async fn lease(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return body_error(rej),
+    };
+    let req: LeaseRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match ops::lease(agent, req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}

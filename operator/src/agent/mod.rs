@@ -7,6 +7,7 @@ pub mod client;
 mod config;
 mod error;
 mod http;
+mod lease;
 mod metrics;
 mod ops;
 mod probe;
@@ -155,6 +156,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tokio::spawn(probe::run(agent.clone()));
     tokio::spawn(supervisor::restarter(agent.clone(), crashed_rx));
     tokio::spawn(bootstrap::run(agent.clone()));
+    tokio::spawn(lease::run(agent.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -39,6 +39,8 @@ pub struct Agent {
     pub lease: Mutex<Option<(Instant, u64)>>,
     pub known_standbys: Mutex<Vec<String>>,
     pub activity: Mutex<Option<String>>,
+    /// The long operation running now (bootstrap or an action); callers leave the instance alone meanwhile.
+    pub operation: Mutex<Option<String>>,
     pub metrics: Metrics,
     /// Wakes the probe loop early (after an action).
     pub probe_now: tokio::sync::Notify,
@@ -111,6 +113,8 @@ impl Agent {
             lease: Mutex::new(None),
             known_standbys: Mutex::new(Vec::new()),
             activity: Mutex::new(None),
+            // Bootstrap starts with the agent.
+            operation: Mutex::new(Some("bootstrap".into())),
             probe_now: tokio::sync::Notify::new(),
             crashed,
         })

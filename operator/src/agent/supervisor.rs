@@ -154,7 +154,7 @@ impl Agent {
                 "postgres did not stop in time; escalating"
             );
         }
-        child.signal(Signal::SIGKILL)?;
+        child.signal_group(Signal::SIGKILL)?;
         child.wait_timeout(Duration::from_secs(30)).await;
         Ok(Some(StopMode::Immediate))
     }

@@ -458,6 +458,9 @@ pub struct AgentStatus {
     /// (after a clean shutdown, the shutdown checkpoint a switchover target must have received).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_lsn: Option<String>,
+    /// The long operation the agent is carrying out now (bootstrap, demote, rewind, reclone…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 impl AgentStatus {

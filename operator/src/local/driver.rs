@@ -144,7 +144,8 @@ impl Driver {
             }
             if m.died_at.is_none() {
                 // As when a pod goes: nothing of the instance survives its agent.
-                if let Ok(pid) = procs::signal_postgres(&name, &m.launch.data_dir, Signal::SIGKILL) {
+                if let Ok(pid) = procs::signal_postgres(&name, &m.launch.data_dir, Signal::SIGKILL)
+                {
                     warn!(instance = %name, pid, "agent gone: killed its orphaned postgres");
                 }
             }

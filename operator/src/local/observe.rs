@@ -23,7 +23,8 @@ pub fn report(s: &AgentStatus) -> AgentReport {
     AgentReport {
         // Running only once the agent knows in which role: a server whose
         // probe has not answered yet must not look like a primary.
-        postgres_running: s.postgres_running && matches!(s.role, InstanceRole::Primary | InstanceRole::Standby),
+        postgres_running: s.postgres_running
+            && matches!(s.role, InstanceRole::Primary | InstanceRole::Standby),
         in_recovery: s.role == InstanceRole::Standby,
         timeline: s.timeline,
         current_lsn: lsn(&s.current_lsn),
@@ -63,6 +64,7 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         synchronous_standby_names: s.synchronous_standby_names.clone(),
         synchronous_commit: s.synchronous_commit.clone(),
         parameters: None,
+        operation: s.operation.clone(),
         checks: s.checks.clone(),
     }
 }

@@ -66,6 +66,16 @@ impl PgChild {
         }
     }
 
+    /// Send a signal to the postmaster and every process of its group (its
+    /// backends and auxiliary processes): a frozen or fenced server must not
+    /// leave a backend behind that could still finish a commit.
+    pub fn signal_group(&self, sig: Signal) -> Result<(), Error> {
+        match signal::killpg(Pid::from_raw(self.pid), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::Signal(e)),
+        }
+    }
+
     /// The last lines postgres wrote to stderr.
     pub fn log_tail(&self) -> String {
         match self.log.lock() {

@@ -47,11 +47,16 @@ impl LocalCluster {
             Instant::now().elapsed().as_nanos() ^ (rand_u32() as u128)
         ));
         std::fs::create_dir_all(&base).expect("create test dir");
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).expect("chmod test dir");
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod test dir");
         let manifest = base.join("cluster.yaml");
         let text = format!("apiVersion: tandem.dev/v1alpha1\nkind: DbCluster\nmetadata:\n  name: {name}\nspec:\n{spec}\n");
         std::fs::write(&manifest, text).expect("write manifest");
-        let mut c = LocalCluster { dir: base.join("cluster"), manifest, up: None };
+        let mut c = LocalCluster {
+            dir: base.join("cluster"),
+            manifest,
+            up: None,
+        };
         c.spawn_up();
         c
     }
@@ -127,7 +132,8 @@ impl LocalCluster {
         }
         panic!(
             "timed out after {timeout:?} waiting for {what}; last status:\n{}\nup.log tail:\n{}",
-            last.map(|s| serde_json::to_string_pretty(&s).unwrap_or_default()).unwrap_or_else(|| "none".into()),
+            last.map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
+                .unwrap_or_else(|| "none".into()),
             self.log_tail(60)
         );
     }
@@ -138,14 +144,20 @@ impl LocalCluster {
             s["phase"] == "Healthy"
                 && s["transition"].is_null()
                 && s["instances"].as_array().is_some_and(|a| {
-                    a.iter().all(|i| i["status"] == "running" && (i["role"] == "primary" || i["role"] == "standby" || i["role"] == "learner"))
+                    a.iter().all(|i| {
+                        i["status"] == "running"
+                            && (i["role"] == "primary"
+                                || i["role"] == "standby"
+                                || i["role"] == "learner")
+                    })
                 })
         })
     }
 
     /// The current primary's name.
     pub fn primary(&self) -> Option<String> {
-        self.status().and_then(|s| s["primary"].as_str().map(str::to_string))
+        self.status()
+            .and_then(|s| s["primary"].as_str().map(str::to_string))
     }
 
     /// The rw endpoint as a writer target.
@@ -162,8 +174,14 @@ impl LocalCluster {
         Target {
             host: host.to_string(),
             port: port.parse().expect("port"),
-            user: st["superuser"]["user"].as_str().unwrap_or("postgres").to_string(),
-            password: st["superuser"]["password"].as_str().unwrap_or_default().to_string(),
+            user: st["superuser"]["user"]
+                .as_str()
+                .unwrap_or("postgres")
+                .to_string(),
+            password: st["superuser"]["password"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             dbname: st["database"].as_str().unwrap_or("postgres").to_string(),
         }
     }
@@ -191,7 +209,8 @@ impl LocalCluster {
 
     /// The postmaster pid of `name`, if it runs.
     pub fn postgres_pid(&self, name: &str) -> Option<i32> {
-        let text = std::fs::read_to_string(self.dir.join(name).join("pgdata/postmaster.pid")).ok()?;
+        let text =
+            std::fs::read_to_string(self.dir.join(name).join("pgdata/postmaster.pid")).ok()?;
         let pid: i32 = text.lines().next()?.trim().parse().ok()?;
         pid_alive(pid).then_some(pid)
     }
@@ -212,7 +231,11 @@ impl LocalCluster {
             let text = std::fs::read_to_string(&f).unwrap_or_default();
             let all: Vec<&str> = text.lines().collect();
             let from = all.len().saturating_sub(lines);
-            out.push_str(&format!("==> {} <==\n{}\n", f.display(), all[from..].join("\n")));
+            out.push_str(&format!(
+                "==> {} <==\n{}\n",
+                f.display(),
+                all[from..].join("\n")
+            ));
         }
         out
     }
@@ -273,7 +296,11 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("test failed; logs of {}:\n{}", self.dir.display(), self.log_tail(40));
+            eprintln!(
+                "test failed; logs of {}:\n{}",
+                self.dir.display(),
+                self.log_tail(40)
+            );
         }
         self.cleanup();
     }
@@ -282,7 +309,12 @@ impl Drop for LocalCluster {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     h.finish() as u32
 }
 
@@ -300,7 +332,12 @@ pub fn show(out: &Output) -> String {
 pub fn with_role(status: &Value, role: &str) -> Vec<String> {
     status["instances"]
         .as_array()
-        .map(|a| a.iter().filter(|i| i["role"] == role).filter_map(|i| i["name"].as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["role"] == role)
+                .filter_map(|i| i["name"].as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 

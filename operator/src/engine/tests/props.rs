@@ -274,7 +274,10 @@ fn simulation_fails_over_after_node_loss_and_rejoins_the_old_primary() {
     }
     assert_eq!(sim.promotions.len(), 1, "{:?}", sim.status);
     let history = sim.status.history.last().unwrap();
-    assert_eq!((history.kind.as_str(), history.bytes_possibly_lost), ("Failover", Some(0)));
+    assert_eq!(
+        (history.kind.as_str(), history.bytes_possibly_lost),
+        ("Failover", Some(0))
+    );
     heal(&mut sim, 0);
     let mut rounds = 0;
     while !converged(&sim) && rounds < 100 {
@@ -284,5 +287,9 @@ fn simulation_fails_over_after_node_loss_and_rejoins_the_old_primary() {
     }
     assert!(converged(&sim), "{:#?}", sim.status);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-    assert!(sim.status.history.iter().any(|h| h.kind == "Rejoin" && h.outcome == "Succeeded"));
+    assert!(sim
+        .status
+        .history
+        .iter()
+        .any(|h| h.kind == "Rejoin" && h.outcome == "Succeeded"));
 }
