@@ -496,7 +496,16 @@ fn failover_waits_a_lease_before_replacing_a_candidate_that_may_have_promoted() 
     f.unreachable("main-1");
     let a = f.tick(1000);
     assert!(promotes(&a).is_none());
-    assert!(f.status.blocked_by.as_deref().unwrap().contains("waiting for main-1 to confirm its promotion"));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("waiting for main-1 to confirm its promotion"));
     let a = f.tick(14_500);
-    assert_eq!(promotes(&a).as_deref(), Some("main-2"), "after lease TTL + detection timeout");
+    assert_eq!(
+        promotes(&a).as_deref(),
+        Some("main-2"),
+        "after lease TTL + detection timeout"
+    );
 }

@@ -117,7 +117,11 @@ fn apply_fault(sim: &mut Sim, e: &Ev) {
         Ev::RewindBroken(k) if k < n => sim.insts[k].rewind_broken = true,
         Ev::Archive(k, a) if k < n => sim.insts[k].archive_ready = a,
         Ev::Pause(p) => sim.spec.paused = p,
-        Ev::OperatorRestart => sim.results.clear(),
+        Ev::OperatorRestart => {
+            // In-flight results are lost and the next round's actions never run.
+            sim.results.clear();
+            sim.crash_next_round = true;
+        }
         _ => {}
     }
 }
@@ -201,7 +205,7 @@ fn converged(sim: &Sim) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_under_random_failures_and_requests(
@@ -274,7 +278,10 @@ fn simulation_fails_over_after_node_loss_and_rejoins_the_old_primary() {
     }
     assert_eq!(sim.promotions.len(), 1, "{:?}", sim.status);
     let history = sim.status.history.last().unwrap();
-    assert_eq!((history.kind.as_str(), history.bytes_possibly_lost), ("Failover", Some(0)));
+    assert_eq!(
+        (history.kind.as_str(), history.bytes_possibly_lost),
+        ("Failover", Some(0))
+    );
     heal(&mut sim, 0);
     let mut rounds = 0;
     while !converged(&sim) && rounds < 100 {
@@ -284,5 +291,9 @@ fn simulation_fails_over_after_node_loss_and_rejoins_the_old_primary() {
     }
     assert!(converged(&sim), "{:#?}", sim.status);
     assert!(sim.violations.is_empty(), "{:?}", sim.violations);
-    assert!(sim.status.history.iter().any(|h| h.kind == "Rejoin" && h.outcome == "Succeeded"));
+    assert!(sim
+        .status
+        .history
+        .iter()
+        .any(|h| h.kind == "Rejoin" && h.outcome == "Succeeded"));
 }

@@ -49,6 +49,8 @@ pub struct Sim {
     pub requests: Vec<Request>,
     pub violations: Vec<String>,
     pub promotions: Vec<String>,
+    /// The operator dies in the next round after persisting status, before acting.
+    pub crash_next_round: bool,
 }
 
 impl Sim {
@@ -88,6 +90,7 @@ impl Sim {
             requests: Vec::new(),
             violations: Vec::new(),
             promotions: Vec::new(),
+            crash_next_round: false,
         }
     }
 
@@ -212,6 +215,9 @@ impl Sim {
         self.status = d.status.clone();
         self.results.clear();
         self.requests.clear();
+        if std::mem::take(&mut self.crash_next_round) {
+            return d;
+        }
         for a in &d.actions {
             let outcome = self.apply(a);
             if !matches!(a, Action::Event { .. } | Action::RequestDone { .. }) {
