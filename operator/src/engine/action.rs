@@ -106,6 +106,7 @@ pub enum Action {
     /// Platform: emit an Event (reason is a PascalCase constant of [`super::reasons`]).
     Event {
         instance: Option<String>,
+        #[serde(rename = "type")]
         type_: EventType,
         reason: String,
         message: String,

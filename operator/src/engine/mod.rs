@@ -342,12 +342,12 @@ pub(crate) fn refuse(
     out: &mut Vec<Action>,
 ) {
     st.push_history(instant_history(ctx, kind, to, outcomes::REFUSED, message));
-    out.push(event(
-        to,
-        EventType::Warning,
-        reasons::REQUEST_REFUSED,
-        message,
-    ));
+    let reason = if kind == kinds::SWITCHOVER {
+        reasons::SWITCHOVER_REFUSED
+    } else {
+        reasons::REQUEST_REFUSED
+    };
+    out.push(event(to, EventType::Warning, reason, message));
     out.push(Action::RequestDone {
         request: request.clone(),
     });

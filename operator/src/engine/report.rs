@@ -81,6 +81,13 @@ pub(crate) fn refresh_instances(ctx: &Ctx, st: &mut DbClusterStatus) {
         });
     }
     st.instances = instances;
+    if let Some(tl) = primary
+        .as_deref()
+        .filter(|p| ctx.runs_as_primary(p))
+        .and_then(|p| ctx.timeline(p))
+    {
+        st.timeline = Some(tl);
+    }
 }
 
 fn set_condition(

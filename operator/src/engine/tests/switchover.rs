@@ -26,7 +26,7 @@ fn assert_refused(f: &mut Fixture, req: Request, message: &str) {
     assert!(has(&d.actions, |a| matches!(a, Action::RequestDone { .. })));
     assert!(has(
         &d.actions,
-        |a| matches!(a, Action::Event { reason, .. } if reason == "RequestRefused")
+        |a| matches!(a, Action::Event { reason, .. } if reason == "SwitchoverRefused")
     ));
     f.tick(10);
 }
@@ -466,5 +466,37 @@ fn switchover_resumes_from_every_step_after_an_operator_restart() {
             "Label",
             "Follow"
         ]
+    );
+}
+
+#[test]
+fn switchover_refused_before_the_cluster_has_a_primary() {
+    let mut f = cluster().instances(2).build();
+    f.status = Default::default();
+    f.agent("main-0").postgres_running = false;
+    f.tick(10);
+    f.request(to("main-1", false));
+    f.tick(10);
+    assert!(f
+        .last_history()
+        .message
+        .contains("switchover refused: a Bootstrap is in progress"));
+}
+
+#[test]
+fn actions_and_requests_round_trip_through_json() {
+    let a = Action::Event {
+        instance: None,
+        type_: crate::engine::EventType::Warning,
+        reason: "SwitchoverRefused".into(),
+        message: "m".into(),
+    };
+    let text = serde_json::to_string(&a).unwrap();
+    assert!(text.contains("\"type\":\"Warning\""), "{text}");
+    assert_eq!(serde_json::from_str::<Action>(&text).unwrap(), a);
+    let r = to("any", true);
+    assert_eq!(
+        serde_json::from_str::<Request>(&serde_json::to_string(&r).unwrap()).unwrap(),
+        r
     );
 }
