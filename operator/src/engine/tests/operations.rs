@@ -315,3 +315,22 @@ fn decide_is_deterministic() {
     let b = decide(&f.spec, &f.status, &f.obs, f.now());
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_rolling_restart_yields_to_failover_when_the_primary_fails() {
+    let mut f = cluster().instances(3).build();
+    f.request(restart_all());
+    f.tick(10);
+    f.gone("main-0");
+    f.tick(10);
+    let h = f
+        .status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.kind == "Restart")
+        .unwrap();
+    assert_eq!(h.outcome, "Failed");
+    assert!(h.message.contains("abandoned: the primary main-0 failed"));
+    assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
+}
