@@ -22,14 +22,21 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
     let Some(primary) = st.current_primary.clone() else {
         return;
     };
-    // Failover and switchover own the primary and the labels until they finish.
+    // Failover and switchover own the primary and the labels until they
+    // finish; only a promoted target (now currentPrimary) keeps its lease.
     let busy = match &st.transition {
         None => None,
         Some(t)
             if [kinds::FAILOVER, kinds::SWITCHOVER, kinds::BOOTSTRAP]
                 .contains(&t.kind.as_str()) =>
         {
-            return
+            if t.target.as_deref() == Some(primary.as_str()) && ctx.runs_as_primary(&primary) {
+                out.push(Action::RenewLease {
+                    instance: primary.clone(),
+                    ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+                });
+            }
+            return;
         }
         Some(t) => t.target.clone(),
     };

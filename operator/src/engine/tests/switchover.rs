@@ -500,3 +500,38 @@ fn actions_and_requests_round_trip_through_json() {
         r
     );
 }
+
+#[test]
+fn the_new_primary_keeps_its_lease_while_the_old_one_is_still_rejoining() {
+    let mut f = cluster().instances(3).build();
+    f.switchover("main-1");
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    f.ack_all();
+    f.agent("main-0").postgres_running = false;
+    f.agent("main-1").received_lsn = Some(lsn("0/6000000"));
+    f.tick(10);
+    f.promoted("main-1", 2);
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    assert_eq!(f.step(), Some(("Switchover".into(), "Follow".into())));
+    // The Demote of main-0 takes a while: no result comes back.
+    for _ in 0..5 {
+        let a = f.tick(3000);
+        assert_eq!(f.step(), Some(("Switchover".into(), "Follow".into())));
+        assert!(
+            has(&a, |x| *x
+                == Action::RenewLease {
+                    instance: "main-1".into(),
+                    ttl_ms: 10_000
+                }),
+            "{a:?}"
+        );
+        assert!(!has(
+            &a,
+            |x| matches!(x, Action::RenewLease { instance, .. } if instance == "main-0")
+        ));
+    }
+}
