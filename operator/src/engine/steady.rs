@@ -78,6 +78,8 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                     instance: primary.clone(),
                     synchronous_commit: want.synchronous_commit.clone(),
                     synchronous_standby_names: want.names.clone(),
+                    sync_quorum: u32::try_from(want.quorum).unwrap_or(u32::MAX),
+                    sync_names: want.standbys.clone(),
                     parameters: params.clone(),
                 });
             }
@@ -111,6 +113,8 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 instance: name.clone(),
                 synchronous_commit: ctx.spec.replication.synchronous_commit.as_pg().to_string(),
                 synchronous_standby_names: String::new(),
+                sync_quorum: 0,
+                sync_names: Vec::new(),
                 parameters: params.clone(),
             });
         }

@@ -363,8 +363,19 @@ impl Sim {
             Action::Config {
                 synchronous_commit,
                 synchronous_standby_names,
+                sync_quorum,
+                sync_names,
                 ..
             } => {
+                let rendered = crate::engine::sync_standby_names(
+                    usize::try_from(*sync_quorum).unwrap(),
+                    sync_names,
+                );
+                if &rendered != synchronous_standby_names {
+                    self.violations.push(format!(
+                        "Config {rendered:?} != {synchronous_standby_names:?}"
+                    ));
+                }
                 let m = &mut self.insts[k];
                 m.sync_names = synchronous_standby_names.clone();
                 m.sync_commit = synchronous_commit.clone();
