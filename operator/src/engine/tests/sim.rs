@@ -49,8 +49,9 @@ pub struct Sim {
     pub requests: Vec<Request>,
     pub violations: Vec<String>,
     pub promotions: Vec<String>,
-    /// The operator dies in the next round after persisting status, before acting.
-    pub crash_next_round: bool,
+    /// The operator dies in the next round after persisting status, having
+    /// carried out only this many of its actions.
+    pub crash_next_round: Option<usize>,
 }
 
 impl Sim {
@@ -90,7 +91,7 @@ impl Sim {
             requests: Vec::new(),
             violations: Vec::new(),
             promotions: Vec::new(),
-            crash_next_round: false,
+            crash_next_round: None,
         }
     }
 
@@ -215,10 +216,13 @@ impl Sim {
         self.status = d.status.clone();
         self.results.clear();
         self.requests.clear();
-        if std::mem::take(&mut self.crash_next_round) {
-            return d;
-        }
-        for a in &d.actions {
+        let done = self.crash_next_round.take();
+        for (n, a) in d.actions.iter().enumerate() {
+            if done.is_some_and(|k| n >= k) {
+                // The operator died: the rest never runs and no result is seen.
+                self.results.clear();
+                break;
+            }
             let outcome = self.apply(a);
             if !matches!(a, Action::Event { .. } | Action::RequestDone { .. }) {
                 self.results.push(ActionResult {
