@@ -469,3 +469,23 @@ fn failover_waits_a_lease_before_replacing_a_candidate_that_may_have_promoted() 
         "after lease TTL + detection timeout"
     );
 }
+
+#[test]
+fn phase_is_degraded_while_detecting_and_failed_when_nothing_can_be_done() {
+    let mut f = cluster().instances(2).priority(1, 0).build();
+    f.unreachable("main-0");
+    f.tick(10);
+    assert_eq!(f.status.phase, Some(Phase::Degraded));
+    assert_eq!(
+        f.status.condition("PrimaryAvailable").unwrap().status,
+        "False"
+    );
+    f.tick(6000);
+    assert_eq!(f.status.phase, Some(Phase::Failed));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("priority 0 (learner)"));
+}
