@@ -93,7 +93,12 @@ pub enum Action {
     Config {
         instance: String,
         synchronous_commit: String,
+        /// The rendered setting (`ANY 1 ("main-1", "main-2")`, "" for none).
         synchronous_standby_names: String,
+        /// The same as a quorum: how many must confirm (0 = none)…
+        sync_quorum: u32,
+        /// …out of these standbys.
+        sync_names: Vec<String>,
         parameters: BTreeMap<String, String>,
     },
     /// Agent `POST /lease {ttlMs}`.
@@ -106,6 +111,7 @@ pub enum Action {
     /// Platform: emit an Event (reason is a PascalCase constant of [`super::reasons`]).
     Event {
         instance: Option<String>,
+        #[serde(rename = "type")]
         type_: EventType,
         reason: String,
         message: String,

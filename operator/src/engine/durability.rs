@@ -63,7 +63,7 @@ pub(crate) fn desired(ctx: &Ctx, primary: &str) -> SyncSettings {
                     synchronous_commit: commit,
                     names: sync_standby_names(1, &placeholder),
                     quorum: 1,
-                    standbys: Vec::new(),
+                    standbys: placeholder,
                     note: Some(
                         "sync mode with dataDurability required but no standby may be synchronous (all have priority 0): writes wait".into(),
                     ),
@@ -109,6 +109,8 @@ pub(crate) fn config_for(ctx: &Ctx, instance: &str) -> super::Action {
         instance: instance.to_string(),
         synchronous_commit: want.synchronous_commit,
         synchronous_standby_names: want.names,
+        sync_quorum: u32::try_from(want.quorum).unwrap_or(u32::MAX),
+        sync_names: want.standbys,
         parameters: ctx.spec.postgres.parameters.clone(),
     }
 }

@@ -6,11 +6,26 @@
 //! 1. Each poll, build [`Observations`] (every instance's agent report or
 //!    `None`, the platform's view of the pod/process, the role label, pending
 //!    requests, and the results of actions finished since the last poll).
-//! 2. Call [`decide`] with the last persisted status.
+//! 2. Call [`decide`] with the last persisted status and the current time.
 //! 3. Persist `Decision.status` BEFORE carrying out `Decision.actions` (this is
 //!    what makes every transition resumable), then carry the actions out in
-//!    order and report each result in the next poll's `Observations.results`.
-//!    Actions are idempotent: an identical action still in flight may be skipped.
+//!    order and report each result in the next poll's `Observations.results`
+//!    (the action exactly as issued, with its outcome). Actions are
+//!    idempotent: an identical action still in flight may be skipped.
+//! 4. While `status.transition` is set, poll again soon (right after the
+//!    actions finished): each step waits for the previous step's results.
+//! 5. Keep `Decision.keep_instances` ordinals (0..n) alive; it is
+//!    `spec.instances` except while the primary's ordinal is scaled away.
+//!
+//! Transitions (`status.transition.kind` / `.step`):
+//! - `Bootstrap`: `WaitPrimary` (until an instance runs as primary; adopted).
+//! - `Failover`: `Fence` → `Promote` → `Label`.
+//! - `Switchover`: `DropPrimaryLabel` → `StopPrimary` → `WaitShutdownCheckpoint`
+//!   → `Promote` → `Label` → `Follow`, or `RollBack` before a promotion.
+//! - `Rejoin`: `Demote` (→ `Reclone` when the rewind fails and re-clone is allowed).
+//! - `Reclone`: `Reclone`. `RejoinDryRun`: `RewindCheck`.
+//! - `Restart`: `RestartInstance` per queued instance (the primary last, by
+//!   switchover unless `primaryUpdateMethod: restart`).
 
 mod action;
 mod ctx;
@@ -168,7 +183,26 @@ fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
         let Some(tr) = st.transition.clone() else {
             return;
         };
+        let yields_to_failover = [
+            kinds::REJOIN,
+            kinds::REJOIN_DRY_RUN,
+            kinds::RECLONE,
+            kinds::RESTART,
+        ]
+        .contains(&tr.kind.as_str());
+        let primary_failed = st.current_primary.as_deref().is_some_and(|p| {
+            failover::failed_for_long_enough(ctx, st, p).is_some_and(|r| r.is_ok())
+        });
         let step = match tr.kind.as_str() {
+            _ if yields_to_failover && primary_failed => {
+                // Failover comes first; this can be redone afterwards.
+                let message = format!(
+                    "{} abandoned: the primary {} failed",
+                    tr.kind,
+                    st.current_primary.clone().unwrap_or_default()
+                );
+                Step::finish(history(ctx, &tr, outcomes::FAILED, &message))
+            }
             kinds::BOOTSTRAP => bootstrap(ctx, st, out),
             kinds::FAILOVER => failover::step(ctx, st, &tr, out),
             kinds::SWITCHOVER => switchover::step(ctx, st, &tr, out),
@@ -342,12 +376,12 @@ pub(crate) fn refuse(
     out: &mut Vec<Action>,
 ) {
     st.push_history(instant_history(ctx, kind, to, outcomes::REFUSED, message));
-    out.push(event(
-        to,
-        EventType::Warning,
-        reasons::REQUEST_REFUSED,
-        message,
-    ));
+    let reason = if kind == kinds::SWITCHOVER {
+        reasons::SWITCHOVER_REFUSED
+    } else {
+        reasons::REQUEST_REFUSED
+    };
+    out.push(event(to, EventType::Warning, reason, message));
     out.push(Action::RequestDone {
         request: request.clone(),
     });

@@ -311,14 +311,6 @@ pub(crate) fn step(
             "no primary to rejoin to",
         ));
     };
-    if super::failover::failed_for_long_enough(ctx, st, &primary).is_some_and(|r| r.is_ok()) {
-        // Failover comes first; this can be redone afterwards.
-        let message = format!(
-            "{} of {name} abandoned: the primary {primary} failed",
-            tr.kind
-        );
-        return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
-    }
     let source_gone = !ctx.runs_as_primary(&primary);
     if !ctx.reachable(&name) || source_gone {
         let step_elapsed = ctx.since(tr.data.get("stepStartedAt").map(String::as_str));

@@ -81,6 +81,13 @@ pub(crate) fn refresh_instances(ctx: &Ctx, st: &mut DbClusterStatus) {
         });
     }
     st.instances = instances;
+    if let Some(tl) = primary
+        .as_deref()
+        .filter(|p| ctx.runs_as_primary(p))
+        .and_then(|p| ctx.timeline(p))
+    {
+        st.timeline = Some(tl);
+    }
 }
 
 fn set_condition(
@@ -128,6 +135,12 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
         .map(|i| i.name.clone())
         .collect();
     let replication_ok = primary_ok && not_streaming.is_empty();
+    let waiting_for_detection = primary.as_deref().is_some_and(|p| {
+        matches!(
+            super::failover::failed_for_long_enough(ctx, st, p),
+            Some(Err(_))
+        )
+    });
     st.phase = Some(match st.transition.as_ref().map(|t| t.kind.as_str()) {
         Some(kinds::BOOTSTRAP) => Phase::Creating,
         Some(kinds::FAILOVER) => Phase::FailingOver,
@@ -135,7 +148,8 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
         Some(kinds::REJOIN) | Some(kinds::REJOIN_DRY_RUN) => Phase::Rejoining,
         Some(kinds::RECLONE) => Phase::Recloning,
         _ if ctx.paused => Phase::Paused,
-        _ if !primary_ok => Phase::Failed,
+        // Within the detection window the primary may still come back.
+        _ if !primary_ok && !waiting_for_detection => Phase::Failed,
         _ if replication_ok && ready == total => Phase::Healthy,
         _ => Phase::Degraded,
     });

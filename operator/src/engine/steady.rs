@@ -22,14 +22,21 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
     let Some(primary) = st.current_primary.clone() else {
         return;
     };
-    // Failover and switchover own the primary and the labels until they finish.
+    // Failover and switchover own the primary and the labels until they
+    // finish; only a promoted target (now currentPrimary) keeps its lease.
     let busy = match &st.transition {
         None => None,
         Some(t)
             if [kinds::FAILOVER, kinds::SWITCHOVER, kinds::BOOTSTRAP]
                 .contains(&t.kind.as_str()) =>
         {
-            return
+            if t.target.as_deref() == Some(primary.as_str()) && ctx.runs_as_primary(&primary) {
+                out.push(Action::RenewLease {
+                    instance: primary.clone(),
+                    ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+                });
+            }
+            return;
         }
         Some(t) => t.target.clone(),
     };
@@ -71,6 +78,8 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                     instance: primary.clone(),
                     synchronous_commit: want.synchronous_commit.clone(),
                     synchronous_standby_names: want.names.clone(),
+                    sync_quorum: u32::try_from(want.quorum).unwrap_or(u32::MAX),
+                    sync_names: want.standbys.clone(),
                     parameters: params.clone(),
                 });
             }
@@ -104,6 +113,8 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 instance: name.clone(),
                 synchronous_commit: ctx.spec.replication.synchronous_commit.as_pg().to_string(),
                 synchronous_standby_names: String::new(),
+                sync_quorum: 0,
+                sync_names: Vec::new(),
                 parameters: params.clone(),
             });
         }

@@ -84,9 +84,18 @@ pub(crate) fn step(
             // Only the agent's answer counts: a postgres merely seen down (a
             // crash) may be restarted by its agent; a stopped one is held down.
             if ctx.succeeded(&stop) {
+                // Without the agent's checkpoint location, the last position seen
+                // before the stop is the best lower bound there is.
+                let last_seen: Option<Lsn> = st
+                    .instances
+                    .iter()
+                    .find(|i| i.name == old)
+                    .and_then(|i| i.lsn.as_deref())
+                    .and_then(|s| s.parse().ok());
                 let checkpoint = ctx
                     .agent(&old)
                     .and_then(|a| a.checkpoint_lsn)
+                    .or(last_seen)
                     .or_else(|| tr.data.get("oldPrimaryLsn").and_then(|s| s.parse().ok()));
                 if let Some(c) = checkpoint {
                     set_data(st, "checkpointLsn", c.to_string());

@@ -25,46 +25,6 @@ fn healthy_cluster_only_renews_the_primary_lease() {
 }
 
 #[test]
-fn bootstrap_waits_for_the_first_primary_then_records_it() {
-    let mut f = cluster().instances(2).build();
-    f.status = Default::default();
-    f.agent("main-0").postgres_running = false;
-    f.unreachable("main-1");
-    f.tick(100);
-    assert_eq!(f.status.phase, Some(Phase::Creating));
-    assert!(f.status.current_primary.is_none());
-    assert!(f
-        .status
-        .blocked_by
-        .as_deref()
-        .unwrap()
-        .contains("first primary"));
-    f.agent("main-0").postgres_running = true;
-    let actions = f.tick(100);
-    assert_eq!(f.status.current_primary.as_deref(), Some("main-0"));
-    assert_eq!(f.last_history().kind, "Bootstrap");
-    assert_eq!(f.last_history().outcome, "Succeeded");
-    assert!(has(
-        &actions,
-        |a| matches!(a, Action::RenewLease { instance, .. } if instance == "main-0")
-    ));
-}
-
-#[test]
-fn bootstrap_adopts_the_most_advanced_of_two_primaries_and_fences_the_other() {
-    let mut f = cluster().instances(2).build();
-    f.status = Default::default();
-    f.promoted("main-1", 2);
-    let actions = f.tick(100);
-    assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
-    assert!(has(&actions, |a| *a
-        == Action::SetRole {
-            instance: "main-0".into(),
-            role: RoleLabel::Fenced
-        }));
-}
-
-#[test]
 fn failover_waits_for_the_detection_timeout_when_the_primary_is_unreachable() {
     let mut f = cluster().instances(3).build();
     f.unreachable("main-0");
@@ -508,4 +468,24 @@ fn failover_waits_a_lease_before_replacing_a_candidate_that_may_have_promoted() 
         Some("main-2"),
         "after lease TTL + detection timeout"
     );
+}
+
+#[test]
+fn phase_is_degraded_while_detecting_and_failed_when_nothing_can_be_done() {
+    let mut f = cluster().instances(2).priority(1, 0).build();
+    f.unreachable("main-0");
+    f.tick(10);
+    assert_eq!(f.status.phase, Some(Phase::Degraded));
+    assert_eq!(
+        f.status.condition("PrimaryAvailable").unwrap().status,
+        "False"
+    );
+    f.tick(6000);
+    assert_eq!(f.status.phase, Some(Phase::Failed));
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("priority 0 (learner)"));
 }

@@ -203,6 +203,7 @@ impl Fixture {
                     synchronous_commit,
                     synchronous_standby_names,
                     parameters,
+                    ..
                 } => {
                     let ag = self.agent(instance);
                     ag.synchronous_commit = Some(synchronous_commit.clone());

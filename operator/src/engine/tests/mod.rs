@@ -8,3 +8,4 @@ mod purity;
 mod rejoin;
 mod sim;
 mod switchover;
+mod switchover_refusals;

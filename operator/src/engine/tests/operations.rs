@@ -2,7 +2,9 @@
 
 use super::fixtures::*;
 use crate::api::{InstanceRole, Phase};
-use crate::engine::{decide, sync_standby_names, Action, Request, RestartTarget, StopMode};
+use crate::engine::{
+    decide, sync_standby_names, Action, Request, RestartTarget, RoleLabel, StopMode,
+};
 
 fn restart_all() -> Request {
     Request::Restart {
@@ -314,4 +316,63 @@ fn decide_is_deterministic() {
     let a = decide(&f.spec, &f.status, &f.obs, f.now());
     let b = decide(&f.spec, &f.status, &f.obs, f.now());
     assert_eq!(a, b);
+}
+
+#[test]
+fn a_rolling_restart_yields_to_failover_when_the_primary_fails() {
+    let mut f = cluster().instances(3).build();
+    f.request(restart_all());
+    f.tick(10);
+    f.gone("main-0");
+    f.tick(10);
+    let h = f
+        .status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.kind == "Restart")
+        .unwrap();
+    assert_eq!(h.outcome, "Failed");
+    assert!(h.message.contains("abandoned: the primary main-0 failed"));
+    assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
+}
+
+#[test]
+fn bootstrap_waits_for_the_first_primary_then_records_it() {
+    let mut f = cluster().instances(2).build();
+    f.status = Default::default();
+    f.agent("main-0").postgres_running = false;
+    f.unreachable("main-1");
+    f.tick(100);
+    assert_eq!(f.status.phase, Some(Phase::Creating));
+    assert!(f.status.current_primary.is_none());
+    assert!(f
+        .status
+        .blocked_by
+        .as_deref()
+        .unwrap()
+        .contains("first primary"));
+    f.agent("main-0").postgres_running = true;
+    let actions = f.tick(100);
+    assert_eq!(f.status.current_primary.as_deref(), Some("main-0"));
+    assert_eq!(f.last_history().kind, "Bootstrap");
+    assert_eq!(f.last_history().outcome, "Succeeded");
+    assert!(has(
+        &actions,
+        |a| matches!(a, Action::RenewLease { instance, .. } if instance == "main-0")
+    ));
+}
+
+#[test]
+fn bootstrap_adopts_the_most_advanced_of_two_primaries_and_fences_the_other() {
+    let mut f = cluster().instances(2).build();
+    f.status = Default::default();
+    f.promoted("main-1", 2);
+    let actions = f.tick(100);
+    assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
+    assert!(has(&actions, |a| *a
+        == Action::SetRole {
+            instance: "main-0".into(),
+            role: RoleLabel::Fenced
+        }));
 }

@@ -22,7 +22,7 @@ enum Ev {
     Rejoin(usize, bool),
     Reclone(usize),
     Restart(Option<usize>),
-    OperatorRestart,
+    OperatorRestart(usize),
     Wait(i64),
 }
 
@@ -41,7 +41,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => (i.clone(), any::<bool>()).prop_map(|(k, d)| Ev::Rejoin(k, d)),
         1 => i.clone().prop_map(Ev::Reclone),
         1 => proptest::option::of(i.clone()).prop_map(Ev::Restart),
-        1 => Just(Ev::OperatorRestart),
+        2 => (0usize..4).prop_map(Ev::OperatorRestart),
         3 => (100i64..4000).prop_map(Ev::Wait),
     ]
 }
@@ -117,7 +117,11 @@ fn apply_fault(sim: &mut Sim, e: &Ev) {
         Ev::RewindBroken(k) if k < n => sim.insts[k].rewind_broken = true,
         Ev::Archive(k, a) if k < n => sim.insts[k].archive_ready = a,
         Ev::Pause(p) => sim.spec.paused = p,
-        Ev::OperatorRestart => sim.results.clear(),
+        Ev::OperatorRestart(k) => {
+            // In-flight results are lost; the next round carries out only k actions.
+            sim.results.clear();
+            sim.crash_next_round = Some(k);
+        }
         _ => {}
     }
 }
@@ -201,7 +205,7 @@ fn converged(sim: &Sim) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, max_shrink_iters: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 2000, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_under_random_failures_and_requests(

@@ -303,3 +303,28 @@ fn instance_busy_with_a_long_operation_is_left_alone() {
     assert!(f.status.transition.is_none());
     assert!(!has(&a, |x| x.instance() == Some("main-2")));
 }
+
+#[test]
+fn rejoin_refused_when_the_instance_agent_does_not_answer() {
+    let mut f = cluster().instances(3).build();
+    f.unreachable("main-2");
+    f.request(rejoin("main-2", false));
+    f.tick(10);
+    assert_eq!(f.last_history().outcome, "Refused");
+    assert!(f
+        .last_history()
+        .message
+        .contains("main-2's agent does not answer"));
+}
+
+#[test]
+fn reclone_refused_while_paused() {
+    let mut f = cluster().instances(3).paused().build();
+    f.request(reclone("main-2"));
+    let a = f.tick(10);
+    assert!(!has(&a, |x| matches!(x, Action::Reclone { .. })));
+    assert!(f
+        .last_history()
+        .message
+        .contains("re-clone refused: automation is paused"));
+}

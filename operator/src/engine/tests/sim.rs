@@ -49,6 +49,9 @@ pub struct Sim {
     pub requests: Vec<Request>,
     pub violations: Vec<String>,
     pub promotions: Vec<String>,
+    /// The operator dies in the next round after persisting status, having
+    /// carried out only this many of its actions.
+    pub crash_next_round: Option<usize>,
 }
 
 impl Sim {
@@ -88,6 +91,7 @@ impl Sim {
             requests: Vec::new(),
             violations: Vec::new(),
             promotions: Vec::new(),
+            crash_next_round: None,
         }
     }
 
@@ -212,7 +216,13 @@ impl Sim {
         self.status = d.status.clone();
         self.results.clear();
         self.requests.clear();
-        for a in &d.actions {
+        let done = self.crash_next_round.take();
+        for (n, a) in d.actions.iter().enumerate() {
+            if done.is_some_and(|k| n >= k) {
+                // The operator died: the rest never runs and no result is seen.
+                self.results.clear();
+                break;
+            }
             let outcome = self.apply(a);
             if !matches!(a, Action::Event { .. } | Action::RequestDone { .. }) {
                 self.results.push(ActionResult {
@@ -357,8 +367,19 @@ impl Sim {
             Action::Config {
                 synchronous_commit,
                 synchronous_standby_names,
+                sync_quorum,
+                sync_names,
                 ..
             } => {
+                let rendered = crate::engine::sync_standby_names(
+                    usize::try_from(*sync_quorum).unwrap(),
+                    sync_names,
+                );
+                if &rendered != synchronous_standby_names {
+                    self.violations.push(format!(
+                        "Config {rendered:?} != {synchronous_standby_names:?}"
+                    ));
+                }
                 let m = &mut self.insts[k];
                 m.sync_names = synchronous_standby_names.clone();
                 m.sync_commit = synchronous_commit.clone();
