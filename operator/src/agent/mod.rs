@@ -169,7 +169,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{Args as _, Command};
+    use clap::Command;
 
     #[test]
     fn every_agent_flag_has_an_env_fallback() {
