@@ -134,8 +134,14 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
     assert_eq!(r.rewind_needed, Some(false), "{r:?}");
     old.wait_ready("standby", T).await;
     wait_rows(old, "t", &[1, 2, 3]).await;
-    let st = new.status().await;
-    assert!(st.downstreams.iter().any(|d| d.name == "prom-0"), "{st:?}");
+    wait_for("prom-0 among the new primary's downstreams", T, || async {
+        let st = new.status().await;
+        st.downstreams
+            .iter()
+            .any(|d| d.name == "prom-0" && d.state == "streaming")
+            .then_some(())
+    })
+    .await;
     let rows = new
         .sql()
         .await
@@ -200,8 +206,12 @@ async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
     old.wait_ready("standby", T).await;
     wait_rows(old, "t", &[1, 2, 3]).await;
     // The rewound instance is on its own port again, not the source's.
-    let st = old.status().await;
-    assert_eq!(st.timeline, new.status().await.timeline);
+    let new_tl = new.status().await.timeline;
+    assert_eq!(new_tl, Some(2));
+    wait_for("the rewound standby on the new timeline", T, || async {
+        (old.status().await.timeline == new_tl).then_some(())
+    })
+    .await;
     new.sql()
         .await
         .execute("INSERT INTO t VALUES (4)", &[])

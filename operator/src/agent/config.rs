@@ -181,12 +181,14 @@ impl Config {
 
     /// Whether `m` names this very instance.
     pub fn is_me(&self, m: &Member) -> bool {
-        m.name == self.instance
-            || (m.port == self.pg_port
-                && (m.host == self.advertise_host
-                    || (m.host == "localhost" && self.advertise_host == "127.0.0.1")
-                    || (m.host == "127.0.0.1" && self.advertise_host == "localhost")))
+        names_me(&self.instance, &self.advertise_host, self.pg_port, m)
     }
+}
+
+/// Whether `m` names the instance `instance` reachable at `host:port`.
+pub fn names_me(instance: &str, host: &str, port: u16, m: &Member) -> bool {
+    let local = |h: &str| h == "localhost" || h == "127.0.0.1";
+    m.name == instance || (m.port == port && (m.host == host || (local(&m.host) && local(host))))
 }
 
 #[cfg(test)]
@@ -200,5 +202,20 @@ mod tests {
         let m = parse_member("127.0.0.1:7000", Some("db-0")).unwrap();
         assert_eq!(m.name, "db-0");
         assert!(parse_member("nohost", None).is_err());
+    }
+
+    #[test]
+    fn a_member_is_me_by_name_or_by_address() {
+        let m = |name: &str, host: &str, port| Member {
+            name: name.into(),
+            host: host.into(),
+            port,
+        };
+        let me = |x: &Member| names_me("c-0", "c-0.c-pods.ns.svc", 5432, x);
+        assert!(me(&m("c-0", "elsewhere", 1)));
+        assert!(me(&m("x", "c-0.c-pods.ns.svc", 5432)));
+        assert!(!me(&m("c-1", "c-1.c-pods.ns.svc", 5432)));
+        assert!(!me(&m("c-1", "c-0.c-pods.ns.svc", 5433)));
+        assert!(names_me("a", "127.0.0.1", 7, &m("b", "localhost", 7)));
     }
 }

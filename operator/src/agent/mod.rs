@@ -167,3 +167,58 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     agent.shutdown().await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Command;
+
+    #[test]
+    fn every_agent_flag_has_an_env_fallback() {
+        let cmd = AgentArgs::augment_args(Command::new("agent"));
+        let mut n = 0;
+        for arg in cmd.get_arguments() {
+            if arg.get_id() == "help" {
+                continue;
+            }
+            n += 1;
+            assert!(arg.get_env().is_some(), "--{} has no env", arg.get_id());
+        }
+        assert!(n >= 20);
+    }
+
+    #[test]
+    fn contract_env_names_are_used() {
+        let cmd = AgentArgs::augment_args(Command::new("agent"));
+        let envs: Vec<String> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_env())
+            .map(|e| e.to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "TANDEM_CLUSTER",
+            "TANDEM_INSTANCE",
+            "TANDEM_NAMESPACE",
+            "TANDEM_DATA_DIR",
+            "TANDEM_PG_PORT",
+            "TANDEM_PG_LISTEN",
+            "TANDEM_LISTEN",
+            "TANDEM_ADVERTISE_HOST",
+            "TANDEM_TOKEN_FILE",
+            "TANDEM_TOKEN",
+            "TANDEM_SUPERUSER",
+            "TANDEM_SUPERUSER_PASSWORD_FILE",
+            "TANDEM_SUPERUSER_PASSWORD",
+            "TANDEM_REPLICATION_USER",
+            "TANDEM_REPLICATION_PASSWORD_FILE",
+            "TANDEM_REPLICATION_PASSWORD",
+            "TANDEM_BOOTSTRAP_FROM",
+            "TANDEM_PG_CONFIG_FILE",
+            "PG_BIN",
+            "TANDEM_RUN_AS",
+            "TANDEM_LOG_FORMAT",
+        ] {
+            assert!(envs.iter().any(|e| e == want), "{want} missing");
+        }
+    }
+}
