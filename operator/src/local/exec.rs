@@ -16,7 +16,6 @@ use crate::api::agent::{
 use crate::api::DurationString;
 use crate::engine::{Action, ActionResult, StopMode};
 
-use super::observe::parse_sync_names;
 
 /// Runs agent calls in the background and collects their results.
 pub struct Executor {
@@ -202,27 +201,18 @@ async fn call(
             })
             .await
         }
-        Action::Config {
-            synchronous_commit,
-            synchronous_standby_names,
-            parameters,
-            ..
-        } => {
-            let (count, names) = parse_sync_names(synchronous_standby_names).ok_or_else(|| {
-                format!("cannot apply synchronous_standby_names {synchronous_standby_names:?}")
-            })?;
+        Action::Config { synchronous_commit, sync_quorum, sync_names, parameters, .. } => {
             let req = ConfigRequest {
                 parameters: parameters.clone(),
                 synchronous_commit: Some(synchronous_commit.clone()),
-                synchronous_standbys: Some(SyncStandbys { count, names }),
+                synchronous_standbys: Some(SyncStandbys { count: *sync_quorum, names: sync_names.clone() }),
                 known_standbys: None,
             };
             return c
                 .config(&req)
                 .await
                 .map(|r| {
-                    (!r.pending_restart.is_empty())
-                        .then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
+                    (!r.pending_restart.is_empty()).then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
                 })
                 .map_err(describe);
         }

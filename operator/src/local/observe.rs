@@ -21,11 +21,10 @@ fn sync_state(s: &str) -> SyncState {
 /// The engine's view of an agent's status answer.
 pub fn report(s: &AgentStatus) -> AgentReport {
     AgentReport {
-        // Running only once the agent knows in which role: a server whose
-        // probe has not answered yet must not look like a primary.
-        postgres_running: s.postgres_running
-            && matches!(s.role, InstanceRole::Primary | InstanceRole::Standby),
-        in_recovery: s.role == InstanceRole::Standby,
+        // Running means answering in its role: a frozen server whose process
+        // exists but does not answer counts as down.
+        postgres_running: s.postgres_running && s.ready,
+        in_recovery: s.role != InstanceRole::Primary,
         timeline: s.timeline,
         current_lsn: lsn(&s.current_lsn),
         received_lsn: lsn(&s.received_lsn),
@@ -66,41 +65,5 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         parameters: None,
         operation: s.operation.clone(),
         checks: s.checks.clone(),
-    }
-}
-
-/// Parse `ANY n ("a", "b")` (as the engine renders synchronous_standby_names)
-/// into a count and names; the empty string is count 0.
-pub fn parse_sync_names(s: &str) -> Option<(u32, Vec<String>)> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Some((0, vec![]));
-    }
-    let rest = s.strip_prefix("ANY ")?;
-    let (n, list) = rest.split_once(' ')?;
-    let n: u32 = n.parse().ok()?;
-    let list = list.trim().strip_prefix('(')?.strip_suffix(')')?;
-    let names = list
-        .split(',')
-        .map(|x| x.trim().trim_matches('"').to_string())
-        .filter(|x| !x.is_empty() && x != "*")
-        .collect();
-    Some((n, names))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn engine_sync_names_parse_back() {
-        let s = crate::engine::sync_standby_names(1, &["main-1".into(), "main-2".into()]);
-        assert_eq!(
-            parse_sync_names(&s),
-            Some((1, vec!["main-1".into(), "main-2".into()]))
-        );
-        assert_eq!(parse_sync_names(""), Some((0, vec![])));
-        assert_eq!(parse_sync_names("ANY 2 (*)"), Some((2, vec![])));
-        assert_eq!(parse_sync_names("FIRST 1 (a)"), None);
     }
 }

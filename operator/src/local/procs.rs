@@ -263,9 +263,9 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<u32> {
     pid_alive(pid).then_some(pid)
 }
 
-/// Send `sig` to the postgres of `instance`: the postmaster and every process
-/// of its group (the agent starts it as a group leader), so STOP freezes the
-/// whole server, as a hung machine would, and KILL leaves no backend behind.
+/// Send `sig` to the postgres of `instance`: the postmaster and each of its
+/// children, so STOP freezes the whole server, as a hung machine would, and
+/// KILL leaves no backend behind.
 pub fn signal_postgres(instance: &str, data_dir: &Path, sig: Signal) -> Result<u32, ProcError> {
     let pid = postmaster_pid(data_dir).ok_or_else(|| ProcError::NoPostgres {
         instance: instance.to_string(),
@@ -275,12 +275,12 @@ pub fn signal_postgres(instance: &str, data_dir: &Path, sig: Signal) -> Result<u
         pid: -1,
         source: nix::Error::EINVAL,
     })?;
-    match nix::sys::signal::killpg(Pid::from_raw(raw), sig) {
-        Ok(()) => Ok(pid),
-        // Not a group leader (started by something else): the postmaster alone.
-        Err(nix::Error::ESRCH) => send(pid, sig).map(|()| pid),
-        Err(source) => Err(ProcError::Signal { pid: raw, source }),
-    }
+    crate::pg::process::signal_server(raw, sig)
+        .map(|()| pid)
+        .map_err(|_| ProcError::Signal {
+            pid: raw,
+            source: nix::Error::EPERM,
+        })
 }
 
 #[cfg(test)]

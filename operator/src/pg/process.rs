@@ -18,6 +18,39 @@ use super::Error;
 
 const LOG_TAIL_LINES: usize = 30;
 
+/// The children of process `pid` (from /proc).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.trim_start().to_string();
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Send `sig` to postmaster `pid` and all its children: the postmaster first
+/// (so it forks nothing new), then each child.
+pub fn signal_server(pid: i32, sig: Signal) -> Result<(), Error> {
+    let children = children_of(pid);
+    match signal::kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => return Err(Error::Signal(e)),
+    }
+    for c in children {
+        let _ = signal::kill(Pid::from_raw(c), sig);
+    }
+    Ok(())
+}
+
 /// A running (or exited) postmaster that is our child.
 #[derive(Clone, Debug)]
 pub struct PgChild {
@@ -66,14 +99,11 @@ impl PgChild {
         }
     }
 
-    /// Send a signal to the postmaster and every process of its group (its
-    /// backends and auxiliary processes): a frozen or fenced server must not
-    /// leave a backend behind that could still finish a commit.
+    /// Send a signal to the postmaster and every one of its children (backends
+    /// and auxiliary processes, each in a session of its own): a frozen or
+    /// fenced server must not leave a backend behind that could still finish a commit.
     pub fn signal_group(&self, sig: Signal) -> Result<(), Error> {
-        match signal::killpg(Pid::from_raw(self.pid), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(Error::Signal(e)),
-        }
+        signal_server(self.pid, sig)
     }
 
     /// The last lines postgres wrote to stderr.
