@@ -422,10 +422,29 @@ async fn sigkilled_agent_takes_its_postgres_down_and_restart_keeps_the_data() {
     )
     .await;
 
-    // An agent started over the existing data directory starts it, never re-initialises it.
+    // An agent started over a primary's data directory never re-initialises
+    // it, and keeps postgres stopped until told: another instance may have
+    // been promoted meanwhile, and two writable primaries must never run.
     c.agents[0].respawn();
+    let held = wait_for("the agent to hold postgres stopped", T, || async {
+        let st = c.agents[0].client.status().await.ok()?;
+        (st.fenced && !st.postgres_running).then_some(st)
+    })
+    .await;
+    assert!(
+        connect(port).await.is_err(),
+        "postgres must not run before it is told to start"
+    );
+    assert_eq!(held.system_identifier, sysid);
+    c.agents[0]
+        .client
+        .start(&StopRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("start when told: {e}\n{}", c.agents[0].log_text()));
     let st = c.agents[0].wait_ready("primary", T).await;
     assert_eq!(st.system_identifier, sysid);
     assert_eq!(rows(&c.agents[0].sql().await, "t").await, vec![7]);
-    assert!(c.agents[0].log_text().contains("data directory exists"));
+    assert!(c.agents[0]
+        .log_text()
+        .contains("data directory of a primary"));
 }

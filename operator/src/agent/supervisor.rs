@@ -80,6 +80,13 @@ impl Agent {
             return Ok(false);
         }
         self.prepare_data_dir()?;
+        process::remove_stale_lockfile(&self.cfg.data_dir.join("postmaster.pid"));
+        process::remove_stale_lockfile(
+            &self
+                .cfg
+                .run_dir
+                .join(format!(".s.PGSQL.{}.lock", self.cfg.pg_port)),
+        );
         let c = &self.cfg;
         let mut cmd = self.runner.command(Tool::Postgres);
         let settings = [

@@ -18,6 +18,31 @@ use super::Error;
 
 const LOG_TAIL_LINES: usize = 30;
 
+/// Remove a postgres lock file (`postmaster.pid`, `.s.PGSQL.<port>.lock`)
+/// when the process it names is gone or a zombie (a postmaster killed with its
+/// agent lingers as a zombie until something reaps it, and postgres would
+/// take it for a running server).
+pub fn remove_stale_lockfile(file: &std::path::Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+    else {
+        return false;
+    };
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        });
+    let stale = matches!(state, None | Some('Z') | Some('X'));
+    if stale && std::fs::remove_file(file).is_ok() {
+        tracing::info!(pid, file = %file.display(), "removed the lock file of a postmaster that is gone");
+        return true;
+    }
+    false
+}
+
 /// The children of process `pid` (from /proc).
 pub fn children_of(pid: i32) -> Vec<i32> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
