@@ -50,9 +50,18 @@ async fn wait_ack_after(w: &Writer, t: Instant, timeout: Duration) -> Instant {
 
 /// Every acknowledged row is on `name` (read straight from its postgres).
 async fn assert_nothing_lost(c: &LocalCluster, name: &str, log: &ha_support::writer::WriteLog) {
-    let stored = stored_ids(&c.direct(name))
-        .await
-        .expect("read rows from the primary");
+    let target = c.direct(name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        match stored_ids(&target).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading rows from {name}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("cannot read rows from {name}: {e}"),
+        }
+    };
     let missing = lost(log, &stored);
     assert!(
         missing.is_empty(),
