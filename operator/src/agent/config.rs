@@ -116,7 +116,10 @@ impl Config {
         let bootstrap_from = match a.bootstrap_from.as_deref().map(str::trim) {
             None | Some("") => None,
             Some(addr) => Some(parse_member(addr, a.bootstrap_from_name.as_deref())?),
-        };
+        }
+        // One StatefulSet template serves every ordinal: the instance it names
+        // as the bootstrap source is the one that runs initdb.
+        .filter(|m| !names_me(&a.instance, &a.advertise_host, a.pg_port, m));
         let bin_dir = bins::find_bin_dir(a.pg_bin.as_deref())?;
         let run_as = match (&a.run_as, nix::unistd::geteuid().is_root()) {
             (Some(u), _) if !u.is_empty() => Some(RunAs::lookup(u)?),
@@ -217,5 +220,55 @@ mod tests {
         assert!(!me(&m("c-1", "c-1.c-pods.ns.svc", 5432)));
         assert!(!me(&m("c-1", "c-0.c-pods.ns.svc", 5433)));
         assert!(names_me("a", "127.0.0.1", 7, &m("b", "localhost", 7)));
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: crate::agent::AgentArgs,
+    }
+
+    /// The configuration of instance `instance` of cluster main, as its pod would get it.
+    fn pod_config(instance: &str, bootstrap_from: &str) -> Config {
+        use clap::Parser;
+        let host = format!("{instance}.main-pods.ns.svc");
+        let cli = Cli::try_parse_from([
+            "tandem-agent",
+            "--cluster",
+            "main",
+            "--instance",
+            instance,
+            "--data-dir",
+            "/tmp/tandem-config-test/pgdata",
+            "--advertise-host",
+            &host,
+            "--pg-port",
+            "5432",
+            "--token",
+            "t",
+            "--superuser-password",
+            "s",
+            "--replication-password",
+            "r",
+            "--bootstrap-from",
+            bootstrap_from,
+        ])
+        .unwrap();
+        Config::from_args(&cli.args).unwrap()
+    }
+
+    #[test]
+    fn the_instance_named_as_bootstrap_source_initialises_and_the_others_clone() {
+        // The StatefulSet gives every pod the same source: ordinal 0's address.
+        let source = "main-0.main-pods.ns.svc:5432";
+        assert_eq!(
+            pod_config("main-0", source).bootstrap_from,
+            None,
+            "main-0 runs initdb"
+        );
+        let from = pod_config("main-1", source)
+            .bootstrap_from
+            .expect("main-1 clones");
+        assert_eq!((from.name.as_str(), from.port), ("main-0", 5432));
     }
 }
