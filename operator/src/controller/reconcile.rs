@@ -46,7 +46,12 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Consecutive transient failures per cluster (namespace/name), for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The HA loops; when set, each valid cluster gets one and it owns the status.
+    pub ha: Option<Arc<HaRegistry>>,
 }
+
+/// The HA loops of the running operator.
+pub type HaRegistry = super::ha::Registry<super::ha::KubeClient, super::ha::HttpAgents>;
 
 impl Context {
     /// A context with no failures recorded.
@@ -62,7 +67,14 @@ impl Context {
             metrics,
             config,
             failures: Mutex::new(HashMap::new()),
+            ha: None,
         }
+    }
+
+    /// The same context, starting an HA loop per valid cluster.
+    pub fn with_ha(mut self, ha: Arc<HaRegistry>) -> Self {
+        self.ha = Some(ha);
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -148,6 +160,11 @@ async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
     };
     let children = build_children(&cluster, &observed.missing_secrets(), &mut rand::rng());
     apply::apply(&ctx.client, &cluster, children, &observed.pods).await?;
+    if let Some(ha) = &ctx.ha {
+        // The HA loop is the single writer of this cluster's status from now on.
+        ha.ensure(&namespace, &name);
+        return Ok(Action::requeue(ctx.config.requeue));
+    }
     let status = desired_status(dc, Outcome::Applied(&cluster), &observed.pods, &now);
     patch_status(&ctx.client, dc, status).await?;
     Ok(Action::requeue(ctx.config.requeue))

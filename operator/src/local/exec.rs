@@ -16,7 +16,6 @@ use crate::api::agent::{
 use crate::api::DurationString;
 use crate::engine::{Action, ActionResult, StopMode};
 
-
 /// Runs agent calls in the background and collects their results.
 pub struct Executor {
     in_flight: HashSet<String>,
@@ -201,18 +200,28 @@ async fn call(
             })
             .await
         }
-        Action::Config { synchronous_commit, sync_quorum, sync_names, parameters, .. } => {
+        Action::Config {
+            synchronous_commit,
+            sync_quorum,
+            sync_names,
+            parameters,
+            ..
+        } => {
             let req = ConfigRequest {
                 parameters: parameters.clone(),
                 synchronous_commit: Some(synchronous_commit.clone()),
-                synchronous_standbys: Some(SyncStandbys { count: *sync_quorum, names: sync_names.clone() }),
+                synchronous_standbys: Some(SyncStandbys {
+                    count: *sync_quorum,
+                    names: sync_names.clone(),
+                }),
                 known_standbys: None,
             };
             return c
                 .config(&req)
                 .await
                 .map(|r| {
-                    (!r.pending_restart.is_empty()).then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
+                    (!r.pending_restart.is_empty())
+                        .then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
                 })
                 .map_err(describe);
         }
