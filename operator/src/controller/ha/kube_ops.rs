@@ -11,7 +11,7 @@ use kube::{Api, Client, Resource};
 
 use super::agents::Token;
 use crate::api::{keys, DbCluster, DbClusterStatus};
-use crate::controller::apply::apply_params;
+use crate::controller::apply::{apply_params, FIELD_MANAGER};
 use crate::controller::error::Error;
 use crate::engine::EventType;
 
@@ -161,8 +161,12 @@ impl KubeOps for KubeClient {
 
     async fn set_role_label(&self, ns: &str, pod: &str, role: &str) -> Result<(), Error> {
         let body = serde_json::json!({"metadata": {"labels": {keys::LABEL_ROLE: role}}});
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
         Api::<Pod>::namespaced(self.client.clone(), ns)
-            .patch(pod, &PatchParams::default(), &Patch::Merge(&body))
+            .patch(pod, &params, &Patch::Merge(&body))
             .await
             .map_err(|e| Error::kube("patch", "Pod", pod, e))?;
         Ok(())
