@@ -5,8 +5,12 @@
 
 mod controller_ha_support;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use controller_ha_support::*;
 use tandem::api::keys;
+use tandem::controller::ha::{HaConfig, Registry};
 use tandem::engine::EventType;
 
 #[tokio::test]
@@ -221,4 +225,79 @@ async fn paused_annotation_stops_failover() {
         annotated(&w, keys::ANN_PAUSED),
         "paused is a state, not a request: it stays"
     );
+}
+
+#[tokio::test]
+async fn nothing_is_carried_out_when_the_status_cannot_be_persisted() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_SWITCHOVER, "main-1");
+    lock(&f.world).refuse_status = true;
+    for _ in 0..3 {
+        assert!(
+            f.try_pass().await.is_err(),
+            "a pass whose status is refused fails"
+        );
+    }
+    {
+        let w = lock(&f.world);
+        assert!(
+            !w.journal.iter().any(|e| e.starts_with("label ")
+                || e.starts_with("agent ")
+                || e.starts_with("event ")),
+            "acted without a persisted step: {:#?}",
+            w.journal
+        );
+        assert!(
+            annotated(&w, keys::ANN_SWITCHOVER),
+            "the request is still pending"
+        );
+    }
+    // Once status can be written again the switchover runs from its first step.
+    lock(&f.world).refuse_status = false;
+    f.until(60, "switchover to main-1 finished", |w| {
+        status(w).current_primary.as_deref() == Some("main-1") && status(w).transition.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hanging_cluster_does_not_hold_up_the_others() {
+    let f = fixture();
+    lock(&f.world).hang_namespace = Some("stuck".into());
+    let registry = Registry::new(
+        Arc::new(FakeKube(f.world.clone())),
+        Arc::new(FakeAgents(f.world.clone())),
+        HaConfig {
+            interval: Duration::from_millis(20),
+            // One pass at a time: the stuck cluster's pass must give its permit back.
+            max_concurrent: 1,
+            pass_timeout: Duration::from_millis(200),
+            cluster: loop_config(),
+        },
+    );
+    registry.ensure("stuck", "main");
+    registry.ensure("ns", "main");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        {
+            let w = lock(&f.world);
+            if status(&w).current_primary.as_deref() == Some("main-0")
+                && label(&w, "main-0") == Some("primary")
+            {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the healthy cluster made no progress beside a stuck one"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        registry.drives("stuck", "main"),
+        "the stuck loop keeps trying"
+    );
+    registry.stop_all();
+    assert!(!registry.drives("ns", "main"));
 }

@@ -40,6 +40,10 @@ pub struct World {
     pub sims: BTreeMap<String, Sim>,
     pub journal: Vec<String>,
     pub events: Vec<(EventType, String, String)>,
+    /// The API server refuses status writes.
+    pub refuse_status: bool,
+    /// Reads of DbClusters in this namespace never answer (a dead or slow cluster).
+    pub hang_namespace: Option<String>,
 }
 
 pub type Shared = Arc<Mutex<World>>;
@@ -52,7 +56,11 @@ pub struct FakeKube(pub Shared);
 pub struct FakeAgents(pub Shared);
 
 impl KubeOps for FakeKube {
-    async fn get_cluster(&self, _: &str, _: &str) -> Result<Option<DbCluster>, Error> {
+    async fn get_cluster(&self, ns: &str, _: &str) -> Result<Option<DbCluster>, Error> {
+        let hang = lock(&self.0).hang_namespace.as_deref() == Some(ns);
+        if hang {
+            std::future::pending::<()>().await;
+        }
         Ok(lock(&self.0).cluster.clone())
     }
     async fn list_pods(&self, _: &str, _: &str) -> Result<Vec<Pod>, Error> {
@@ -63,6 +71,12 @@ impl KubeOps for FakeKube {
     }
     async fn patch_status(&self, _: &DbCluster, status: &DbClusterStatus) -> Result<(), Error> {
         let mut w = lock(&self.0);
+        if w.refuse_status {
+            w.journal.push("status refused".into());
+            return Err(Error::MissingMetadata(
+                "status (refused by the fake API server)",
+            ));
+        }
         let step = status
             .transition
             .as_ref()
@@ -283,6 +297,18 @@ pub fn pod(i: u32) -> Pod {
     p
 }
 
+/// The loop settings of every fixture.
+pub fn loop_config() -> LoopConfig {
+    LoopConfig {
+        poll_timeout: Duration::from_millis(500),
+        starting_grace: Duration::from_secs(60),
+        agent_port: keys::AGENT_PORT,
+        defaults: Defaults {
+            postgres_image: "postgres-image:test".into(),
+        },
+    }
+}
+
 pub struct Fixture {
     pub world: Shared,
     pub lp: ClusterLoop<FakeKube, FakeAgents>,
@@ -316,14 +342,7 @@ pub fn fixture() -> Fixture {
         sims,
         ..World::default()
     }));
-    let config = LoopConfig {
-        poll_timeout: Duration::from_millis(500),
-        starting_grace: Duration::from_secs(60),
-        agent_port: keys::AGENT_PORT,
-        defaults: Defaults {
-            postgres_image: "postgres-image:test".into(),
-        },
-    };
+    let config = loop_config();
     let lp = ClusterLoop::new(
         Arc::new(FakeKube(world.clone())),
         Arc::new(FakeAgents(world.clone())),
@@ -339,6 +358,12 @@ pub fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// One pass whose outcome the test inspects (agent calls are not awaited).
+    pub async fn try_pass(&mut self) -> Result<Pass, Error> {
+        self.now += SignedDuration::from_millis(500);
+        self.lp.pass(self.now).await
+    }
+
     pub async fn pass(&mut self) {
         self.now += SignedDuration::from_millis(500);
         let pass = self.lp.pass(self.now).await.expect("pass");

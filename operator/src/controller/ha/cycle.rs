@@ -44,8 +44,12 @@ pub struct LoopConfig {
 /// What a pass came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
-    /// Decided and acted; `transition` says whether one is in progress (poll again soon).
-    Done { transition: bool },
+    /// Decided and acted; `transition` says whether one is in progress (poll
+    /// again soon); `keep_instances` how many ordinals the StatefulSet must keep.
+    Done {
+        transition: bool,
+        keep_instances: u32,
+    },
     /// The spec is invalid: nothing was done (the reconcile reports it).
     Invalid,
     /// The DbCluster is deleted or being deleted: the loop ends.
@@ -172,6 +176,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             }
         }
         let transition = status.transition.is_some();
+        let keep_instances = decision.keep_instances;
         let members = self.members(&dc, &pods);
         for action in decision.actions {
             self.act(&dc, &pods, &targets, &members, &annotations, action)
@@ -180,7 +185,10 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         for r in &parsed.refusals {
             self.refuse(&dc, r).await;
         }
-        Ok(Pass::Done { transition })
+        Ok(Pass::Done {
+            transition,
+            keep_instances,
+        })
     }
 
     fn log_step(&self, before: &crate::api::DbClusterStatus, after: &crate::api::DbClusterStatus) {

@@ -50,6 +50,8 @@ pub struct Registry<K, A> {
     config: HaConfig,
     permits: Arc<Semaphore>,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Per cluster: how many ordinals the engine last said to keep (shared with reconcile).
+    keep: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl<K: KubeOps, A: AgentOps> Registry<K, A> {
@@ -62,11 +64,12 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
             config,
             permits,
             tasks: Mutex::new(HashMap::new()),
+            keep: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
-        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.tasks)
     }
 
     /// Start the loop of `namespace/name` unless it runs.
@@ -84,7 +87,15 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
             name,
             self.config.cluster.clone(),
         );
-        let task = tokio::spawn(drive(lp, self.permits.clone(), self.config.clone()));
+        let task = tokio::spawn(drive(
+            lp,
+            self.permits.clone(),
+            self.config.clone(),
+            Keep {
+                map: self.keep.clone(),
+                key: key.clone(),
+            },
+        ));
         tasks.insert(key, task);
     }
 
@@ -93,6 +104,15 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
         self.tasks()
             .get(&format!("{namespace}/{name}"))
             .is_some_and(|t| !t.is_finished())
+    }
+
+    /// How many ordinals the StatefulSet must keep for `namespace/name`, when
+    /// its loop has decided at least once (more than `spec.instances` while the
+    /// primary's ordinal is being scaled away and switched over first).
+    pub fn keep_instances(&self, namespace: &str, name: &str) -> Option<u32> {
+        lock(&self.keep)
+            .get(&format!("{namespace}/{name}"))
+            .copied()
     }
 
     /// Stop every loop (leadership lost or shutting down). Status was persisted
@@ -113,10 +133,34 @@ impl<K, A> Drop for Registry<K, A> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere leaves it usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a loop publishes its cluster's `keep_instances`.
+struct Keep {
+    map: Arc<Mutex<HashMap<String, u32>>>,
+    key: String,
+}
+
+impl Keep {
+    fn set(&self, n: u32) {
+        lock(&self.map).insert(self.key.clone(), n);
+    }
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        lock(&self.map).remove(&self.key);
+    }
+}
+
 async fn drive<K: KubeOps, A: AgentOps>(
     mut lp: ClusterLoop<K, A>,
     permits: Arc<Semaphore>,
     config: HaConfig,
+    keep: Keep,
 ) {
     let mut failures: u32 = 0;
     loop {
@@ -131,11 +175,19 @@ async fn drive<K: KubeOps, A: AgentOps>(
                 info!("DbCluster gone: HA loop ends");
                 return;
             }
-            Ok(Ok(Pass::Done { transition: true })) => {
+            Ok(Ok(Pass::Done {
+                transition,
+                keep_instances,
+            })) => {
                 failures = 0;
-                config.interval.min(TRANSITION_INTERVAL)
+                keep.set(keep_instances);
+                if transition {
+                    config.interval.min(TRANSITION_INTERVAL)
+                } else {
+                    config.interval
+                }
             }
-            Ok(Ok(_)) => {
+            Ok(Ok(Pass::Invalid)) => {
                 failures = 0;
                 config.interval
             }
