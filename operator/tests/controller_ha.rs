@@ -301,3 +301,41 @@ async fn a_hanging_cluster_does_not_hold_up_the_others() {
     registry.stop_all();
     assert!(!registry.drives("ns", "main"));
 }
+
+#[tokio::test]
+async fn primary_in_its_deletion_grace_period_is_not_replaced_while_it_still_serves() {
+    let mut f = fixture();
+    f.settled().await;
+    {
+        let mut w = lock(&f.world);
+        let pod = w
+            .pods
+            .iter_mut()
+            .find(|p| p.metadata.name.as_deref() == Some("main-0"))
+            .expect("pod");
+        pod.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+    }
+    for _ in 0..20 {
+        f.pass().await;
+    }
+    {
+        let w = lock(&f.world);
+        assert_eq!(status(&w).current_primary.as_deref(), Some("main-0"));
+        assert!(
+            !w.journal.iter().any(|e| e.ends_with(" promote")),
+            "{:#?}",
+            w.journal
+        );
+    }
+    // Its container stopped: now it is gone, and a standby takes over.
+    f.agent_down("main-0");
+    f.until(60, "failover after the old primary stopped", |w| {
+        matches!(
+            status(w).current_primary.as_deref(),
+            Some("main-1" | "main-2")
+        ) && status(w).transition.is_none()
+    })
+    .await;
+}

@@ -215,7 +215,8 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             return BTreeMap::new();
         };
         pods.iter()
-            .filter(|p| !pods::is_gone(p))
+            // A pod in its deletion grace period is still asked: its postgres may still serve.
+            .filter(|p| !pods::pod_ended(p))
             .filter_map(|p| {
                 let ip = pods::pod_ip(p)?;
                 let host = if ip.contains(':') {
@@ -291,6 +292,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             let platform = pods::platform_state(
                 pod,
                 self.answered.contains(&uid),
+                answer.is_some_and(|a| a.postgres_running),
                 now,
                 self.config.starting_grace,
             );

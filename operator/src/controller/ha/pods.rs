@@ -30,12 +30,8 @@ pub fn pod_ip(pod: &Pod) -> Option<String> {
         .filter(|ip| !ip.is_empty())
 }
 
-/// Whether the pod is on its way out: deleted (with a grace period running) or
-/// its containers have ended for good.
-pub fn is_gone(pod: &Pod) -> bool {
-    if pod.metadata.deletion_timestamp.is_some() {
-        return true;
-    }
+/// Whether the pod's containers have ended for good (phase Failed or Succeeded).
+pub fn pod_ended(pod: &Pod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Failed" | "Succeeded")
@@ -44,14 +40,32 @@ pub fn is_gone(pod: &Pod) -> bool {
 
 /// The pod's platform state. `answered` says whether this pod (by uid) has
 /// ever answered a poll; a pod that has not, and is younger than `grace`, is
-/// still starting.
+/// still starting. `serving` says whether its agent reports postgres running
+/// in this poll.
+///
+/// A pod in its deletion grace period whose postgres still serves is not
+/// `Gone` yet: `Gone` lets the engine promote at once, and the old primary
+/// could still accept writes until its container stops.
 ///
 /// A pod on a lost node (phase `Unknown`) is deliberately NOT `Gone`: on a
 /// network partition its postgres may still be running, so the engine must
 /// wait for the fencing lease, as for any unreachable agent.
-pub fn platform_state(pod: &Pod, answered: bool, now: Timestamp, grace: Duration) -> PlatformState {
-    if is_gone(pod) {
+pub fn platform_state(
+    pod: &Pod,
+    answered: bool,
+    serving: bool,
+    now: Timestamp,
+    grace: Duration,
+) -> PlatformState {
+    if pod_ended(pod) {
         return PlatformState::Gone;
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return if serving {
+            PlatformState::Running
+        } else {
+            PlatformState::Gone
+        };
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     if phase == Some("Pending") || pod_ip(pod).is_none() {
@@ -103,7 +117,7 @@ mod tests {
     fn pending_pod_is_starting() {
         let p = pod("Pending", None, 300);
         assert_eq!(
-            platform_state(&p, false, now(), GRACE),
+            platform_state(&p, false, false, now(), GRACE),
             PlatformState::Starting
         );
     }
@@ -112,16 +126,16 @@ mod tests {
     fn young_pod_that_never_answered_is_starting_old_one_is_running() {
         let young = pod("Running", Some("10.0.0.1"), 5);
         assert_eq!(
-            platform_state(&young, false, now(), GRACE),
+            platform_state(&young, false, false, now(), GRACE),
             PlatformState::Starting
         );
         assert_eq!(
-            platform_state(&young, true, now(), GRACE),
+            platform_state(&young, true, true, now(), GRACE),
             PlatformState::Running
         );
         let old = pod("Running", Some("10.0.0.1"), 300);
         assert_eq!(
-            platform_state(&old, false, now(), GRACE),
+            platform_state(&old, false, false, now(), GRACE),
             PlatformState::Running
         );
     }
@@ -131,17 +145,22 @@ mod tests {
         let mut deleting = pod("Running", Some("10.0.0.1"), 300);
         deleting.metadata.deletion_timestamp = Some(Time(now()));
         assert_eq!(
-            platform_state(&deleting, true, now(), GRACE),
+            platform_state(&deleting, true, false, now(), GRACE),
             PlatformState::Gone
         );
         let failed = pod("Failed", Some("10.0.0.1"), 300);
         assert_eq!(
-            platform_state(&failed, true, now(), GRACE),
+            platform_state(&failed, true, true, now(), GRACE),
             PlatformState::Gone
+        );
+        // In its grace period with postgres still serving: not gone yet.
+        assert_eq!(
+            platform_state(&deleting, true, true, now(), GRACE),
+            PlatformState::Running
         );
         let unknown = pod("Unknown", Some("10.0.0.1"), 300);
         assert_eq!(
-            platform_state(&unknown, true, now(), GRACE),
+            platform_state(&unknown, true, false, now(), GRACE),
             PlatformState::Running
         );
     }
