@@ -339,3 +339,85 @@ async fn primary_in_its_deletion_grace_period_is_not_replaced_while_it_still_ser
     })
     .await;
 }
+
+/// Label every pod with template revision `rev`.
+fn set_revision(f: &Fixture, rev: &str) {
+    for p in &mut lock(&f.world).pods {
+        p.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("controller-revision-hash".into(), rev.into());
+    }
+}
+
+#[tokio::test]
+async fn template_change_rolls_standbys_first_then_the_primary_after_a_switchover() {
+    let mut f = fixture();
+    f.settled().await;
+    set_revision(&f, "rev-a");
+    lock(&f.world).update_revision = Some("rev-b".into());
+    let mut deleted = Vec::new();
+    for _ in 0..200 {
+        f.pass().await;
+        let mut w = lock(&f.world);
+        let gone: Vec<String> = w
+            .journal
+            .iter()
+            .filter_map(|e| e.strip_prefix("delete-graceful "))
+            .map(str::to_string)
+            .filter(|n| !deleted.contains(n))
+            .collect();
+        for name in gone {
+            // The StatefulSet recreates the pod from the new template; its agent
+            // comes back as a standby of the current primary.
+            let i: u32 = name.trim_start_matches("main-").parse().expect("ordinal");
+            let mut p = pod(i);
+            p.metadata.uid = Some(format!("uid-{i}-b"));
+            p.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert("controller-revision-hash".into(), "rev-b".into());
+            w.pods.push(p);
+            let primary = status(&w).current_primary.unwrap_or_default();
+            let timeline = w.sims.get(&primary).map_or(1, |s| s.timeline);
+            if let Some(s) = w.sims.get_mut(&name) {
+                *s = Sim {
+                    answers: true,
+                    running: true,
+                    primary: false,
+                    timeline,
+                    upstream: Some(primary),
+                };
+            }
+            deleted.push(name);
+        }
+        if deleted.len() == 3
+            && status(&w).transition.is_none()
+            && status(&w).ready_instances.as_deref() == Some("3/3")
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        deleted,
+        ["main-2", "main-1", "main-0"],
+        "standbys first, the old primary last"
+    );
+    let w = lock(&f.world);
+    let j = &w.journal;
+    let promoted = j
+        .iter()
+        .position(|e| e == "agent main-1 promote" || e == "agent main-2 promote")
+        .expect("the primary was switched over");
+    assert!(position(j, "delete-graceful main-1") < promoted, "{j:#?}");
+    assert!(promoted < position(j, "delete-graceful main-0"), "{j:#?}");
+    assert!(
+        !j.iter().any(|e| e.starts_with("delete main-")),
+        "no fencing in a rollout: {j:#?}"
+    );
+    assert!(
+        w.events.iter().any(|(_, r, _)| r == "RollingUpdate"),
+        "{:?}",
+        w.events
+    );
+}

@@ -101,7 +101,7 @@ async fn role_label_is_a_merge_patch_of_that_label_only() {
 #[tokio::test]
 async fn fencing_deletes_the_pod_at_once_and_a_gone_pod_is_fine() {
     let (kube, mut h) = setup();
-    let call = tokio::spawn(async move { kube.delete_pod("db", "main-0").await });
+    let call = tokio::spawn(async move { kube.delete_pod("db", "main-0", Some(0)).await });
     let seen = answer(&mut h, StatusCode::NOT_FOUND, status_body(404, "NotFound")).await;
     assert_eq!(seen.method, Method::DELETE);
     assert_eq!(seen.path, "/api/v1/namespaces/db/pods/main-0");

@@ -40,6 +40,8 @@ pub struct World {
     pub sims: BTreeMap<String, Sim>,
     pub journal: Vec<String>,
     pub events: Vec<(EventType, String, String)>,
+    /// The StatefulSet's updateRevision.
+    pub update_revision: Option<String>,
     /// The API server refuses status writes.
     pub refuse_status: bool,
     /// Reads of DbClusters in this namespace never answer (a dead or slow cluster).
@@ -103,15 +105,21 @@ impl KubeOps for FakeKube {
         }
         Ok(())
     }
-    async fn delete_pod(&self, _: &str, pod: &str) -> Result<(), Error> {
+    async fn delete_pod(&self, _: &str, pod: &str, grace: Option<u32>) -> Result<(), Error> {
         let mut w = lock(&self.0);
-        w.journal.push(format!("delete {pod}"));
+        match grace {
+            Some(0) => w.journal.push(format!("delete {pod}")),
+            _ => w.journal.push(format!("delete-graceful {pod}")),
+        }
         w.pods.retain(|p| p.metadata.name.as_deref() != Some(pod));
         if let Some(s) = w.sims.get_mut(pod) {
             s.answers = false;
             s.running = false;
         }
         Ok(())
+    }
+    async fn update_revision(&self, _: &str, _: &str) -> Result<Option<String>, Error> {
+        Ok(lock(&self.0).update_revision.clone())
     }
     async fn remove_annotation(&self, _: &DbCluster, key: &str, value: &str) -> Result<(), Error> {
         let mut w = lock(&self.0);

@@ -17,6 +17,7 @@ use super::agents::{AgentOps, AgentTarget, Token};
 use super::kube_ops::KubeOps;
 use super::pods;
 use super::requests::{self, Refusal};
+use super::rollout;
 use crate::api::agent::Member;
 use crate::api::{keys, DbCluster, HistoryEntry};
 use crate::controller::error::Error;
@@ -145,7 +146,25 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         let instances = self.observe(&dc, &pods, &targets, now).await;
         let annotations = dc.annotations().clone();
         let instance_count = u32::try_from(dc.spec.instances).unwrap_or(0);
-        let parsed = requests::parse(&self.name, instance_count, &annotations);
+        let mut parsed = requests::parse(&self.name, instance_count, &annotations);
+        let previous = dc.status.clone().unwrap_or_default();
+        let revision = self
+            .kube
+            .update_revision(&self.namespace, &self.name)
+            .await?;
+        let rollout = rollout::next(
+            &self.name,
+            &dc.spec,
+            parsed.paused,
+            &previous,
+            &pods,
+            revision.as_deref(),
+            now,
+        );
+        if rollout == rollout::Step::SwitchoverAway && parsed.requests.is_empty() {
+            info!(cluster = %self.name, "rolling update: switching the outdated primary over first");
+            parsed.requests.push(rollout::switchover_request());
+        }
 
         let obs = Observations {
             cluster: self.name.clone(),
@@ -155,7 +174,6 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             requests: parsed.requests,
             results: std::mem::take(&mut self.results),
         };
-        let previous = dc.status.clone().unwrap_or_default();
         let decision = engine::decide(&dc.spec, &previous, &obs, now);
         let mut status = decision.status;
         for r in &parsed.refusals {
@@ -184,6 +202,11 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         }
         for r in &parsed.refusals {
             self.refuse(&dc, r).await;
+        }
+        if !transition {
+            if let rollout::Step::DeletePod(pod) | rollout::Step::DeletePrimary(pod) = &rollout {
+                self.roll(&dc, pod).await;
+            }
         }
         Ok(Pass::Done {
             transition,
@@ -361,7 +384,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             }
             Action::FenceInstance { instance } => {
                 warn!(cluster = %self.name, instance = %instance, "fencing: deleting the pod of an unreachable instance");
-                let result = match self.kube.delete_pod(&ns, instance).await {
+                let result = match self.kube.delete_pod(&ns, instance, Some(0)).await {
                     Ok(()) => ActionResult::ok(action.clone()),
                     Err(e) => ActionResult::failed(action.clone(), e.to_string()),
                 };
@@ -429,6 +452,23 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     let _ = tx.send((key, result));
                 });
             }
+        }
+    }
+
+    /// Delete an outdated pod (with its grace period: postgres stops cleanly);
+    /// the StatefulSet recreates it from the new template.
+    async fn roll(&self, dc: &DbCluster, pod: &str) {
+        let note = format!("deleting {pod} to recreate it from the updated pod template");
+        info!(cluster = %self.name, instance = %pod, "rolling update: {note}");
+        if let Err(e) = self
+            .kube
+            .event(dc, EventType::Normal, rollout::REASON_ROLLING_UPDATE, &note)
+            .await
+        {
+            warn!(cluster = %self.name, error = %e, "could not publish event");
+        }
+        if let Err(e) = self.kube.delete_pod(&self.namespace, pod, None).await {
+            warn!(cluster = %self.name, instance = %pod, error = %e, "rolling update: cannot delete the pod");
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
@@ -56,8 +57,21 @@ pub trait KubeOps: Send + Sync + 'static {
         role: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Delete a pod at once (grace period 0); a pod already gone is fine.
-    fn delete_pod(&self, ns: &str, pod: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Delete a pod: at once (`grace_seconds` 0, fencing) or with its own
+    /// grace period (`None`, a rolling update); a pod already gone is fine.
+    fn delete_pod(
+        &self,
+        ns: &str,
+        pod: &str,
+        grace_seconds: Option<u32>,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// `status.updateRevision` of the cluster's StatefulSet, if it exists.
+    fn update_revision(
+        &self,
+        ns: &str,
+        cluster: &str,
+    ) -> impl Future<Output = Result<Option<String>, Error>> + Send;
 
     /// Remove annotation `key` of the DbCluster if its value is still `value`.
     fn remove_annotation(
@@ -172,9 +186,14 @@ impl KubeOps for KubeClient {
         Ok(())
     }
 
-    async fn delete_pod(&self, ns: &str, pod: &str) -> Result<(), Error> {
+    async fn delete_pod(
+        &self,
+        ns: &str,
+        pod: &str,
+        grace_seconds: Option<u32>,
+    ) -> Result<(), Error> {
         let params = DeleteParams {
-            grace_period_seconds: Some(0),
+            grace_period_seconds: grace_seconds,
             ..DeleteParams::default()
         };
         match Api::<Pod>::namespaced(self.client.clone(), ns)
@@ -185,6 +204,17 @@ impl KubeOps for KubeClient {
             Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
             Err(e) => Err(Error::kube("delete", "Pod", pod, e)),
         }
+    }
+
+    async fn update_revision(&self, ns: &str, cluster: &str) -> Result<Option<String>, Error> {
+        let sts = Api::<StatefulSet>::namespaced(self.client.clone(), ns)
+            .get_opt(cluster)
+            .await
+            .map_err(|e| Error::kube("get", "StatefulSet", cluster, e))?;
+        Ok(sts
+            .and_then(|s| s.status)
+            .and_then(|s| s.update_revision)
+            .filter(|r| !r.is_empty()))
     }
 
     async fn remove_annotation(&self, dc: &DbCluster, key: &str, value: &str) -> Result<(), Error> {

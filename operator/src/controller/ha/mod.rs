@@ -14,6 +14,7 @@ pub mod cycle;
 pub mod kube_ops;
 pub mod pods;
 pub mod requests;
+pub mod rollout;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
