@@ -350,3 +350,111 @@ async fn bad_annotations_are_refused_with_an_event_and_change_nothing() {
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
+    with_temp_ns("reclone", |client, ns| async move {
+        expect_operator(&client).await.expect("operator running");
+        let name = apply_example(&client, &ns, "minimal.yaml")
+            .await
+            .expect("apply");
+        wait_healthy(&client, &ns, &name, READY)
+            .await
+            .expect("healthy");
+        run_sql(
+            &client,
+            &ns,
+            &name,
+            "write-1",
+            &writer_script(20, 120),
+            MOVE,
+        )
+        .await
+        .expect("rows");
+        let primary = primary(&client, &ns, &name).await;
+        let standby = (0..3)
+            .map(|i| keys::instance_name(&name, i))
+            .find(|n| *n != primary)
+            .expect("a standby");
+        annotate(&client, &ns, &name, keys::ANN_RECLONE, Some(&standby))
+            .await
+            .expect("annotate");
+        wait_event(&client, &ns, &name, "RecloneCompleted", READY)
+            .await
+            .expect("re-cloned");
+        let st = wait_healthy(&client, &ns, &name, READY)
+            .await
+            .expect("healthy after")
+            .status
+            .expect("status");
+        assert_eq!(st.current_primary.as_deref(), Some(primary.as_str()));
+        assert!(
+            st.history
+                .iter()
+                .any(|e| e.kind == "Reclone" && e.outcome == "Succeeded"),
+            "{:?}",
+            st.history
+        );
+        assert!(!has_annotation(&client, &ns, &name, keys::ANN_RECLONE)
+            .await
+            .expect("get"));
+        let rows = rows(&client, &ns, &name, "read-1").await.expect("rows");
+        assert_eq!(rows, (1..=20).collect::<Vec<u64>>());
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+async fn switching_to_sync_replication_applies_without_a_restart() {
+    with_temp_ns("sync", |client, ns| async move {
+        expect_operator(&client).await.expect("operator running");
+        let name = apply_example(&client, &ns, "minimal.yaml")
+            .await
+            .expect("apply");
+        wait_healthy(&client, &ns, &name, READY)
+            .await
+            .expect("healthy");
+        let started = run_sql(
+            &client,
+            &ns,
+            &name,
+            "started",
+            "psql -qAt -c 'SELECT pg_postmaster_start_time()'",
+            MOVE,
+        )
+        .await
+        .expect("start time");
+        let api: kube::Api<tandem::api::DbCluster> = kube::Api::namespaced(client.clone(), &ns);
+        let patch =
+            serde_json::json!({"spec": {"replication": {"mode": "sync", "syncStandbys": 1}}});
+        api.patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch spec");
+        // Applied with a reload: the primary reports the setting, and its postmaster did not restart.
+        let out = run_sql(
+            &client,
+            &ns,
+            &name,
+            "sync-check",
+            "until [ -n \"$(psql -qAt -c 'SHOW synchronous_standby_names')\" ]; do sleep 1; done; \
+             psql -qAt -c 'SHOW synchronous_standby_names' -c 'SELECT pg_postmaster_start_time()'",
+            MOVE,
+        )
+        .await
+        .expect("synchronous_standby_names set on the primary");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines.len() >= 2 && !lines[0].is_empty(), "{out:?}");
+        assert_eq!(lines[1], started.trim(), "the primary restarted: {out:?}");
+        let out = run_sql(&client, &ns, &name, "write-1", &writer_script(5, 120), MOVE)
+            .await
+            .expect("writes commit with a synchronous standby");
+        assert_eq!(acknowledged(&out).len(), 5, "{out}");
+    })
+    .await;
+}
