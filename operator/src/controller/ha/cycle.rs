@@ -189,7 +189,10 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         if dc.status.as_ref() != Some(&status) {
             // Persisted BEFORE any action: a restarted operator resumes this step.
             if let Err(e) = self.kube.patch_status(&dc, &status).await {
-                self.results = obs.results;
+                // Nothing was carried out: the engine sees the same results next pass.
+                let mut results = obs.results;
+                results.append(&mut self.results);
+                self.results = results;
                 return Err(e);
             }
         }
