@@ -1,2 +1,414 @@
 //! End-to-end suite for tandem against the Kubernetes cluster in KUBECONFIG.
-//! The suite itself lives in `tests/`; this crate only holds shared helpers.
+//! The suite itself lives in `tests/` (every test `#[ignore]`d: `make e2e`
+//! runs them with `--ignored` on kind); this crate holds the shared helpers:
+//! temporary namespaces, waiting on conditions with timeouts (never bare
+//! sleeps), applying the examples, SQL through `<name>-rw` from a pod, and
+//! reading Services' endpoints and Events. Does I/O against the cluster.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::FutureExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition as kube_await, Condition};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tandem::api::{keys, DbCluster, DbClusterStatus, Phase};
+
+pub mod sql;
+
+pub use sql::*;
+
+/// What can go wrong in a helper.
+#[derive(Debug, thiserror::Error)]
+pub enum E2eError {
+    /// A call to the API server failed.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was attempted.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A condition did not hold in time.
+    #[error("timed out after {secs}s waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        secs: u64,
+    },
+    /// A manifest could not be read or parsed.
+    #[error("manifest {path}: {message}")]
+    Manifest {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// A SQL pod failed.
+    #[error("sql pod {pod} failed: {logs}")]
+    Sql {
+        /// The pod.
+        pod: String,
+        /// Its output.
+        logs: String,
+    },
+}
+
+/// Result of a helper.
+pub type Result<T> = std::result::Result<T, E2eError>;
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> E2eError {
+    let what = what.into();
+    move |source| E2eError::Kube { what, source }
+}
+
+/// The namespace the chart was installed into (`make e2e` sets it).
+pub fn operator_namespace() -> String {
+    std::env::var("E2E_OPERATOR_NAMESPACE").unwrap_or_else(|_| "tandem-system".into())
+}
+
+/// The postgres image DbClusters use (the chart's `postgresImage`).
+pub fn postgres_image() -> String {
+    std::env::var("E2E_POSTGRES_IMAGE").unwrap_or_else(|_| "tandem-postgres:dev".into())
+}
+
+/// A client for the cluster in KUBECONFIG.
+pub async fn client() -> Result<Client> {
+    Client::try_default()
+        .await
+        .map_err(kube_err("connecting (KUBECONFIG)"))
+}
+
+/// Wait until `cond` holds for object `name`, at most `timeout`.
+pub async fn await_condition<K>(
+    api: Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Condition<K>,
+) -> Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    match tokio::time::timeout(timeout, kube_await(api, name, cond)).await {
+        Ok(Ok(Some(obj))) => Ok(obj),
+        Ok(Ok(None)) => Err(E2eError::Timeout {
+            what: format!("{what} (object {name} deleted)"),
+            secs: timeout.as_secs(),
+        }),
+        Ok(Err(e)) => Err(E2eError::Timeout {
+            what: format!("{what} ({e})"),
+            secs: timeout.as_secs(),
+        }),
+        Err(_) => Err(E2eError::Timeout {
+            what: what.into(),
+            secs: timeout.as_secs(),
+        }),
+    }
+}
+
+/// Poll `probe` every 500 ms until it returns `Some`, at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(E2eError::Timeout {
+                what: what.into(),
+                secs: timeout.as_secs(),
+            });
+        }
+    }
+}
+
+/// Run `test` in a fresh namespace that is deleted afterwards, even when the test panics.
+pub async fn with_temp_ns<F, Fut>(prefix: &str, test: F)
+where
+    F: FnOnce(Client, String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let client = client().await.expect("a Kubernetes cluster in KUBECONFIG");
+    let suffix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() % 1_000_000_000)
+        .unwrap_or(0);
+    let ns = format!("e2e-{prefix}-{suffix}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let mut obj = Namespace::default();
+    obj.metadata.name = Some(ns.clone());
+    namespaces
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("create the test namespace");
+    let outcome = std::panic::AssertUnwindSafe(test(client.clone(), ns.clone()))
+        .catch_unwind()
+        .await;
+    if std::env::var_os("E2E_KEEP_NAMESPACES").is_none() {
+        let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Fail unless the operator's Deployment has an available replica.
+pub async fn expect_operator(client: &Client) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &operator_namespace());
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("list operator deployments"))?;
+    let name = list
+        .items
+        .iter()
+        .filter_map(|d| d.metadata.name.clone())
+        .find(|n| n.contains("tandem"))
+        .ok_or_else(|| E2eError::Timeout {
+            what: format!("an operator Deployment in {}", operator_namespace()),
+            secs: 0,
+        })?;
+    await_condition(
+        api,
+        &name,
+        "operator available",
+        Duration::from_secs(120),
+        |d: Option<&Deployment>| {
+            d.and_then(|d| d.status.as_ref())
+                .and_then(|s| s.available_replicas)
+                .unwrap_or(0)
+                > 0
+        },
+    )
+    .await
+    .map(|_| ())
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Read `deploy/examples/<file>` as a DbCluster.
+pub fn example(file: &str) -> Result<DbCluster> {
+    let path = repo_root().join("deploy/examples").join(file);
+    let text = std::fs::read_to_string(&path).map_err(|e| E2eError::Manifest {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    serde_yaml::from_str(&text).map_err(|e| E2eError::Manifest {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Create an example DbCluster in `ns`, with small storage for kind; returns its name.
+pub async fn apply_example(client: &Client, ns: &str, file: &str) -> Result<String> {
+    let mut dc = example(file)?;
+    dc.metadata.namespace = Some(ns.into());
+    // kind nodes are small: keep the example's shape, not its sizing.
+    dc.spec.resources = Default::default();
+    let name = dc.metadata.name.clone().unwrap_or_default();
+    Api::<DbCluster>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &dc)
+        .await
+        .map_err(kube_err(format!("create DbCluster {name}")))?;
+    Ok(name)
+}
+
+/// The status of DbCluster `name`.
+pub async fn status(client: &Client, ns: &str, name: &str) -> Result<DbClusterStatus> {
+    Ok(Api::<DbCluster>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(kube_err(format!("get DbCluster {name}")))?
+        .status
+        .unwrap_or_default())
+}
+
+/// Wait until every instance is ready, a primary is set and no transition runs.
+pub async fn wait_healthy(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+) -> Result<DbCluster> {
+    let api: Api<DbCluster> = Api::namespaced(client.clone(), ns);
+    await_condition(
+        api,
+        name,
+        &format!("{name} healthy"),
+        timeout,
+        |dc: Option<&DbCluster>| {
+            let Some(dc) = dc else { return false };
+            let want = format!("{n}/{n}", n = dc.spec.instances);
+            dc.status.as_ref().is_some_and(|s| {
+                s.current_primary.is_some()
+                    && s.transition.is_none()
+                    && s.ready_instances.as_deref() == Some(want.as_str())
+                    && matches!(s.phase, Some(Phase::Healthy | Phase::Paused))
+            })
+        },
+    )
+    .await
+}
+
+/// Set (Some) or remove (None) an annotation on the DbCluster.
+pub async fn annotate(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Result<()> {
+    let body = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    Api::<DbCluster>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await
+        .map_err(kube_err(format!("annotate {name} {key}")))?;
+    Ok(())
+}
+
+/// Whether the DbCluster still carries annotation `key`.
+pub async fn has_annotation(client: &Client, ns: &str, name: &str, key: &str) -> Result<bool> {
+    let dc = Api::<DbCluster>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(kube_err(format!("get DbCluster {name}")))?;
+    Ok(dc.metadata.annotations.is_some_and(|a| a.contains_key(key)))
+}
+
+/// The pods behind a Service's ready endpoints (from its EndpointSlices).
+pub async fn service_pods(client: &Client, ns: &str, service: &str) -> Result<Vec<String>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let list = slices
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+        .await
+        .map_err(kube_err(format!("list endpoint slices of {service}")))?;
+    let mut pods: Vec<String> = list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+        .filter_map(|e| e.target_ref.as_ref().and_then(|r| r.name.clone()))
+        .collect();
+    pods.sort();
+    pods.dedup();
+    Ok(pods)
+}
+
+/// Wait until `<name>-rw` points at exactly `pod`.
+pub async fn wait_rw_on(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    pod: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let service = keys::service_rw(name);
+    eventually(
+        &format!("{service} endpoints = [{pod}]"),
+        timeout,
+        || async {
+            let pods = service_pods(client, ns, &service).await.ok()?;
+            (pods == [pod.to_string()]).then_some(())
+        },
+    )
+    .await
+}
+
+/// Events (events.k8s.io) regarding DbCluster `name`: (type, reason, note).
+pub async fn events(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<(String, String, String)>> {
+    let api: Api<Event> = Api::namespaced(client.clone(), ns);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(kube_err("list events"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("DbCluster") && r.name.as_deref() == Some(name)
+            })
+        })
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect())
+}
+
+/// Wait until an Event with `reason` regards DbCluster `name`; returns its note.
+pub async fn wait_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+    timeout: Duration,
+) -> Result<String> {
+    eventually(&format!("event {reason} on {name}"), timeout, || async {
+        events(client, ns, name)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|(_, r, _)| r == reason)
+            .map(|(_, _, note)| note)
+    })
+    .await
+}
+
+/// Role label of each pod of the cluster.
+pub async fn role_labels(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+) -> Result<BTreeMap<String, String>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(&format!("{}={cluster}", keys::LABEL_CLUSTER)))
+        .await
+        .map_err(kube_err("list pods"))?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter_map(|p| {
+            let role = p.metadata.labels.as_ref()?.get(keys::LABEL_ROLE)?.clone();
+            Some((p.metadata.name?, role))
+        })
+        .collect())
+}
+
+/// Delete a pod at once (the failure the suite injects).
+pub async fn kill_pod(client: &Client, ns: &str, pod: &str) -> Result<()> {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .delete(pod, &params)
+        .await
+        .map_err(kube_err(format!("delete pod {pod}")))?;
+    Ok(())
+}

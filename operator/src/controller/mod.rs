@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod build;
 pub mod error;
+pub mod ha;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
@@ -74,6 +75,18 @@ pub struct OperatorArgs {
     /// Requeue interval after a successful reconcile.
     #[arg(long, env = "TANDEM_REQUEUE_INTERVAL", default_value = "60s")]
     pub requeue_interval: DurationString,
+
+    /// How often the HA loop polls each cluster's agents and decides.
+    #[arg(long, env = "TANDEM_HA_INTERVAL", default_value = "1s")]
+    pub ha_interval: DurationString,
+
+    /// How long one agent status poll may take.
+    #[arg(long, env = "TANDEM_AGENT_TIMEOUT", default_value = "800ms")]
+    pub agent_timeout: DurationString,
+
+    /// How many clusters' HA passes may run at once.
+    #[arg(long, env = "TANDEM_HA_MAX_CONCURRENT", default_value_t = 16)]
+    pub ha_max_concurrent: usize,
 
     /// Leader election among operator replicas.
     #[command(flatten)]
@@ -182,23 +195,36 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     if !*shutdown_rx.borrow() {
         metrics.set_leader(true);
         tracing::info!(%identity, "leading: starting the controller");
-        let ctx = Arc::new(Context::new(
+        let recorder = Recorder::new(
             client.clone(),
-            Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: CONTROLLER_NAME.into(),
-                    instance: Some(identity.clone()),
-                },
-            ),
-            metrics.clone(),
-            ReconcileConfig {
-                defaults: validate::Defaults {
-                    postgres_image: args.postgres_image.clone(),
-                },
-                requeue: args.requeue_interval.duration(),
+            Reporter {
+                controller: CONTROLLER_NAME.into(),
+                instance: Some(identity.clone()),
             },
+        );
+        let defaults = validate::Defaults {
+            postgres_image: args.postgres_image.clone(),
+        };
+        let ha = Arc::new(ha::Registry::new(
+            Arc::new(ha::KubeClient {
+                client: client.clone(),
+                recorder: recorder.clone(),
+            }),
+            Arc::new(ha::HttpAgents::default()),
+            ha_config(&args, defaults.clone()),
         ));
+        let ctx = Arc::new(
+            Context::new(
+                client.clone(),
+                recorder,
+                metrics.clone(),
+                ReconcileConfig {
+                    defaults,
+                    requeue: args.requeue_interval.duration(),
+                },
+            )
+            .with_ha(ha.clone()),
+        );
         let stop = {
             let shutdown = shutdown_rx.clone();
             let leader = leader_rx.clone();
@@ -210,6 +236,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             }
         };
         run_controller(client, args.watch_namespace.as_deref(), ctx, stop).await;
+        // Only the leader acts: no HA loop outlives the controller.
+        ha.stop_all();
         metrics.set_leader(false);
         lost_leadership = !*shutdown_rx.borrow();
     }
@@ -223,6 +251,25 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     server.await.context("metrics server task")??;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn ha_config(args: &OperatorArgs, defaults: validate::Defaults) -> ha::HaConfig {
+    let interval = args
+        .ha_interval
+        .duration()
+        .max(std::time::Duration::from_millis(100));
+    ha::HaConfig {
+        interval,
+        max_concurrent: args.ha_max_concurrent,
+        // A pass polls with its own timeouts; this only frees a stuck pass's permit.
+        pass_timeout: (interval * 10).max(std::time::Duration::from_secs(10)),
+        cluster: ha::LoopConfig {
+            poll_timeout: args.agent_timeout.duration(),
+            starting_grace: std::time::Duration::from_secs(60),
+            agent_port: keys::AGENT_PORT,
+            defaults,
+        },
+    }
 }
 
 async fn until_true(mut rx: watch::Receiver<bool>) {

@@ -46,7 +46,12 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Consecutive transient failures per cluster (namespace/name), for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The HA loops; when set, each valid cluster gets one and it owns the status.
+    pub ha: Option<Arc<HaRegistry>>,
 }
+
+/// The HA loops of the running operator.
+pub type HaRegistry = super::ha::Registry<super::ha::KubeClient, super::ha::HttpAgents>;
 
 impl Context {
     /// A context with no failures recorded.
@@ -62,7 +67,14 @@ impl Context {
             metrics,
             config,
             failures: Mutex::new(HashMap::new()),
+            ha: None,
         }
+    }
+
+    /// The same context, starting an HA loop per valid cluster.
+    pub fn with_ha(mut self, ha: Arc<HaRegistry>) -> Self {
+        self.ha = Some(ha);
+        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -138,7 +150,7 @@ async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
     let name = dc.name_any();
     let observed = observe::observe(&ctx.client, &namespace, &name).await?;
     let now = Timestamp::now().to_string();
-    let cluster = match validate(dc, &ctx.config.defaults) {
+    let mut cluster = match validate(dc, &ctx.config.defaults) {
         Ok(cluster) => cluster,
         Err(Error::InvalidSpec(invalid)) => {
             refuse(dc, ctx, &invalid, &now).await?;
@@ -146,11 +158,36 @@ async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
         }
         Err(e) => return Err(e),
     };
+    let keep = ctx
+        .ha
+        .as_ref()
+        .and_then(|ha| ha.keep_instances(&namespace, &name));
+    cluster.spec.instances = replicas(dc, keep);
     let children = build_children(&cluster, &observed.missing_secrets(), &mut rand::rng());
     apply::apply(&ctx.client, &cluster, children, &observed.pods).await?;
+    if let Some(ha) = &ctx.ha {
+        // The HA loop is the single writer of this cluster's status from now on.
+        ha.ensure(&namespace, &name);
+        return Ok(Action::requeue(ctx.config.requeue));
+    }
     let status = desired_status(dc, Outcome::Applied(&cluster), &observed.pods, &now);
     patch_status(&ctx.client, dc, status).await?;
     Ok(Action::requeue(ctx.config.requeue))
+}
+
+/// StatefulSet replicas: `spec.instances`, but never fewer than the ordinals
+/// the HA engine keeps, nor fewer than needed to keep the current primary's pod
+/// (a primary on a scaled-away ordinal is switched over first).
+pub fn replicas(dc: &DbCluster, keep: Option<u32>) -> i32 {
+    let name = dc.name_any();
+    let primary = dc
+        .status
+        .as_ref()
+        .and_then(|s| s.current_primary.as_deref())
+        .and_then(|p| crate::api::keys::instance_ordinal(&name, p))
+        .map_or(0, |o| o.saturating_add(1));
+    let floor = i32::try_from(primary.max(keep.unwrap_or(0))).unwrap_or(i32::MAX);
+    dc.spec.instances.max(floor)
 }
 
 /// A refused spec: a Warning Event and Ready=False; no child is touched.
@@ -185,6 +222,26 @@ pub fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cluster(instances: i32, primary: Option<&str>) -> DbCluster {
+        let mut dc = DbCluster::new("main", crate::api::DbClusterSpec::default());
+        dc.spec.instances = instances;
+        dc.status = Some(crate::api::DbClusterStatus {
+            current_primary: primary.map(str::to_string),
+            ..Default::default()
+        });
+        dc
+    }
+
+    #[test]
+    fn scale_down_keeps_the_primarys_pod_until_it_is_switched_over() {
+        assert_eq!(replicas(&cluster(3, Some("main-0")), None), 3);
+        assert_eq!(replicas(&cluster(2, Some("main-0")), Some(2)), 2);
+        // The primary is main-2: scaling to 2 keeps 3 pods until the engine moved it.
+        assert_eq!(replicas(&cluster(2, Some("main-2")), None), 3);
+        assert_eq!(replicas(&cluster(2, Some("main-1")), Some(3)), 3);
+        assert_eq!(replicas(&cluster(5, None), Some(3)), 5);
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_cap() {

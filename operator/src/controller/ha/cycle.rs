@@ -1,0 +1,491 @@
+//! One DbCluster's HA loop on Kubernetes, one pass at a time: observe (pods,
+//! agents, annotations) → `engine::decide` → persist status → act (agent
+//! calls, role labels, pod deletion, Events, annotation removal). Does I/O
+//! through [`KubeOps`] and [`AgentOps`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::agents::{AgentOps, AgentTarget, Token};
+use super::kube_ops::KubeOps;
+use super::pods;
+use super::requests::{self, Refusal};
+use super::rollout;
+use crate::api::agent::Member;
+use crate::api::{keys, DbCluster, HistoryEntry};
+use crate::controller::error::Error;
+use crate::controller::validate::{validate, Defaults};
+use crate::engine::{
+    self, reasons, Action, ActionResult, EventType, InstanceObs, Observations, PlatformState,
+};
+
+/// History kind of a refused malformed annotation.
+pub const KIND_REQUEST: &str = "Request";
+
+/// Settings of one cluster's loop.
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    /// How long one agent status poll may take.
+    pub poll_timeout: Duration,
+    /// How long a new pod that has not answered yet counts as starting.
+    pub starting_grace: Duration,
+    /// The agents' HTTP port.
+    pub agent_port: u16,
+    /// Defaults for validation (a spec the reconcile refuses is not driven).
+    pub defaults: Defaults,
+}
+
+/// What a pass came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Decided and acted; `transition` says whether one is in progress (poll
+    /// again soon); `keep_instances` how many ordinals the StatefulSet must keep.
+    Done {
+        transition: bool,
+        keep_instances: u32,
+    },
+    /// The spec is invalid: nothing was done (the reconcile reports it).
+    Invalid,
+    /// The DbCluster is deleted or being deleted: the loop ends.
+    ClusterGone,
+}
+
+/// The loop of one DbCluster.
+pub struct ClusterLoop<K, A> {
+    kube: Arc<K>,
+    agents: Arc<A>,
+    namespace: String,
+    name: String,
+    config: LoopConfig,
+    results: Vec<ActionResult>,
+    in_flight: HashSet<String>,
+    tx: mpsc::UnboundedSender<(String, ActionResult)>,
+    rx: mpsc::UnboundedReceiver<(String, ActionResult)>,
+    /// Pod uids whose agent has answered at least once.
+    answered: HashSet<String>,
+}
+
+fn action_key(a: &Action) -> String {
+    serde_json::to_string(a).unwrap_or_else(|_| format!("{a:?}"))
+}
+
+impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
+    /// A loop for DbCluster `namespace/name`.
+    pub fn new(
+        kube: Arc<K>,
+        agents: Arc<A>,
+        namespace: &str,
+        name: &str,
+        config: LoopConfig,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            kube,
+            agents,
+            namespace: namespace.into(),
+            name: name.into(),
+            config,
+            results: Vec::new(),
+            in_flight: HashSet::new(),
+            tx,
+            rx,
+            answered: HashSet::new(),
+        }
+    }
+
+    /// Agent calls still running.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn drain(&mut self) {
+        while let Ok((k, r)) = self.rx.try_recv() {
+            self.in_flight.remove(&k);
+            self.results.push(r);
+        }
+    }
+
+    /// Wait (at most `timeout`) until every agent call has finished; their
+    /// results go into the next pass.
+    pub async fn settle(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.in_flight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((k, r))) => {
+                    self.in_flight.remove(&k);
+                    self.results.push(r);
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// One pass: observe → decide → persist → act.
+    pub async fn pass(&mut self, now: Timestamp) -> Result<Pass, Error> {
+        self.drain();
+        let Some(dc) = self.kube.get_cluster(&self.namespace, &self.name).await? else {
+            return Ok(Pass::ClusterGone);
+        };
+        if dc.metadata.deletion_timestamp.is_some() {
+            return Ok(Pass::ClusterGone);
+        }
+        if validate(&dc, &self.config.defaults).is_err() {
+            return Ok(Pass::Invalid);
+        }
+        let pods = self.kube.list_pods(&self.namespace, &self.name).await?;
+        let token = self.kube.agent_token(&self.namespace, &self.name).await?;
+        let targets = self.targets(&pods, token.as_ref());
+        let instances = self.observe(&dc, &pods, &targets, now).await;
+        let annotations = dc.annotations().clone();
+        let instance_count = u32::try_from(dc.spec.instances).unwrap_or(0);
+        let mut parsed = requests::parse(&self.name, instance_count, &annotations);
+        let previous = dc.status.clone().unwrap_or_default();
+        let revision = self
+            .kube
+            .update_revision(&self.namespace, &self.name)
+            .await?;
+        let rollout = rollout::next(
+            &self.name,
+            &dc.spec,
+            parsed.paused,
+            &previous,
+            &pods,
+            revision.as_deref(),
+            now,
+        );
+        if rollout == rollout::Step::SwitchoverAway && parsed.requests.is_empty() {
+            info!(cluster = %self.name, "rolling update: switching the outdated primary over first");
+            parsed.requests.push(rollout::switchover_request());
+        }
+
+        let obs = Observations {
+            cluster: self.name.clone(),
+            generation: dc.metadata.generation,
+            paused_annotation: parsed.paused,
+            instances,
+            requests: parsed.requests,
+            results: std::mem::take(&mut self.results),
+        };
+        let decision = engine::decide(&dc.spec, &previous, &obs, now);
+        let mut status = decision.status;
+        for r in &parsed.refusals {
+            status.push_history(HistoryEntry {
+                kind: KIND_REQUEST.into(),
+                outcome: engine::outcomes::REFUSED.into(),
+                started_at: now.to_string(),
+                message: r.reason.clone(),
+                ..HistoryEntry::default()
+            });
+        }
+        self.log_step(&previous, &status);
+        if dc.status.as_ref() != Some(&status) {
+            // Persisted BEFORE any action: a restarted operator resumes this step.
+            if let Err(e) = self.kube.patch_status(&dc, &status).await {
+                // Nothing was carried out: the engine sees the same results next pass.
+                let mut results = obs.results;
+                results.append(&mut self.results);
+                self.results = results;
+                return Err(e);
+            }
+        }
+        let transition = status.transition.is_some();
+        let keep_instances = decision.keep_instances;
+        let members = self.members(&dc, &pods);
+        for action in decision.actions {
+            self.act(&dc, &pods, &targets, &members, &annotations, action)
+                .await;
+        }
+        for r in &parsed.refusals {
+            self.refuse(&dc, r).await;
+        }
+        if !transition {
+            if let rollout::Step::DeletePod(pod) | rollout::Step::DeletePrimary(pod) = &rollout {
+                self.roll(&dc, pod).await;
+            }
+        }
+        Ok(Pass::Done {
+            transition,
+            keep_instances,
+        })
+    }
+
+    fn log_step(&self, before: &crate::api::DbClusterStatus, after: &crate::api::DbClusterStatus) {
+        let step = |s: &crate::api::DbClusterStatus| {
+            s.transition
+                .as_ref()
+                .map(|t| (t.kind.clone(), t.step.clone()))
+        };
+        if step(before) == step(after) {
+            return;
+        }
+        match &after.transition {
+            Some(t) => {
+                info!(cluster = %self.name, namespace = %self.namespace, transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
+            }
+            None => {
+                info!(cluster = %self.name, namespace = %self.namespace, "no transition in progress")
+            }
+        }
+    }
+
+    fn targets(&self, pods: &[Pod], token: Option<&Token>) -> BTreeMap<String, AgentTarget> {
+        let Some(token) = token else {
+            return BTreeMap::new();
+        };
+        pods.iter()
+            // A pod in its deletion grace period is still asked: its postgres may still serve.
+            .filter(|p| !pods::pod_ended(p))
+            .filter_map(|p| {
+                let ip = pods::pod_ip(p)?;
+                let host = if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip
+                };
+                Some((
+                    p.name_any(),
+                    AgentTarget {
+                        instance: p.name_any(),
+                        base_url: format!("http://{host}:{}", self.config.agent_port),
+                        token: token.clone(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Every instance's postgres address as the other members reach it (pod DNS):
+    /// the instances of the spec and any pod still there.
+    fn members(&self, dc: &DbCluster, pods: &[Pod]) -> BTreeMap<String, Member> {
+        let want = u32::try_from(dc.spec.instances).unwrap_or(0);
+        (0..want)
+            .map(|o| keys::instance_name(&self.name, o))
+            .chain(
+                pods.iter()
+                    .map(|p| p.name_any())
+                    .filter(|n| keys::instance_ordinal(&self.name, n).is_some()),
+            )
+            .map(|n| (n.clone(), self.member(&n)))
+            .collect()
+    }
+
+    fn member(&self, instance: &str) -> Member {
+        Member {
+            name: instance.into(),
+            host: format!(
+                "{instance}.{}.{}.svc",
+                keys::service_pods(&self.name),
+                self.namespace
+            ),
+            port: keys::POSTGRES_PORT,
+        }
+    }
+
+    async fn observe(
+        &mut self,
+        dc: &DbCluster,
+        pods: &[Pod],
+        targets: &BTreeMap<String, AgentTarget>,
+        now: Timestamp,
+    ) -> Vec<InstanceObs> {
+        let timeout = self.config.poll_timeout;
+        let polls = targets.values().map(|t| {
+            let agents = self.agents.clone();
+            let t = t.clone();
+            async move { (t.instance.clone(), agents.status(&t, timeout).await) }
+        });
+        let answers: BTreeMap<String, _> =
+            futures::future::join_all(polls).await.into_iter().collect();
+        let mut out: Vec<(u32, InstanceObs)> = Vec::new();
+        for pod in pods {
+            let name = pod.name_any();
+            let Some(ordinal) = keys::instance_ordinal(&self.name, &name) else {
+                continue;
+            };
+            let answer = answers.get(&name).and_then(|a| a.as_ref());
+            let uid = pod.uid().unwrap_or_default();
+            if answer.is_some() {
+                self.answered.insert(uid.clone());
+            }
+            let platform = pods::platform_state(
+                pod,
+                self.answered.contains(&uid),
+                answer.is_some_and(|a| a.postgres_running),
+                now,
+                self.config.starting_grace,
+            );
+            out.push((
+                ordinal,
+                InstanceObs {
+                    name,
+                    platform,
+                    label: pods::role_label(pod),
+                    agent: answer.map(crate::local::observe::report),
+                },
+            ));
+        }
+        // An instance of the spec without a pod is gone (deleted, not yet recreated).
+        let want = u32::try_from(dc.spec.instances).unwrap_or(0);
+        for ordinal in 0..want {
+            if !out.iter().any(|(o, _)| *o == ordinal) {
+                out.push((
+                    ordinal,
+                    InstanceObs {
+                        name: keys::instance_name(&self.name, ordinal),
+                        platform: PlatformState::Gone,
+                        label: None,
+                        agent: None,
+                    },
+                ));
+            }
+        }
+        out.sort_by_key(|(o, _)| *o);
+        out.into_iter().map(|(_, i)| i).collect()
+    }
+
+    async fn act(
+        &mut self,
+        dc: &DbCluster,
+        pods: &[Pod],
+        targets: &BTreeMap<String, AgentTarget>,
+        members: &BTreeMap<String, Member>,
+        annotations: &BTreeMap<String, String>,
+        action: Action,
+    ) {
+        let ns = self.namespace.clone();
+        match &action {
+            Action::SetRole { instance, role } => {
+                let pod = pods.iter().find(|p| p.name_any() == *instance);
+                let result = match pod {
+                    None => ActionResult::failed(
+                        action.clone(),
+                        format!("pod {instance} does not exist"),
+                    ),
+                    Some(p) if pods::role_label(p) == Some(*role) => {
+                        ActionResult::ok(action.clone())
+                    }
+                    Some(_) => match self.kube.set_role_label(&ns, instance, role.as_str()).await {
+                        Ok(()) => {
+                            info!(cluster = %self.name, instance = %instance, role = role.as_str(), "role label set");
+                            ActionResult::ok(action.clone())
+                        }
+                        Err(e) => {
+                            warn!(cluster = %self.name, instance = %instance, error = %e, "cannot set the role label");
+                            ActionResult::failed(action.clone(), e.to_string())
+                        }
+                    },
+                };
+                self.results.push(result);
+            }
+            Action::FenceInstance { instance } => {
+                warn!(cluster = %self.name, instance = %instance, "fencing: deleting the pod of an unreachable instance");
+                let result = match self.kube.delete_pod(&ns, instance, Some(0)).await {
+                    Ok(()) => ActionResult::ok(action.clone()),
+                    Err(e) => ActionResult::failed(action.clone(), e.to_string()),
+                };
+                self.results.push(result);
+            }
+            Action::Event {
+                instance,
+                type_,
+                reason,
+                message,
+            } => {
+                match type_ {
+                    EventType::Normal => {
+                        info!(cluster = %self.name, event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                    }
+                    EventType::Warning => {
+                        warn!(cluster = %self.name, event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                    }
+                }
+                if let Err(e) = self.kube.event(dc, *type_, reason, message).await {
+                    warn!(cluster = %self.name, error = %e, "could not publish event");
+                }
+            }
+            Action::RequestDone { request } => {
+                for key in requests::annotations_of(request) {
+                    if let Some(value) = annotations.get(*key) {
+                        if let Err(e) = self.kube.remove_annotation(dc, key, value).await {
+                            warn!(cluster = %self.name, annotation = %key, error = %e, "cannot remove the request annotation");
+                        }
+                    }
+                }
+            }
+            _ => {
+                let Some(instance) = action.instance().map(str::to_string) else {
+                    return;
+                };
+                let key = action_key(&action);
+                if self.in_flight.contains(&key) {
+                    return;
+                }
+                let Some(target) = targets.get(&instance).cloned() else {
+                    self.results.push(ActionResult::failed(
+                        action,
+                        format!("the agent of {instance} cannot be reached (no pod IP or no agent token)"),
+                    ));
+                    return;
+                };
+                let members = members.clone();
+                self.in_flight.insert(key.clone());
+                let tx = self.tx.clone();
+                let agents = self.agents.clone();
+                let cluster = self.name.clone();
+                debug!(cluster = %cluster, instance = %instance, action = %key, "agent call");
+                tokio::spawn(async move {
+                    let result = match agents.call(&target, &action, &members).await {
+                        Ok(detail) => ActionResult {
+                            action,
+                            outcome: engine::Outcome::Succeeded { detail },
+                        },
+                        Err(message) => {
+                            warn!(cluster = %cluster, instance = %instance, error = %message, "agent call failed");
+                            ActionResult::failed(action, message)
+                        }
+                    };
+                    let _ = tx.send((key, result));
+                });
+            }
+        }
+    }
+
+    /// Delete an outdated pod (with its grace period: postgres stops cleanly);
+    /// the StatefulSet recreates it from the new template.
+    async fn roll(&self, dc: &DbCluster, pod: &str) {
+        let note = format!("deleting {pod} to recreate it from the updated pod template");
+        info!(cluster = %self.name, instance = %pod, "rolling update: {note}");
+        if let Err(e) = self
+            .kube
+            .event(dc, EventType::Normal, rollout::REASON_ROLLING_UPDATE, &note)
+            .await
+        {
+            warn!(cluster = %self.name, error = %e, "could not publish event");
+        }
+        if let Err(e) = self.kube.delete_pod(&self.namespace, pod, None).await {
+            warn!(cluster = %self.name, instance = %pod, error = %e, "rolling update: cannot delete the pod");
+        }
+    }
+
+    async fn refuse(&self, dc: &DbCluster, r: &Refusal) {
+        warn!(cluster = %self.name, annotation = %r.key, "{}", r.reason);
+        if let Err(e) = self
+            .kube
+            .event(dc, EventType::Warning, reasons::REQUEST_REFUSED, &r.reason)
+            .await
+        {
+            warn!(cluster = %self.name, error = %e, "could not publish event");
+        }
+        if let Err(e) = self.kube.remove_annotation(dc, &r.key, &r.value).await {
+            warn!(cluster = %self.name, annotation = %r.key, error = %e, "cannot remove the refused annotation");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The Kubernetes platform of the HA engine: one task per DbCluster polls the
+//! agents, asks `engine::decide`, persists status and carries out the actions
+//! (DESIGN.md §2, §3). Only the Lease leader runs it; while it runs for a
+//! cluster, it is the only writer of that cluster's status. Does I/O.
+//!
+//! - [`requests`]: the `tandem.dev/*` request annotations (pure).
+//! - [`pods`]: pod facts → platform state, role label (pure).
+//! - [`agents`]: the agents behind a trait, and over HTTP.
+//! - [`kube_ops`]: the API server behind a trait, and over a kube client.
+//! - [`cycle`]: one pass observe → decide → persist → act.
+
+pub mod agents;
+pub mod cycle;
+pub mod kube_ops;
+pub mod pods;
+pub mod requests;
+pub mod rollout;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use agents::{AgentOps, AgentTarget, HttpAgents, Token};
+pub use cycle::{ClusterLoop, LoopConfig, Pass};
+pub use kube_ops::{KubeClient, KubeOps};
+
+/// While a transition runs, poll at least this often (each step waits for the previous step's results).
+const TRANSITION_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Settings of the HA loops, parsed once from the flags.
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// Poll interval of each cluster.
+    pub interval: Duration,
+    /// How many clusters may be in a pass at once.
+    pub max_concurrent: usize,
+    /// Longest a pass may take before it is abandoned (its permit freed).
+    pub pass_timeout: Duration,
+    /// Per-cluster loop settings.
+    pub cluster: LoopConfig,
+}
+
+/// The running HA loops, one per DbCluster (key `namespace/name`).
+pub struct Registry<K, A> {
+    kube: Arc<K>,
+    agents: Arc<A>,
+    config: HaConfig,
+    permits: Arc<Semaphore>,
+    tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    /// Per cluster: how many ordinals the engine last said to keep (shared with reconcile).
+    keep: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl<K: KubeOps, A: AgentOps> Registry<K, A> {
+    /// No loop runs yet.
+    pub fn new(kube: Arc<K>, agents: Arc<A>, config: HaConfig) -> Self {
+        let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
+        Self {
+            kube,
+            agents,
+            config,
+            permits,
+            tasks: Mutex::new(HashMap::new()),
+            keep: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        lock(&self.tasks)
+    }
+
+    /// Start the loop of `namespace/name` unless it runs.
+    pub fn ensure(&self, namespace: &str, name: &str) {
+        let key = format!("{namespace}/{name}");
+        let mut tasks = self.tasks();
+        if tasks.get(&key).is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        info!(cluster = %name, %namespace, "starting the HA loop");
+        let lp = ClusterLoop::new(
+            self.kube.clone(),
+            self.agents.clone(),
+            namespace,
+            name,
+            self.config.cluster.clone(),
+        );
+        let task = tokio::spawn(drive(
+            lp,
+            self.permits.clone(),
+            self.config.clone(),
+            Keep {
+                map: self.keep.clone(),
+                key: key.clone(),
+            },
+        ));
+        tasks.insert(key, task);
+    }
+
+    /// Whether the loop of `namespace/name` runs.
+    pub fn drives(&self, namespace: &str, name: &str) -> bool {
+        self.tasks()
+            .get(&format!("{namespace}/{name}"))
+            .is_some_and(|t| !t.is_finished())
+    }
+
+    /// How many ordinals the StatefulSet must keep for `namespace/name`, when
+    /// its loop has decided at least once (more than `spec.instances` while the
+    /// primary's ordinal is being scaled away and switched over first).
+    pub fn keep_instances(&self, namespace: &str, name: &str) -> Option<u32> {
+        lock(&self.keep)
+            .get(&format!("{namespace}/{name}"))
+            .copied()
+    }
+
+    /// Stop every loop (leadership lost or shutting down). Status was persisted
+    /// before every action, so the next leader resumes where these stopped.
+    pub fn stop_all(&self) {
+        for (_, t) in self.tasks().drain() {
+            t.abort();
+        }
+    }
+}
+
+impl<K, A> Drop for Registry<K, A> {
+    fn drop(&mut self) {
+        let tasks = self.tasks.get_mut().unwrap_or_else(|p| p.into_inner());
+        for (_, t) in tasks.drain() {
+            t.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data: a panic elsewhere leaves it usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where a loop publishes its cluster's `keep_instances`.
+struct Keep {
+    map: Arc<Mutex<HashMap<String, u32>>>,
+    key: String,
+}
+
+impl Keep {
+    fn set(&self, n: u32) {
+        lock(&self.map).insert(self.key.clone(), n);
+    }
+}
+
+impl Drop for Keep {
+    fn drop(&mut self) {
+        lock(&self.map).remove(&self.key);
+    }
+}
+
+async fn drive<K: KubeOps, A: AgentOps>(
+    mut lp: ClusterLoop<K, A>,
+    permits: Arc<Semaphore>,
+    config: HaConfig,
+    keep: Keep,
+) {
+    let mut failures: u32 = 0;
+    loop {
+        let outcome = {
+            let Ok(_permit) = permits.acquire().await else {
+                return;
+            };
+            tokio::time::timeout(config.pass_timeout, lp.pass(jiff::Timestamp::now())).await
+        };
+        let wait = match outcome {
+            Ok(Ok(Pass::ClusterGone)) => {
+                info!("DbCluster gone: HA loop ends");
+                return;
+            }
+            Ok(Ok(Pass::Done {
+                transition,
+                keep_instances,
+            })) => {
+                failures = 0;
+                keep.set(keep_instances);
+                if transition {
+                    config.interval.min(TRANSITION_INTERVAL)
+                } else {
+                    config.interval
+                }
+            }
+            Ok(Ok(Pass::Invalid)) => {
+                failures = 0;
+                config.interval
+            }
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                warn!(error = %e, category = e.category().as_label(), "HA pass failed");
+                crate::controller::reconcile::backoff(failures).min(config.interval * 10)
+            }
+            Err(_) => {
+                failures = failures.saturating_add(1);
+                warn!(
+                    timeout_ms = config.pass_timeout.as_millis() as u64,
+                    "HA pass timed out"
+                );
+                config.interval
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

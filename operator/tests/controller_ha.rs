@@ -1,0 +1,423 @@
+//! Flow tests of the Kubernetes platform of the HA engine: the API server and
+//! the agents are fakes that record every call in one journal (so order is
+//! checked: status before actions), the agents simulate postgres roles. Time
+//! is passed in, so detection timeouts and leases elapse without sleeping.
+
+mod controller_ha_support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use controller_ha_support::*;
+use tandem::api::keys;
+use tandem::controller::ha::{HaConfig, Registry};
+use tandem::engine::EventType;
+
+#[tokio::test]
+async fn bootstrap_labels_the_running_primary_and_its_standbys() {
+    let mut f = fixture();
+    f.settled().await;
+    let w = lock(&f.world);
+    let st = status(&w);
+    assert_eq!(st.observed_generation, Some(1));
+    assert_eq!(st.instances.len(), 3);
+    assert_eq!(st.ready_instances.as_deref(), Some("3/3"));
+}
+
+#[tokio::test]
+async fn switchover_annotation_moves_the_primary_label_and_is_cleared() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_SWITCHOVER, "main-1");
+    f.until(60, "switchover to main-1 finished", |w| {
+        status(w).current_primary.as_deref() == Some("main-1")
+            && status(w).transition.is_none()
+            && label(w, "main-1") == Some("primary")
+            && label(w, "main-0") == Some("standby")
+    })
+    .await;
+    let w = lock(&f.world);
+    let j = &w.journal;
+    // The step is persisted before the primary is stopped; stop before promote; promote before the label.
+    let first_status = j
+        .iter()
+        .position(|e| e.starts_with("status Switchover/"))
+        .expect("status");
+    let stop = position(j, "agent main-0 stop");
+    let promote = position(j, "agent main-1 promote");
+    let labelled = position(j, "label main-1=primary");
+    assert!(
+        first_status < stop && stop < promote && promote < labelled,
+        "{j:#?}"
+    );
+    // The old primary's label left before its postgres was stopped (no new connections).
+    let dropped = j
+        .iter()
+        .position(|e| e.starts_with("label main-0=") && e != "label main-0=primary")
+        .expect("old primary's label dropped");
+    assert!(dropped < stop, "{j:#?}");
+    assert!(
+        j.iter()
+            .any(|e| e == "agent main-0 demote" || e == "agent main-0 start"),
+        "{j:#?}"
+    );
+    assert!(
+        has_event(&w, EventType::Normal, "SwitchoverStarted"),
+        "{:?}",
+        w.events
+    );
+    assert!(
+        has_event(&w, EventType::Normal, "SwitchoverCompleted"),
+        "{:?}",
+        w.events
+    );
+    assert!(
+        !annotated(&w, keys::ANN_SWITCHOVER),
+        "trigger annotation removed"
+    );
+    let last = status(&w).history.last().cloned().expect("history");
+    assert_eq!(
+        (last.kind.as_str(), last.outcome.as_str()),
+        ("Switchover", "Succeeded")
+    );
+}
+
+#[tokio::test]
+async fn unreachable_primary_agent_leads_to_pod_deletion_and_promotion() {
+    let mut f = fixture();
+    f.settled().await;
+    f.agent_down("main-0");
+    f.until(120, "failover promoted a standby", |w| {
+        let p = status(w).current_primary;
+        matches!(p.as_deref(), Some("main-1" | "main-2")) && status(w).transition.is_none()
+    })
+    .await;
+    let w = lock(&f.world);
+    let j = &w.journal;
+    let new = status(&w).current_primary.expect("primary");
+    let deleted = position(j, "delete main-0");
+    let promote = position(j, &format!("agent {new} promote"));
+    let labelled = position(j, &format!("label {new}=primary"));
+    assert!(deleted < promote && promote < labelled, "{j:#?}");
+    assert!(
+        has_event(&w, EventType::Normal, "PrimaryPromoted")
+            || has_event(&w, EventType::Warning, "PrimaryPromoted"),
+        "{:?}",
+        w.events
+    );
+    let failover = status(&w)
+        .history
+        .iter()
+        .find(|e| e.kind == "Failover")
+        .cloned()
+        .expect("failover in history");
+    assert_eq!(failover.outcome, "Succeeded", "{failover:?}");
+    assert_eq!(failover.to.as_deref(), Some(new.as_str()));
+}
+
+#[tokio::test]
+async fn malformed_annotation_is_refused_with_a_warning_event_and_no_label_change() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_SWITCHOVER, "other-9");
+    f.pass().await;
+    f.pass().await;
+    let w = lock(&f.world);
+    assert!(
+        has_event(&w, EventType::Warning, "RequestRefused"),
+        "{:?}",
+        w.events
+    );
+    assert!(
+        !annotated(&w, keys::ANN_SWITCHOVER),
+        "refused annotation removed"
+    );
+    assert!(
+        !w.journal
+            .iter()
+            .any(|e| e.starts_with("label ") || e.starts_with("agent ")),
+        "{:#?}",
+        w.journal
+    );
+    let st = status(&w);
+    assert_eq!(st.current_primary.as_deref(), Some("main-0"));
+    let last = st.history.last().cloned().expect("history entry");
+    assert_eq!(
+        (last.kind.as_str(), last.outcome.as_str()),
+        ("Request", "Refused")
+    );
+    assert!(last.message.contains("other-9"), "{}", last.message);
+}
+
+#[tokio::test]
+async fn switchover_to_the_current_primary_is_refused_and_changes_nothing() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_SWITCHOVER, "main-0");
+    f.until(5, "request answered", |w| {
+        !annotated(w, keys::ANN_SWITCHOVER)
+    })
+    .await;
+    let w = lock(&f.world);
+    assert!(
+        has_event(&w, EventType::Warning, "SwitchoverRefused"),
+        "{:?}",
+        w.events
+    );
+    assert!(
+        !w.journal
+            .iter()
+            .any(|e| e.starts_with("label ") || e.starts_with("agent ")),
+        "{:#?}",
+        w.journal
+    );
+    assert_eq!(status(&w).current_primary.as_deref(), Some("main-0"));
+}
+
+#[tokio::test]
+async fn switchover_dry_run_reports_prechecks_and_changes_nothing() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_SWITCHOVER_DRY_RUN, "main-2");
+    f.until(5, "dry-run answered", |w| {
+        !annotated(w, keys::ANN_SWITCHOVER_DRY_RUN)
+    })
+    .await;
+    let w = lock(&f.world);
+    assert!(
+        w.events.iter().any(|(_, r, _)| r == "SwitchoverDryRun"),
+        "{:?}",
+        w.events
+    );
+    assert!(
+        !w.journal
+            .iter()
+            .any(|e| e.starts_with("label ") || e.starts_with("agent ")),
+        "{:#?}",
+        w.journal
+    );
+    let last = status(&w).history.last().cloned().expect("history");
+    assert_eq!(last.outcome, "DryRun");
+    assert!(!last.checks.is_empty(), "the report carries each precheck");
+}
+
+#[tokio::test]
+async fn paused_annotation_stops_failover() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_PAUSED, "true");
+    f.agent_down("main-0");
+    // As many passes as the unpaused failover test allows itself.
+    for _ in 0..120 {
+        f.pass().await;
+    }
+    let w = lock(&f.world);
+    assert!(status(&w).paused, "status says paused");
+    assert_eq!(status(&w).current_primary.as_deref(), Some("main-0"));
+    assert!(
+        !w.journal
+            .iter()
+            .any(|e| e.starts_with("delete ") || e.ends_with(" promote")),
+        "{:#?}",
+        w.journal
+    );
+    assert!(
+        annotated(&w, keys::ANN_PAUSED),
+        "paused is a state, not a request: it stays"
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_carried_out_when_the_status_cannot_be_persisted() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_SWITCHOVER, "main-1");
+    lock(&f.world).refuse_status = true;
+    for _ in 0..3 {
+        assert!(
+            f.try_pass().await.is_err(),
+            "a pass whose status is refused fails"
+        );
+    }
+    {
+        let w = lock(&f.world);
+        assert!(
+            !w.journal.iter().any(|e| e.starts_with("label ")
+                || e.starts_with("agent ")
+                || e.starts_with("event ")),
+            "acted without a persisted step: {:#?}",
+            w.journal
+        );
+        assert!(
+            annotated(&w, keys::ANN_SWITCHOVER),
+            "the request is still pending"
+        );
+    }
+    // Once status can be written again the switchover runs from its first step.
+    lock(&f.world).refuse_status = false;
+    f.until(60, "switchover to main-1 finished", |w| {
+        status(w).current_primary.as_deref() == Some("main-1") && status(w).transition.is_none()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hanging_cluster_does_not_hold_up_the_others() {
+    let f = fixture();
+    lock(&f.world).hang_namespace = Some("stuck".into());
+    let registry = Registry::new(
+        Arc::new(FakeKube(f.world.clone())),
+        Arc::new(FakeAgents(f.world.clone())),
+        HaConfig {
+            interval: Duration::from_millis(20),
+            // One pass at a time: the stuck cluster's pass must give its permit back.
+            max_concurrent: 1,
+            pass_timeout: Duration::from_millis(200),
+            cluster: loop_config(),
+        },
+    );
+    registry.ensure("stuck", "main");
+    registry.ensure("ns", "main");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        {
+            let w = lock(&f.world);
+            if status(&w).current_primary.as_deref() == Some("main-0")
+                && label(&w, "main-0") == Some("primary")
+            {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the healthy cluster made no progress beside a stuck one"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        registry.drives("stuck", "main"),
+        "the stuck loop keeps trying"
+    );
+    registry.stop_all();
+    assert!(!registry.drives("ns", "main"));
+}
+
+#[tokio::test]
+async fn primary_in_its_deletion_grace_period_is_not_replaced_while_it_still_serves() {
+    let mut f = fixture();
+    f.settled().await;
+    {
+        let mut w = lock(&f.world);
+        let pod = w
+            .pods
+            .iter_mut()
+            .find(|p| p.metadata.name.as_deref() == Some("main-0"))
+            .expect("pod");
+        pod.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+    }
+    for _ in 0..20 {
+        f.pass().await;
+    }
+    {
+        let w = lock(&f.world);
+        assert_eq!(status(&w).current_primary.as_deref(), Some("main-0"));
+        assert!(
+            !w.journal.iter().any(|e| e.ends_with(" promote")),
+            "{:#?}",
+            w.journal
+        );
+    }
+    // Its container stopped: now it is gone, and a standby takes over.
+    f.agent_down("main-0");
+    f.until(60, "failover after the old primary stopped", |w| {
+        matches!(
+            status(w).current_primary.as_deref(),
+            Some("main-1" | "main-2")
+        ) && status(w).transition.is_none()
+    })
+    .await;
+}
+
+/// Label every pod with template revision `rev`.
+fn set_revision(f: &Fixture, rev: &str) {
+    for p in &mut lock(&f.world).pods {
+        p.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert("controller-revision-hash".into(), rev.into());
+    }
+}
+
+#[tokio::test]
+async fn template_change_rolls_standbys_first_then_the_primary_after_a_switchover() {
+    let mut f = fixture();
+    f.settled().await;
+    set_revision(&f, "rev-a");
+    lock(&f.world).update_revision = Some("rev-b".into());
+    let mut deleted = Vec::new();
+    for _ in 0..200 {
+        f.pass().await;
+        let mut w = lock(&f.world);
+        let gone: Vec<String> = w
+            .journal
+            .iter()
+            .filter_map(|e| e.strip_prefix("delete-graceful "))
+            .map(str::to_string)
+            .filter(|n| !deleted.contains(n))
+            .collect();
+        for name in gone {
+            // The StatefulSet recreates the pod from the new template; its agent
+            // comes back as a standby of the current primary.
+            let i: u32 = name.trim_start_matches("main-").parse().expect("ordinal");
+            let mut p = pod(i);
+            p.metadata.uid = Some(format!("uid-{i}-b"));
+            p.metadata
+                .labels
+                .get_or_insert_with(Default::default)
+                .insert("controller-revision-hash".into(), "rev-b".into());
+            w.pods.push(p);
+            let primary = status(&w).current_primary.unwrap_or_default();
+            let timeline = w.sims.get(&primary).map_or(1, |s| s.timeline);
+            if let Some(s) = w.sims.get_mut(&name) {
+                *s = Sim {
+                    answers: true,
+                    running: true,
+                    primary: false,
+                    timeline,
+                    upstream: Some(primary),
+                };
+            }
+            deleted.push(name);
+        }
+        if deleted.len() == 3
+            && status(&w).transition.is_none()
+            && status(&w).ready_instances.as_deref() == Some("3/3")
+        {
+            break;
+        }
+    }
+    assert_eq!(
+        deleted,
+        ["main-2", "main-1", "main-0"],
+        "standbys first, the old primary last"
+    );
+    let w = lock(&f.world);
+    let j = &w.journal;
+    let promoted = j
+        .iter()
+        .position(|e| e == "agent main-1 promote" || e == "agent main-2 promote")
+        .expect("the primary was switched over");
+    assert!(position(j, "delete-graceful main-1") < promoted, "{j:#?}");
+    assert!(promoted < position(j, "delete-graceful main-0"), "{j:#?}");
+    assert!(
+        !j.iter().any(|e| e.starts_with("delete main-")),
+        "no fencing in a rollout: {j:#?}"
+    );
+    assert!(
+        w.events.iter().any(|(_, r, _)| r == "RollingUpdate"),
+        "{:?}",
+        w.events
+    );
+}
