@@ -8,3 +8,4 @@ pub mod crdgen;
 pub mod engine;
 pub mod local;
 pub mod pg;
+pub mod platform;

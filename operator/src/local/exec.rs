@@ -1,20 +1,16 @@
 //! Carrying out the engine's agent actions against local agents: one task per
-//! action, results sent back for the next decision; identical actions still
-//! in flight are not sent twice. Does network I/O.
+//! action (the call itself is [`crate::platform::call`]), results sent back for
+//! the next decision; identical actions still in flight are not sent twice.
+//! Does network I/O.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::agent::client::{AgentClient, ClientError};
-use crate::api::agent::{
-    self as proto, ConfigRequest, DemoteRequest, FollowRequest, LeaseRequest, Member,
-    PromoteRequest, RecloneRequest, RewindRequest, StopRequest, SyncStandbys,
-};
-use crate::api::DurationString;
-use crate::engine::{Action, ActionResult, StopMode};
+use crate::agent::client::AgentClient;
+use crate::api::agent::Member;
+use crate::engine::{Action, ActionResult};
 
 /// Runs agent calls in the background and collects their results.
 pub struct Executor {
@@ -36,18 +32,6 @@ impl Default for Executor {
 
 fn key(a: &Action) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| format!("{a:?}"))
-}
-
-fn duration_ms(ms: u64) -> Option<DurationString> {
-    format!("{ms}ms").parse().ok()
-}
-
-fn stop_mode(m: StopMode) -> proto::StopMode {
-    match m {
-        StopMode::Smart => proto::StopMode::Smart,
-        StopMode::Fast => proto::StopMode::Fast,
-        StopMode::Immediate => proto::StopMode::Immediate,
-    }
 }
 
 impl Executor {
@@ -87,7 +71,7 @@ impl Executor {
         let members = members.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let outcome = call(&action, &client, &members).await;
+            let outcome = crate::platform::call(&action, &client, &members).await;
             let result = match outcome {
                 Ok(detail) => {
                     if matches!(action, Action::RenewLease { .. }) {
@@ -118,134 +102,4 @@ pub fn short(a: &Action) -> String {
     } else {
         s
     }
-}
-
-fn member(members: &BTreeMap<String, Member>, name: &str) -> Result<Member, String> {
-    members
-        .get(name)
-        .cloned()
-        .ok_or_else(|| format!("unknown instance {name}"))
-}
-
-fn describe(e: ClientError) -> String {
-    match &e {
-        ClientError::Api { body, .. } => {
-            if body.detail.is_empty() {
-                body.error.clone()
-            } else {
-                format!("{}: {}", body.error, body.detail)
-            }
-        }
-        _ => e.to_string(),
-    }
-}
-
-async fn call(
-    a: &Action,
-    c: &AgentClient,
-    members: &BTreeMap<String, Member>,
-) -> Result<Option<String>, String> {
-    let resp = match a {
-        Action::Promote { .. } => match c.promote(&PromoteRequest::default()).await {
-            // Already primary: the promotion happened (idempotent).
-            Err(e) if e.code() == Some(proto::ERR_ALREADY_PRIMARY) => {
-                return Ok(Some("already primary".into()))
-            }
-            other => other,
-        },
-        Action::Demote { primary, .. } => {
-            c.demote(&DemoteRequest {
-                primary: member(members, primary)?,
-                timeout: None,
-            })
-            .await
-        }
-        Action::Follow { primary, .. } => {
-            c.follow(&FollowRequest {
-                primary: member(members, primary)?,
-            })
-            .await
-        }
-        Action::Rewind {
-            source, dry_run, ..
-        } => {
-            c.rewind(&RewindRequest {
-                source: member(members, source)?,
-                dry_run: *dry_run,
-            })
-            .await
-        }
-        Action::Reclone { source, .. } => {
-            c.reclone(&RecloneRequest {
-                source: member(members, source)?,
-            })
-            .await
-        }
-        Action::Stop {
-            mode, timeout_ms, ..
-        } => {
-            c.stop(&StopRequest {
-                mode: stop_mode(*mode),
-                timeout: duration_ms(*timeout_ms),
-            })
-            .await
-        }
-        Action::Start { .. } => c.start(&StopRequest::default()).await,
-        Action::Restart {
-            mode, timeout_ms, ..
-        } => {
-            c.restart(&StopRequest {
-                mode: stop_mode(*mode),
-                timeout: duration_ms(*timeout_ms),
-            })
-            .await
-        }
-        Action::Config {
-            synchronous_commit,
-            sync_quorum,
-            sync_names,
-            parameters,
-            ..
-        } => {
-            let req = ConfigRequest {
-                parameters: parameters.clone(),
-                synchronous_commit: Some(synchronous_commit.clone()),
-                synchronous_standbys: Some(SyncStandbys {
-                    count: *sync_quorum,
-                    names: sync_names.clone(),
-                }),
-                known_standbys: None,
-            };
-            return c
-                .config(&req)
-                .await
-                .map(|r| {
-                    (!r.pending_restart.is_empty())
-                        .then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
-                })
-                .map_err(describe);
-        }
-        Action::RenewLease { ttl_ms, .. } => {
-            return tokio::time::timeout(
-                Duration::from_secs(2),
-                c.lease(&LeaseRequest { ttl_ms: *ttl_ms }),
-            )
-            .await
-            .map_err(|_| "lease renewal timed out".to_string())?
-            .map(|_| None)
-            .map_err(describe)
-        }
-        Action::SetRole { .. }
-        | Action::FenceInstance { .. }
-        | Action::Event { .. }
-        | Action::RequestDone { .. } => return Ok(None),
-    };
-    resp.map(|r| {
-        let mut detail = r.message;
-        if let Some(n) = r.rewind_needed {
-            detail = format!("{detail} (rewind needed: {n})");
-        }
-        Some(detail)
-    })
-    .map_err(describe)
 }

@@ -328,7 +328,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     name,
                     platform,
                     label: pods::role_label(pod),
-                    agent: answer.map(crate::local::observe::report),
+                    agent: answer.map(crate::platform::report),
                 },
             ));
         }

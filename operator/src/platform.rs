@@ -1,0 +1,217 @@
+//! The glue both platforms (Kubernetes and local) share between the HA engine
+//! and the agents: an agent's `/status` as the engine's report, and the
+//! engine's agent actions as agent API calls. Does network I/O (the calls).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::agent::client::{AgentClient, ClientError};
+use crate::api::agent::{
+    self as proto, AgentStatus, ConfigRequest, DemoteRequest, FollowRequest, LeaseRequest, Member,
+    PromoteRequest, RecloneRequest, RewindRequest, StopRequest, SyncStandbys,
+};
+use crate::api::{DurationString, InstanceRole, Lsn};
+use crate::engine::{Action, AgentReport, ConnectedStandby, LeaseReport, StopMode, SyncState};
+
+fn lsn(s: &Option<String>) -> Option<Lsn> {
+    s.as_deref().and_then(|s| s.parse().ok())
+}
+
+fn sync_state(s: &str) -> SyncState {
+    match s {
+        "sync" => SyncState::Sync,
+        "quorum" => SyncState::Quorum,
+        "potential" => SyncState::Potential,
+        _ => SyncState::Async,
+    }
+}
+
+/// The engine's view of an agent's status answer.
+pub fn report(s: &AgentStatus) -> AgentReport {
+    AgentReport {
+        // Running means answering in its role: a frozen server whose process
+        // exists but does not answer counts as down.
+        postgres_running: s.postgres_running && s.ready,
+        in_recovery: s.role != InstanceRole::Primary,
+        timeline: s.timeline,
+        current_lsn: lsn(&s.current_lsn),
+        received_lsn: lsn(&s.received_lsn),
+        replayed_lsn: lsn(&s.replayed_lsn),
+        checkpoint_lsn: lsn(&s.checkpoint_lsn),
+        upstream: s.upstream.as_ref().map(|m| m.name.clone()),
+        streaming: s
+            .wal_receiver
+            .as_ref()
+            .is_some_and(|w| w.status == "streaming"),
+        standbys: s
+            .downstreams
+            .iter()
+            .map(|d| ConnectedStandby {
+                name: d.name.clone(),
+                sync_state: sync_state(&d.sync_state),
+                flush_lsn: lsn(&d.flush_lsn),
+            })
+            .collect(),
+        archive_ready: s.archive_ready,
+        max_wal_senders: s.max_wal_senders,
+        max_replication_slots: s.max_replication_slots,
+        slots_used: Some(s.replication_slots_used),
+        replication_to: Default::default(),
+        lease: Some(LeaseReport {
+            held: s.lease.held,
+            remaining_ms: s
+                .lease
+                .remaining_ms
+                .and_then(|m| i64::try_from(m).ok())
+                .unwrap_or(0),
+        }),
+        fenced: s.fenced,
+        pending_restart: !s.pending_restart.is_empty(),
+        system_identifier: s.system_identifier.clone(),
+        synchronous_standby_names: s.synchronous_standby_names.clone(),
+        synchronous_commit: s.synchronous_commit.clone(),
+        parameters: None,
+        operation: s.operation.clone(),
+        checks: s.checks.clone(),
+    }
+}
+
+fn duration_ms(ms: u64) -> Option<DurationString> {
+    format!("{ms}ms").parse().ok()
+}
+
+fn stop_mode(m: StopMode) -> proto::StopMode {
+    match m {
+        StopMode::Smart => proto::StopMode::Smart,
+        StopMode::Fast => proto::StopMode::Fast,
+        StopMode::Immediate => proto::StopMode::Immediate,
+    }
+}
+
+fn member(members: &BTreeMap<String, Member>, name: &str) -> Result<Member, String> {
+    members
+        .get(name)
+        .cloned()
+        .ok_or_else(|| format!("unknown instance {name}"))
+}
+
+/// An agent client error as one line (the agent's category and detail).
+pub fn describe(e: ClientError) -> String {
+    match &e {
+        ClientError::Api { body, .. } if body.detail.is_empty() => body.error.clone(),
+        ClientError::Api { body, .. } => format!("{}: {}", body.error, body.detail),
+        _ => e.to_string(),
+    }
+}
+
+/// Carry out one agent action on `c`; `Ok(detail)` or `Err(message)`.
+/// `members` gives every instance's postgres address.
+pub async fn call(
+    a: &Action,
+    c: &AgentClient,
+    members: &BTreeMap<String, Member>,
+) -> Result<Option<String>, String> {
+    let resp = match a {
+        Action::Promote { .. } => match c.promote(&PromoteRequest::default()).await {
+            // Already primary: the promotion happened (idempotent).
+            Err(e) if e.code() == Some(proto::ERR_ALREADY_PRIMARY) => {
+                return Ok(Some("already primary".into()))
+            }
+            other => other,
+        },
+        Action::Demote { primary, .. } => {
+            c.demote(&DemoteRequest {
+                primary: member(members, primary)?,
+                timeout: None,
+            })
+            .await
+        }
+        Action::Follow { primary, .. } => {
+            c.follow(&FollowRequest {
+                primary: member(members, primary)?,
+            })
+            .await
+        }
+        Action::Rewind {
+            source, dry_run, ..
+        } => {
+            c.rewind(&RewindRequest {
+                source: member(members, source)?,
+                dry_run: *dry_run,
+            })
+            .await
+        }
+        Action::Reclone { source, .. } => {
+            c.reclone(&RecloneRequest {
+                source: member(members, source)?,
+            })
+            .await
+        }
+        Action::Stop {
+            mode, timeout_ms, ..
+        } => {
+            c.stop(&StopRequest {
+                mode: stop_mode(*mode),
+                timeout: duration_ms(*timeout_ms),
+            })
+            .await
+        }
+        Action::Start { .. } => c.start(&StopRequest::default()).await,
+        Action::Restart {
+            mode, timeout_ms, ..
+        } => {
+            c.restart(&StopRequest {
+                mode: stop_mode(*mode),
+                timeout: duration_ms(*timeout_ms),
+            })
+            .await
+        }
+        Action::Config {
+            synchronous_commit,
+            sync_quorum,
+            sync_names,
+            parameters,
+            ..
+        } => {
+            let req = ConfigRequest {
+                parameters: parameters.clone(),
+                synchronous_commit: Some(synchronous_commit.clone()),
+                synchronous_standbys: Some(SyncStandbys {
+                    count: *sync_quorum,
+                    names: sync_names.clone(),
+                }),
+                known_standbys: None,
+            };
+            return c
+                .config(&req)
+                .await
+                .map(|r| {
+                    (!r.pending_restart.is_empty())
+                        .then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
+                })
+                .map_err(describe);
+        }
+        Action::RenewLease { ttl_ms, .. } => {
+            return tokio::time::timeout(
+                Duration::from_secs(2),
+                c.lease(&LeaseRequest { ttl_ms: *ttl_ms }),
+            )
+            .await
+            .map_err(|_| "lease renewal timed out".to_string())?
+            .map(|_| None)
+            .map_err(describe)
+        }
+        Action::SetRole { .. }
+        | Action::FenceInstance { .. }
+        | Action::Event { .. }
+        | Action::RequestDone { .. } => return Ok(None),
+    };
+    resp.map(|r| {
+        let mut detail = r.message;
+        if let Some(n) = r.rewind_needed {
+            detail = format!("{detail} (rewind needed: {n})");
+        }
+        Some(detail)
+    })
+    .map_err(describe)
+}
