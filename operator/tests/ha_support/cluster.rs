@@ -279,6 +279,10 @@ impl LocalCluster {
                     .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
                 {
                     if pid_alive(pid) {
+                        // The whole server: a frozen child would outlive its postmaster.
+                        let group = nix::unistd::Pid::from_raw(pid);
+                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT);
+                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                         unsafe_kill(pid, 18);
                         unsafe_kill(pid, 9);
                     }
