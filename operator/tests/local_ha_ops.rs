@@ -271,7 +271,20 @@ async fn reclone_of_a_standby_moves_its_data_aside_and_refuses_the_primary() {
     let out = expect_exit(&c, "rejoin", &["rc-1", "--dry-run"], 1);
     eprintln!("rejoin dry-run of a running standby: {out}");
 
-    let before = w.snapshot().acked_ids();
+    // rc-1's reported position can be newer than the primary's (each agent
+    // reports its own, at its own time) and the engine then refuses to
+    // re-clone what looks like the most advanced copy: stop writing and let
+    // the two reports agree first.
+    let log = w.stop().await;
+    c.wait_for(
+        "rc-1 and rc-0 to report one LSN",
+        Duration::from_secs(30),
+        |s| {
+            instance(s, "rc-1")["lsn"].is_string()
+                && instance(s, "rc-1")["lsn"] == instance(s, "rc-0")["lsn"]
+        },
+    );
+    let before = log.acked_ids();
     expect_exit(&c, "reclone", &["rc-1"], 0);
     assert_eq!(moved_aside(&c, "rc-1").len(), 1);
     let s = wait_standby_of(&c, "rc-1", "rc-0", BOOT);
@@ -294,7 +307,6 @@ async fn reclone_of_a_standby_moves_its_data_aside_and_refuses_the_primary() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let log = w.stop().await;
     assert_nothing_lost(&c, "rc-0", &log).await;
 }
 

@@ -79,8 +79,15 @@ pub async fn diverge(c: &LocalCluster) -> (String, String, Vec<i64>) {
         .await
         .expect("batch on the old primary alone");
     drop(direct);
-    expect_exit(c, "kill", &[&old, "--signal", "STOP", "--agent"], 0);
-    expect_exit(c, "kill", &[&old, "--signal", "STOP"], 0);
+    // Freeze the whole server (the postmaster leads its process group), then
+    // its agent, straight away: through `tandem local kill` the second signal
+    // can wait behind a poll of the first frozen process, and the failover
+    // may fence the server before it is frozen.
+    let postmaster = c.postgres_pid(&old).expect("postgres of the primary runs");
+    let agent = c.agent_pid(&old);
+    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(postmaster), Signal::SIGSTOP)
+        .expect("freeze the old primary's postgres");
+    LocalCluster::signal(agent, Signal::SIGSTOP);
     // Pause as soon as the failover starts: it finishes, but the old primary
     // is then left alone (no automatic rejoin) until the test unpauses.
     wait_persisted_transition(c, "Failover", FAILOVER);
