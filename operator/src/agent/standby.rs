@@ -114,6 +114,36 @@ impl Agent {
         Ok(query::identity(&c).await?.0)
     }
 
+    /// When the stopped data directory was not shut down cleanly (a crash, a
+    /// kill -9, a lost node), replay its WAL to the end in single-user mode
+    /// so that it is: same timeline, nothing promoted.
+    async fn finish_crash_recovery(&self) -> Result<(), pg::Error> {
+        let args: Vec<OsString> = vec!["-D".into(), self.cfg.data_dir.clone().into()];
+        let out = self
+            .runner
+            .run(Tool::PgControldata, &args, None, Duration::from_secs(30))
+            .await?;
+        let state = out
+            .lines()
+            .find_map(|l| l.strip_prefix("Database cluster state:"))
+            .map(str::trim)
+            .unwrap_or_default();
+        if state == "shut down" || state == "shut down in recovery" {
+            return Ok(());
+        }
+        tracing::info!(instance = %self.cfg.instance, state, "finishing crash recovery before pg_rewind");
+        let args: Vec<OsString> = vec![
+            "--single".into(),
+            "-D".into(),
+            self.cfg.data_dir.clone().into(),
+            "template1".into(),
+        ];
+        self.runner
+            .run(Tool::Postgres, &args, Some(b""), Duration::from_secs(3600))
+            .await?;
+        Ok(())
+    }
+
     /// pg_rewind from `source`; `dry_run` only asks. Whether a rewind is/was needed.
     pub async fn pg_rewind(
         &self,
@@ -136,6 +166,12 @@ impl Agent {
                 source,
             })?;
         drop(client);
+        // pg_rewind (and above all its --dry-run, which skips the step) needs a
+        // cleanly shut down target: finish the crash recovery of a killed
+        // primary first, as pg_rewind itself would.
+        self.finish_crash_recovery()
+            .await
+            .map_err(AgentError::RewindFailed)?;
         let conninfo = format!(
             "host={} port={} user={} dbname=postgres connect_timeout=10",
             conf::conninfo_value(&source.host),

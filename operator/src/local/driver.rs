@@ -332,10 +332,13 @@ impl Driver {
             }
             Action::FenceInstance { instance } => {
                 warn!(instance = %instance, "fencing: killing the agent and postgres of an unreachable instance");
-                let _ = self.agents.signal_agent(instance, Signal::SIGKILL);
+                // postgres first: killing the agent first kills the postmaster
+                // (PR_SET_PDEATHSIG) and orphans its children, which a frozen
+                // server leaves behind still attached to its shared memory.
                 if let Some(m) = self.members.get(instance) {
                     let _ = procs::signal_postgres(instance, &m.launch.data_dir, Signal::SIGKILL);
                 }
+                let _ = self.agents.signal_agent(instance, Signal::SIGKILL);
                 self.results.push(engine::ActionResult::ok(action));
             }
             Action::Event {

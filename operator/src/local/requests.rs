@@ -99,12 +99,13 @@ impl Requests {
         let p = self.pending.remove(i);
         let Some(reply) = p.reply else { return };
         let fresh = new_entries(before, &status.history);
-        // Refused or reported at once.
-        if let Some(e) = fresh
-            .iter()
-            .rev()
-            .find(|e| e.outcome != engine::outcomes::SUCCEEDED && e.duration_ms == 0)
-        {
+        // Refused or reported at once (a "Started" entry only marks the
+        // beginning of a transition, e.g. a re-clone: its answer comes later).
+        if let Some(e) = fresh.iter().rev().find(|e| {
+            e.outcome != engine::outcomes::SUCCEEDED
+                && e.outcome != engine::outcomes::STARTED
+                && e.duration_ms == 0
+        }) {
             let _ = reply.send(answer(e));
             return;
         }
@@ -177,5 +178,61 @@ impl Requests {
                 detail: vec![],
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Transition;
+
+    fn entry(kind: &str, outcome: &str, started_at: &str, duration_ms: i64) -> HistoryEntry {
+        HistoryEntry {
+            kind: kind.into(),
+            outcome: outcome.into(),
+            started_at: started_at.into(),
+            duration_ms,
+            message: format!("{kind} {outcome}"),
+            ..HistoryEntry::default()
+        }
+    }
+
+    #[test]
+    fn a_started_reclone_waits_for_its_transition_instead_of_answering_refused() {
+        let request = Request::Reclone {
+            instance: "main-1".into(),
+        };
+        let (tx, mut rx) = oneshot::channel();
+        let mut r = Requests::default();
+        r.pending.push(Pending {
+            request: request.clone(),
+            reply: Some(tx),
+        });
+        let mut status = DbClusterStatus {
+            transition: Some(Transition {
+                kind: "Reclone".into(),
+                target: Some("main-1".into()),
+                started_at: "t0".into(),
+                ..Transition::default()
+            }),
+            ..DbClusterStatus::default()
+        };
+        status.history.push(entry("Reclone", "Started", "t0", 0));
+        r.done(&request, &[], &status);
+        assert!(
+            rx.try_recv().is_err(),
+            "answered before the re-clone finished"
+        );
+        assert_eq!(r.waiting.len(), 1);
+
+        let before = status.history.clone();
+        status.transition = None;
+        status
+            .history
+            .push(entry("Reclone", "Succeeded", "t0", 3000));
+        assert_eq!(new_entries(&before, &status.history).len(), 1);
+        r.finish(&status);
+        let answer = rx.try_recv().expect("answered once finished");
+        assert!(answer.is_ok(), "{answer:?}");
     }
 }

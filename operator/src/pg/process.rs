@@ -73,6 +73,9 @@ pub fn signal_server(pid: i32, sig: Signal) -> Result<(), Error> {
     for c in children {
         let _ = signal::kill(Pid::from_raw(c), sig);
     }
+    // The postmaster leads its own process group (see spawn): the group also
+    // reaches children that a dying postmaster already orphaned.
+    let _ = signal::killpg(Pid::from_raw(pid), sig);
     Ok(())
 }
 

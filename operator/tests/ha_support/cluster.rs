@@ -21,6 +21,7 @@ pub struct LocalCluster {
     pub dir: PathBuf,
     pub manifest: PathBuf,
     up: Option<Child>,
+    log_filter: String,
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -41,6 +42,11 @@ fn unsafe_kill(pid: i32, sig: i32) -> bool {
 impl LocalCluster {
     /// Write a DbCluster named `name` with `spec` (YAML, indented by two) and run `tandem local up`.
     pub fn start(name: &str, spec: &str) -> Self {
+        Self::start_with_log(name, spec, "info,tandem=debug,hyper=warn,reqwest=warn")
+    }
+
+    /// As `start`, with the given TANDEM_LOG filter for `local up` and its agents.
+    pub fn start_with_log(name: &str, spec: &str, log_filter: &str) -> Self {
         let base = std::env::temp_dir().join(format!(
             "tandem-ha-{name}-{}-{}",
             std::process::id(),
@@ -56,6 +62,7 @@ impl LocalCluster {
             dir: base.join("cluster"),
             manifest,
             up: None,
+            log_filter: log_filter.to_string(),
         };
         c.spawn_up();
         c
@@ -73,7 +80,7 @@ impl LocalCluster {
             .arg(&self.manifest)
             .arg("--dir")
             .arg(&self.dir)
-            .env("TANDEM_LOG", "info,tandem=debug,hyper=warn,reqwest=warn")
+            .env("TANDEM_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("dup log")))
             .stderr(Stdio::from(log))
@@ -279,6 +286,10 @@ impl LocalCluster {
                     .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
                 {
                     if pid_alive(pid) {
+                        // The whole server: a frozen child would outlive its postmaster.
+                        let group = nix::unistd::Pid::from_raw(pid);
+                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT);
+                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
                         unsafe_kill(pid, 18);
                         unsafe_kill(pid, 9);
                     }

@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod faults;
+pub mod ops;
 pub mod writer;
