@@ -197,8 +197,10 @@ async fn watch(agent: Arc<Agent>, generation: u64, child: process::PgChild) {
 
 /// Restart postgres after crashes (unless fenced or stopped on purpose meanwhile).
 pub async fn restarter(agent: Arc<Agent>, mut crashed: tokio::sync::mpsc::UnboundedReceiver<u64>) {
+    let mut last_restart: Option<Instant> = None;
     while let Some(generation) = crashed.recv().await {
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = first_restart_delay(last_restart.map(|t| t.elapsed()));
+        last_restart = Some(Instant::now());
         loop {
             tokio::time::sleep(backoff).await;
             let _ops = agent.ops.lock().await;
@@ -228,9 +230,29 @@ pub async fn restarter(agent: Arc<Agent>, mut crashed: tokio::sync::mpsc::Unboun
     }
 }
 
+/// How long to wait before restarting after a crash: at once after an
+/// isolated crash (every moment down is a moment without writes), with a
+/// growing backoff when postgres crashes again soon after a restart.
+fn first_restart_delay(since_last_restart: Option<Duration>) -> Duration {
+    match since_last_restart {
+        Some(d) if d < Duration::from_secs(30) => Duration::from_secs(1),
+        _ => Duration::from_millis(20),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_isolated_crash_restarts_at_once_a_crash_loop_backs_off() {
+        assert!(first_restart_delay(None) < Duration::from_millis(100));
+        assert!(first_restart_delay(Some(Duration::from_secs(120))) < Duration::from_millis(100));
+        assert_eq!(
+            first_restart_delay(Some(Duration::from_secs(3))),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn stop_escalates_from_the_requested_mode() {

@@ -15,6 +15,9 @@ use crate::engine::{Action, ActionResult};
 /// Runs agent calls in the background and collects their results.
 pub struct Executor {
     in_flight: HashSet<String>,
+    /// Signalled when an action other than a lease renewal finishes, so the
+    /// next step of a transition need not wait for the next tick.
+    pub finished: std::sync::Arc<tokio::sync::Notify>,
     tx: mpsc::UnboundedSender<(String, ActionResult)>,
     rx: mpsc::UnboundedReceiver<(String, ActionResult)>,
 }
@@ -24,6 +27,7 @@ impl Default for Executor {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             in_flight: HashSet::new(),
+            finished: Default::default(),
             tx,
             rx,
         }
@@ -68,6 +72,7 @@ impl Executor {
             return;
         }
         let tx = self.tx.clone();
+        let finished = self.finished.clone();
         let members = members.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
@@ -89,7 +94,11 @@ impl Executor {
                     ActionResult::failed(action, message)
                 }
             };
+            let step = !matches!(result.action, Action::RenewLease { .. });
             let _ = tx.send((k, result));
+            if step {
+                finished.notify_one();
+            }
         });
     }
 }

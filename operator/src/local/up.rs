@@ -222,8 +222,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced = false;
+    let finished = driver.exec.finished.clone();
     loop {
         tokio::select! {
+            // A finished action lets a transition take its next step now.
+            _ = finished.notified() => driver.tick().await,
             _ = interval.tick() => {
                 driver.tick().await;
                 if !announced && driver.persisted.status.phase == Some(Phase::Healthy) {
