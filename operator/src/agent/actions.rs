@@ -78,21 +78,20 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
         &mut steps,
         format!("left recovery; timeline {}", timeline.unwrap_or(0)),
     );
-    // Make the new timeline durable in pg_control: pg_rewind against this
-    // server reads it from there.
-    client
-        .batch_execute("CHECKPOINT")
-        .await
-        .map_err(|source| pg::Error::Sql {
-            context: "CHECKPOINT after promotion".into(),
-            source,
-        })?;
-    agent.step("promote", &mut steps, "checkpoint");
     query::alter_system(&client, "primary_conninfo", None).await?;
     query::alter_system(&client, "primary_slot_name", None).await?;
     query::reload(&client).await?;
     conf::remove_if_exists(&agent.cfg.data_dir.join(conf::UPSTREAM_FILE))?;
     agent.step("promote", &mut steps, "cleared the standby settings");
+    // Make the new timeline durable in pg_control (pg_rewind against this
+    // server reads it from there) without holding up the writes that wait for
+    // this answer; a rewind also checkpoints its source before it starts.
+    tokio::spawn(async move {
+        if let Err(e) = client.batch_execute("CHECKPOINT").await {
+            tracing::warn!(error = %e, "CHECKPOINT after promotion failed");
+        }
+    });
+    agent.step("promote", &mut steps, "checkpoint started");
     Ok(ActionResponse {
         changed: true,
         message: format!("{} is now the primary", agent.cfg.instance),

@@ -37,6 +37,7 @@ pub struct Config {
     pub lag_critical_bytes: i64,
     pub stop_timeout: Duration,
     pub start_timeout: Duration,
+    pub probe_interval: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -170,6 +171,7 @@ impl Config {
             lag_critical_bytes: a.lag_critical_bytes,
             stop_timeout: a.stop_timeout.duration(),
             start_timeout: a.start_timeout.duration(),
+            probe_interval: a.probe_interval.duration().max(Duration::from_millis(50)),
         })
     }
 

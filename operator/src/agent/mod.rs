@@ -118,6 +118,9 @@ pub struct AgentArgs {
     /// replication_lag check: CRITICAL from this many bytes.
     #[arg(long, env = "TANDEM_LAG_CRITICAL_BYTES", default_value_t = 64 << 20)]
     pub lag_critical_bytes: i64,
+    /// How often postgres is probed (role, LSNs, replication, checks); also right after every action.
+    #[arg(long, env = "TANDEM_PROBE_INTERVAL", default_value = "1s")]
+    pub probe_interval: crate::api::DurationString,
     /// Default timeout of each stop step (smart, fast, immediate).
     #[arg(long, env = "TANDEM_STOP_TIMEOUT", default_value = "30s")]
     pub stop_timeout: crate::api::DurationString,

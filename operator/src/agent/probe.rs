@@ -51,7 +51,7 @@ pub async fn run(agent: Arc<Agent>) {
             *s = st;
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(agent.cfg.probe_interval) => {}
             _ = agent.probe_now.notified() => {}
         }
     }

@@ -235,7 +235,7 @@ pub async fn restarter(agent: Arc<Agent>, mut crashed: tokio::sync::mpsc::Unboun
 /// growing backoff when postgres crashes again soon after a restart.
 fn first_restart_delay(since_last_restart: Option<Duration>) -> Duration {
     match since_last_restart {
-        Some(d) if d < Duration::from_secs(30) => Duration::from_secs(1),
+        Some(d) if d < Duration::from_secs(5) => Duration::from_secs(1),
         _ => Duration::from_millis(20),
     }
 }

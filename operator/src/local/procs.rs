@@ -125,7 +125,11 @@ impl Agents {
             .arg("--replication-password-file")
             .arg(&launch.replication_password_file)
             .arg("--log-format")
-            .arg("text");
+            .arg("text")
+            // The local platform polls every 200ms; fresher reports let a
+            // transition take each step sooner.
+            .arg("--probe-interval")
+            .arg("200ms");
         if let Some(from) = bootstrap_from {
             cmd.arg("--bootstrap-from").arg(from);
         }
