@@ -125,6 +125,20 @@ pub(crate) fn target_checks(ctx: &Ctx, primary: &str, target: &str) -> Vec<Healt
             format!("{target} does not run as a standby")
         },
     ));
+    // Only a standby streaming from the primary now receives its shutdown
+    // checkpoint; one still reconnecting (after a restart of the primary, say)
+    // would leave the switchover waiting and then rolling back.
+    let streaming = ctx.streams_from(target, primary);
+    checks.push(check(
+        "candidate_streaming",
+        ok_or(streaming),
+        None,
+        if streaming {
+            format!("{target} streams from {primary}")
+        } else {
+            format!("{target} does not stream from {primary} now")
+        },
+    ));
     let priority = ctx.priority(target);
     checks.push(check(
         "candidate_priority",

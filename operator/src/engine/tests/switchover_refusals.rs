@@ -70,6 +70,30 @@ fn switchover_refused_to_a_learner() {
 }
 
 #[test]
+fn switchover_refused_when_the_candidate_does_not_stream_from_the_primary() {
+    let mut f = cluster().instances(3).build();
+    // Reconnecting after a restart of the primary: it would never receive the
+    // shutdown checkpoint.
+    f.agent("main-1").streaming = false;
+    assert_refused(
+        &mut f,
+        to("main-1", false),
+        "main-1 does not stream from main-0 now",
+    );
+}
+
+#[test]
+fn switchover_to_any_skips_a_standby_that_does_not_stream() {
+    let mut f = cluster().instances(3).build();
+    f.agent("main-1").streaming = false;
+    f.request(to("any", false));
+    f.tick(30);
+    let tr = f.status.transition.clone().expect("a switchover started");
+    assert_eq!(tr.kind, "Switchover");
+    assert_eq!(tr.target.as_deref(), Some("main-2"));
+}
+
+#[test]
 fn switchover_refused_when_the_candidate_lags_too_much() {
     let mut f = cluster().instances(3).build();
     f.agent("main-1").received_lsn = Some(lsn("0/3000000"));
