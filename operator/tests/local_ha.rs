@@ -10,71 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use ha_support::cluster::{show, with_role, LocalCluster};
-use ha_support::writer::{lost, prepare, stored_ids, Writer};
-
-const BOOT: Duration = Duration::from_secs(120);
-const FAILOVER: Duration = Duration::from_secs(60);
-const WRITE_EVERY: Duration = Duration::from_millis(5);
-
-async fn healthy_with_writer(c: &LocalCluster) -> Writer {
-    c.wait_healthy(BOOT);
-    let rw = c.rw();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match prepare(&rw).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for rw: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("rw endpoint never accepted writes: {e}"),
-        }
-    }
-    Writer::start(rw, 0, WRITE_EVERY)
-}
-
-/// Wait until the writer has an acknowledgement after `t`.
-async fn wait_ack_after(w: &Writer, t: Instant, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(at) = w.snapshot().first_ack_after(t) {
-            return at;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write was acknowledged through rw within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every acknowledged row is on `name` (read straight from its postgres).
-async fn assert_nothing_lost(c: &LocalCluster, name: &str, log: &ha_support::writer::WriteLog) {
-    let target = c.direct(name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stored = loop {
-        match stored_ids(&target).await {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("reading rows from {name}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => panic!("cannot read rows from {name}: {e}"),
-        }
-    };
-    let missing = lost(log, &stored);
-    assert!(
-        missing.is_empty(),
-        "{} acknowledged rows missing on {name} (of {} acknowledged): first {:?}",
-        missing.len(),
-        log.acked.len(),
-        &missing[..missing.len().min(10)]
-    );
-    assert!(
-        !log.acked.is_empty(),
-        "the writer never got an acknowledgement"
-    );
-}
+use ha_support::ops::{assert_nothing_lost, healthy_with_writer, wait_ack_after, BOOT, FAILOVER};
 
 fn history_kinds(s: &serde_json::Value) -> Vec<(String, String)> {
     s["history"]

@@ -54,9 +54,19 @@ pub async fn wait_ack_after(w: &Writer, t: Instant, timeout: Duration) -> Instan
 
 /// Every acknowledged row is on `name` (read straight from its postgres).
 pub async fn assert_nothing_lost(c: &LocalCluster, name: &str, log: &WriteLog) {
-    let stored = stored_ids(&c.direct(name))
-        .await
-        .expect("read rows from the primary");
+    // The instance may still be finishing a restart: retry for a while.
+    let target = c.direct(name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        match stored_ids(&target).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("reading rows from {name}: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("cannot read rows from {name}: {e}"),
+        }
+    };
     let missing = lost(log, &stored);
     assert!(
         missing.is_empty(),
