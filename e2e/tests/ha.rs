@@ -20,17 +20,21 @@ async fn primary(client: &kube::Client, ns: &str, name: &str) -> String {
         .expect("a current primary")
 }
 
+/// With the operator running, apply example `file` in `ns` and wait until the cluster is healthy.
+async fn healthy_example(client: &kube::Client, ns: &str, file: &str) -> String {
+    expect_operator(client).await.expect("operator running");
+    let name = apply_example(client, ns, file).await.expect("apply");
+    wait_healthy(client, ns, &name, READY)
+        .await
+        .expect("healthy");
+    name
+}
+
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
 async fn minimal_cluster_becomes_healthy_and_rw_follows_the_primary() {
     with_temp_ns("ready", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "minimal.yaml").await;
         let p = primary(&client, &ns, &name).await;
         wait_rw_on(&client, &ns, &name, &p, MOVE)
             .await
@@ -65,13 +69,7 @@ async fn minimal_cluster_becomes_healthy_and_rw_follows_the_primary() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
 async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
     with_temp_ns("switchover", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "minimal.yaml").await;
         let old = primary(&client, &ns, &name).await;
         let target = if old == keys::instance_name(&name, 1) {
             keys::instance_name(&name, 2)
@@ -164,13 +162,7 @@ async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
 async fn primary_pod_loss_fails_over_without_losing_acknowledged_rows_and_old_primary_rejoins() {
     with_temp_ns("failover", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "sync.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "sync.yaml").await;
         let old = primary(&client, &ns, &name).await;
         start_sql_pod(&client, &ns, &name, "writer", &writer_script(400, 300))
             .await
@@ -256,13 +248,7 @@ async fn primary_pod_loss_fails_over_without_losing_acknowledged_rows_and_old_pr
 #[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
 async fn paused_cluster_does_not_fail_over() {
     with_temp_ns("paused", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "minimal.yaml").await;
         let old = primary(&client, &ns, &name).await;
         annotate(&client, &ns, &name, keys::ANN_PAUSED, Some("true"))
             .await
@@ -297,13 +283,7 @@ async fn paused_cluster_does_not_fail_over() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
 async fn bad_annotations_are_refused_with_an_event_and_change_nothing() {
     with_temp_ns("refused", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "minimal.yaml").await;
         let old = primary(&client, &ns, &name).await;
         let labels_before = role_labels(&client, &ns, &name).await.expect("labels");
 
@@ -355,13 +335,7 @@ async fn bad_annotations_are_refused_with_an_event_and_change_nothing() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
 async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
     with_temp_ns("reclone", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "minimal.yaml").await;
         run_sql(
             &client,
             &ns,
@@ -409,13 +383,7 @@ async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
 async fn switching_to_sync_replication_applies_without_a_restart() {
     with_temp_ns("sync", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "minimal.yaml").await;
         let started = run_sql(
             &client,
             &ns,
