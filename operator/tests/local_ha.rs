@@ -282,15 +282,18 @@ async fn verbs_without_a_running_cluster_say_how_to_start_one() {
         &["set", "--mode", "sync"],
         &["kill", "main-0"],
     ];
-    for v in verbs {
-        let out = std::process::Command::new(&bin)
+    let run = |v: &[&str]| {
+        std::process::Command::new(&bin)
             .arg("local")
             .arg(v[0])
             .arg("--dir")
             .arg(&dir)
             .args(&v[1..])
             .output()
-            .expect("run");
+            .expect("run")
+    };
+    for v in verbs {
+        let out = run(v);
         assert_eq!(out.status.code(), Some(1), "{v:?}: {}", show(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -308,14 +311,7 @@ async fn verbs_without_a_running_cluster_say_how_to_start_one() {
         &["set"],
     ];
     for v in usage {
-        let out = std::process::Command::new(&bin)
-            .arg("local")
-            .arg(v[0])
-            .arg("--dir")
-            .arg(&dir)
-            .args(&v[1..])
-            .output()
-            .expect("run");
+        let out = run(v);
         assert_eq!(out.status.code(), Some(2), "{v:?}: {}", show(&out));
     }
     let out = std::process::Command::new(&bin)

@@ -224,7 +224,7 @@ impl Driver {
                 name,
                 platform,
                 label,
-                agent: answer.as_ref().map(super::observe::report),
+                agent: answer.as_ref().map(crate::platform::report),
             });
         }
         out

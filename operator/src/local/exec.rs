@@ -44,12 +44,6 @@ impl Executor {
         self.in_flight.contains(&key(a))
     }
 
-    /// Whether any action on `instance` is running.
-    pub fn busy_on(&self, instance: &str) -> bool {
-        let needle = format!("\"instance\":\"{instance}\"");
-        self.in_flight.iter().any(|k| k.contains(&needle))
-    }
-
     /// Results finished since the last call.
     pub fn drain(&mut self) -> Vec<ActionResult> {
         let mut out = Vec::new();
