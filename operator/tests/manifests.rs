@@ -1,7 +1,9 @@
 //! Every manifest we ship parses into its typed Kubernetes object with no
 //! field lost (so a misspelled field fails), the chart renders and refuses bad
 //! values, every example DbCluster passes the generated CRD schema made strict,
-//! and the committed CRD copies equal `tandem crdgen`.
+//! and the committed CRD copies equal `tandem crdgen`. Every YAML file we ship
+//! is also read by the real YAML 1.1 readers (kubectl, helm) and must mean to
+//! them exactly what it means to the YAML 1.2 reader the other tests use.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -201,7 +203,7 @@ fn deploy_base_manifests_are_valid_typed_objects() {
 
 #[test]
 fn kustomize_renders_the_base_offline() {
-    let out = run(Command::new("kubectl")
+    let out = run(Command::new(kubectl())
         .arg("kustomize")
         .arg(root().join("deploy/base")))
     .unwrap_or_else(|e| {
@@ -416,4 +418,213 @@ fn misspelled_or_mistyped_dbcluster_fields_fail_the_schema() {
     doc["spec"]["pausd"] = true.into();
     let caught = std::panic::catch_unwind(|| drop(typed::<DbCluster>(&doc, "misspelled")));
     assert!(caught.is_err(), "typed round trip accepted spec.pausd");
+}
+
+/// kubectl from `KUBECTL` or PATH; its absence fails the test.
+fn kubectl() -> PathBuf {
+    PathBuf::from(std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into()))
+}
+
+/// The documents of a YAML stream as kubectl reads it (YAML 1.1, as helm
+/// and the API server do), through an offline no-op edit: removing an
+/// annotation that is not there.
+fn kubectl_reads(file: &Path) -> Result<Vec<Value>, String> {
+    let out = run(Command::new(kubectl())
+        .args(["annotate", "--local", "-o", "json", "-f"])
+        .arg(file)
+        .arg("tandem.dev/yaml-check-"))?;
+    let mut docs = Vec::new();
+    for doc in serde_json::Deserializer::from_str(&out).into_iter::<Value>() {
+        let mut doc = doc.map_err(|e| format!("kubectl printed no JSON: {e}"))?;
+        // The no-op edit leaves an empty annotations map (and metadata) behind.
+        if let Some(meta) = doc.get_mut("metadata").and_then(Value::as_object_mut) {
+            if meta.get("annotations") == Some(&serde_json::json!({})) {
+                meta.remove("annotations");
+            }
+        }
+        if doc.get("metadata") == Some(&serde_json::json!({})) {
+            if let Some(map) = doc.as_object_mut() {
+                map.remove("metadata");
+            }
+        }
+        docs.push(doc);
+    }
+    Ok(docs)
+}
+
+/// Single-document YAML files that are not Kubernetes objects (values.yaml,
+/// Chart.yaml, kustomization's own files) as helm reads them: through its
+/// `fromYaml`, the YAML 1.1 reader it uses for values too.
+fn helm_reads(files: &[String]) -> Vec<(String, Value)> {
+    let chart = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let dir = chart.path();
+    std::fs::create_dir_all(dir.join("templates")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(dir.join("files")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: yaml-check\nversion: 0.0.1\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.join("templates/read.txt"),
+        "{{- range $i, $path := .Values.files }}\n\
+         {{ $.Files.Get (printf \"files/%d.yaml\" $i) | fromYaml | toJson }}\n\
+         {{- end }}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut values = String::from("files:\n");
+    for (i, file) in files.iter().enumerate() {
+        std::fs::copy(root().join(file), dir.join(format!("files/{i}.yaml")))
+            .unwrap_or_else(|e| panic!("copying {file}: {e}"));
+        values.push_str(&format!("- {}\n", serde_json::json!(file)));
+    }
+    std::fs::write(dir.join("values.yaml"), values).unwrap_or_else(|e| panic!("{e}"));
+    let out = run(Command::new(helm()).arg("template").arg("y").arg(dir))
+        .unwrap_or_else(|e| panic!("helm template of the YAML reader chart failed: {e}"));
+    let read: Vec<Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("helm printed {l}: {e}")))
+        .collect();
+    assert_eq!(read.len(), files.len(), "helm read {out}");
+    files.iter().cloned().zip(read).collect()
+}
+
+/// Paths where two readings of the same YAML differ (numbers compare by value).
+fn differences(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for key in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                let p = format!("{path}.{key}");
+                match (x.get(key), y.get(key)) {
+                    (Some(xv), Some(yv)) => differences(xv, yv, &p, out),
+                    (xv, yv) => out.push(format!("{p}: {xv:?} vs {yv:?}")),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (xv, yv)) in x.iter().zip(y).enumerate() {
+                differences(xv, yv, &format!("{path}[{i}]"), out);
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => {}
+        (x, y) if x == y => {}
+        (x, y) => out.push(format!("{path}: YAML 1.2 reads {x}, YAML 1.1 reads {y}")),
+    }
+}
+
+/// Every YAML file in the tree (committed or new), except Go templates
+/// (checked rendered) and GitHub workflows (read by GitHub's own YAML 1.2
+/// parser, where `on:` is meant as the key "on").
+fn shipped_yaml_files() -> Vec<String> {
+    let out = run(Command::new("git").arg("-C").arg(root()).args([
+        "ls-files",
+        "--cached",
+        "--others",
+        "--exclude-standard",
+    ]))
+    .unwrap_or_else(|e| panic!("git ls-files: {e}"));
+    out.lines()
+        .filter(|f| f.ends_with(".yaml") || f.ends_with(".yml"))
+        .filter(|f| !f.starts_with(".github/") && !f.contains("/templates/"))
+        .filter(|f| root().join(f).is_file())
+        .map(str::to_string)
+        .collect()
+}
+
+fn assert_same_under_yaml_1_1(origin: &str, yaml12: &[Value], yaml11: &[Value]) {
+    assert_eq!(
+        yaml12.len(),
+        yaml11.len(),
+        "{origin}: document count differs between YAML 1.2 and kubectl"
+    );
+    let mut diffs = Vec::new();
+    for (a, b) in yaml12.iter().zip(yaml11) {
+        differences(a, b, "", &mut diffs);
+    }
+    assert!(
+        diffs.is_empty(),
+        "{origin} means something else to kubectl/helm (YAML 1.1) than intended: {diffs:#?}\n\
+         quote the value (\"on\", \"yes\", \"no\", \"y\", \"off\" are booleans in YAML 1.1)"
+    );
+}
+
+#[test]
+fn every_shipped_yaml_file_means_the_same_to_kubectl_and_helm() {
+    let files = shipped_yaml_files();
+    for must in [
+        "crds/dbcluster.yaml",
+        "charts/tandem-operator/values.yaml",
+        "deploy/examples/sync.yaml",
+        "examples/local/cluster.yaml",
+    ] {
+        assert!(
+            files.iter().any(|f| f == must),
+            "{must} not found: {files:?}"
+        );
+    }
+    let mut not_objects = Vec::new();
+    for file in &files {
+        let docs = documents(&read(file), file);
+        if docs
+            .iter()
+            .all(|d| d.get("apiVersion").is_some() && d.get("kind").is_some())
+        {
+            let yaml11 = kubectl_reads(&root().join(file)).unwrap_or_else(|e| {
+                panic!(
+                    "kubectl ({}) could not read {file}: {e}",
+                    kubectl().display()
+                )
+            });
+            assert_same_under_yaml_1_1(file, &docs, &yaml11);
+        } else {
+            assert_eq!(
+                docs.len(),
+                1,
+                "{file}: a multi-document file of non-objects"
+            );
+            not_objects.push(file.clone());
+        }
+    }
+    for (file, yaml11) in helm_reads(&not_objects) {
+        let docs = documents(&read(&file), &file);
+        assert_same_under_yaml_1_1(&file, &docs, &[yaml11]);
+    }
+    // What helm renders from the templates goes to kubectl and the API server too.
+    let rendered = helm_template(&[]).unwrap_or_else(|e| panic!("helm template failed: {e}"));
+    let tmp = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("temp file: {e}"));
+    std::fs::write(tmp.path(), &rendered).unwrap_or_else(|e| panic!("{e}"));
+    let yaml11 = kubectl_reads(tmp.path()).unwrap_or_else(|e| panic!("kubectl: {e}"));
+    assert_same_under_yaml_1_1(
+        "helm template",
+        &documents(&rendered, "helm template"),
+        &yaml11,
+    );
+}
+
+#[test]
+fn kubectl_reads_the_crd_synchronous_commit_default_and_enum_as_strings() {
+    for copy in [
+        "crds/dbcluster.yaml",
+        "charts/tandem-operator/crds/dbcluster.yaml",
+        "deploy/base/crd.yaml",
+    ] {
+        let crd = kubectl_reads(&root().join(copy))
+            .unwrap_or_else(|e| panic!("kubectl could not read {copy}: {e}"))
+            .remove(0);
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let replication = &spec["properties"]["replication"];
+        assert_eq!(
+            replication["default"]["synchronousCommit"],
+            Value::from("on"),
+            "{copy}: replication.default"
+        );
+        let field = &replication["properties"]["synchronousCommit"];
+        assert_eq!(field["default"], Value::from("on"), "{copy}: default");
+        assert_eq!(
+            field["enum"],
+            serde_json::json!(["on", "remote_write", "remote_apply", "local"]),
+            "{copy}: enum"
+        );
+    }
 }
