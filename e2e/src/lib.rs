@@ -15,14 +15,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::wait::{await_condition as kube_await, Condition};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tandem::api::{keys, DbCluster, DbClusterStatus, Phase};
 
+pub mod kubectl;
 pub mod sql;
 
+pub use kubectl::*;
 pub use sql::*;
 
 /// What can go wrong in a helper.
@@ -51,6 +53,14 @@ pub enum E2eError {
         /// The file.
         path: String,
         /// Why.
+        message: String,
+    },
+    /// A command-line tool could not be run or failed.
+    #[error("{command}: {message}")]
+    Tool {
+        /// The command line.
+        command: String,
+        /// What went wrong (exit code and stderr).
         message: String,
     },
     /// A SQL pod failed.
@@ -160,6 +170,9 @@ where
     let outcome = std::panic::AssertUnwindSafe(test(client.clone(), ns.clone()))
         .catch_unwind()
         .await;
+    if outcome.is_err() {
+        kubectl::dump(&ns).await;
+    }
     if std::env::var_os("E2E_KEEP_NAMESPACES").is_none() {
         let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
     }
@@ -204,31 +217,25 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Read `deploy/examples/<file>` as a DbCluster.
-pub fn example(file: &str) -> Result<DbCluster> {
-    let path = repo_root().join("deploy/examples").join(file);
-    let text = std::fs::read_to_string(&path).map_err(|e| E2eError::Manifest {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    serde_yaml::from_str(&text).map_err(|e| E2eError::Manifest {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
+/// The path of a file in the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    repo_root().join(rel)
 }
 
-/// Create an example DbCluster in `ns`, with small storage for kind; returns its name.
-pub async fn apply_example(client: &Client, ns: &str, file: &str) -> Result<String> {
-    let mut dc = example(file)?;
-    dc.metadata.namespace = Some(ns.into());
-    // kind nodes are small: keep the example's shape, not its sizing.
-    dc.spec.resources = Default::default();
-    let name = dc.metadata.name.clone().unwrap_or_default();
-    Api::<DbCluster>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &dc)
-        .await
-        .map_err(kube_err(format!("create DbCluster {name}")))?;
-    Ok(name)
+/// `kubectl apply -f deploy/examples/<file>` in `ns`, as a user does; returns
+/// the DbCluster's name.
+pub async fn apply_example(_client: &Client, ns: &str, file: &str) -> Result<String> {
+    let path = repo_path(&format!("deploy/examples/{file}"));
+    let path = path.to_string_lossy();
+    let out = kubectl_ok(&["apply", "-n", ns, "-f", &path, "-o", "name"]).await?;
+    let name = out
+        .lines()
+        .find_map(|l| l.strip_prefix("dbcluster.tandem.dev/"))
+        .ok_or_else(|| E2eError::Manifest {
+            path: path.to_string(),
+            message: format!("kubectl apply printed no DbCluster: {out:?}"),
+        })?;
+    Ok(name.trim().to_string())
 }
 
 /// The status of DbCluster `name`.
@@ -268,19 +275,21 @@ pub async fn wait_healthy(
     .await
 }
 
-/// Set (Some) or remove (None) an annotation on the DbCluster.
+/// Set (Some) or remove (None) an annotation on the DbCluster with
+/// `kubectl annotate`, as a user makes a request.
 pub async fn annotate(
-    client: &Client,
+    _client: &Client,
     ns: &str,
     name: &str,
     key: &str,
     value: Option<&str>,
 ) -> Result<()> {
-    let body = serde_json::json!({"metadata": {"annotations": {key: value}}});
-    Api::<DbCluster>::namespaced(client.clone(), ns)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&body))
-        .await
-        .map_err(kube_err(format!("annotate {name} {key}")))?;
+    let arg = match value {
+        Some(v) => format!("{key}={v}"),
+        None => format!("{key}-"),
+    };
+    let target = format!("dbcluster/{name}");
+    kubectl_ok(&["annotate", "-n", ns, &target, &arg, "--overwrite"]).await?;
     Ok(())
 }
 

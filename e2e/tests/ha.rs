@@ -1,8 +1,9 @@
-//! HA behaviour on a real Kubernetes cluster (kind): readiness, switchover by
+//! HA behaviour on a real Kubernetes cluster: readiness, switchover by
 //! annotation, dry-run, failover on primary pod loss without losing
-//! acknowledged rows, rejoin, pause, refused annotations. Every test is
-//! `#[ignore]`d: `make e2e` runs them with `--ignored` against the cluster in
-//! KUBECONFIG, with the chart installed.
+//! acknowledged rows, rejoin, pause, refused annotations, re-clone, sync
+//! mode change. Every test is `#[ignore]`d: `make test` runs them with
+//! `--ignored` on the test cluster of DESIGN.md §8 and `make e2e` on kind,
+//! against the cluster in KUBECONFIG with the chart installed.
 
 use std::time::Duration;
 
@@ -31,7 +32,7 @@ async fn healthy_example(client: &kube::Client, ns: &str, file: &str) -> String 
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn minimal_cluster_becomes_healthy_and_rw_follows_the_primary() {
     with_temp_ns("ready", |client, ns| async move {
         let name = healthy_example(&client, &ns, "minimal.yaml").await;
@@ -66,7 +67,7 @@ async fn minimal_cluster_becomes_healthy_and_rw_follows_the_primary() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
     with_temp_ns("switchover", |client, ns| async move {
         let name = healthy_example(&client, &ns, "minimal.yaml").await;
@@ -159,7 +160,7 @@ async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn primary_pod_loss_fails_over_without_losing_acknowledged_rows_and_old_primary_rejoins() {
     with_temp_ns("failover", |client, ns| async move {
         let name = healthy_example(&client, &ns, "sync.yaml").await;
@@ -245,7 +246,7 @@ async fn primary_pod_loss_fails_over_without_losing_acknowledged_rows_and_old_pr
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn paused_cluster_does_not_fail_over() {
     with_temp_ns("paused", |client, ns| async move {
         let name = healthy_example(&client, &ns, "minimal.yaml").await;
@@ -280,7 +281,7 @@ async fn paused_cluster_does_not_fail_over() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn bad_annotations_are_refused_with_an_event_and_change_nothing() {
     with_temp_ns("refused", |client, ns| async move {
         let name = healthy_example(&client, &ns, "minimal.yaml").await;
@@ -332,7 +333,7 @@ async fn bad_annotations_are_refused_with_an_event_and_change_nothing() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
     with_temp_ns("reclone", |client, ns| async move {
         let name = healthy_example(&client, &ns, "minimal.yaml").await;
@@ -380,7 +381,7 @@ async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the operator installed: make e2e"]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn switching_to_sync_replication_applies_without_a_restart() {
     with_temp_ns("sync", |client, ns| async move {
         let name = healthy_example(&client, &ns, "minimal.yaml").await;
@@ -394,16 +395,18 @@ async fn switching_to_sync_replication_applies_without_a_restart() {
         )
         .await
         .expect("start time");
-        let api: kube::Api<tandem::api::DbCluster> = kube::Api::namespaced(client.clone(), &ns);
-        let patch =
-            serde_json::json!({"spec": {"replication": {"mode": "sync", "syncStandbys": 1}}});
-        api.patch(
-            &name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
+        let target = format!("dbcluster/{name}");
+        kubectl_ok(&[
+            "patch",
+            "-n",
+            &ns,
+            &target,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"replication":{"mode":"sync","syncStandbys":1}}}"#,
+        ])
         .await
-        .expect("patch spec");
+        .expect("kubectl patch spec");
         // Applied with a reload: the primary reports the setting, and its postmaster did not restart.
         let out = run_sql(
             &client,
@@ -423,6 +426,54 @@ async fn switching_to_sync_replication_applies_without_a_restart() {
             .await
             .expect("writes commit with a synchronous standby");
         assert_eq!(acknowledged(&out).len(), 5, "{out}");
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
+async fn learner_and_paused_examples_become_ready_and_take_writes() {
+    with_temp_ns("examples", |client, ns| async move {
+        expect_operator(&client).await.expect("operator running");
+        let learner = apply_example(&client, &ns, "learner.yaml")
+            .await
+            .expect("apply learner");
+        let paused = apply_example(&client, &ns, "paused.yaml")
+            .await
+            .expect("apply paused");
+        for name in [&learner, &paused] {
+            wait_healthy(&client, &ns, name, READY)
+                .await
+                .expect("healthy");
+            let p = primary(&client, &ns, name).await;
+            wait_rw_on(&client, &ns, name, &p, MOVE)
+                .await
+                .expect("rw on primary");
+            let out = run_sql(
+                &client,
+                &ns,
+                name,
+                &format!("write-{name}"),
+                &writer_script(5, 120),
+                MOVE,
+            )
+            .await
+            .expect("writes through -rw");
+            assert_eq!(acknowledged(&out).len(), 5, "{name}: {out}");
+        }
+        let st = status(&client, &ns, &learner).await.expect("status");
+        let two = keys::instance_name(&learner, 2);
+        let inst = st
+            .instances
+            .iter()
+            .find(|i| i.name == two)
+            .expect("learner in status");
+        assert_eq!(inst.priority, 0, "{inst:?}");
+        assert_eq!(
+            st.current_primary.as_deref(),
+            Some(keys::instance_name(&learner, 0).as_str())
+        );
+        assert!(status(&client, &ns, &paused).await.expect("status").paused);
     })
     .await;
 }
