@@ -72,3 +72,50 @@ bench: postgres ## Failover, crash-recovery and switchover timings on a local cl
 demo: postgres ## Run a local 3-instance cluster in a temporary directory until Ctrl-C
 	$(CARGO) build --locked -p tandem --bin tandem
 	@./scripts/demo.sh target/debug/tandem examples/local/cluster.yaml
+
+# ---------------------------------------------------------------------------
+# The test cluster of DESIGN.md §8 (docs/test-cluster.md): upstream control
+# plane binaries built from the modules pinned in e2e/kube/go.mod, run by
+# tandem-testcluster with node stand-ins instead of kubelets.
+GO ?= go
+KUBE_VERSION := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2; exit}' e2e/kube/go.mod)
+KUBE_BIN ?= $(CACHE_DIR)/kube/$(KUBE_VERSION)/bin
+KUBE_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl
+KUBE_DIR ?= $(CACHE_DIR)/kube-cluster
+KUBE_GOENV := GOMODCACHE=$(CACHE_DIR)/go/mod GOCACHE=$(CACHE_DIR)/go/build GOFLAGS=-modcacherw
+TESTCLUSTER := $(CURDIR)/target/debug/tandem-testcluster
+NODE ?= node-1
+ACTION ?=
+
+.PHONY: kube kube-deps kube-up kube-down kube-node
+
+kube: ## Build etcd, kube-apiserver, -controller-manager, -scheduler, kube-proxy, kubectl into .cache/kube/<version>/bin (when missing)
+	@if [ -x "$(KUBE_BIN)/server" ] && [ ! -e "$(KUBE_BIN)/etcd" ]; then mv "$(KUBE_BIN)/server" "$(KUBE_BIN)/etcd"; fi; \
+	missing=; for t in $(KUBE_TOOLS); do [ -x "$(KUBE_BIN)/$$t" ] || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "kube $(KUBE_VERSION): $(KUBE_BIN)"; exit 0; fi; \
+	echo "kube $(KUBE_VERSION): building$$missing (go build, several minutes the first time)"; \
+	mkdir -p "$(KUBE_BIN)" && cd e2e/kube && $(KUBE_GOENV) $(GO) build -ldflags="-s -w" -o "$(KUBE_BIN)/" \
+	  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+	  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl \
+	  go.etcd.io/etcd/server/v3 && \
+	mv -f "$(KUBE_BIN)/server" "$(KUBE_BIN)/etcd"
+
+kube-deps: ## Install iptables and conntrack (kube-proxy needs them) from apt when missing
+	@if command -v iptables-restore >/dev/null && command -v iptables-save >/dev/null && command -v conntrack >/dev/null; then :; else \
+	  echo "Installing iptables and conntrack from apt"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables conntrack; \
+	fi
+
+kube-up: kube-deps kube postgres ## Start the test cluster in KUBE_DIR (control plane + 3 nodes); returns when the nodes are Ready
+	$(CARGO) build -p tandem-testcluster -p tandem --bin tandem --bin tandem-testcluster
+	$(TESTCLUSTER) up --dir "$(KUBE_DIR)" --kube-bin "$(KUBE_BIN)" --tandem-bin "$(CURDIR)/target/debug/tandem"
+	@echo "kubectl --kubeconfig $(KUBE_DIR)/kubeconfig get nodes   ($(KUBE_BIN)/kubectl)"
+
+kube-down: ## Stop the test cluster in KUBE_DIR and remove what it made
+	@if [ -x "$(TESTCLUSTER)" ]; then $(TESTCLUSTER) down --dir "$(KUBE_DIR)"; else \
+	  $(CARGO) build -p tandem-testcluster --bin tandem-testcluster && $(TESTCLUSTER) down --dir "$(KUBE_DIR)"; fi
+
+kube-node: ## Fault injection: make kube-node NODE=node-2 ACTION=freeze|thaw|kill|start
+	@[ -n "$(ACTION)" ] || { echo "kube-node: ACTION=freeze|thaw|kill|start is required" >&2; exit 2; }
+	$(TESTCLUSTER) node --dir "$(KUBE_DIR)" --node "$(NODE)" --action "$(ACTION)"
+# --------------------------------------------------------------------------- end of the test cluster
