@@ -62,8 +62,21 @@ impl Received {
 
 impl ApiServer {
     async fn next(&mut self, method: Method, path: &str) -> Received {
+        let r = self.next_any(&format!("{method} {path}")).await;
+        assert_eq!(
+            (&r.method, r.path.as_str()),
+            (&method, path),
+            "unexpected request (query {}, body {})",
+            r.query,
+            r.body
+        );
+        r
+    }
+
+    /// The next request, whatever it is (`expected` names it in the failure).
+    async fn next_any(&mut self, expected: &str) -> Received {
         let Some((request, respond)) = self.0.next_request().await else {
-            panic!("expected {method} {path}, but the client sent nothing more");
+            panic!("expected {expected}, but the client sent nothing more");
         };
         let (parts, body) = request.into_parts();
         let bytes = match body.collect_bytes().await {
@@ -77,11 +90,6 @@ impl ApiServer {
         };
         let got_path = parts.uri.path().to_string();
         let query = parts.uri.query().unwrap_or_default().to_string();
-        assert_eq!(
-            (&parts.method, got_path.as_str()),
-            (&method, path),
-            "unexpected request (query {query}, body {body})"
-        );
         Received {
             method: parts.method,
             path: got_path,
@@ -200,6 +208,34 @@ fn cluster(spec: DbClusterSpec) -> DbCluster {
     meta.generation = Some(1);
     meta.resource_version = Some("1".into());
     dc
+}
+
+/// A context whose HA registry talks to the same mocked API server.
+fn setup_with_ha() -> (Arc<Context>, ApiServer) {
+    let (ctx, server) = setup();
+    let Ok(ctx) = Arc::try_unwrap(ctx) else {
+        unreachable!("a fresh context has one owner")
+    };
+    let defaults = ctx.config.defaults.clone();
+    let ha = tandem::controller::ha::Registry::new(
+        Arc::new(tandem::controller::ha::KubeClient {
+            client: ctx.client.clone(),
+            recorder: ctx.recorder.clone(),
+        }),
+        Arc::new(tandem::controller::ha::HttpAgents::default()),
+        tandem::controller::ha::HaConfig {
+            interval: Duration::from_secs(1),
+            max_concurrent: 1,
+            pass_timeout: Duration::from_secs(10),
+            cluster: tandem::controller::ha::LoopConfig {
+                poll_timeout: Duration::from_millis(100),
+                starting_grace: Duration::from_secs(60),
+                agent_port: 8000,
+                defaults,
+            },
+        },
+    );
+    (Arc::new(ctx.with_ha(Arc::new(ha))), server)
 }
 
 fn setup() -> (Arc<Context>, ApiServer) {
@@ -505,4 +541,94 @@ async fn pods_get_their_instance_label_and_feed_status() {
     })
     .await;
     assert!(result.is_ok(), "{result:?}");
+}
+
+#[tokio::test]
+async fn a_child_apply_refused_by_the_api_server_still_starts_the_ha_loop() {
+    // As when spec.storage changed on a cluster created before the schema
+    // refused it: the StatefulSet's volumeClaimTemplates are immutable.
+    let (ctx, mut server) = setup_with_ha();
+    let dc = cluster(DbClusterSpec::default());
+    let scenario = tokio::spawn(async move {
+        for name in ["main-superuser", "main-replication", "main-agent-token"] {
+            server.expect_secret_lookup(name, true).await;
+        }
+        server.expect_pod_list(json!([])).await;
+        server
+            .expect_apply(
+                &format!("/api/v1/namespaces/{NS}/configmaps/main-config"),
+                "ConfigMap",
+            )
+            .await;
+        for svc in ["main-pods", "main-rw", "main-ro", "main-r"] {
+            let path = format!("/api/v1/namespaces/{NS}/services/{svc}");
+            server.expect_apply(&path, "Service").await;
+        }
+        server
+            .expect_apply(
+                &format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/main"),
+                "PodDisruptionBudget",
+            )
+            .await;
+        server
+            .next(
+                Method::PATCH,
+                &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/main"),
+            )
+            .await
+            .reply(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                       "reason": "Invalid", "code": 422,
+                       "message": "StatefulSet.apps \"main\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"}),
+            );
+        // The Warning Event and the HA loop's first read, in either order.
+        let (mut event, mut ha_read) = (false, false);
+        while !(event && ha_read) {
+            let r = server
+                .next_any("the Warning Event and the HA loop's read")
+                .await;
+            match (r.method.as_str(), r.path.as_str()) {
+                ("POST", p) if p == format!("/apis/events.k8s.io/v1/namespaces/{NS}/events") => {
+                    assert_eq!(r.body["type"], "Warning");
+                    event = true;
+                    r.echo();
+                }
+                ("GET", p)
+                    if p == format!(
+                        "/apis/tandem.dev/v1alpha1/namespaces/{NS}/dbclusters/main"
+                    ) =>
+                {
+                    ha_read = true;
+                    // A failed pass: the loop retries later, the test is over by then.
+                    r.reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "InternalError", "code": 500, "message": "test over"}),
+                    );
+                }
+                (m, p) => panic!("unexpected request {m} {p}"),
+            }
+        }
+        server
+    });
+    let result = tokio::time::timeout(
+        Duration::from_secs(10),
+        reconcile(Arc::new(dc), ctx.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("reconcile did not finish"));
+    let err = match result {
+        Err(e) => e,
+        Ok(a) => panic!("a refused StatefulSet reconciled to {a:?}"),
+    };
+    assert!(err.to_string().contains("StatefulSet"), "{err}");
+    match tokio::time::timeout(Duration::from_secs(5), scenario).await {
+        Ok(Ok(_server)) => {}
+        Ok(Err(e)) => panic!("scenario failed: {e}"),
+        Err(_) => panic!("the HA loop never read the cluster: it was not started"),
+    }
+    let ha = ctx.ha.as_ref().unwrap_or_else(|| unreachable!());
+    assert!(ha.drives(NS, "main"), "no HA loop runs for main");
+    ha.stop_all();
 }

@@ -303,7 +303,17 @@ fn strict(schema: &mut Value) {
     if map.contains_key("properties") && !map.contains_key("additionalProperties") && !open {
         map.insert("additionalProperties".into(), Value::Bool(false));
     }
-    if map.get("nullable") == Some(&Value::Bool(true)) {
+    let nullable = map.get("nullable") == Some(&Value::Bool(true));
+    if map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+        && !map.contains_key("type")
+    {
+        let types = if nullable {
+            serde_json::json!(["integer", "string", "null"])
+        } else {
+            serde_json::json!(["integer", "string"])
+        };
+        map.insert("type".into(), types);
+    } else if nullable {
         if let Some(Value::String(t)) = map.get("type").cloned() {
             map.insert("type".into(), serde_json::json!([t, "null"]));
         }
@@ -385,7 +395,7 @@ fn misspelled_or_mistyped_dbcluster_fields_fail_the_schema() {
     let validator = dbcluster_validator();
     let good = documents(&read("deploy/examples/minimal.yaml"), "minimal").remove(0);
     assert!(schema_errors(&validator, &good).is_empty());
-    let cases: [(&str, Mutation); 6] = [
+    let cases: [(&str, Mutation); 9] = [
         ("misspelled spec field", |d| {
             d["spec"]["instance"] = 3.into()
         }),
@@ -403,6 +413,16 @@ fn misspelled_or_mistyped_dbcluster_fields_fail_the_schema() {
         }),
         ("malformed duration", |d| {
             d["spec"]["failover"] = serde_json::json!({"detectionTimeout": "5"})
+        }),
+        // Values the operator could not deserialize: the API server must refuse them.
+        ("duration too large for the operator", |d| {
+            d["spec"]["failover"] = serde_json::json!({"delay": "99999999999999999999s"})
+        }),
+        ("overlong duration", |d| {
+            d["spec"]["switchover"] = serde_json::json!({"shutdownTimeout": "1s".repeat(20)})
+        }),
+        ("null maxLagBytes", |d| {
+            d["spec"]["switchover"] = serde_json::json!({"maxLagBytes": null})
         }),
     ];
     for (what, mutate) in cases {
@@ -627,4 +647,81 @@ fn kubectl_reads_the_crd_synchronous_commit_default_and_enum_as_strings() {
             "{copy}: enum"
         );
     }
+}
+
+/// Where the CRD lets a field be null, below `schema` (array items skipped:
+/// their objects need required fields), as paths of property names.
+fn nullable_paths(schema: &Value, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    if schema["nullable"] == Value::Bool(true) && !path.is_empty() {
+        out.push(path.clone());
+    }
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, sub) in props {
+            path.push(name.clone());
+            nullable_paths(sub, path, out);
+            path.pop();
+        }
+    }
+}
+
+#[test]
+fn every_field_the_crd_lets_be_null_deserializes_from_null() {
+    let crd = documents(&read("crds/dbcluster.yaml"), "crds/dbcluster.yaml").remove(0);
+    let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    let mut paths = Vec::new();
+    // Users write the spec; the status is written by the operator alone.
+    nullable_paths(
+        &schema["properties"]["spec"],
+        &mut vec!["spec".to_string()],
+        &mut paths,
+    );
+    assert!(paths.iter().any(|p| p == &["spec", "image"]), "{paths:?}");
+    let mut unreadable = Vec::new();
+    for path in &paths {
+        let mut doc = serde_json::json!({
+            "apiVersion": "tandem.dev/v1alpha1",
+            "kind": "DbCluster",
+            "metadata": {"name": "main"},
+            "spec": {},
+        });
+        let mut at = &mut doc;
+        for (i, key) in path.iter().enumerate() {
+            if i + 1 == path.len() {
+                at[key.as_str()] = Value::Null;
+            } else {
+                if !at[key.as_str()].is_object() {
+                    at[key.as_str()] = serde_json::json!({});
+                }
+                at = &mut at[key.as_str()];
+            }
+        }
+        if let Err(e) = serde_json::from_value::<DbCluster>(doc) {
+            unreadable.push(format!("{}: {e}", path.join(".")));
+        }
+    }
+    assert!(
+        unreadable.is_empty(),
+        "the CRD lets these be null but the operator cannot read null there \
+         (drop `nullable` or accept null): {unreadable:#?}"
+    );
+}
+
+#[test]
+fn the_crd_refuses_a_change_of_spec_storage() {
+    // volumeClaimTemplates are immutable: a changed storage would fail every
+    // StatefulSet apply, so the API server refuses the change instead.
+    let crd = documents(&read("crds/dbcluster.yaml"), "crds/dbcluster.yaml").remove(0);
+    let storage = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["storage"];
+    let rules = storage["x-kubernetes-validations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        rules.iter().any(|r| r["rule"] == "self == oldSelf"
+            && r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("spec.storage is immutable"))),
+        "no transition rule on spec.storage: {storage:#}"
+    );
 }

@@ -63,7 +63,7 @@ pub struct DbClusterSpec {
     #[serde(default)]
     pub postgres: PostgresSpec,
 
-    /// Persistent storage of each instance's data directory.
+    /// Persistent storage of each instance's data directory, immutable once the cluster exists. The volumes outlive the DbCluster: deleting it keeps them, and a DbCluster created again with the same name in the same namespace adopts their data (the instance with the most advanced copy becomes the primary).
     #[serde(default)]
     pub storage: StorageSpec,
 
@@ -138,9 +138,16 @@ pub struct PostgresSpec {
     pub parameters: BTreeMap<String, String>,
 }
 
-/// Persistent storage of each instance.
+/// Persistent storage of each instance. Immutable once created: a
+/// StatefulSet's volume claim templates cannot change.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self == oldSelf",
+        "message": "spec.storage is immutable: the volumes of existing instances keep their size and class (the StatefulSet's volume claim templates cannot change); to grow a volume, expand its PersistentVolumeClaim directly"
+    }
+]))]
 pub struct StorageSpec {
     /// Size of each instance's volume, as a Kubernetes quantity (for example 10Gi).
     #[serde(default = "default_storage_size")]
@@ -318,12 +325,12 @@ pub struct SwitchoverSpec {
 
     /// WAL files waiting to be archived on the primary at which a switchover is refused (overridable with tandem.dev/force=true) and the archive check turns CRITICAL.
     #[serde(default = "default_archive_ready_critical")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 2147483647))]
     pub archive_ready_critical: i32,
 
     /// WAL files waiting to be archived at which the archive check turns WARNING.
     #[serde(default = "default_archive_ready_warning")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 2147483647))]
     pub archive_ready_warning: i32,
 
     /// How long the old primary may take to shut down during a switchover before the stop escalates (smart, fast, immediate).

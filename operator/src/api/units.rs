@@ -9,8 +9,16 @@ use std::time::Duration;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Pattern every duration string must match: one or more `<n><unit>` with unit ms, s, m or h.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h))+$";
+/// Pattern every duration string must match: one or more `<n><unit>` with unit
+/// ms, s, m or h, each number at most 9 digits (so no sum can overflow).
+pub const DURATION_PATTERN: &str = r"^([0-9]{1,9}(ms|s|m|h))+$";
+
+/// Longest duration string the schema accepts.
+pub const DURATION_MAX_LENGTH: usize = 32;
+
+/// Pattern of a size string: at most 9 digits (999999999Gi fits in 64 bits)
+/// and an optional binary suffix.
+pub const SIZE_PATTERN: &str = r"^[0-9]{1,9}(Ki|Mi|Gi)?$";
 
 /// A value that cannot be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,9 +122,16 @@ impl JsonSchema for DurationString {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // The API server must refuse what the parser refuses: an object the
+        // operator cannot read is one it cannot act on.
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
+            "maxLength": DURATION_MAX_LENGTH,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches('{DURATION_PATTERN}')"),
+                "message": "must be a duration like 5s, 500ms, 2m or 1h30m (units ms, s, m, h; at most 9 digits per number)",
+            }],
         })
     }
 }
@@ -206,11 +221,16 @@ impl JsonSchema for ByteSize {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // Not nullable (kube would add `nullable: true` to an optional
+        // int-or-string field): an explicit null is then pruned and
+        // defaulted by the API server instead of being stored for a type
+        // that cannot hold it.
         json_schema!({
             "x-kubernetes-int-or-string": true,
+            "nullable": false,
             "x-kubernetes-validations": [{
-                "rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+(Ki|Mi|Gi)?$')",
-                "message": "must be a number of bytes or a size like 16Mi (suffixes Ki, Mi, Gi)",
+                "rule": format!("type(self) == int ? self >= 0 : self.matches('{SIZE_PATTERN}')"),
+                "message": "must be a number of bytes or a size like 16Mi (at most 9 digits, suffixes Ki, Mi, Gi)",
             }],
         })
     }
@@ -302,6 +322,21 @@ mod tests {
             s.parse::<DurationString>().is_ok()
         };
         assert!(re("10s") && re("1m5s") && !re("10"));
+    }
+
+    /// The longest strings the schema lets through (9-digit numbers, the
+    /// largest unit, up to the length limit) still parse.
+    #[test]
+    fn every_duration_and_size_the_schema_accepts_parses() {
+        let mut longest = String::new();
+        while longest.len() + 10 <= DURATION_MAX_LENGTH {
+            longest.push_str("999999999h");
+        }
+        assert!(longest.parse::<DurationString>().is_ok(), "{longest}");
+        assert!("999999999Gi".parse::<ByteSize>().is_ok());
+        // What the old, unbounded schema let through and the parser refused.
+        assert!("99999999999999999999s".parse::<DurationString>().is_err());
+        assert!("99999999999Gi".parse::<ByteSize>().is_err());
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The controller's error type and its bounded categories (no I/O).
 
+use std::sync::Arc;
+
 use super::validate::Invalid;
+use super::watched::Unreadable;
 
 /// Everything a reconcile can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -8,6 +11,10 @@ pub enum Error {
     /// The spec is valid for the schema but not for tandem; waits for a change.
     #[error("invalid spec: {0}")]
     InvalidSpec(Invalid),
+
+    /// The stored object does not deserialize into this operator's DbCluster type; waits for a change.
+    #[error("cannot read this DbCluster: {0}; fix or remove the field (the operator ignores this object until then)")]
+    Unreadable(Arc<Unreadable>),
 
     /// The object lacks metadata the API server always sets (namespace, uid).
     #[error("DbCluster is missing metadata.{0}")]
@@ -45,6 +52,8 @@ pub enum Error {
 pub enum Category {
     /// The spec is invalid (see the Ready condition).
     InvalidSpec,
+    /// The stored object does not deserialize.
+    Unreadable,
     /// Required metadata was missing.
     Metadata,
     /// The API server refused the request because of a conflict.
@@ -62,6 +71,7 @@ impl Category {
     pub fn as_label(self) -> &'static str {
         match self {
             Self::InvalidSpec => "invalid_spec",
+            Self::Unreadable => "unreadable",
             Self::Metadata => "metadata",
             Self::Conflict => "conflict",
             Self::Forbidden => "forbidden",
@@ -74,6 +84,7 @@ impl Category {
     pub fn event_reason(self) -> &'static str {
         match self {
             Self::InvalidSpec => "InvalidSpec",
+            Self::Unreadable => "UnreadableSpec",
             Self::Metadata => "MissingMetadata",
             Self::Conflict => "ApiConflict",
             Self::Forbidden => "ApiForbidden",
@@ -84,7 +95,10 @@ impl Category {
 
     /// Whether retrying without a change to the object can help.
     pub fn is_transient(self) -> bool {
-        !matches!(self, Self::InvalidSpec | Self::Metadata | Self::Encode)
+        !matches!(
+            self,
+            Self::InvalidSpec | Self::Unreadable | Self::Metadata | Self::Encode
+        )
     }
 }
 
@@ -93,6 +107,7 @@ impl Error {
     pub fn category(&self) -> Category {
         match self {
             Self::InvalidSpec(_) => Category::InvalidSpec,
+            Self::Unreadable(_) => Category::Unreadable,
             Self::MissingMetadata(_) => Category::Metadata,
             Self::Encode { .. } => Category::Encode,
             Self::Kube { source, .. } => match source.as_ref() {

@@ -15,13 +15,14 @@ pub mod observe;
 pub mod reconcile;
 pub mod status;
 pub mod validate;
+pub mod watched;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -32,9 +33,12 @@ use kube::{Api, Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
-use crate::api::{keys, DbCluster, DurationString};
+use crate::api::{keys, DurationString};
 pub use error::Error;
-pub use reconcile::{error_policy, reconcile, Context, ReconcileConfig};
+pub use reconcile::{
+    error_policy, error_policy_watched, reconcile, reconcile_watched, Context, ReconcileConfig,
+};
+pub use watched::WatchedDbCluster;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -293,42 +297,81 @@ where
 }
 
 /// Run the kube-rs Controller until `stop` resolves, letting running reconciles finish.
+///
+/// DbClusters are watched as [`WatchedDbCluster`], so that one object this
+/// operator cannot deserialize is reported alone instead of failing the list
+/// of all. When `stop` resolves before the first list ever succeeded (no
+/// CRD, no permission, no API server), nothing runs that could finish: kube's
+/// runner would wait for its store forever, so return at once.
 async fn run_controller(
     client: Client,
     namespace: Option<&str>,
     ctx: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let stop = stop.shared();
     let managed = watcher::Config::default().labels(&format!(
         "{}={}",
         keys::LABEL_MANAGED_BY,
         keys::MANAGED_BY
     ));
     let pods = watcher::Config::default().labels(keys::LABEL_CLUSTER);
-    Controller::new(
-        api::<DbCluster>(&client, namespace),
+    let controller = Controller::new(
+        api::<WatchedDbCluster>(&client, namespace),
         watcher::Config::default(),
-    )
-    .owns(api::<StatefulSet>(&client, namespace), managed.clone())
-    .owns(api::<Service>(&client, namespace), managed.clone())
-    .owns(api::<ConfigMap>(&client, namespace), managed.clone())
-    .owns(api::<Secret>(&client, namespace), managed.clone())
-    .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
-    // Pods belong to the StatefulSet; their readiness feeds status.instances.
-    .watches(api::<Pod>(&client, namespace), pods, |pod: Pod| {
-        let cluster = pod.labels().get(keys::LABEL_CLUSTER)?.clone();
-        let ns = pod.namespace()?;
-        Some(ObjectRef::<DbCluster>::new(&cluster).within(&ns))
-    })
-    .graceful_shutdown_on(stop)
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconcile done"),
-            Err(e) => tracing::debug!(error = %e, "controller event"),
+    );
+    let store = controller.store();
+    let run = controller
+        .owns(api::<StatefulSet>(&client, namespace), managed.clone())
+        .owns(api::<Service>(&client, namespace), managed.clone())
+        .owns(api::<ConfigMap>(&client, namespace), managed.clone())
+        .owns(api::<Secret>(&client, namespace), managed.clone())
+        .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
+        // Pods belong to the StatefulSet; their readiness feeds status.instances.
+        .watches(api::<Pod>(&client, namespace), pods, |pod: Pod| {
+            let cluster = pod.labels().get(keys::LABEL_CLUSTER)?.clone();
+            let ns = pod.namespace()?;
+            Some(ObjectRef::<WatchedDbCluster>::new(&cluster).within(&ns))
+        })
+        .graceful_shutdown_on(stop.clone())
+        .run(reconcile_watched, error_policy_watched, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(cluster = %obj.name, "reconcile done"),
+                Err(e) => log_controller_error(&e),
+            }
+        });
+    let stopped_before_ready = async {
+        stop.await;
+        if store.wait_until_ready().now_or_never().is_none() {
+            return;
         }
-    })
-    .await;
+        // Ready: the graceful shutdown above finishes the running reconciles.
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = run => {}
+        _ = stopped_before_ready => {
+            tracing::warn!("stopping before the first DbCluster list succeeded");
+        }
+    }
+}
+
+/// A failed reconcile was logged (WARN) where it failed; what only the
+/// controller sees — list and watch failures: no CRD, RBAC, no API server —
+/// is logged here at WARN, or the operator would look healthy doing nothing.
+fn log_controller_error(
+    e: &kube::runtime::controller::Error<Error, kube::runtime::watcher::Error>,
+) {
+    use kube::runtime::controller::Error as E;
+    match e {
+        E::ReconcilerFailed(..) => tracing::debug!(error = %e, "reconcile failed"),
+        E::ObjectNotFound(..) => tracing::debug!(error = %e, "controller event"),
+        E::QueueError(source) => {
+            tracing::warn!(error = %source, "watching DbClusters or their children failed; retrying")
+        }
+        E::RunnerError(_) => tracing::warn!(error = %e, "controller error"),
+    }
 }
 
 /// kube and reqwest enable different rustls crypto providers, so rustls

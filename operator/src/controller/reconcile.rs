@@ -15,6 +15,7 @@ use super::error::{Category, Error};
 use super::metrics::Metrics;
 use super::status::{desired_status, patch_status, Outcome};
 use super::validate::{validate, Defaults, Invalid};
+use super::watched::WatchedDbCluster;
 use super::{apply, observe};
 use crate::api::DbCluster;
 
@@ -87,6 +88,49 @@ fn key(dc: &DbCluster) -> String {
     format!("{}/{}", dc.namespace().unwrap_or_default(), dc.name_any())
 }
 
+/// Reconcile one DbCluster as the watch delivered it: a readable one goes
+/// through [`reconcile`]; one the operator cannot deserialize is reported on
+/// its own (a WARN log and a Warning Event naming the field) and waits for a
+/// change, while every other cluster carries on.
+pub async fn reconcile_watched(
+    obj: Arc<WatchedDbCluster>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let unreadable = match &obj.parsed {
+        Ok(dc) => return reconcile(dc.clone(), ctx).await,
+        Err(e) => e.clone(),
+    };
+    let started = Instant::now();
+    let error = Error::Unreadable(unreadable);
+    ctx.metrics
+        .record(Some(error.category()), started.elapsed());
+    let cluster = obj.metadata.name.clone().unwrap_or_default();
+    let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+    tracing::warn!(%cluster, %namespace, category = error.category().as_label(), error = %error, "DbCluster not readable");
+    publish_warning(
+        &obj.object_ref(&()),
+        &cluster,
+        &ctx,
+        error.category().event_reason(),
+        "Read",
+        error.to_string(),
+    )
+    .await;
+    Err(error)
+}
+
+/// [`error_policy`] for the watched form; an unreadable object waits for a change.
+pub fn error_policy_watched(
+    obj: Arc<WatchedDbCluster>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    match &obj.parsed {
+        Ok(dc) => error_policy(dc.clone(), error, ctx),
+        Err(_) => Action::await_change(),
+    }
+}
+
 /// Reconcile one DbCluster; counts the outcome in the metrics.
 pub async fn reconcile(dc: Arc<DbCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -121,7 +165,26 @@ pub async fn reconcile(dc: Arc<DbCluster>, ctx: Arc<Context>) -> Result<Action, 
 }
 
 /// Publish a Warning Event on the DbCluster; best effort (the log has it too).
-async fn warn(dc: &DbCluster, ctx: &Context, reason: &str, action: &str, mut note: String) {
+async fn warn(dc: &DbCluster, ctx: &Context, reason: &str, action: &str, note: String) {
+    publish_warning(
+        &dc.object_ref(&()),
+        &dc.name_any(),
+        ctx,
+        reason,
+        action,
+        note,
+    )
+    .await;
+}
+
+async fn publish_warning(
+    regarding: &k8s_openapi::api::core::v1::ObjectReference,
+    cluster: &str,
+    ctx: &Context,
+    reason: &str,
+    action: &str,
+    mut note: String,
+) {
     if note.len() > EVENT_NOTE_MAX {
         let mut cut = EVENT_NOTE_MAX;
         while !note.is_char_boundary(cut) {
@@ -136,8 +199,8 @@ async fn warn(dc: &DbCluster, ctx: &Context, reason: &str, action: &str, mut not
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &dc.object_ref(&())).await {
-        tracing::warn!(cluster = %dc.name_any(), error = %e, "could not publish event");
+    if let Err(e) = ctx.recorder.publish(&event, regarding).await {
+        tracing::warn!(%cluster, error = %e, "could not publish event");
     }
 }
 
@@ -164,12 +227,17 @@ async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
         .and_then(|ha| ha.keep_instances(&namespace, &name));
     cluster.spec.instances = replicas(dc, keep);
     let children = build_children(&cluster, &observed.missing_secrets(), &mut rand::rng());
-    apply::apply(&ctx.client, &cluster, children, &observed.pods).await?;
+    let applied = apply::apply(&ctx.client, &cluster, children, &observed.pods).await;
     if let Some(ha) = &ctx.ha {
-        // The HA loop is the single writer of this cluster's status from now on.
+        // The HA loop is the single writer of this cluster's status from now
+        // on, and it runs whatever the apply did: a child the API server
+        // refuses (an immutable StatefulSet field, RBAC, a webhook) must not
+        // leave a running primary unfenced and without failover.
         ha.ensure(&namespace, &name);
+        applied?;
         return Ok(Action::requeue(ctx.config.requeue));
     }
+    applied?;
     let status = desired_status(dc, Outcome::Applied(&cluster), &observed.pods, &now);
     patch_status(&ctx.client, dc, status).await?;
     Ok(Action::requeue(ctx.config.requeue))
