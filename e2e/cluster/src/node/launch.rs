@@ -1,0 +1,295 @@
+//! Starting a container's process: between fork and exec the child moves into
+//! its container cgroup, joins the pod's network namespace, makes its own
+//! mount namespace (private propagation) with the pod's volumes, a private
+//! /tmp and the pod's /etc/hosts bind-mounted, its own UTS namespace with the
+//! pod's hostname, then drops to the pod's uid/gid/groups and starts a new
+//! session. Everything the child uses is prepared before the fork: it only
+//! makes system calls (it runs in a copy of a multi-threaded process).
+//! `exec` probes join a running container's namespaces the same way. I/O.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result};
+
+/// How a path is mounted in the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountKind {
+    /// Bind-mount `source` (directory or file).
+    Bind(PathBuf),
+    /// A fresh tmpfs (mode 1777).
+    Tmpfs,
+}
+
+/// One mount of the container's mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// What.
+    pub kind: MountKind,
+    /// Where the container sees it.
+    pub target: PathBuf,
+    /// Remounted read-only.
+    pub read_only: bool,
+}
+
+/// Everything needed to start one process in a pod.
+pub struct Spec {
+    /// The host program.
+    pub program: PathBuf,
+    /// argv (argv[0] as the container's command named it).
+    pub argv: Vec<String>,
+    /// The whole environment.
+    pub env: Vec<(String, String)>,
+    /// Where the process starts (in its mount namespace).
+    pub workdir: PathBuf,
+    /// uid, gid and supplementary groups on this machine.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Supplementary gids.
+    pub groups: Vec<u32>,
+    /// The cgroup directory the process goes in.
+    pub cgroup: PathBuf,
+    /// Namespaces: a new container or joining a running one.
+    pub ns: Namespaces,
+    /// stdout and stderr (the log file), or None for /dev/null.
+    pub output: Option<File>,
+}
+
+/// Which namespaces the process gets.
+pub enum Namespaces {
+    /// A new container: join the pod's netns, new mount + UTS namespaces.
+    New {
+        /// `/run/netns/tk-…`.
+        netns: PathBuf,
+        /// The pod's hostname.
+        hostname: String,
+        /// Mounts in order (parents before children).
+        mounts: Vec<Mount>,
+    },
+    /// Join the namespaces of a running container process (exec probes).
+    Join {
+        /// Its pid.
+        pid: i32,
+    },
+}
+
+struct PreparedMount {
+    source: Option<CString>,
+    target: CString,
+    fstype: Option<CString>,
+    flags: libc::c_ulong,
+    data: Option<CString>,
+    read_only: bool,
+}
+
+enum Prepared {
+    New {
+        netns: File,
+        hostname: Vec<u8>,
+        mounts: Vec<PreparedMount>,
+    },
+    Join {
+        net: File,
+        uts: File,
+        mnt: File,
+    },
+}
+
+fn cstr(p: &Path) -> Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("path {} has a NUL", p.display()))
+}
+
+/// Start the process; the caller waits for it.
+pub fn spawn(spec: Spec) -> Result<tokio::process::Child> {
+    let cgroup_procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(spec.cgroup.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", spec.cgroup.display()))?;
+    let prepared = match &spec.ns {
+        Namespaces::New {
+            netns,
+            hostname,
+            mounts,
+        } => {
+            let netns =
+                File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+            let mut pm = Vec::new();
+            for m in mounts {
+                pm.push(match &m.kind {
+                    MountKind::Bind(src) => PreparedMount {
+                        source: Some(cstr(src)?),
+                        target: cstr(&m.target)?,
+                        fstype: None,
+                        flags: libc::MS_BIND | libc::MS_REC,
+                        data: None,
+                        read_only: m.read_only,
+                    },
+                    MountKind::Tmpfs => PreparedMount {
+                        source: Some(CString::from(c"tmpfs")),
+                        target: cstr(&m.target)?,
+                        fstype: Some(CString::from(c"tmpfs")),
+                        flags: libc::MS_NOSUID | libc::MS_NODEV,
+                        data: Some(CString::from(c"mode=1777")),
+                        read_only: m.read_only,
+                    },
+                });
+            }
+            Prepared::New {
+                netns,
+                hostname: hostname.as_bytes().to_vec(),
+                mounts: pm,
+            }
+        }
+        Namespaces::Join { pid } => {
+            let open = |n: &str| {
+                let p = format!("/proc/{pid}/ns/{n}");
+                File::open(&p).with_context(|| format!("opening {p}"))
+            };
+            Prepared::Join {
+                net: open("net")?,
+                uts: open("uts")?,
+                mnt: open("mnt")?,
+            }
+        }
+    };
+    let workdir = cstr(&spec.workdir)?;
+    let groups: Vec<libc::gid_t> = spec.groups.clone();
+    let (uid, gid) = (spec.uid, spec.gid);
+    // An exec probe that times out is killed with its future; a container is not.
+    let kill_on_drop = matches!(spec.ns, Namespaces::Join { .. });
+
+    let mut cmd = tokio::process::Command::new(&spec.program);
+    cmd.arg0(spec.argv.first().map(String::as_str).unwrap_or(""))
+        .args(spec.argv.iter().skip(1))
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .kill_on_drop(kill_on_drop);
+    match spec.output {
+        Some(f) => {
+            let err = f.try_clone().context("duplicating the log file")?;
+            cmd.stdout(Stdio::from(f)).stderr(Stdio::from(err));
+        }
+        None => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let procs_fd: OwnedFd = cgroup_procs.into();
+    // SAFETY: the closure runs in the forked child before exec; it only makes
+    // system calls on values prepared above (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || child_setup(&procs_fd, &prepared, &workdir, &groups, uid, gid));
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", spec.program.display()))
+}
+
+/// Write a fixed message to the child's stderr (its log file) and return errno.
+fn fail(msg: &'static [u8]) -> io::Error {
+    let e = io::Error::last_os_error();
+    // SAFETY: write(2) on fd 2 with a static buffer.
+    unsafe {
+        libc::write(2, msg.as_ptr().cast(), msg.len());
+    }
+    e
+}
+
+fn ptr(c: &Option<CString>) -> *const libc::c_char {
+    c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+fn child_setup(
+    procs: &OwnedFd,
+    prepared: &Prepared,
+    workdir: &CString,
+    groups: &[libc::gid_t],
+    uid: u32,
+    gid: u32,
+) -> io::Result<()> {
+    // SAFETY: plain system calls on valid fds and NUL-terminated strings.
+    unsafe {
+        if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+            return Err(fail(b"tandem node: cannot enter the container cgroup\n"));
+        }
+        match prepared {
+            Prepared::New {
+                netns,
+                hostname,
+                mounts,
+            } => {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(fail(b"tandem node: cannot join the pod network namespace\n"));
+                }
+                if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS) != 0 {
+                    return Err(fail(b"tandem node: cannot create mount/UTS namespaces\n"));
+                }
+                if libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(fail(b"tandem node: cannot make / private\n"));
+                }
+                for m in mounts {
+                    if libc::mount(
+                        ptr(&m.source),
+                        m.target.as_ptr(),
+                        ptr(&m.fstype),
+                        m.flags,
+                        ptr(&m.data).cast(),
+                    ) != 0
+                    {
+                        return Err(fail(b"tandem node: a volume mount failed\n"));
+                    }
+                    if m.read_only
+                        && libc::mount(
+                            std::ptr::null(),
+                            m.target.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(fail(b"tandem node: a read-only remount failed\n"));
+                    }
+                }
+                if libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
+                    return Err(fail(b"tandem node: cannot set the hostname\n"));
+                }
+            }
+            Prepared::Join { net, uts, mnt } => {
+                if libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) != 0
+                    || libc::setns(uts.as_raw_fd(), libc::CLONE_NEWUTS) != 0
+                    || libc::setns(mnt.as_raw_fd(), libc::CLONE_NEWNS) != 0
+                {
+                    return Err(fail(b"tandem node: cannot join the container namespaces\n"));
+                }
+            }
+        }
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            return Err(fail(b"tandem node: setgroups failed\n"));
+        }
+        if libc::setgid(gid) != 0 {
+            return Err(fail(b"tandem node: setgid failed\n"));
+        }
+        if libc::setuid(uid) != 0 {
+            return Err(fail(b"tandem node: setuid failed\n"));
+        }
+        if libc::chdir(workdir.as_ptr()) != 0 {
+            return Err(fail(b"tandem node: cannot change to the working directory\n"));
+        }
+        if libc::setsid() < 0 {
+            return Err(fail(b"tandem node: setsid failed\n"));
+        }
+    }
+    Ok(())
+}
