@@ -109,6 +109,16 @@ pub fn apiserver(cfg: &ClusterConfig, ports: EtcdPorts) -> Component {
                 key(PkiFile::ServiceAccount),
             ),
             flag("service-account-issuer", service_account_issuer()),
+            // The aggregation layer's request headers (as kubeadm): the
+            // controller-manager and scheduler read this CA from the
+            // extension-apiserver-authentication ConfigMap.
+            flag("requestheader-client-ca-file", pki(PkiFile::FrontProxyCa)),
+            flag("requestheader-allowed-names", "front-proxy-client"),
+            flag("requestheader-username-headers", "X-Remote-User"),
+            flag("requestheader-group-headers", "X-Remote-Group"),
+            flag("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
+            flag("proxy-client-cert-file", pki(PkiFile::FrontProxyClient)),
+            flag("proxy-client-key-file", key(PkiFile::FrontProxyClient)),
             flag("cert-dir", p(cfg.pki().join("apiserver-generated"))),
             flag("profiling", false),
             flag("v", 1),

@@ -38,7 +38,7 @@ pub struct UpArgs {
     #[arg(long, env = "PG_BIN")]
     pub pg_bin: Option<PathBuf>,
     /// Start the control plane only, no node stand-ins (for working on the control plane itself).
-    #[arg(long, env = "TANDEM_TESTCLUSTER_NO_NODES")]
+    #[arg(long, env = "TANDEM_TESTCLUSTER_NO_NODES", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_nodes: bool,
 }
 

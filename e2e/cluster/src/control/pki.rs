@@ -113,25 +113,33 @@ fn leaf(
     })
 }
 
+/// A self-signed CA: its PEM pair and the issuer that signs with it.
+fn new_ca(common_name: &str) -> Result<(Pair, Issuer<'static, KeyPair>)> {
+    let key = KeyPair::generate().context("generating a CA key")?;
+    let mut params = base_params(common_name, &[])?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params
+        .self_signed(&key)
+        .with_context(|| format!("self-signing {common_name}"))?;
+    let pair = Pair {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    };
+    Ok((pair, Issuer::new(params, key)))
+}
+
 impl Pki {
     /// Generate a fresh CA and every certificate the cluster needs.
     pub fn generate(nodes: &[String]) -> Result<Self> {
-        let ca_key = KeyPair::generate().context("generating the CA key")?;
-        let mut ca_params = base_params("tandem-testcluster-ca", &[])?;
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params
-            .self_signed(&ca_key)
-            .context("self-signing the CA")?;
-        let ca = Pair {
-            cert: ca_cert.pem(),
-            key: ca_key.serialize_pem(),
-        };
-        let issuer = Issuer::new(ca_params, ca_key);
+        let (ca, issuer) = new_ca("tandem-testcluster-ca")?;
+        // The aggregation layer's CA is separate, as kubeadm makes it: a
+        // client of the cluster CA must not pass for the front proxy.
+        let (front_proxy_ca, front_proxy) = new_ca("tandem-testcluster-front-proxy-ca")?;
 
         let server = [ExtendedKeyUsagePurpose::ServerAuth];
         let client = [ExtendedKeyUsagePurpose::ClientAuth];
@@ -151,6 +159,9 @@ impl Pki {
                 )?,
             ),
         ];
+        let front_proxy_client = leaf(&front_proxy, "front-proxy-client", &[], vec![], &client)?;
+        leaves.push((PkiFile::FrontProxyCa, front_proxy_ca));
+        leaves.push((PkiFile::FrontProxyClient, front_proxy_client));
         let mut clients = vec![
             ClientIdentity {
                 file: PkiFile::Admin,
@@ -264,6 +275,8 @@ mod tests {
             PkiFile::Proxy,
             PkiFile::ApiserverKubeletClient,
             PkiFile::Node("node-2".into()),
+            PkiFile::FrontProxyCa,
+            PkiFile::FrontProxyClient,
         ] {
             let p = pki.pair(&f).unwrap();
             assert!(p.cert.starts_with("-----BEGIN CERTIFICATE-----"));
