@@ -68,7 +68,7 @@ pub struct OperatorArgs {
     #[arg(
         long,
         env = "TANDEM_POSTGRES_IMAGE",
-        default_value = "ghcr.io/tandem-dev/tandem-postgres:17"
+        default_value = "tandem-postgres:dev"
     )]
     pub postgres_image: String,
 
