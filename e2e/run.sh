@@ -25,7 +25,9 @@ need "$KUBECTL" "https://kubernetes.io/docs/tasks/tools/"
 need "$HELM" "run make helm, or https://helm.sh/docs/intro/install/"
 docker info >/dev/null 2>&1 || { echo "e2e: docker is installed but no Docker engine answers" >&2; exit 1; }
 
+ARCHIVE="$(mktemp -d)/tandem-images.tar"
 cleanup() {
+  rm -rf "$(dirname "$ARCHIVE")"
   if [ -n "$KEEP" ]; then
     echo "e2e: keeping kind cluster $CLUSTER (E2E_KEEP_CLUSTER set)"
   else
@@ -46,7 +48,11 @@ KUBECONFIG="$(mktemp)"
 "$KIND" get kubeconfig --name "$CLUSTER" > "$KUBECONFIG"
 
 echo "e2e: loading images"
-"$KIND" load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$POSTGRES_IMAGE"
+# Through an archive: `kind load docker-image` fails on Docker engines with the
+# containerd image store ("content digest ... not found"), the default since
+# Docker 29, when BuildKit added attestation manifests to the images.
+docker save "$OPERATOR_IMAGE" "$POSTGRES_IMAGE" -o "$ARCHIVE"
+"$KIND" load image-archive --name "$CLUSTER" "$ARCHIVE"
 
 echo "e2e: installing the chart"
 "$HELM" install tandem charts/tandem-operator \
