@@ -278,6 +278,11 @@ fn chart_and_kustomize_base_grant_the_same_rbac() {
 #[test]
 fn chart_refuses_values_the_schema_does_not_allow() {
     assert!(helm_template(&["--set", "logFormat=text", "--set", "replicaCount=3"]).is_ok());
+    // Every duration the binary accepts, the chart accepts too.
+    assert!(
+        helm_template(&["--set", "requeueInterval=1h30m"]).is_ok(),
+        "the chart refuses requeueInterval=1h30m"
+    );
     for bad in [
         "replicaCount=two",
         "logFormat=xml",
@@ -724,4 +729,106 @@ fn the_crd_refuses_a_change_of_spec_storage() {
                 .is_some_and(|m| m.starts_with("spec.storage is immutable"))),
         "no transition rule on spec.storage: {storage:#}"
     );
+}
+
+/// Image names `make docker-build` tags.
+fn built_images() -> Vec<String> {
+    let makefile = read("Makefile");
+    let mut images: Vec<String> = makefile
+        .lines()
+        .filter(|l| l.contains("docker build"))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            words.find(|w| *w == "-t")?;
+            words.next().map(str::to_string)
+        })
+        .collect();
+    images.sort();
+    images
+}
+
+fn container_images(docs: &[Value], origin: &str) -> (String, String) {
+    let deployment: Deployment = typed(by_kind(docs, "Deployment")[0], origin);
+    let pod = deployment.spec.template.spec.unwrap_or_default();
+    let container = &pod.containers[0];
+    let postgres = container
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "TANDEM_POSTGRES_IMAGE")
+        .and_then(|e| e.value)
+        .unwrap_or_else(|| panic!("{origin}: no TANDEM_POSTGRES_IMAGE"));
+    (container.image.clone().unwrap_or_default(), postgres)
+}
+
+#[test]
+fn default_installs_use_the_images_make_docker_build_produces() {
+    let built = built_images();
+    assert_eq!(built.len(), 2, "make docker-build tags {built:?}");
+    let chart = documents(
+        &helm_template(&[]).unwrap_or_else(|e| panic!("helm template failed: {e}")),
+        "helm template",
+    );
+    let base = run(Command::new(kubectl())
+        .arg("kustomize")
+        .arg(root().join("deploy/base")))
+    .unwrap_or_else(|e| panic!("kubectl kustomize deploy/base: {e}"));
+    let base = documents(&base, "kustomize deploy/base");
+    for (origin, docs) in [("chart", &chart), ("deploy/base", &base)] {
+        let (operator, postgres) = container_images(docs, origin);
+        for image in [&operator, &postgres] {
+            assert!(
+                built.contains(image),
+                "{origin} defaults to {image}, which `make docker-build` does not build ({built:?})"
+            );
+        }
+    }
+    let help = run(Command::new(env!("CARGO_BIN_EXE_tandem")).args(["operator", "--help"]))
+        .unwrap_or_else(|e| panic!("tandem operator --help: {e}"));
+    let default = help
+        .split("--postgres-image")
+        .nth(1)
+        .and_then(|rest| rest.split("[default: ").nth(1))
+        .and_then(|rest| rest.split(']').next())
+        .unwrap_or_else(|| panic!("no --postgres-image default in:\n{help}"));
+    assert!(
+        built.iter().any(|b| b == default),
+        "--postgres-image defaults to {default}, not built by make docker-build ({built:?})"
+    );
+}
+
+#[test]
+fn the_chart_notes_snippet_runs_as_pasted_into_bash() {
+    let notes = read("charts/tandem-operator/templates/NOTES.txt");
+    let lines: Vec<&str> = notes.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains("<<"))
+        .unwrap_or_else(|| panic!("NOTES.txt has no heredoc"));
+    let end = lines[start..]
+        .iter()
+        .position(|l| *l == "YAML")
+        .map(|i| start + i)
+        .unwrap_or_else(|| {
+            panic!("the heredoc of NOTES.txt has no unindented YAML terminator: bash waits forever")
+        });
+    let snippet = lines[start..=end].join("\n");
+    assert!(!snippet.contains("{{"), "template actions in the snippet");
+    // The user's kubectl, offline: print what it would send.
+    let script = format!(
+        "kubectl() {{ command \"$KUBECTL_BIN\" annotate --local -o json -f - tandem.dev/yaml-check-; }}\n{snippet}\n"
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("KUBECTL_BIN", kubectl())
+        .output()
+        .unwrap_or_else(|e| panic!("bash: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "{stderr}");
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("kubectl printed no JSON ({e})"));
+    assert_eq!(doc["kind"], "DbCluster");
+    assert_eq!(doc["spec"]["instances"], 3);
 }
