@@ -337,6 +337,7 @@ fn stop_and_remove(dir: &Path, keep_logs: bool) -> Result<()> {
     if let Some(cfg) = &cfg {
         remove_cgroups(cfg);
     }
+    procs::reap_children();
 
     if !failures.is_empty() {
         bail!(
@@ -351,9 +352,7 @@ fn stop_and_remove(dir: &Path, keep_logs: bool) -> Result<()> {
 /// The node stand-ins' own cleanup: kill the node cgroups (every stand-in and
 /// pod process) and remove pod network namespaces, veths and mount points.
 fn node_cleanup(cfg: &ClusterConfig) -> Result<()> {
-    // TODO(node stand-in): call crate::node::cleanup(cfg) once src/node exports it.
-    let _ = cfg;
-    Ok(())
+    crate::node::cleanup(cfg)
 }
 
 /// Remove the (by now empty) cgroups of the nodes and the cluster.

@@ -152,6 +152,18 @@ fn wait_gone(pid: i32, dir: &Path, limit: Duration) -> bool {
     !alive_in(pid, dir)
 }
 
+/// Collect the exit status of any child of ours that has ended (a failed `up`
+/// stops the processes it started itself; without this they would linger as
+/// zombies until it exits).
+pub fn reap_children() {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
 /// The last `n` lines of `DIR/logs/<name>.log`, for error messages.
 pub fn log_tail(dir: &Path, name: &str, n: usize) -> String {
     let text = std::fs::read_to_string(log_file(dir, name)).unwrap_or_default();
