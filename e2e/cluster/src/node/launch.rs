@@ -80,6 +80,12 @@ pub enum Namespaces {
 }
 
 struct PreparedMount {
+    /// A bind source is opened (O_PATH, in the new mount namespace) before any
+    /// mount, moved to this fd number and mounted from `/proc/self/fd/N`: the
+    /// tmpfs on /tmp would hide a source under /tmp (a cluster in /tmp/…).
+    open_source: Option<(CString, libc::c_int)>,
+    /// Directories to make first (a target inside an earlier tmpfs).
+    mkdirs: Vec<CString>,
     source: Option<CString>,
     target: CString,
     fstype: Option<CString>,
@@ -101,6 +107,25 @@ enum Prepared {
     },
 }
 
+/// The directories from inside the deepest earlier tmpfs mount down to `target`.
+fn dirs_under_tmpfs(earlier: &[Mount], target: &Path) -> Vec<PathBuf> {
+    let Some(t) = earlier
+        .iter()
+        .filter(|m| m.kind == MountKind::Tmpfs && target.starts_with(&m.target) && target != m.target)
+        .map(|m| m.target.clone())
+        .max_by_key(|t| t.components().count())
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = target
+        .ancestors()
+        .take_while(|a| *a != t)
+        .map(Path::to_path_buf)
+        .collect();
+    out.reverse();
+    out
+}
+
 fn cstr(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_bytes()).with_context(|| format!("path {} has a NUL", p.display()))
 }
@@ -119,18 +144,36 @@ pub fn spawn(spec: Spec) -> Result<tokio::process::Child> {
         } => {
             let netns =
                 File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+            // Above every fd the child keeps (stdio, cgroup.procs, netns); any
+            // other fd there is the child's copy and closes at exec anyway.
+            let first_free_fd = cgroup_procs.as_raw_fd().max(netns.as_raw_fd()).max(2) + 1;
             let mut pm = Vec::new();
-            for m in mounts {
+            for (i, m) in mounts.iter().enumerate() {
+                let mkdirs = dirs_under_tmpfs(&mounts[..i], &m.target)
+                    .iter()
+                    .map(|d| cstr(d))
+                    .collect::<Result<Vec<_>>>()?;
                 pm.push(match &m.kind {
-                    MountKind::Bind(src) => PreparedMount {
-                        source: Some(cstr(src)?),
+                    MountKind::Bind(src) => {
+                        if !src.exists() {
+                            anyhow::bail!("volume source {} does not exist", src.display());
+                        }
+                        let fixed = first_free_fd + i as libc::c_int;
+                        let via = PathBuf::from(format!("/proc/self/fd/{fixed}"));
+                        PreparedMount {
+                        open_source: Some((cstr(src)?, fixed)),
+                        mkdirs,
+                        source: Some(cstr(&via)?),
                         target: cstr(&m.target)?,
                         fstype: None,
                         flags: libc::MS_BIND | libc::MS_REC,
                         data: None,
                         read_only: m.read_only,
-                    },
+                    }
+                    }
                     MountKind::Tmpfs => PreparedMount {
+                        open_source: None,
+                        mkdirs,
                         source: Some(CString::from(c"tmpfs")),
                         target: cstr(&m.target)?,
                         fstype: Some(CString::from(c"tmpfs")),
@@ -240,6 +283,23 @@ fn child_setup(
                     return Err(fail(b"tandem node: cannot make / private\n"));
                 }
                 for m in mounts {
+                    if let Some((src, fixed)) = &m.open_source {
+                        let fd = libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                        if fd < 0 {
+                            return Err(fail(b"tandem node: cannot open a volume source\n"));
+                        }
+                        if fd != *fixed {
+                            if libc::dup3(fd, *fixed, libc::O_CLOEXEC) < 0 {
+                                return Err(fail(b"tandem node: cannot place a volume source fd\n"));
+                            }
+                            libc::close(fd);
+                        }
+                    }
+                }
+                for m in mounts {
+                    for d in &m.mkdirs {
+                        libc::mkdir(d.as_ptr(), 0o755);
+                    }
                     if libc::mount(
                         ptr(&m.source),
                         m.target.as_ptr(),

@@ -115,6 +115,9 @@ pub async fn setup(uid: &str, ip: Ipv4Addr) -> Result<()> {
         vec!["link", "add", &veth, "type", "veth", "peer", "name", &peer],
         vec!["link", "set", &peer, "netns", &ns],
         vec!["link", "set", &veth, "master", BRIDGE],
+        // Hairpin: a pod reaching its own Service ClusterIP is sent back out the
+        // port it came in on (bridge-nf-call-iptables is on here), as the CNI bridge plugin does.
+        vec!["link", "set", &veth, "type", "bridge_slave", "hairpin", "on"],
         vec!["link", "set", &veth, "up"],
         vec!["-n", &ns, "link", "set", "lo", "up"],
         vec!["-n", &ns, "link", "set", &peer, "name", "eth0"],
