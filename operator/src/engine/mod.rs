@@ -251,10 +251,7 @@ fn bootstrap(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> Step
         })
         .cloned();
     let Some(primary) = best else {
-        st.blocked_by = Some(format!(
-            "waiting for the first primary: no instance runs as a primary yet ({} bootstraps with initdb)",
-            ctx.names.first().map(String::as_str).unwrap_or("ordinal 0")
-        ));
+        adopt_existing_data(ctx, st, out);
         return Step::Wait;
     };
     st.current_primary = Some(primary.clone());
@@ -274,6 +271,65 @@ fn bootstrap(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> Step
     let mut entry = history(ctx, &tr, outcomes::SUCCEEDED, &message);
     entry.to = Some(primary);
     Step::finish(entry)
+}
+
+/// No instance runs as a primary yet. When some hold a primary's data
+/// directory, stopped by their agents until told (volumes kept from a
+/// deleted DbCluster of the same name, or every pod restarted at once), the
+/// cluster adopts that data instead of waiting for an initdb that will never
+/// come: once every instance of the spec has reported, so that all copies are
+/// compared, the most advanced one (timeline, then WAL position; the lowest
+/// ordinal on a tie) is given a lease and started. Nothing is ever
+/// re-initialized or overwritten here; the others rejoin it as after a failover.
+fn adopt_existing_data(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
+    let held: Vec<&String> = ctx
+        .names
+        .iter()
+        .filter(|n| ctx.in_spec(n))
+        .filter(|n| {
+            ctx.agent(n)
+                .is_some_and(|a| a.fenced && !a.postgres_running && a.operation.is_none())
+        })
+        .collect();
+    if held.is_empty() {
+        st.blocked_by = Some(format!(
+            "waiting for the first primary: no instance runs as a primary yet ({} bootstraps with initdb)",
+            ctx.names.first().map(String::as_str).unwrap_or("ordinal 0")
+        ));
+        return;
+    }
+    let silent: Vec<&str> = ctx
+        .names
+        .iter()
+        .filter(|n| ctx.in_spec(n) && !ctx.reachable(n))
+        .map(String::as_str)
+        .collect();
+    if !silent.is_empty() {
+        st.blocked_by = Some(format!(
+            "adopting existing data ({} held stopped): waiting for {} to report, to start the most advanced copy",
+            held.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+            silent.join(", ")
+        ));
+        return;
+    }
+    let Some(best) = held.iter().max_by(|a, b| {
+        ctx.position(a)
+            .cmp(&ctx.position(b))
+            .then(ctx.ordinal(b).cmp(&ctx.ordinal(a)))
+    }) else {
+        return;
+    };
+    let (timeline, lsn) = ctx.position(best);
+    st.blocked_by = Some(format!(
+        "adopting existing data: starting {best}, the most advanced copy (timeline {timeline}, {lsn})"
+    ));
+    out.push(Action::RenewLease {
+        instance: (*best).clone(),
+        ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+    });
+    out.push(Action::Start {
+        instance: (*best).clone(),
+    });
 }
 
 fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &mut Vec<Action>) {

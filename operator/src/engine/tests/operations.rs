@@ -3,7 +3,7 @@
 use super::fixtures::*;
 use crate::api::{InstanceRole, Phase};
 use crate::engine::{
-    decide, sync_standby_names, Action, Request, RestartTarget, RoleLabel, StopMode,
+    decide, sync_standby_names, Action, AgentReport, Request, RestartTarget, RoleLabel, StopMode,
 };
 
 fn restart_all() -> Request {
@@ -375,4 +375,78 @@ fn bootstrap_adopts_the_most_advanced_of_two_primaries_and_fences_the_other() {
             instance: "main-0".into(),
             role: RoleLabel::Fenced
         }));
+}
+
+/// `n` holds a primary's data directory, stopped by its agent until told.
+fn held_primary(f: &mut Fixture, n: &str, timeline: i64, checkpoint: &str) {
+    let a = f.agent(n);
+    *a = AgentReport {
+        postgres_running: false,
+        fenced: true,
+        timeline: Some(timeline),
+        checkpoint_lsn: Some(lsn(checkpoint)),
+        system_identifier: Some("7000".into()),
+        ..AgentReport::default()
+    };
+}
+
+#[test]
+fn bootstrap_adopts_the_most_advanced_held_primary_once_every_instance_reported() {
+    // A DbCluster deleted and created again: the volumes kept their data.
+    let mut f = cluster().instances(3).build();
+    f.status = Default::default();
+    held_primary(&mut f, "main-0", 1, "0/5000000");
+    held_primary(&mut f, "main-1", 2, "0/6000000");
+    f.unreachable("main-2");
+    let actions = f.tick(100);
+    assert!(
+        !has(&actions, |a| matches!(a, Action::Start { .. })),
+        "{actions:?}"
+    );
+    let blocked = f.status.blocked_by.clone().unwrap_or_default();
+    assert!(
+        blocked.contains("adopting existing data") && blocked.contains("main-2"),
+        "{blocked}"
+    );
+    // main-2 comes back as a standby: every copy is known, main-1's is the most advanced.
+    f.obs.instances[2] = standby_obs("main-2", "main-0");
+    let actions = f.tick(100);
+    assert!(has(&actions, |a| *a
+        == Action::Start {
+            instance: "main-1".into()
+        }));
+    assert!(has(
+        &actions,
+        |a| matches!(a, Action::RenewLease { instance, .. } if instance == "main-1")
+    ));
+    assert!(!has(
+        &actions,
+        |a| matches!(a, Action::Start { instance } if instance == "main-0")
+    ));
+    // Once it runs, it is the primary and bootstrap is over.
+    let a = f.agent("main-1");
+    a.postgres_running = true;
+    a.fenced = false;
+    a.current_lsn = Some(lsn("0/6000000"));
+    f.tick(100);
+    assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
+    assert_eq!(f.last_history().kind, "Bootstrap");
+    assert_eq!(f.last_history().outcome, "Succeeded");
+}
+
+#[test]
+fn bootstrap_of_a_held_primary_on_a_tie_starts_the_lowest_ordinal() {
+    let mut f = cluster().instances(2).build();
+    f.status = Default::default();
+    held_primary(&mut f, "main-0", 1, "0/5000000");
+    held_primary(&mut f, "main-1", 1, "0/5000000");
+    let actions = f.tick(100);
+    assert!(has(&actions, |a| *a
+        == Action::Start {
+            instance: "main-0".into()
+        }));
+    assert!(!has(
+        &actions,
+        |a| matches!(a, Action::Start { instance } if instance == "main-1")
+    ));
 }
