@@ -72,8 +72,16 @@ pub fn secret(cluster: &ValidCluster, kind: SecretKind, value: &str) -> Secret {
         SecretKind::Replication => credentials(REPLICATION_USER, value),
         SecretKind::AgentToken => BTreeMap::from([(KEY_TOKEN.to_string(), value.to_string())]),
     };
+    let mut metadata = child_meta(cluster, kind.name(&cluster.name));
+    if kind != SecretKind::AgentToken {
+        // The roles in the data directory carry these passwords, and the
+        // volumes outlive the DbCluster: so do its credentials, or a
+        // DbCluster created again with the same name could not log in to
+        // the data it adopts. Delete them with the PVCs to start afresh.
+        metadata.owner_references = None;
+    }
     Secret {
-        metadata: child_meta(cluster, kind.name(&cluster.name)),
+        metadata,
         type_: Some("Opaque".into()),
         string_data: Some(data),
         ..Secret::default()
@@ -116,14 +124,29 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_owned_by_the_cluster() {
+    fn the_agent_token_is_owned_by_the_cluster() {
         let c = cluster().valid();
-        let s = secret(&c, SecretKind::Superuser, "pw");
+        let s = secret(&c, SecretKind::AgentToken, "t");
         let owners = s.metadata.owner_references.unwrap_or_default();
         assert_eq!(owners.len(), 1);
         assert_eq!(owners[0].kind, "DbCluster");
         assert_eq!(owners[0].uid, "uid-1");
         assert_eq!(owners[0].controller, Some(true));
+    }
+
+    #[test]
+    fn credentials_outlive_the_cluster_with_the_data_they_open() {
+        let c = cluster().valid();
+        for kind in [SecretKind::Superuser, SecretKind::Replication] {
+            let s = secret(&c, kind, "pw");
+            assert_eq!(s.metadata.owner_references, None, "{kind:?}");
+            // Still found by the cluster's labels (to delete them with the PVCs).
+            let labels = s.metadata.labels.unwrap_or_default();
+            assert_eq!(
+                labels.get(keys::LABEL_CLUSTER).map(String::as_str),
+                Some("main")
+            );
+        }
     }
 
     #[test]
