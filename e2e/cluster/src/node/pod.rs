@@ -185,8 +185,9 @@ impl Worker {
             self.final_delete().await;
             return;
         }
-        self.adopt();
+        let old_pids = self.adopt();
         self.teardown().await;
+        self.wait_reaped(&old_pids).await;
         if self.stop_requested() {
             self.final_delete().await;
             return;
@@ -202,7 +203,8 @@ impl Worker {
 
     /// Pods that ran under a previous stand-in (a node restart): their
     /// containers count a restart, their last state is Unknown (exit 255).
-    fn adopt(&mut self) {
+    fn adopt(&mut self) -> Vec<u32> {
+        let mut old_pids = Vec::new();
         let statuses = self
             .pod
             .status
@@ -221,6 +223,14 @@ impl Worker {
             if !ran {
                 continue;
             }
+            if let Some(pid) = st
+                .container_id
+                .as_deref()
+                .and_then(|id| id.strip_prefix("tandem://"))
+                .and_then(|p| p.parse().ok())
+            {
+                old_pids.push(pid);
+            }
             let mut c = lock(&c);
             c.restart_count = st.restart_count + 1;
             c.last = Some(Run::Terminated {
@@ -233,6 +243,21 @@ impl Worker {
                 pid: None,
             });
             tracing::info!(pod = %self.shared.name, container = %c.name, "adopting a pod whose processes are gone");
+        }
+        old_pids
+    }
+
+    /// Wait (bounded) until the killed processes of a previous run are reaped:
+    /// a zombie still answers kill(pid, 0), and postgres takes a lock file
+    /// naming it for a live postmaster.
+    async fn wait_reaped(&self, pids: &[u32]) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids
+            .iter()
+            .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -47,6 +47,15 @@ pub struct Ipam {
     lock: Mutex<()>,
 }
 
+/// What `ipam.json` holds.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct IpamState {
+    /// The last address handed out: the next search starts after it.
+    last: Option<Ipv4Addr>,
+    /// Pod uid → address.
+    pods: BTreeMap<String, Ipv4Addr>,
+}
+
 impl Ipam {
     /// The allocator of the /24 `subnet`, persisted at `path`.
     pub fn new(path: PathBuf, subnet: Ipv4Addr) -> Ipam {
@@ -57,36 +66,47 @@ impl Ipam {
         }
     }
 
-    fn load(&self) -> BTreeMap<String, Ipv4Addr> {
+    fn load(&self) -> IpamState {
         std::fs::read(&self.path)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
     }
 
-    fn save(&self, m: &BTreeMap<String, Ipv4Addr>) -> Result<()> {
+    fn save(&self, m: &IpamState) -> Result<()> {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(m)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
     }
 
-    /// The IP of pod `uid`: the one it had, else the lowest free from .2.
+    /// The IP of pod `uid`: the one it had, else the next free one after the
+    /// last handed out (round robin from .2, as host-local IPAM: an address
+    /// just released is not reused at once, so no neighbour cache still holds
+    /// the previous pod's MAC for it).
     pub fn allocate(&self, uid: &str) -> Result<Ipv4Addr> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut m = self.load();
-        if let Some(ip) = m.get(uid) {
+        if let Some(ip) = m.pods.get(uid) {
             return Ok(*ip);
         }
         let o = self.subnet.octets();
-        let used: std::collections::BTreeSet<Ipv4Addr> = m.values().copied().collect();
-        let Some(ip) = (2..=254u8)
-            .map(|h| Ipv4Addr::new(o[0], o[1], o[2], h))
+        let used: std::collections::BTreeSet<Ipv4Addr> = m.pods.values().copied().collect();
+        let start = m
+            .last
+            .filter(|l| l.octets()[..3] == o[..3])
+            .map_or(2, |l| l.octets()[3].saturating_add(1));
+        let Some(ip) = (0..253u16)
+            .map(|k| {
+                let h = (u16::from(start.max(2)) - 2 + k) % 253 + 2;
+                Ipv4Addr::new(o[0], o[1], o[2], h as u8)
+            })
             .find(|ip| !used.contains(ip))
         else {
             bail!("no free pod IP in {}/24", self.subnet);
         };
-        m.insert(uid.to_string(), ip);
+        m.pods.insert(uid.to_string(), ip);
+        m.last = Some(ip);
         self.save(&m)?;
         Ok(ip)
     }
@@ -95,7 +115,7 @@ impl Ipam {
     pub fn release(&self, uid: &str) -> Result<()> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let mut m = self.load();
-        if m.remove(uid).is_some() {
+        if m.pods.remove(uid).is_some() {
             self.save(&m)?;
         }
         Ok(())
@@ -125,6 +145,8 @@ pub async fn setup(uid: &str, ip: Ipv4Addr) -> Result<()> {
         vec!["-n", &ns, "link", "set", "eth0", "up"],
         vec!["-n", &ns, "route", "add", "default", "via", &gw],
     ];
+    // The host may still know the MAC of an earlier pod with this address.
+    let _ = run("ip", &["neigh", "flush", "to", &ip.to_string(), "dev", BRIDGE]).await;
     for s in steps {
         if let Err(e) = run("ip", &s).await {
             let _ = teardown(uid).await;
@@ -194,7 +216,7 @@ mod tests {
     }
 
     #[test]
-    fn ipam_keeps_a_pods_address_and_reuses_freed_ones() {
+    fn ipam_keeps_a_pods_address_and_reuses_freed_ones_last() {
         let dir = std::env::temp_dir().join(format!("tk-ipam-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("ipam.json");
@@ -208,7 +230,13 @@ mod tests {
         let again = Ipam::new(path, Ipv4Addr::new(198, 18, 2, 0));
         assert_eq!(again.allocate("a").expect("a"), a);
         again.release("a").expect("release");
-        assert_eq!(again.allocate("c").expect("c"), a);
+        // Round robin: a released address comes back only after the others.
+        assert_eq!(again.allocate("c").expect("c"), Ipv4Addr::new(198, 18, 2, 4));
+        for i in 0..250 {
+            again.allocate(&format!("x{i}")).expect("fill");
+        }
+        assert_eq!(again.allocate("d").expect("d"), a);
+        assert!(again.allocate("full").is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
