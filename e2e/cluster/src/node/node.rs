@@ -210,6 +210,20 @@ async fn renew_lease(ctx: &Ctx) -> Result<(), kube::Error> {
     }
 }
 
+/// Whether the Node's Ready condition is True in the API now (true when unknown).
+async fn ready_in_api(ctx: &Ctx) -> bool {
+    let api: Api<Node> = Api::all(ctx.client.clone());
+    match api.get_opt(&ctx.node).await {
+        Ok(Some(n)) => n
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        _ => true,
+    }
+}
+
 /// Renew the Lease and post the status every [`HEARTBEAT`], until the process ends.
 pub async fn heartbeat(ctx: &Ctx, port: u16, since: Timestamp) {
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -222,9 +236,9 @@ pub async fn heartbeat(ctx: &Ctx, port: u16, since: Timestamp) {
         if let Err(e) = renew_lease(ctx).await {
             tracing::warn!(node = %ctx.node, error = %e, "lease renewal");
         }
-        // Silent longer than the Lease (frozen, API down): the node lifecycle
-        // controller has marked it Unknown, so Ready=True is a new transition.
-        if last_ok.elapsed() > Duration::from_secs(LEASE_SECONDS as u64) {
+        // After a silence (frozen, API down) the node lifecycle controller may
+        // have set Ready to Unknown: posting True again is a new transition.
+        if last_ok.elapsed() > HEARTBEAT * 2 && !ready_in_api(ctx).await {
             since = Timestamp::now();
         }
         match post_status(ctx, port, since).await {
