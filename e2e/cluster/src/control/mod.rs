@@ -278,6 +278,10 @@ async fn start(cfg: &ClusterConfig, no_nodes: bool) -> Result<()> {
     cluster_api::wait_healthy(cfg, &proxy, &mut proxy_child, Duration::from_secs(60)).await?;
     cluster_api::proxy_selfcheck(&client, Duration::from_secs(45)).await?;
     step(t, "kube-proxy: a ClusterIP answers from the host");
+    // kube-proxy put its FORWARD jumps (which accept established and
+    // Service-marked packets) above the guard; it only checks that they exist,
+    // so moving the guard back to the top keeps it first for good.
+    network::install_guard()?;
     Ok(())
 }
 
@@ -308,8 +312,20 @@ fn stop_and_remove(dir: &Path, keep_logs: bool) -> Result<()> {
         }
     };
 
+    // The node cgroups, the rules and the forwarding setting are the machine's,
+    // not DIR's: while another directory's cluster runs (its bridge is up),
+    // only what DIR recorded is stopped.
+    let other = network::bridge_owner_other_than(dir);
+    if let Some(other) = &other {
+        eprintln!(
+            "  the running test cluster is {other}'s: stopping only the processes recorded in {}",
+            dir.display()
+        );
+    }
+    let machine = other.is_none();
+
     // The nodes first: their pods, netns, veths and mounts, then the stand-ins.
-    if let Some(cfg) = &cfg {
+    if let (Some(cfg), true) = (&cfg, machine) {
         note("node cleanup", node_cleanup(cfg));
     }
     let recorded = procs::recorded(dir);
@@ -323,19 +339,21 @@ fn stop_and_remove(dir: &Path, keep_logs: bool) -> Result<()> {
         note(&name, procs::stop(dir, &name, Duration::from_secs(10)));
     }
 
-    // kube-proxy's rules only when this cluster ran one (its log is the trace).
-    let ran_proxy = procs::log_file(dir, "kube-proxy").exists();
-    let proxy_bin = cfg.as_ref().map(|c| c.kube_bin.join("kube-proxy"));
-    if ran_proxy || dir.join("ip_forward.orig").exists() {
-        note(
-            "iptables",
-            network::remove_rules(proxy_bin.as_deref().filter(|_| ran_proxy)),
-        );
-    }
-    note("bridge", network::delete_bridge(dir));
-    note("ip_forward", network::restore_forwarding(dir));
-    if let Some(cfg) = &cfg {
-        remove_cgroups(cfg);
+    if machine {
+        // kube-proxy's rules only when this cluster ran one (its log is the trace).
+        let ran_proxy = procs::log_file(dir, "kube-proxy").exists();
+        let proxy_bin = cfg.as_ref().map(|c| c.kube_bin.join("kube-proxy"));
+        if ran_proxy || dir.join("ip_forward.orig").exists() {
+            note(
+                "iptables",
+                network::remove_rules(proxy_bin.as_deref().filter(|_| ran_proxy)),
+            );
+        }
+        note("bridge", network::delete_bridge(dir));
+        note("ip_forward", network::restore_forwarding(dir));
+        if let Some(cfg) = &cfg {
+            remove_cgroups(cfg);
+        }
     }
     procs::reap_children();
 

@@ -58,6 +58,15 @@ fn bridge_owner() -> Option<String> {
     (!alias.is_empty()).then(|| alias.to_string())
 }
 
+/// The directory of the running test cluster when it is not `dir`'s.
+pub fn bridge_owner_other_than(dir: &Path) -> Option<String> {
+    if !bridge_exists() {
+        return None;
+    }
+    let owner = bridge_owner().unwrap_or_else(|| "an unknown directory".into());
+    (Path::new(&owner) != dir).then_some(owner)
+}
+
 /// Refuse to start when a bridge of another (or a crashed) test cluster is there.
 pub fn check_free() -> Result<()> {
     if bridge_exists() {
