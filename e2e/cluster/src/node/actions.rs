@@ -53,7 +53,10 @@ pub fn action(dir: &Path, node: &str, action: NodeAction) -> Result<()> {
             let n = all_procs(&ncg).len();
             cgroup::set_frozen(&ncg, true)?;
             if !wait_until(Duration::from_secs(10), || cgroup::frozen(&ncg)) {
-                bail!("{node}: cgroup {} did not report frozen within 10s", ncg.display());
+                bail!(
+                    "{node}: cgroup {} did not report frozen within 10s",
+                    ncg.display()
+                );
             }
             println!("{node}: frozen ({n} processes stopped: the stand-in and every pod process)");
         }
@@ -87,13 +90,19 @@ pub fn action(dir: &Path, node: &str, action: NodeAction) -> Result<()> {
                 bail!("{node} is frozen: thaw it (ACTION=thaw) instead of starting it");
             }
             if !cgroup::procs(&kubelet_cg).is_empty() {
-                bail!("{node}'s stand-in is already running (pids {:?})", cgroup::procs(&kubelet_cg));
+                bail!(
+                    "{node}'s stand-in is already running (pids {:?})",
+                    cgroup::procs(&kubelet_cg)
+                );
             }
             let name = crate::control::components::kubelet_name(node);
             let args = crate::control::components::kubelet_args(&cfg.dir, node);
-            let child = crate::control::procs::spawn_detached(&cfg.dir, &name, &cfg.self_bin, &args)?;
+            let child =
+                crate::control::procs::spawn_detached(&cfg.dir, &name, &cfg.self_bin, &args)?;
             let pid = child.id() as i32;
-            let entered = wait_until(Duration::from_secs(10), || cgroup::procs(&kubelet_cg).contains(&pid));
+            let entered = wait_until(Duration::from_secs(10), || {
+                cgroup::procs(&kubelet_cg).contains(&pid)
+            });
             if !entered {
                 bail!(
                     "{node}: the stand-in (pid {pid}) did not start; see {}",

@@ -54,10 +54,7 @@ pub fn frozen(dir: &Path) -> bool {
 
 fn events_flag(dir: &Path, key: &str) -> bool {
     std::fs::read_to_string(dir.join("cgroup.events"))
-        .map(|s| {
-            s.lines()
-                .any(|l| l.split_once(' ') == Some((key, "1")))
-        })
+        .map(|s| s.lines().any(|l| l.split_once(' ') == Some((key, "1"))))
         .unwrap_or(false)
 }
 

@@ -285,7 +285,9 @@ async fn start(spec: &Spec, image: &Image) -> Result<Started, StartError> {
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| images::default_path(&spec.ctx.cfg));
     let Some(first) = argv.first() else {
-        return Err(StartError::Start("no command: the image has no entrypoint".into()));
+        return Err(StartError::Start(
+            "no command: the image has no entrypoint".into(),
+        ));
     };
     let program = images::resolve_program(first, &path, &spec.ctx.cfg).ok_or_else(|| {
         StartError::Start(format!(

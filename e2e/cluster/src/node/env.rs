@@ -70,7 +70,12 @@ pub fn container_env(inp: &EnvInputs<'_>) -> Result<Vec<(String, String)>, EnvEr
     for from in inp.container.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or("");
         let (kind, name, optional, data) = if let Some(r) = &from.config_map_ref {
-            ("configmap", &r.name, r.optional, inp.config_maps.get(&r.name))
+            (
+                "configmap",
+                &r.name,
+                r.optional,
+                inp.config_maps.get(&r.name),
+            )
         } else if let Some(r) = &from.secret_ref {
             ("secret", &r.name, r.optional, inp.secrets.get(&r.name))
         } else {
@@ -103,7 +108,14 @@ pub fn container_env(inp: &EnvInputs<'_>) -> Result<Vec<(String, String)>, EnvEr
                         None => continue,
                     }
                 } else if let Some(r) = &from.config_map_key_ref {
-                    match key_of(inp.config_maps, &r.name, &r.key, r.optional, "ConfigMap", ns)? {
+                    match key_of(
+                        inp.config_maps,
+                        &r.name,
+                        &r.key,
+                        r.optional,
+                        "ConfigMap",
+                        ns,
+                    )? {
                         Some(v) => v,
                         None => continue,
                     }
@@ -151,7 +163,11 @@ fn key_of(
     match sources.get(name) {
         None if optional => Ok(None),
         None => Err(EnvError::MissingObject {
-            kind: if kind == "Secret" { "secret" } else { "configmap" },
+            kind: if kind == "Secret" {
+                "secret"
+            } else {
+                "configmap"
+            },
             name: name.into(),
         }),
         Some(d) => match d.get(key) {
@@ -309,7 +325,9 @@ pub fn service_env(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
     }
     let mut out = Vec::new();
     for (name, s) in chosen {
-        let Some(spec) = s.spec.as_ref() else { continue };
+        let Some(spec) = s.spec.as_ref() else {
+            continue;
+        };
         let ip = spec.cluster_ip.clone().unwrap_or_default();
         let n = env_prefix(&name);
         let ports = spec.ports.as_deref().unwrap_or(&[]);
@@ -544,7 +562,9 @@ mod tests {
         assert!(env.contains(&("KUBERNETES_SERVICE_HOST".into(), "198.19.0.1".into())));
         assert!(env.contains(&("KUBERNETES_SERVICE_PORT".into(), "443".into())));
         assert!(!env.iter().any(|(k, _)| k.starts_with("MAIN_RW")));
-        p.spec.as_mut().map(|s| s.enable_service_links = None);
+        if let Some(s) = p.spec.as_mut() {
+            s.enable_service_links = None;
+        }
         let env = service_env(&p, &services);
         assert!(env.contains(&("MAIN_RW_SERVICE_HOST".into(), "198.19.0.20".into())));
         assert!(env.contains(&(

@@ -64,7 +64,9 @@ pub fn render<'s, 'p>(
         lines.insert(format!("{ip}\t{names}\n"));
     }
     for p in pods {
-        let Some(spec) = p.spec.as_ref() else { continue };
+        let Some(spec) = p.spec.as_ref() else {
+            continue;
+        };
         let (Some(h), Some(sub)) = (spec.hostname.as_deref(), spec.subdomain.as_deref()) else {
             continue;
         };
@@ -76,7 +78,10 @@ pub fn render<'s, 'p>(
         if matches!(phase, Some("Succeeded") | Some("Failed")) {
             continue;
         }
-        let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()).filter(|x| !x.is_empty()) else {
+        let Some(ip) = status
+            .and_then(|s| s.pod_ip.as_deref())
+            .filter(|x| !x.is_empty())
+        else {
             continue;
         };
         if ip == me.ip {

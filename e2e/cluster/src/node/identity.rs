@@ -121,7 +121,11 @@ pub fn resolve(
     if let Some(g) = fs_group(pod_sc, run_as, accts) {
         groups.push(g);
     }
-    for g in pod_sc.and_then(|s| s.supplemental_groups.as_ref()).into_iter().flatten() {
+    for g in pod_sc
+        .and_then(|s| s.supplemental_groups.as_ref())
+        .into_iter()
+        .flatten()
+    {
         if let Ok(g) = u32::try_from(*g) {
             groups.push(map_gid(g, run_as, accts));
         }
@@ -146,10 +150,10 @@ mod tests {
     struct Fake;
     impl Accounts for Fake {
         fn by_uid(&self, uid: u32) -> Option<Account> {
-            (uid == 101).then(|| pg())
+            (uid == 101).then(pg)
         }
         fn by_name(&self, name: &str) -> Option<Account> {
-            (name == "postgres").then(|| pg())
+            (name == "postgres").then(pg)
         }
     }
     fn pg() -> Account {

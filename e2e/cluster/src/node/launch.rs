@@ -111,7 +111,9 @@ enum Prepared {
 fn dirs_under_tmpfs(earlier: &[Mount], target: &Path) -> Vec<PathBuf> {
     let Some(t) = earlier
         .iter()
-        .filter(|m| m.kind == MountKind::Tmpfs && target.starts_with(&m.target) && target != m.target)
+        .filter(|m| {
+            m.kind == MountKind::Tmpfs && target.starts_with(&m.target) && target != m.target
+        })
         .map(|m| m.target.clone())
         .max_by_key(|t| t.components().count())
     else {
@@ -127,7 +129,8 @@ fn dirs_under_tmpfs(earlier: &[Mount], target: &Path) -> Vec<PathBuf> {
 }
 
 fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).with_context(|| format!("path {} has a NUL", p.display()))
+    CString::new(p.as_os_str().as_bytes())
+        .with_context(|| format!("path {} has a NUL", p.display()))
 }
 
 /// Start the process; the caller waits for it.
@@ -161,15 +164,15 @@ pub fn spawn(spec: Spec) -> Result<tokio::process::Child> {
                         let fixed = first_free_fd + i as libc::c_int;
                         let via = PathBuf::from(format!("/proc/self/fd/{fixed}"));
                         PreparedMount {
-                        open_source: Some((cstr(src)?, fixed)),
-                        mkdirs,
-                        source: Some(cstr(&via)?),
-                        target: cstr(&m.target)?,
-                        fstype: None,
-                        flags: libc::MS_BIND | libc::MS_REC,
-                        data: None,
-                        read_only: m.read_only,
-                    }
+                            open_source: Some((cstr(src)?, fixed)),
+                            mkdirs,
+                            source: Some(cstr(&via)?),
+                            target: cstr(&m.target)?,
+                            fstype: None,
+                            flags: libc::MS_BIND | libc::MS_REC,
+                            data: None,
+                            read_only: m.read_only,
+                        }
                     }
                     MountKind::Tmpfs => PreparedMount {
                         open_source: None,
@@ -267,7 +270,9 @@ fn child_setup(
                 mounts,
             } => {
                 if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(fail(b"tandem node: cannot join the pod network namespace\n"));
+                    return Err(fail(
+                        b"tandem node: cannot join the pod network namespace\n",
+                    ));
                 }
                 if libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS) != 0 {
                     return Err(fail(b"tandem node: cannot create mount/UTS namespaces\n"));
@@ -290,7 +295,9 @@ fn child_setup(
                         }
                         if fd != *fixed {
                             if libc::dup3(fd, *fixed, libc::O_CLOEXEC) < 0 {
-                                return Err(fail(b"tandem node: cannot place a volume source fd\n"));
+                                return Err(fail(
+                                    b"tandem node: cannot place a volume source fd\n",
+                                ));
                             }
                             libc::close(fd);
                         }
@@ -345,7 +352,9 @@ fn child_setup(
             return Err(fail(b"tandem node: setuid failed\n"));
         }
         if libc::chdir(workdir.as_ptr()) != 0 {
-            return Err(fail(b"tandem node: cannot change to the working directory\n"));
+            return Err(fail(
+                b"tandem node: cannot change to the working directory\n",
+            ));
         }
         if libc::setsid() < 0 {
             return Err(fail(b"tandem node: setsid failed\n"));

@@ -59,10 +59,12 @@ fn tls_config(ctx: &Ctx) -> Result<rustls::ServerConfig> {
             .context("adding the cluster CA")?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .build()
-            .context("client certificate verifier")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .context("client certificate verifier")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
@@ -92,14 +94,15 @@ pub async fn serve(ctx: Arc<Ctx>, port: u16) -> Result<()> {
         let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::info!(peer = %peer, error = %e, "TLS handshake refused");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(sock)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::info!(peer = %peer, error = %e, "TLS handshake refused");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
@@ -246,11 +249,17 @@ async fn handle(ctx: &Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
             }
             if !buf.is_empty() {
                 offset += buf.len() as u64;
-                return Some((Ok(Frame::data(Bytes::from(buf))), (None, file, offset, c, 0)));
+                return Some((
+                    Ok(Frame::data(Bytes::from(buf))),
+                    (None, file, offset, c, 0),
+                ));
             }
             let running = lock(&c).running();
             // A run ended (or its log was rotated): the stream ends, as kubectl expects.
-            let same_file = tokio::fs::metadata(&file).await.map(|m| m.len() >= offset).unwrap_or(false);
+            let same_file = tokio::fs::metadata(&file)
+                .await
+                .map(|m| m.len() >= offset)
+                .unwrap_or(false);
             if (!running && idle > 4) || !same_file {
                 return None;
             }

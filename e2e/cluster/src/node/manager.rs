@@ -61,7 +61,11 @@ struct WorkerHandle {
 pub async fn run(ctx: Arc<Ctx>) {
     let notify = Arc::new(Notify::new());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node));
-    let mine = cache(Api::<Pod>::all(ctx.client.clone()), cfg, Some(notify.clone()));
+    let mine = cache(
+        Api::<Pod>::all(ctx.client.clone()),
+        cfg,
+        Some(notify.clone()),
+    );
     for (what, ready) in [
         ("bound pods", mine.wait_until_ready().await.is_ok()),
         ("services", ctx.services.wait_until_ready().await.is_ok()),

@@ -66,7 +66,10 @@ pub fn container_mounts(
         });
     }
     let user_targets: Vec<PathBuf> = out.iter().map(|m| m.target.clone()).collect();
-    for (src, target) in [(&files.hosts, "/etc/hosts"), (&files.resolv, "/etc/resolv.conf")] {
+    for (src, target) in [
+        (&files.hosts, "/etc/hosts"),
+        (&files.resolv, "/etc/resolv.conf"),
+    ] {
         if !user_targets.iter().any(|t| t == Path::new(target)) {
             out.push(Mount {
                 kind: MountKind::Bind(src.clone()),

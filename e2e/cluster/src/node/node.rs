@@ -40,19 +40,44 @@ fn capacity() -> BTreeMap<String, Quantity> {
 }
 
 fn conditions(ready_since: Timestamp, now: Timestamp) -> Vec<NodeCondition> {
-    let c = |kind: &str, status: &str, reason: &str, message: &str, since: Timestamp| NodeCondition {
-        type_: kind.into(),
-        status: status.into(),
-        reason: Some(reason.into()),
-        message: Some(message.into()),
-        last_heartbeat_time: Some(Time(now)),
-        last_transition_time: Some(Time(since)),
-    };
+    let c =
+        |kind: &str, status: &str, reason: &str, message: &str, since: Timestamp| NodeCondition {
+            type_: kind.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            last_heartbeat_time: Some(Time(now)),
+            last_transition_time: Some(Time(since)),
+        };
     vec![
-        c("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", ready_since),
-        c("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", ready_since),
-        c("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", ready_since),
-        c("Ready", "True", "KubeletReady", "tandem test cluster node stand-in is posting ready status", ready_since),
+        c(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+            ready_since,
+        ),
+        c(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+            ready_since,
+        ),
+        c(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+            ready_since,
+        ),
+        c(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "tandem test cluster node stand-in is posting ready status",
+            ready_since,
+        ),
     ]
 }
 
@@ -78,7 +103,9 @@ fn status(ctx: &Ctx, port: u16, ready_since: Timestamp) -> NodeStatus {
         capacity: Some(capacity()),
         conditions: Some(conditions(ready_since, Timestamp::now())),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(port) }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(port),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
             architecture: "amd64".into(),

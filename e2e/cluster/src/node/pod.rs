@@ -50,7 +50,8 @@ fn deleting(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-const RESOLV_CONF: &str = "# tandem test cluster: no cluster DNS; names resolve through /etc/hosts.\n\
+const RESOLV_CONF: &str =
+    "# tandem test cluster: no cluster DNS; names resolve through /etc/hosts.\n\
 nameserver 127.0.0.1\noptions attempts:1 timeout:1\n";
 
 struct Worker {
@@ -340,7 +341,11 @@ impl Worker {
     ) -> container::Spec {
         let cfg = &self.ctx.cfg;
         let image = images::lookup(c.image.as_deref().unwrap_or(""), cfg);
-        let psc = self.pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let psc = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref());
         let identity = match &image {
             Some(img) => identity::resolve(psc, c, img, &cfg.run_as, &HostAccounts),
             None => Identity {
@@ -370,8 +375,11 @@ impl Worker {
         }
         let mut image = image;
         let mounts = match mounts::container_mounts(c, vols, &files, &private).and_then(|m| {
-            mounts::ensure_mount_points(&m, &self.ctx.cfg.node_dir(&self.ctx.node).join("mountpoints"))
-                .map(|()| m)
+            mounts::ensure_mount_points(
+                &m,
+                &self.ctx.cfg.node_dir(&self.ctx.node).join("mountpoints"),
+            )
+            .map(|()| m)
         }) {
             Ok(m) => m,
             Err(e) => {
@@ -413,7 +421,8 @@ impl Worker {
             let Some(state) = self.shared.init.get(i).cloned() else {
                 continue;
             };
-            let cs = self.container_spec(c, state.clone(), &vols, init_policy, stop_rx.clone(), false);
+            let cs =
+                self.container_spec(c, state.clone(), &vols, init_policy, stop_rx.clone(), false);
             let mut task = tokio::spawn(container::run(cs));
             let outcome = loop {
                 tokio::select! {
@@ -602,7 +611,12 @@ impl Worker {
             return;
         }
         let init: Vec<CState> = self.shared.init.iter().map(|c| lock(c).clone()).collect();
-        let containers: Vec<CState> = self.shared.containers.iter().map(|c| lock(c).clone()).collect();
+        let containers: Vec<CState> = self
+            .shared
+            .containers
+            .iter()
+            .map(|c| lock(c).clone())
+            .collect();
         let inputs = status::Inputs {
             pod: &self.pod,
             pod_ip: self.pod_ip,
@@ -626,7 +640,11 @@ impl Worker {
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &self.shared.namespace);
         let body = serde_json::json!({ "status": value });
         match api
-            .patch_status(&self.shared.name, &PatchParams::default(), &Patch::Merge(&body))
+            .patch_status(
+                &self.shared.name,
+                &PatchParams::default(),
+                &Patch::Merge(&body),
+            )
             .await
         {
             Ok(p) => {

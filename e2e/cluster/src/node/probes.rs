@@ -78,8 +78,7 @@ impl Prober {
         pod_ip: Ipv4Addr,
         exec: &ExecCtx,
     ) -> (Option<Verdict>, String) {
-        let timeout =
-            Duration::from_secs(self.probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+        let timeout = Duration::from_secs(self.probe.timeout_seconds.unwrap_or(1).max(1) as u64);
         let res = tokio::time::timeout(timeout, once(&self.probe, c, pod_ip, exec, timeout))
             .await
             .unwrap_or_else(|_| Err(format!("timeout after {timeout:?}")));

@@ -22,7 +22,10 @@ const PEER_PREFIX: &str = "tkp";
 
 /// The short id of a pod used in names: the first 10 hex digits of its uid.
 pub fn short_id(uid: &str) -> String {
-    uid.chars().filter(|c| c.is_ascii_hexdigit()).take(10).collect()
+    uid.chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .take(10)
+        .collect()
 }
 
 /// `tk-<id>`.
@@ -77,7 +80,8 @@ impl Ipam {
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, serde_json::to_vec_pretty(m)?)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("writing {}", self.path.display()))
     }
 
     /// The IP of pod `uid`: the one it had, else the next free one after the
@@ -137,7 +141,15 @@ pub async fn setup(uid: &str, ip: Ipv4Addr) -> Result<()> {
         vec!["link", "set", &veth, "master", BRIDGE],
         // Hairpin: a pod reaching its own Service ClusterIP is sent back out the
         // port it came in on (bridge-nf-call-iptables is on here), as the CNI bridge plugin does.
-        vec!["link", "set", &veth, "type", "bridge_slave", "hairpin", "on"],
+        vec![
+            "link",
+            "set",
+            &veth,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ],
         vec!["link", "set", &veth, "up"],
         vec!["-n", &ns, "link", "set", "lo", "up"],
         vec!["-n", &ns, "link", "set", &peer, "name", "eth0"],
@@ -146,7 +158,11 @@ pub async fn setup(uid: &str, ip: Ipv4Addr) -> Result<()> {
         vec!["-n", &ns, "route", "add", "default", "via", &gw],
     ];
     // The host may still know the MAC of an earlier pod with this address.
-    let _ = run("ip", &["neigh", "flush", "to", &ip.to_string(), "dev", BRIDGE]).await;
+    let _ = run(
+        "ip",
+        &["neigh", "flush", "to", &ip.to_string(), "dev", BRIDGE],
+    )
+    .await;
     for s in steps {
         if let Err(e) = run("ip", &s).await {
             let _ = teardown(uid).await;
@@ -231,7 +247,10 @@ mod tests {
         assert_eq!(again.allocate("a").expect("a"), a);
         again.release("a").expect("release");
         // Round robin: a released address comes back only after the others.
-        assert_eq!(again.allocate("c").expect("c"), Ipv4Addr::new(198, 18, 2, 4));
+        assert_eq!(
+            again.allocate("c").expect("c"),
+            Ipv4Addr::new(198, 18, 2, 4)
+        );
         for i in 0..250 {
             again.allocate(&format!("x{i}")).expect("fill");
         }

@@ -31,7 +31,11 @@ impl Transitions {
     /// Start from what the API shows (a restarted stand-in keeps the times).
     pub fn from_pod(pod: &Pod) -> Transitions {
         let mut m = BTreeMap::new();
-        for c in pod.status.iter().flat_map(|s| s.conditions.iter().flatten()) {
+        for c in pod
+            .status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+        {
             if let Some(t) = &c.last_transition_time {
                 m.insert(c.type_.clone(), (c.status == "True", t.0));
             }
@@ -271,9 +275,17 @@ pub fn build(inp: &Inputs<'_>, policy: Policy, tr: &mut Transitions) -> PodStatu
     ));
     let init_reason = (!inp.initialized).then(|| "ContainersNotInitialized".to_string());
     conditions.push(cond("Initialized", inp.initialized, init_reason, None));
-    let (r, m) = if all_ready { (None, None) } else { not_ready("Containers") };
+    let (r, m) = if all_ready {
+        (None, None)
+    } else {
+        not_ready("Containers")
+    };
     conditions.push(cond("ContainersReady", all_ready, r, m));
-    let (r, m) = if all_ready { (None, None) } else { not_ready("Containers") };
+    let (r, m) = if all_ready {
+        (None, None)
+    } else {
+        not_ready("Containers")
+    };
     conditions.push(cond("Ready", all_ready, r, m));
     let ip = inp.pod_ip.map(|i| i.to_string());
     PodStatus {
@@ -355,7 +367,10 @@ mod tests {
         assert_eq!(phase(&inputs(&pod, &ok, now), Policy::Always), "Running");
         let bad = [c(exited(1), false)];
         assert_eq!(phase(&inputs(&pod, &bad, now), Policy::Never), "Failed");
-        assert_eq!(phase(&inputs(&pod, &bad, now), Policy::OnFailure), "Running");
+        assert_eq!(
+            phase(&inputs(&pod, &bad, now), Policy::OnFailure),
+            "Running"
+        );
         let mut backoff = c(
             Run::Waiting {
                 reason: "CrashLoopBackOff".into(),
@@ -364,7 +379,10 @@ mod tests {
             false,
         );
         backoff.last = Some(exited(1));
-        assert_eq!(phase(&inputs(&pod, &[backoff], now), Policy::Always), "Running");
+        assert_eq!(
+            phase(&inputs(&pod, &[backoff], now), Policy::Always),
+            "Running"
+        );
         let mut t = inputs(&pod, &r, now);
         t.terminated = true;
         assert_eq!(phase(&t, Policy::Always), "Failed");
@@ -382,7 +400,12 @@ mod tests {
                 .iter()
                 .flatten()
                 .find(|c| c.type_ == "Ready")
-                .map(|c| (c.status.clone(), c.last_transition_time.as_ref().map(|t| t.0)))
+                .map(|c| {
+                    (
+                        c.status.clone(),
+                        c.last_transition_time.as_ref().map(|t| t.0),
+                    )
+                })
         };
         let cs = [c(running(), false)];
         let s = build(&inputs(&pod, &cs, t0), Policy::Always, &mut tr);

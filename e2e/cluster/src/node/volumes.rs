@@ -165,12 +165,18 @@ async fn claim_dir(ctx: &Ctx, ns: &str, name: &str) -> Result<PathBuf, VolumeErr
     let pvc = pvcs
         .get_opt(name)
         .await
-        .map_err(api_err(format!("reading persistentvolumeclaim {ns}/{name}")))?
+        .map_err(api_err(format!(
+            "reading persistentvolumeclaim {ns}/{name}"
+        )))?
         .ok_or_else(|| {
             VolumeError::NotReady(format!("persistentvolumeclaim \"{name}\" not found"))
         })?;
     let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-    let Some(pv_name) = pvc.spec.as_ref().and_then(|s| s.volume_name.clone()).filter(|_| bound)
+    let Some(pv_name) = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.clone())
+        .filter(|_| bound)
     else {
         return Err(VolumeError::NotReady(format!(
             "persistentvolumeclaim \"{name}\" is not bound yet"
@@ -181,7 +187,9 @@ async fn claim_dir(ctx: &Ctx, ns: &str, name: &str) -> Result<PathBuf, VolumeErr
         .get_opt(&pv_name)
         .await
         .map_err(api_err(format!("reading persistentvolume {pv_name}")))?
-        .ok_or_else(|| VolumeError::NotReady(format!("persistentvolume \"{pv_name}\" not found")))?;
+        .ok_or_else(|| {
+            VolumeError::NotReady(format!("persistentvolume \"{pv_name}\" not found"))
+        })?;
     let spec = pv.spec.as_ref();
     let path = spec
         .and_then(|s| s.host_path.as_ref().map(|h| h.path.clone()))
@@ -322,7 +330,12 @@ fn project(
     Ok(())
 }
 
-async fn sync_one(ctx: &Ctx, pod: &Pod, s: &mut Synced, fs_group: Option<u32>) -> Result<(), VolumeError> {
+async fn sync_one(
+    ctx: &Ctx,
+    pod: &Pod,
+    s: &mut Synced,
+    fs_group: Option<u32>,
+) -> Result<(), VolumeError> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut payload = Payload::new();
     let v = &s.volume;
@@ -346,7 +359,9 @@ async fn sync_one(ctx: &Ctx, pod: &Pod, s: &mut Synced, fs_group: Option<u32>) -
             &mut payload,
         )?;
     } else if let Some(src) = &v.config_map {
-        let data = get_config_map(ctx, ns, &src.name).await?.map(|c| config_map_data(&c));
+        let data = get_config_map(ctx, ns, &src.name)
+            .await?
+            .map(|c| config_map_data(&c));
         project(
             &format!("configmap \"{}\"", src.name),
             data,
@@ -370,7 +385,9 @@ async fn sync_one(ctx: &Ctx, pod: &Pod, s: &mut Synced, fs_group: Option<u32>) -
         let mode = fix(p.default_mode);
         for src in p.sources.iter().flatten() {
             if let Some(sec) = &src.secret {
-                let data = get_secret(ctx, ns, &sec.name).await?.map(|s| secret_data(&s));
+                let data = get_secret(ctx, ns, &sec.name)
+                    .await?
+                    .map(|s| secret_data(&s));
                 project(
                     &format!("secret \"{}\"", sec.name),
                     data,
@@ -381,7 +398,9 @@ async fn sync_one(ctx: &Ctx, pod: &Pod, s: &mut Synced, fs_group: Option<u32>) -
                 )?;
             }
             if let Some(cm) = &src.config_map {
-                let data = get_config_map(ctx, ns, &cm.name).await?.map(|c| config_map_data(&c));
+                let data = get_config_map(ctx, ns, &cm.name)
+                    .await?
+                    .map(|c| config_map_data(&c));
                 project(
                     &format!("configmap \"{}\"", cm.name),
                     data,
@@ -407,7 +426,10 @@ async fn sync_one(ctx: &Ctx, pod: &Pod, s: &mut Synced, fs_group: Option<u32>) -
             if let Some(t) = &src.service_account_token {
                 let due = s.token.as_ref().is_none_or(|(_, at)| Instant::now() >= *at);
                 if due {
-                    s.token = Some(request_token(ctx, pod, t.audience.as_deref(), t.expiration_seconds).await?);
+                    s.token = Some(
+                        request_token(ctx, pod, t.audience.as_deref(), t.expiration_seconds)
+                            .await?,
+                    );
                 }
                 if let Some((tok, _)) = &s.token {
                     payload.insert(
@@ -471,7 +493,9 @@ async fn request_token(
     let resp: TokenRequest = api
         .create_subresource("token", &sa, &PostParams::default(), &req)
         .await
-        .map_err(api_err(format!("requesting a token for serviceaccount {ns}/{sa}")))?;
+        .map_err(api_err(format!(
+            "requesting a token for serviceaccount {ns}/{sa}"
+        )))?;
     let status = resp.status.ok_or_else(|| {
         VolumeError::NotReady(format!("token request for {ns}/{sa} returned no status"))
     })?;
@@ -483,8 +507,5 @@ async fn request_token(
     let token = status.token.ok_or_else(|| {
         VolumeError::NotReady(format!("token request for {ns}/{sa} returned no token"))
     })?;
-    Ok((
-        token,
-        Instant::now() + Duration::from_secs(life * 8 / 10),
-    ))
+    Ok((token, Instant::now() + Duration::from_secs(life * 8 / 10)))
 }
