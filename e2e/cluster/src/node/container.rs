@@ -24,7 +24,7 @@ use super::images::{self, Image};
 use super::launch::{self, Mount, Namespaces};
 use super::probes::{ExecCtx, Kind, Prober, Verdict};
 use super::restart::{Backoff, Policy};
-use super::{cgroup, volumes};
+use super::{cgroup, events, volumes};
 
 /// What the pod asks of its containers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +76,17 @@ fn stopping(rx: &watch::Receiver<Stop>) -> bool {
     *rx.borrow() != Stop::No
 }
 
+async fn event(spec: &Spec, kind: events::Kind, reason: &str, note: String) {
+    events::emit(
+        &spec.ctx.events,
+        &events::pod_ref(&spec.pod),
+        kind,
+        reason,
+        note,
+    )
+    .await;
+}
+
 fn set(spec: &Spec, f: impl FnOnce(&mut CState)) {
     f(&mut lock(&spec.state));
     spec.shared.changed.notify_one();
@@ -95,6 +106,13 @@ pub async fn run(mut spec: Spec) -> Outcome {
                 )),
             }
         });
+        event(
+            &spec,
+            events::Kind::Warning,
+            "Failed",
+            format!("Failed to pull image {img:?}: not in the test cluster's image table"),
+        )
+        .await;
         let _ = spec.stop.wait_for(|s| *s != Stop::No).await;
         return Outcome::Stopped;
     };
@@ -107,6 +125,16 @@ pub async fn run(mut spec: Spec) -> Outcome {
         let code = match start(&spec, &image).await {
             Ok((child, env, path)) => supervise(&mut spec, &image, child, env, path).await,
             Err(StartError::Config(msg)) => {
+                if !matches!(&lock(&spec.state).state, Run::Waiting { reason, .. } if reason == "CreateContainerConfigError")
+                {
+                    event(
+                        &spec,
+                        events::Kind::Warning,
+                        "Failed",
+                        format!("Error: {msg}"),
+                    )
+                    .await;
+                }
                 // The kubelet retries CreateContainerConfigError without counting a restart.
                 set(&spec, |c| {
                     c.state = Run::Waiting {
@@ -121,6 +149,13 @@ pub async fn run(mut spec: Spec) -> Outcome {
             }
             Err(StartError::Start(msg)) => {
                 tracing::warn!(container = %name, error = %msg, "cannot start container");
+                event(
+                    &spec,
+                    events::Kind::Warning,
+                    "Failed",
+                    format!("Error: {msg}"),
+                )
+                .await;
                 let now = Timestamp::now();
                 set(&spec, |c| {
                     c.state = Run::Terminated {
@@ -154,6 +189,13 @@ pub async fn run(mut spec: Spec) -> Outcome {
                 )),
             };
         });
+        event(
+            &spec,
+            events::Kind::Warning,
+            "BackOff",
+            format!("Back-off restarting failed container {name} in pod {pod_name}"),
+        )
+        .await;
         if wait_or_stop(&mut spec.stop, delay).await {
             return Outcome::Stopped;
         }
@@ -367,6 +409,13 @@ async fn supervise(
         s.ready = !has_startup && !has_readiness;
     });
     tracing::info!(pod = %spec.shared.name, container = %c.name, pid, "container started");
+    event(
+        spec,
+        events::Kind::Normal,
+        "Started",
+        format!("Started container {}", c.name),
+    )
+    .await;
     let mut probes = if spec.probes {
         probers(&c, started)
     } else {
@@ -410,6 +459,9 @@ async fn supervise(
                     signal(pid, image.stop_signal);
                     killing = Some(deadline);
                 }
+                if killing.is_some() {
+                    event(spec, events::Kind::Normal, "Killing", format!("Stopping container {}", c.name)).await;
+                }
             }
             _ = tokio::time::sleep_until(wake) => {
                 if killing.is_some_and(|k| Instant::now() >= k) {
@@ -425,6 +477,14 @@ async fn supervise(
                     if !detail.is_empty() {
                         tracing::debug!(pod = %spec.shared.name, container = %c.name, probe = ?p.kind, detail = %detail, "probe failed");
                     }
+                    if verdict == Some(Verdict::Failed) {
+                        let what = match p.kind {
+                            Kind::Startup => "Startup",
+                            Kind::Liveness => "Liveness",
+                            Kind::Readiness => "Readiness",
+                        };
+                        event(spec, events::Kind::Warning, "Unhealthy", format!("{what} probe failed: {detail}")).await;
+                    }
                     match (p.kind, verdict) {
                         (Kind::Startup, Some(Verdict::Passed)) => set(spec, |s| {
                             s.started = true;
@@ -433,6 +493,7 @@ async fn supervise(
                         (Kind::Readiness, Some(v)) => set(spec, |s| s.ready = v == Verdict::Passed),
                         (Kind::Startup | Kind::Liveness, Some(Verdict::Failed)) if killing.is_none() => {
                             tracing::info!(pod = %spec.shared.name, container = %c.name, probe = ?p.kind, detail = %detail, "probe failed: killing the container");
+                            event(spec, events::Kind::Normal, "Killing", format!("Container {} failed {:?} probe, will be restarted", c.name, p.kind)).await;
                             signal(pid, image.stop_signal);
                             let g = p.grace().unwrap_or(grace_default).max(0) as u64;
                             killing = Some(Instant::now() + Duration::from_secs(g));

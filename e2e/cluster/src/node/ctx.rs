@@ -31,6 +31,8 @@ pub struct Ctx {
     pub all_pods: Store<Pod>,
     /// The pods this stand-in runs, by uid.
     pub pods: Mutex<BTreeMap<String, Arc<PodShared>>>,
+    /// Events about pods.
+    pub events: kube::runtime::events::Recorder,
 }
 
 impl Ctx {

@@ -52,6 +52,35 @@ pub fn cluster_caches(client: &kube::Client) -> (Store<Service>, Store<Pod>) {
     )
 }
 
+/// Remove what a previous run left for pods no longer bound here (deleted
+/// while the stand-in was down): processes, sandbox, IP, files.
+async fn collect_orphans(ctx: &Ctx, bound: &BTreeSet<String>) {
+    let names = |dir: std::path::PathBuf| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let mut uids: BTreeSet<String> = ctx.ipam.holders().into_iter().collect();
+    uids.extend(names(ctx.cfg.node_dir(&ctx.node).join("pods")));
+    uids.extend(names(ctx.node_cgroup().join("pods")));
+    for uid in uids.difference(bound) {
+        tracing::info!(uid = %uid, "removing the leftovers of a pod no longer bound to this node");
+        let cg = super::cgroup::pod(&ctx.node_cgroup(), uid);
+        let _ = super::cgroup::kill(&cg);
+        super::cgroup::wait_empty_async(&cg, Duration::from_secs(10)).await;
+        let _ = super::cgroup::remove_tree(&cg);
+        if let Err(e) = super::sandbox::teardown(uid).await {
+            tracing::warn!(uid = %uid, error = %format!("{e:#}"), "sandbox teardown");
+        }
+        let _ = ctx.ipam.release(uid);
+        let _ = std::fs::remove_dir_all(ctx.pod_dir(uid));
+    }
+}
+
 struct WorkerHandle {
     tx: watch::Sender<Update>,
     task: tokio::task::JoinHandle<()>,
@@ -75,6 +104,12 @@ pub async fn run(ctx: Arc<Ctx>) {
             tracing::error!(cache = what, "watch ended before its first list");
         }
     }
+    let bound: BTreeSet<String> = mine
+        .state()
+        .iter()
+        .filter_map(|p| p.metadata.uid.clone())
+        .collect();
+    collect_orphans(&ctx, &bound).await;
     tracing::info!(node = %ctx.node, "watching the pods bound to this node");
     let mut workers: BTreeMap<String, WorkerHandle> = BTreeMap::new();
     // uids whose worker finished (final delete made): never started again.

@@ -22,6 +22,7 @@ mod cgroup;
 mod container;
 mod ctx;
 mod env;
+mod events;
 mod hosts;
 mod hostsfile;
 mod identity;
@@ -83,7 +84,9 @@ async fn serve(cfg: ClusterConfig, node: String, index: usize) -> Result<()> {
     let (services, all_pods) = manager::cluster_caches(&client);
     let (subnet, _) = cfg.node_pod_subnet(&node)?;
     let ipam = sandbox::Ipam::new(cfg.node_dir(&node).join("ipam.json"), subnet);
+    let events = events::recorder(client.clone(), &node);
     let ctx = Arc::new(ctx::Ctx {
+        events,
         cfg,
         node,
         client,

@@ -292,11 +292,24 @@ impl Worker {
         let mut pod = (*self.pod).clone();
         let st = pod.status.get_or_insert_with(Default::default);
         st.pod_ip = Some(ip.to_string());
+        let mut last_mount_error: Option<String> = None;
         loop {
             match volumes::prepare(&self.ctx, &pod, &uid).await {
                 Ok(v) => return Some(v),
                 Err(e) => {
                     tracing::info!(pod = %self.shared.name, error = %e, dir = %dir.display(), "volumes not ready");
+                    let msg = e.to_string();
+                    if last_mount_error.as_deref() != Some(msg.as_str()) {
+                        super::events::emit(
+                            &self.ctx.events,
+                            &super::events::pod_ref(&self.pod),
+                            super::events::Kind::Warning,
+                            "FailedMount",
+                            format!("MountVolume failed: {msg}"),
+                        )
+                        .await;
+                        last_mount_error = Some(msg);
+                    }
                     self.waiting_all("ContainerCreating", Some(format!("MountVolume: {e}")));
                     self.patch().await;
                 }

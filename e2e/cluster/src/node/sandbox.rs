@@ -115,6 +115,11 @@ impl Ipam {
         Ok(ip)
     }
 
+    /// Every pod uid holding an IP.
+    pub fn holders(&self) -> Vec<String> {
+        self.load().pods.into_keys().collect()
+    }
+
     /// Return pod `uid`'s IP.
     pub fn release(&self, uid: &str) -> Result<()> {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
