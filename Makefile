@@ -95,16 +95,23 @@ ACTION ?=
 
 .PHONY: kube kube-deps kube-up kube-down kube-node
 
+# Version stamps as the upstream release build sets them (helm and kubectl read the server's version).
+KUBE_SEMVER := $(subst ., ,$(KUBE_VERSION:v%=%))
+KUBE_LDFLAGS := -s -w $(foreach p,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+  -X $(p).gitVersion=$(KUBE_VERSION) -X $(p).gitMajor=$(word 1,$(KUBE_SEMVER)) \
+  -X $(p).gitMinor=$(word 2,$(KUBE_SEMVER)) -X $(p).gitTreeState=clean -X $(p).buildDate=1970-01-01T00:00:00Z)
+
 kube: ## Build etcd, kube-apiserver, -controller-manager, -scheduler, kube-proxy, kubectl into .cache/kube/<version>/bin (when missing)
-	@if [ -x "$(KUBE_BIN)/server" ] && [ ! -e "$(KUBE_BIN)/etcd" ]; then mv "$(KUBE_BIN)/server" "$(KUBE_BIN)/etcd"; fi; \
-	missing=; for t in $(KUBE_TOOLS); do [ -x "$(KUBE_BIN)/$$t" ] || missing="$$missing $$t"; done; \
+	@missing=; for t in $(KUBE_TOOLS); do [ -x "$(KUBE_BIN)/$$t" ] || missing="$$missing $$t"; done; \
+	[ "$$(cat "$(KUBE_BIN)/.ldflags" 2>/dev/null)" = '$(KUBE_LDFLAGS)' ] || missing="$$missing (build flags changed)"; \
 	if [ -z "$$missing" ]; then echo "kube $(KUBE_VERSION): $(KUBE_BIN)"; exit 0; fi; \
 	echo "kube $(KUBE_VERSION): building$$missing (go build, several minutes the first time)"; \
-	mkdir -p "$(KUBE_BIN)" && cd e2e/kube && $(KUBE_GOENV) $(GO) build -ldflags="-s -w" -o "$(KUBE_BIN)/" \
+	mkdir -p "$(KUBE_BIN)" && cd e2e/kube && $(KUBE_GOENV) $(GO) build -ldflags='$(KUBE_LDFLAGS)' -o "$(KUBE_BIN)/" \
 	  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
 	  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubectl \
 	  go.etcd.io/etcd/server/v3 && \
-	mv -f "$(KUBE_BIN)/server" "$(KUBE_BIN)/etcd"
+	mv -f "$(KUBE_BIN)/server" "$(KUBE_BIN)/etcd" && \
+	echo '$(KUBE_LDFLAGS)' > "$(KUBE_BIN)/.ldflags"
 
 kube-deps: ## Install iptables and conntrack (kube-proxy needs them) from apt when missing
 	@if command -v iptables-restore >/dev/null && command -v iptables-save >/dev/null && command -v conntrack >/dev/null; then :; else \
