@@ -490,6 +490,8 @@ impl Worker {
                     if let Err(e) = vols.sync(&self.ctx, &self.pod).await {
                         tracing::warn!(pod = %self.shared.name, error = %e, "volume sync");
                     }
+                    // A status patch that failed earlier is retried here.
+                    self.patch().await;
                 }
                 r = self.rx.changed() => {
                     if r.is_err() { self.gone = true; }
