@@ -93,6 +93,8 @@ pub fn postgres_image() -> String {
 
 /// A client for the cluster in KUBECONFIG.
 pub async fn client() -> Result<Client> {
+    // Both ring and aws-lc-rs are linked in: pick one for the process, as the binaries do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::try_default()
         .await
         .map_err(kube_err("connecting (KUBECONFIG)"))
