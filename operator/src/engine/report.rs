@@ -135,6 +135,16 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
         .map(|i| i.name.clone())
         .collect();
     let replication_ok = primary_ok && not_streaming.is_empty();
+    // Healthy means the Services route as the roles say: the primary carries
+    // the primary label and every ready standby the standby label.
+    let labels_ok = primary.as_deref().is_some_and(|p| {
+        ctx.obs(p).and_then(|o| o.label) == Some(RoleLabel::Primary)
+            && st
+                .instances
+                .iter()
+                .filter(|i| i.name != p && i.ready)
+                .all(|i| ctx.obs(&i.name).and_then(|o| o.label) == Some(RoleLabel::Standby))
+    });
     let waiting_for_detection = primary.as_deref().is_some_and(|p| {
         matches!(
             super::failover::failed_for_long_enough(ctx, st, p),
@@ -150,7 +160,7 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
         _ if ctx.paused => Phase::Paused,
         // Within the detection window the primary may still come back.
         _ if !primary_ok && !waiting_for_detection => Phase::Failed,
-        _ if replication_ok && ready == total => Phase::Healthy,
+        _ if replication_ok && ready == total && labels_ok => Phase::Healthy,
         _ => Phase::Degraded,
     });
     let blocked = st.blocked_by.clone().unwrap_or_default();

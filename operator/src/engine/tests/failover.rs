@@ -489,3 +489,25 @@ fn phase_is_degraded_while_detecting_and_failed_when_nothing_can_be_done() {
         .unwrap()
         .contains("priority 0 (learner)"));
 }
+
+#[test]
+fn a_cluster_is_healthy_only_once_every_role_label_is_in_place() {
+    let mut f = cluster().instances(3).build();
+    f.inst("main-2").label = None;
+    let actions = f.tick(1000);
+    assert!(
+        actions.contains(&Action::SetRole {
+            instance: "main-2".into(),
+            role: RoleLabel::Standby
+        }),
+        "{actions:?}"
+    );
+    assert_eq!(
+        f.status.phase,
+        Some(Phase::Degraded),
+        "the -ro Service lacks main-2"
+    );
+    f.ack_all();
+    f.tick(1000);
+    assert_eq!(f.status.phase, Some(Phase::Healthy));
+}
