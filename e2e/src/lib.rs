@@ -100,31 +100,41 @@ pub async fn client() -> Result<Client> {
         .map_err(kube_err("connecting (KUBECONFIG)"))
 }
 
-/// Wait until `cond` holds for object `name`, at most `timeout`.
+/// Wait until `cond` holds for object `name`, at most `timeout`. A watch the
+/// API server ends (for example "too old resource version") is started again.
 pub async fn await_condition<K>(
     api: Api<K>,
     name: &str,
     what: &str,
     timeout: Duration,
-    cond: impl Condition<K>,
+    cond: impl Condition<K> + Clone,
 ) -> Result<K>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    match tokio::time::timeout(timeout, kube_await(api, name, cond)).await {
-        Ok(Ok(Some(obj))) => Ok(obj),
-        Ok(Ok(None)) => Err(E2eError::Timeout {
-            what: format!("{what} (object {name} deleted)"),
-            secs: timeout.as_secs(),
-        }),
-        Ok(Err(e)) => Err(E2eError::Timeout {
-            what: format!("{what} ({e})"),
-            secs: timeout.as_secs(),
-        }),
-        Err(_) => Err(E2eError::Timeout {
-            what: what.into(),
-            secs: timeout.as_secs(),
-        }),
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = String::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, kube_await(api.clone(), name, cond.clone())).await {
+            Ok(Ok(Some(obj))) => return Ok(obj),
+            Ok(Ok(None)) => {
+                return Err(E2eError::Timeout {
+                    what: format!("{what} (object {name} deleted)"),
+                    secs: timeout.as_secs(),
+                })
+            }
+            Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                last_error = format!(" (last watch error: {e})");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Err(E2eError::Timeout {
+                    what: format!("{what}{last_error}"),
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
     }
 }
 
