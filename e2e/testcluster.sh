@@ -14,7 +14,7 @@ HELM="${HELM:-helm}"
 CARGO="${CARGO:-cargo}"
 NAMESPACE="${OPERATOR_NAMESPACE:-tandem-system}"
 THREADS="${E2E_THREADS:-2}"
-export KUBECONFIG="$KUBE_DIR/kubeconfig"
+export KUBE_DIR KUBECONFIG="$KUBE_DIR/kubeconfig"
 export KUBECTL="$KUBE_BIN/kubectl"
 
 down() {

@@ -86,6 +86,71 @@ pub fn operator_namespace() -> String {
     std::env::var("E2E_OPERATOR_NAMESPACE").unwrap_or_else(|_| "tandem-system".into())
 }
 
+/// Where the suite runs (`E2E_PLATFORM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// The test cluster of DESIGN.md §8 (`make test`): real control plane, pods as processes.
+    TestCluster,
+    /// kind with real images (`make e2e`).
+    Kind,
+}
+
+/// The platform `E2E_PLATFORM` names (`testcluster` or `kind`, the default).
+pub fn platform() -> Platform {
+    match std::env::var("E2E_PLATFORM").as_deref() {
+        Ok("testcluster") => Platform::TestCluster,
+        _ => Platform::Kind,
+    }
+}
+
+/// Fault injection on a node of the test cluster, as `make kube-node
+/// NODE=<node> ACTION=<action>` does (`freeze`, `thaw`, `kill`, `start`).
+pub async fn node_action(node: &str, action: &str) -> Result<()> {
+    let command = format!("node {node} {action}");
+    if platform() != Platform::TestCluster {
+        return Err(E2eError::Tool {
+            command,
+            message: "node faults need the test cluster (E2E_PLATFORM=testcluster)".into(),
+        });
+    }
+    let bin = std::env::var("E2E_TESTCLUSTER_BIN").unwrap_or_else(|_| {
+        repo_path("target/debug/tandem-testcluster")
+            .to_string_lossy()
+            .into_owned()
+    });
+    let dir = std::env::var("KUBE_DIR").map_err(|_| E2eError::Tool {
+        command: command.clone(),
+        message: "KUBE_DIR (the test cluster's directory) is not set".into(),
+    })?;
+    let out = run(
+        &bin,
+        &["node", "--dir", &dir, "--node", node, "--action", action],
+    )
+    .await?;
+    if out.ok() {
+        Ok(())
+    } else {
+        Err(E2eError::Tool {
+            command,
+            message: format!("exit {}: {}", out.code, out.stderr.trim()),
+        })
+    }
+}
+
+/// The node pod `pod` is bound to.
+pub async fn node_of(client: &Client, ns: &str, pod: &str) -> Result<String> {
+    let p = Api::<Pod>::namespaced(client.clone(), ns)
+        .get(pod)
+        .await
+        .map_err(kube_err(format!("get pod {pod}")))?;
+    p.spec
+        .and_then(|s| s.node_name)
+        .ok_or_else(|| E2eError::Tool {
+            command: format!("node of {pod}"),
+            message: "the pod is not bound to a node".into(),
+        })
+}
+
 /// The postgres image DbClusters use (the chart's `postgresImage`).
 pub fn postgres_image() -> String {
     std::env::var("E2E_POSTGRES_IMAGE").unwrap_or_else(|_| "tandem-postgres:dev".into())

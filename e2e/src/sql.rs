@@ -45,8 +45,33 @@ pub async fn start_sql_pod(
     pod: &str,
     script: &str,
 ) -> Result<()> {
+    create_sql_pod(client, ns, pod, sql_pod(cluster, pod, script)).await
+}
+
+/// [`start_sql_pod`] on any node but `node` (a client that outlives the fault injected there).
+pub async fn start_sql_pod_off(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    pod: &str,
+    script: &str,
+    node: &str,
+) -> Result<()> {
+    let mut spec = sql_pod(cluster, pod, script);
+    let affinity = serde_json::json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [node]}
+        ]}]
+    }}});
+    if let Some(s) = spec.spec.as_mut() {
+        s.affinity = serde_json::from_value(affinity).ok();
+    }
+    create_sql_pod(client, ns, pod, spec).await
+}
+
+async fn create_sql_pod(client: &Client, ns: &str, pod: &str, spec: Pod) -> Result<()> {
     Api::<Pod>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &sql_pod(cluster, pod, script))
+        .create(&PostParams::default(), &spec)
         .await
         .map_err(kube_err(format!("create pod {pod}")))?;
     Ok(())

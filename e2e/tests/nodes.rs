@@ -1,0 +1,151 @@
+//! Node faults (DESIGN.md §8 `make kube-node`): the primary's node loses
+//! power under a writer on the sync+required example; a standby is promoted
+//! with no acknowledged row lost, and when the node comes back its pods
+//! start again and the old primary rejoins as a standby. A test binary of its
+//! own, so that no other test runs while a node is down; it needs the test
+//! cluster's fault injection (kind has none), which its name and ignore
+//! reason say.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use tandem::api::keys;
+use tandem_e2e::*;
+
+const READY: Duration = Duration::from_secs(600);
+const MOVE: Duration = Duration::from_secs(300);
+
+/// Power the node back on when dropped, whatever the test did.
+struct NodeBack(Option<String>);
+
+impl Drop for NodeBack {
+    fn drop(&mut self) {
+        if let Some(node) = self.0.take() {
+            let _ = std::process::Command::new(
+                std::env::var("E2E_TESTCLUSTER_BIN").unwrap_or_else(|_| {
+                    repo_path("target/debug/tandem-testcluster")
+                        .to_string_lossy()
+                        .into_owned()
+                }),
+            )
+            .args([
+                "node",
+                "--dir",
+                &std::env::var("KUBE_DIR").unwrap_or_default(),
+                "--node",
+                &node,
+                "--action",
+                "start",
+            ])
+            .status();
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test cluster of DESIGN.md §8 and its node fault injection: make test"]
+async fn testcluster_primary_node_power_loss_fails_over_without_loss_and_the_node_comes_back() {
+    with_temp_ns("node-loss", |client, ns| async move {
+        expect_operator(&client).await.expect("operator running");
+        let name = apply_example(&client, &ns, "sync.yaml")
+            .await
+            .expect("apply");
+        wait_healthy(&client, &ns, &name, READY)
+            .await
+            .expect("healthy");
+        let old = status(&client, &ns, &name)
+            .await
+            .expect("status")
+            .current_primary
+            .expect("primary");
+        let node = node_of(&client, &ns, &old)
+            .await
+            .expect("node of the primary");
+        start_sql_pod_off(
+            &client,
+            &ns,
+            &name,
+            "writer",
+            &writer_script(400, 400),
+            &node,
+        )
+        .await
+        .expect("writer");
+        eventually("writer acknowledged 50 rows", MOVE, || async {
+            (acknowledged(&pod_logs(&client, &ns, "writer").await.ok()?).len() >= 50).then_some(())
+        })
+        .await
+        .expect("writes flowing");
+
+        node_action(&node, "kill")
+            .await
+            .expect("kill the primary's node");
+        let mut back = NodeBack(Some(node.clone()));
+        let new = eventually("a new primary", MOVE, || async {
+            let p = status(&client, &ns, &name).await.ok()?.current_primary?;
+            (p != old).then_some(p)
+        })
+        .await
+        .expect("failover after the node's power loss");
+        wait_rw_on(&client, &ns, &name, &new, MOVE)
+            .await
+            .expect("rw moved");
+
+        node_action(&node, "start")
+            .await
+            .expect("power the node back on");
+        back.0 = None;
+        let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
+        await_condition(
+            api,
+            "writer",
+            "writer done",
+            Duration::from_secs(450),
+            |p: Option<&Pod>| {
+                matches!(
+                    p.and_then(|p| p.status.as_ref())
+                        .and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            },
+        )
+        .await
+        .expect("writer finished");
+        let acked = acknowledged(&pod_logs(&client, &ns, "writer").await.expect("logs"));
+        let stored = rows(&client, &ns, &name, "read-1").await.expect("rows");
+        let lost: Vec<u64> = acked
+            .iter()
+            .filter(|n| !stored.contains(n))
+            .copied()
+            .collect();
+        assert!(
+            lost.is_empty(),
+            "acknowledged rows lost with the node: {lost:?}"
+        );
+
+        let st = wait_healthy(&client, &ns, &name, READY)
+            .await
+            .expect("healthy again with the node back")
+            .status
+            .expect("status");
+        assert_eq!(st.current_primary.as_deref(), Some(new.as_str()));
+        let failover = st
+            .history
+            .iter()
+            .rev()
+            .find(|e| e.kind == "Failover")
+            .expect("failover in history");
+        assert_eq!(
+            failover.bytes_possibly_lost,
+            Some(0),
+            "sync+required loses nothing: {failover:?}"
+        );
+        let labels = role_labels(&client, &ns, &name).await.expect("labels");
+        assert_eq!(
+            labels.get(&old).map(String::as_str),
+            Some(keys::ROLE_STANDBY),
+            "{labels:?}"
+        );
+    })
+    .await;
+}
