@@ -352,6 +352,69 @@ pub async fn wait_healthy(
     .await
 }
 
+/// The current primary of DbCluster `name`; panics (a test failure) when there is none.
+pub async fn primary(client: &Client, ns: &str, name: &str) -> String {
+    status(client, ns, name)
+        .await
+        .expect("status")
+        .current_primary
+        .expect("a current primary")
+}
+
+/// With the operator running, `kubectl apply` example `file` in `ns` and wait
+/// (at most `timeout`) until the cluster is healthy; its name. Panics on failure.
+pub async fn healthy_example(client: &Client, ns: &str, file: &str, timeout: Duration) -> String {
+    expect_operator(client).await.expect("operator running");
+    let name = apply_example(client, ns, file).await.expect("apply");
+    wait_healthy(client, ns, &name, timeout)
+        .await
+        .expect("healthy");
+    name
+}
+
+/// After a failover from `old` to `new` under sync+required: wait (at most
+/// `timeout`) until the cluster is healthy again, then check that `new` is
+/// primary, that history records the failover with 0 bytes possibly lost,
+/// and that `old` rejoined as a standby. Panics (a test failure) otherwise.
+pub async fn expect_lossless_failover_and_rejoin(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    old: &str,
+    new: &str,
+    timeout: Duration,
+) {
+    let st = wait_healthy(client, ns, name, timeout)
+        .await
+        .expect("healthy again")
+        .status
+        .expect("status");
+    assert_eq!(st.current_primary.as_deref(), Some(new));
+    let failover = st
+        .history
+        .iter()
+        .rev()
+        .find(|e| e.kind == "Failover")
+        .expect("failover in history");
+    assert_eq!(
+        failover.bytes_possibly_lost,
+        Some(0),
+        "sync+required loses nothing: {failover:?}"
+    );
+    let labels = role_labels(client, ns, name).await.expect("labels");
+    assert_eq!(
+        labels.get(old).map(String::as_str),
+        Some(keys::ROLE_STANDBY),
+        "the old primary rejoins as a standby: {labels:?}"
+    );
+}
+
+/// `kubectl patch dbcluster/<name> --type=merge -p <patch>` in `ns`, whatever its exit code.
+pub async fn patch_cluster(ns: &str, name: &str, patch: &str) -> Result<Output> {
+    let target = format!("dbcluster/{name}");
+    kubectl(&["patch", "-n", ns, &target, "--type=merge", "-p", patch]).await
+}
+
 /// Set (Some) or remove (None) an annotation on the DbCluster with
 /// `kubectl annotate`, as a user makes a request.
 pub async fn annotate(

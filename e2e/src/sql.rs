@@ -85,18 +85,10 @@ pub async fn pod_logs(client: &Client, ns: &str, pod: &str) -> Result<String> {
         .map_err(kube_err(format!("logs of {pod}")))
 }
 
-/// Run `script` in a pod to completion; its output, or an error with it.
-pub async fn run_sql(
-    client: &Client,
-    ns: &str,
-    cluster: &str,
-    pod: &str,
-    script: &str,
-    timeout: Duration,
-) -> Result<String> {
-    start_sql_pod(client, ns, cluster, pod, script).await?;
+/// Wait until pod `pod` has finished (Succeeded or Failed), at most `timeout`.
+pub async fn wait_finished(client: &Client, ns: &str, pod: &str, timeout: Duration) -> Result<Pod> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let done = await_condition(
+    await_condition(
         api,
         pod,
         &format!("pod {pod} finished"),
@@ -109,7 +101,20 @@ pub async fn run_sql(
             )
         },
     )
-    .await?;
+    .await
+}
+
+/// Run `script` in a pod to completion; its output, or an error with it.
+pub async fn run_sql(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    pod: &str,
+    script: &str,
+    timeout: Duration,
+) -> Result<String> {
+    start_sql_pod(client, ns, cluster, pod, script).await?;
+    let done = wait_finished(client, ns, pod, timeout).await?;
     let logs = pod_logs(client, ns, pod).await?;
     match done.status.and_then(|s| s.phase).as_deref() {
         Some("Succeeded") => Ok(logs),
@@ -118,6 +123,21 @@ pub async fn run_sql(
             logs,
         }),
     }
+}
+
+/// Once writer pod `writer` has finished (at most `timeout`): the rows it saw
+/// acknowledged that `<cluster>-rw` no longer has.
+pub async fn lost_acknowledged(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    writer: &str,
+    timeout: Duration,
+) -> Result<Vec<u64>> {
+    wait_finished(client, ns, writer, timeout).await?;
+    let acked = acknowledged(&pod_logs(client, ns, writer).await?);
+    let stored = rows(client, ns, cluster, &format!("{writer}-read")).await?;
+    Ok(acked.into_iter().filter(|n| !stored.contains(n)).collect())
 }
 
 /// Numbers of the lines `ack <n>` a writer printed: the rows the server acknowledged.

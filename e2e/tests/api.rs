@@ -76,12 +76,7 @@ async fn crd_examples_and_base_are_accepted_and_kubectl_explains_and_lists_them(
             out.stdout
         );
 
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        healthy_example(&client, &ns, "minimal.yaml", READY).await;
         let table = kubectl_ok(&["get", "dbc", "-n", &ns])
             .await
             .expect("kubectl get dbc");
@@ -157,24 +152,10 @@ async fn bad_manifests_are_refused_by_the_api_server_with_the_schemas_message() 
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn storage_cannot_be_changed_and_the_cluster_keeps_its_ha_loop() {
     with_temp_ns("storage", |client, ns| async move {
-        let name = apply_example(&client, &ns, "minimal.yaml")
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
+        let out = patch_cluster(&ns, &name, r#"{"spec":{"storage":{"size":"5Gi"}}}"#)
             .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
-        let target = format!("dbcluster/{name}");
-        let out = kubectl(&[
-            "patch",
-            "-n",
-            &ns,
-            &target,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"storage":{"size":"5Gi"}}}"#,
-        ])
-        .await
-        .expect("kubectl");
+            .expect("kubectl");
         assert_eq!(
             out.code, 1,
             "storage change accepted: {}{}",
@@ -182,11 +163,7 @@ async fn storage_cannot_be_changed_and_the_cluster_keeps_its_ha_loop() {
         );
         assert!(out.stderr.contains("storage"), "{}", out.stderr);
         // The cluster still answers requests: a switchover runs.
-        let old = status(&client, &ns, &name)
-            .await
-            .expect("status")
-            .current_primary
-            .expect("primary");
+        let old = primary(&client, &ns, &name).await;
         annotate(&client, &ns, &name, keys::ANN_SWITCHOVER, Some("any"))
             .await
             .expect("annotate");
@@ -283,12 +260,7 @@ async fn a_dbcluster_the_operator_cannot_read_does_not_stop_the_others() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn a_deleted_and_reapplied_cluster_adopts_its_data() {
     with_temp_ns("reapply", |client, ns| async move {
-        let name = apply_example(&client, &ns, "minimal.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
         run_sql(
             &client,
             &ns,

@@ -13,29 +13,11 @@ use tandem_e2e::*;
 const READY: Duration = Duration::from_secs(600);
 const MOVE: Duration = Duration::from_secs(180);
 
-async fn primary(client: &kube::Client, ns: &str, name: &str) -> String {
-    status(client, ns, name)
-        .await
-        .expect("status")
-        .current_primary
-        .expect("a current primary")
-}
-
-/// With the operator running, apply example `file` in `ns` and wait until the cluster is healthy.
-async fn healthy_example(client: &kube::Client, ns: &str, file: &str) -> String {
-    expect_operator(client).await.expect("operator running");
-    let name = apply_example(client, ns, file).await.expect("apply");
-    wait_healthy(client, ns, &name, READY)
-        .await
-        .expect("healthy");
-    name
-}
-
 #[tokio::test]
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn minimal_cluster_becomes_healthy_and_rw_follows_the_primary() {
     with_temp_ns("ready", |client, ns| async move {
-        let name = healthy_example(&client, &ns, "minimal.yaml").await;
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
         let p = primary(&client, &ns, &name).await;
         wait_rw_on(&client, &ns, &name, &p, MOVE)
             .await
@@ -70,7 +52,7 @@ async fn minimal_cluster_becomes_healthy_and_rw_follows_the_primary() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
     with_temp_ns("switchover", |client, ns| async move {
-        let name = healthy_example(&client, &ns, "minimal.yaml").await;
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
         let old = primary(&client, &ns, &name).await;
         let target = if old == keys::instance_name(&name, 1) {
             keys::instance_name(&name, 2)
@@ -163,7 +145,7 @@ async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn primary_pod_loss_fails_over_without_losing_acknowledged_rows_and_old_primary_rejoins() {
     with_temp_ns("failover", |client, ns| async move {
-        let name = healthy_example(&client, &ns, "sync.yaml").await;
+        let name = healthy_example(&client, &ns, "sync.yaml", READY).await;
         let old = primary(&client, &ns, &name).await;
         start_sql_pod(&client, &ns, &name, "writer", &writer_script(400, 300))
             .await
@@ -189,58 +171,16 @@ async fn primary_pod_loss_fails_over_without_losing_acknowledged_rows_and_old_pr
             .expect("promoted event");
 
         // The writer finishes through the new primary.
-        let api: kube::Api<k8s_openapi::api::core::v1::Pod> =
-            kube::Api::namespaced(client.clone(), &ns);
-        await_condition(
-            api,
-            "writer",
-            "writer done",
-            Duration::from_secs(330),
-            |p: Option<&k8s_openapi::api::core::v1::Pod>| {
-                matches!(
-                    p.and_then(|p| p.status.as_ref())
-                        .and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            },
-        )
-        .await
-        .expect("writer finished");
-        let acked = acknowledged(&pod_logs(&client, &ns, "writer").await.expect("logs"));
-        let stored = rows(&client, &ns, &name, "read-1").await.expect("rows");
-        let lost: Vec<u64> = acked
-            .iter()
-            .filter(|n| !stored.contains(n))
-            .copied()
-            .collect();
+        let lost = lost_acknowledged(&client, &ns, &name, "writer", Duration::from_secs(330))
+            .await
+            .expect("writer finished");
         assert!(
             lost.is_empty(),
             "acknowledged rows lost in failover: {lost:?}"
         );
 
         // The old pod comes back (StatefulSet) and rejoins as a standby.
-        let healthy = wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy again");
-        let st = healthy.status.expect("status");
-        assert_eq!(st.current_primary.as_deref(), Some(new.as_str()));
-        let failover = st
-            .history
-            .iter()
-            .rev()
-            .find(|e| e.kind == "Failover")
-            .expect("failover in history");
-        assert_eq!(
-            failover.bytes_possibly_lost,
-            Some(0),
-            "sync+required loses nothing: {failover:?}"
-        );
-        let labels = role_labels(&client, &ns, &name).await.expect("labels");
-        assert_eq!(
-            labels.get(&old).map(String::as_str),
-            Some(keys::ROLE_STANDBY),
-            "{labels:?}"
-        );
+        expect_lossless_failover_and_rejoin(&client, &ns, &name, &old, &new, READY).await;
     })
     .await;
 }
@@ -249,7 +189,7 @@ async fn primary_pod_loss_fails_over_without_losing_acknowledged_rows_and_old_pr
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn paused_cluster_does_not_fail_over() {
     with_temp_ns("paused", |client, ns| async move {
-        let name = healthy_example(&client, &ns, "minimal.yaml").await;
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
         let old = primary(&client, &ns, &name).await;
         annotate(&client, &ns, &name, keys::ANN_PAUSED, Some("true"))
             .await
@@ -284,7 +224,7 @@ async fn paused_cluster_does_not_fail_over() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn bad_annotations_are_refused_with_an_event_and_change_nothing() {
     with_temp_ns("refused", |client, ns| async move {
-        let name = healthy_example(&client, &ns, "minimal.yaml").await;
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
         let old = primary(&client, &ns, &name).await;
         let labels_before = role_labels(&client, &ns, &name).await.expect("labels");
 
@@ -336,7 +276,7 @@ async fn bad_annotations_are_refused_with_an_event_and_change_nothing() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
     with_temp_ns("reclone", |client, ns| async move {
-        let name = healthy_example(&client, &ns, "minimal.yaml").await;
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
         run_sql(
             &client,
             &ns,
@@ -384,7 +324,7 @@ async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
 #[ignore = "needs a Kubernetes cluster with the operator installed: make test (test cluster) or make e2e (kind)"]
 async fn switching_to_sync_replication_applies_without_a_restart() {
     with_temp_ns("sync", |client, ns| async move {
-        let name = healthy_example(&client, &ns, "minimal.yaml").await;
+        let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
         let started = run_sql(
             &client,
             &ns,
@@ -395,18 +335,14 @@ async fn switching_to_sync_replication_applies_without_a_restart() {
         )
         .await
         .expect("start time");
-        let target = format!("dbcluster/{name}");
-        kubectl_ok(&[
-            "patch",
-            "-n",
+        let out = patch_cluster(
             &ns,
-            &target,
-            "--type=merge",
-            "-p",
+            &name,
             r#"{"spec":{"replication":{"mode":"sync","syncStandbys":1}}}"#,
-        ])
+        )
         .await
-        .expect("kubectl patch spec");
+        .expect("kubectl patch");
+        assert!(out.ok(), "kubectl patch refused: {}", out.stderr);
         // Applied with a reload: the primary reports the setting, and its postmaster did not restart.
         let out = run_sql(
             &client,

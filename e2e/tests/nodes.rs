@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use tandem::api::keys;
 use tandem_e2e::*;
 
 const READY: Duration = Duration::from_secs(600);
@@ -46,18 +44,8 @@ impl Drop for NodeBack {
 #[ignore = "needs the test cluster of DESIGN.md §8 and its node fault injection: make test"]
 async fn testcluster_primary_node_power_loss_fails_over_without_loss_and_the_node_comes_back() {
     with_temp_ns("node-loss", |client, ns| async move {
-        expect_operator(&client).await.expect("operator running");
-        let name = apply_example(&client, &ns, "sync.yaml")
-            .await
-            .expect("apply");
-        wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy");
-        let old = status(&client, &ns, &name)
-            .await
-            .expect("status")
-            .current_primary
-            .expect("primary");
+        let name = healthy_example(&client, &ns, "sync.yaml", READY).await;
+        let old = primary(&client, &ns, &name).await;
         let node = node_of(&client, &ns, &old)
             .await
             .expect("node of the primary");
@@ -95,57 +83,15 @@ async fn testcluster_primary_node_power_loss_fails_over_without_loss_and_the_nod
             .await
             .expect("power the node back on");
         back.0 = None;
-        let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), &ns);
-        await_condition(
-            api,
-            "writer",
-            "writer done",
-            Duration::from_secs(450),
-            |p: Option<&Pod>| {
-                matches!(
-                    p.and_then(|p| p.status.as_ref())
-                        .and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-            },
-        )
-        .await
-        .expect("writer finished");
-        let acked = acknowledged(&pod_logs(&client, &ns, "writer").await.expect("logs"));
-        let stored = rows(&client, &ns, &name, "read-1").await.expect("rows");
-        let lost: Vec<u64> = acked
-            .iter()
-            .filter(|n| !stored.contains(n))
-            .copied()
-            .collect();
+        let lost = lost_acknowledged(&client, &ns, &name, "writer", Duration::from_secs(450))
+            .await
+            .expect("writer finished");
         assert!(
             lost.is_empty(),
             "acknowledged rows lost with the node: {lost:?}"
         );
 
-        let st = wait_healthy(&client, &ns, &name, READY)
-            .await
-            .expect("healthy again with the node back")
-            .status
-            .expect("status");
-        assert_eq!(st.current_primary.as_deref(), Some(new.as_str()));
-        let failover = st
-            .history
-            .iter()
-            .rev()
-            .find(|e| e.kind == "Failover")
-            .expect("failover in history");
-        assert_eq!(
-            failover.bytes_possibly_lost,
-            Some(0),
-            "sync+required loses nothing: {failover:?}"
-        );
-        let labels = role_labels(&client, &ns, &name).await.expect("labels");
-        assert_eq!(
-            labels.get(&old).map(String::as_str),
-            Some(keys::ROLE_STANDBY),
-            "{labels:?}"
-        );
+        expect_lossless_failover_and_rejoin(&client, &ns, &name, &old, &new, READY).await;
     })
     .await;
 }
