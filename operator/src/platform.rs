@@ -11,7 +11,7 @@ use crate::api::agent::{
     PromoteRequest, RecloneRequest, RewindRequest, StopRequest, SyncStandbys,
 };
 use crate::api::{DurationString, InstanceRole, Lsn};
-use crate::engine::{Action, AgentReport, ConnectedStandby, LeaseReport, StopMode, SyncState};
+use crate::engine::{Action, AgentReport, ConnectedStandby, LeaseReport, SyncState};
 
 fn lsn(s: &Option<String>) -> Option<Lsn> {
     s.as_deref().and_then(|s| s.parse().ok())
@@ -80,14 +80,6 @@ fn duration_ms(ms: u64) -> Option<DurationString> {
     format!("{ms}ms").parse().ok()
 }
 
-fn stop_mode(m: StopMode) -> proto::StopMode {
-    match m {
-        StopMode::Smart => proto::StopMode::Smart,
-        StopMode::Fast => proto::StopMode::Fast,
-        StopMode::Immediate => proto::StopMode::Immediate,
-    }
-}
-
 fn member(members: &BTreeMap<String, Member>, name: &str) -> Result<Member, String> {
     members
         .get(name)
@@ -151,7 +143,7 @@ pub async fn call(
             mode, timeout_ms, ..
         } => {
             c.stop(&StopRequest {
-                mode: stop_mode(*mode),
+                mode: *mode,
                 timeout: duration_ms(*timeout_ms),
             })
             .await
@@ -161,7 +153,7 @@ pub async fn call(
             mode, timeout_ms, ..
         } => {
             c.restart(&StopRequest {
-                mode: stop_mode(*mode),
+                mode: *mode,
                 timeout: duration_ms(*timeout_ms),
             })
             .await

@@ -209,8 +209,10 @@ impl Default for ReplicationSpec {
     }
 }
 
-/// Replication mode.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+/// Replication mode (also a `tandem local set` flag value).
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicationMode {
     /// The primary does not wait for standbys.
@@ -221,8 +223,11 @@ pub enum ReplicationMode {
 }
 
 /// Values of PostgreSQL's synchronous_commit that tandem accepts.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
 pub enum SynchronousCommit {
     /// Wait until standbys flushed the commit to disk.
     #[default]
@@ -248,7 +253,9 @@ impl SynchronousCommit {
 }
 
 /// What sync mode does while too few standbys stream.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DataDurability {
     /// Drop to asynchronous commits while no synchronous standby is there.

@@ -6,8 +6,13 @@ pub mod agent;
 pub mod cluster;
 pub mod keys;
 pub mod status;
+pub mod transition;
 pub mod units;
 
 pub use cluster::*;
 pub use status::*;
+pub use transition::{
+    FailoverData, HistoryKind, HistoryOutcome, RejoinData, RestartData, SwitchoverData,
+    TransitionData, TransitionKind, TransitionStep,
+};
 pub use units::{ByteSize, DurationString, Lsn};

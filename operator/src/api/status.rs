@@ -4,6 +4,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::transition::{
+    HistoryKind, HistoryOutcome, TransitionData, TransitionKind, TransitionStep,
+};
+
 /// Most history entries kept in status.
 pub const HISTORY_LIMIT: usize = 20;
 
@@ -204,11 +208,11 @@ pub enum CheckState {
 }
 
 /// A transition in progress.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Transition {
-    /// What is happening: Bootstrap, Failover, Switchover, Rejoin, Reclone, Restart, Scale, Durability.
-    pub kind: String,
+    /// What is happening.
+    pub kind: TransitionKind,
     /// The instance the transition acts on (the promotion target, the instance to rejoin…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
@@ -216,31 +220,31 @@ pub struct Transition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// The step being carried out; recorded before it runs so a restarted operator resumes it.
-    pub step: String,
+    pub step: TransitionStep,
     /// When the transition started (RFC 3339).
     pub started_at: String,
     /// Why it started.
     #[serde(default)]
     pub reason: String,
     /// Step-specific facts the transition needs to resume (for example the old primary's last LSN).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub data: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "TransitionData::is_empty")]
+    pub data: TransitionData,
 }
 
 /// A finished transition or request.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {
-    /// What it was: Failover, Switchover, SwitchoverDryRun, Rejoin, Reclone, Restart, Pause…
-    pub kind: String,
+    /// What it was.
+    pub kind: HistoryKind,
     /// The instance it moved away from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// The instance it acted on, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
-    /// Succeeded, Failed, Refused or RolledBack (DryRun for reports).
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: HistoryOutcome,
     /// When it started (RFC 3339).
     pub started_at: String,
     /// How long it took, in milliseconds.
@@ -291,6 +295,30 @@ pub const COND_READY: &str = "Ready";
 pub const COND_PRIMARY_AVAILABLE: &str = "PrimaryAvailable";
 pub const COND_REPLICATION_HEALTHY: &str = "ReplicationHealthy";
 pub const COND_PAUSED: &str = "Paused";
+
+impl HistoryEntry {
+    /// An entry with no instance, duration, positions or checks.
+    pub fn new(
+        kind: HistoryKind,
+        outcome: HistoryOutcome,
+        started_at: String,
+        message: String,
+    ) -> Self {
+        HistoryEntry {
+            kind,
+            from: None,
+            to: None,
+            outcome,
+            started_at,
+            duration_ms: 0,
+            message,
+            old_primary_lsn: None,
+            promoted_lsn: None,
+            bytes_possibly_lost: None,
+            checks: Vec::new(),
+        }
+    }
+}
 
 impl DbClusterStatus {
     /// Append to history, keeping at most [`HISTORY_LIMIT`] entries.

@@ -34,17 +34,8 @@ impl RoleLabel {
     }
 }
 
-/// pg_ctl shutdown mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StopMode {
-    /// Wait for clients to disconnect.
-    Smart,
-    /// Disconnect clients, checkpoint, stop.
-    Fast,
-    /// Abort without a checkpoint (crash recovery on next start).
-    Immediate,
-}
+/// pg_ctl shutdown mode: the agent protocol's, so both sides share one type.
+pub use crate::api::agent::StopMode;
 
 /// Kubernetes Event type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

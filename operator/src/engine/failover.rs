@@ -2,19 +2,14 @@
 //! platform knows the primary is gone), fencing, promotion of the best
 //! standby, relabelling, and RPO accounting in history. Pure.
 
-use crate::api::{DbClusterStatus, Lsn, Transition};
+use crate::api::{DbClusterStatus, FailoverData, Transition};
 
 use super::ctx::{secs, Ctx};
 use super::prechecks::failover_candidate;
 use super::{
-    event, history, kinds, new_transition, outcomes, reasons, Action, EventType, RoleLabel, Step,
-    StopMode,
+    event, history, new_transition, reasons, Action, EventType, HistoryOutcome, RoleLabel, Step,
+    StopMode, TransitionKind, TransitionStep,
 };
-
-pub(crate) const FIRST_STEP: &str = STEP_FENCE;
-pub(crate) const STEP_FENCE: &str = "Fence";
-pub(crate) const STEP_PROMOTE: &str = "Promote";
-pub(crate) const STEP_LABEL: &str = "Label";
 
 /// Why the current primary counts as failed, or `None` while it is healthy.
 pub(crate) fn primary_problem(ctx: &Ctx, primary: &str) -> Option<String> {
@@ -99,18 +94,16 @@ pub(crate) fn detect(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>)
     };
     let mut tr = new_transition(
         ctx,
-        kinds::FAILOVER,
+        TransitionKind::Failover,
         Some(&candidate),
         Some(&primary),
         &reason,
     );
     let old = st.instances.iter().find(|i| i.name == primary);
-    if let Some(lsn) = old.and_then(|i| i.lsn.clone()) {
-        tr.data.insert("oldPrimaryLsn".into(), lsn);
-    }
-    if let Some(tl) = old.and_then(|i| i.timeline) {
-        tr.data.insert("oldTimeline".into(), tl.to_string());
-    }
+    tr.data.old_primary_lsn = old
+        .and_then(|i| i.lsn.as_deref())
+        .and_then(|s| s.parse().ok());
+    tr.data.failover.old_timeline = old.and_then(|i| i.timeline);
     st.target_primary = Some(candidate.clone());
     out.push(event(
         Some(&primary),
@@ -122,31 +115,30 @@ pub(crate) fn detect(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>)
     true
 }
 
-/// Advance a failover.
+/// Carry out one step of a failover (`f`: [`fence`], [`promote`], [`label`])
+/// away from its old primary.
 pub(crate) fn step(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
     out: &mut Vec<Action>,
+    f: impl FnOnce(&Ctx, &mut DbClusterStatus, &Transition, &str, &mut Vec<Action>) -> Step,
 ) -> Step {
     let Some(old) = tr.from.clone() else {
         return Step::finish(history(
             ctx,
             tr,
-            outcomes::FAILED,
+            HistoryOutcome::Failed,
             "failover without an old primary",
         ));
     };
-    match tr.step.as_str() {
-        STEP_FENCE => fence(ctx, st, tr, &old, out),
-        STEP_PROMOTE => promote(ctx, st, tr, &old, out),
-        _ => label(ctx, st, tr, &old, out),
-    }
+    f(ctx, st, tr, &old, out)
 }
 
-fn set_data(st: &mut DbClusterStatus, key: &str, value: String) {
+/// Record a fact of the failover in progress.
+fn set(st: &mut DbClusterStatus, f: impl FnOnce(&mut FailoverData)) {
     if let Some(t) = st.transition.as_mut() {
-        t.data.insert(key.to_string(), value);
+        f(&mut t.data.failover);
     }
 }
 
@@ -160,7 +152,7 @@ pub(crate) fn fenced(
     if ctx.gone(old) {
         return Ok(format!("the platform reports {old} gone"));
     }
-    if tr.data.contains_key("stopConfirmed") {
+    if tr.data.failover.stop_confirmed {
         return Ok(format!("{old}'s agent stopped postgres"));
     }
     if let Some(a) = ctx.agent(old) {
@@ -196,7 +188,8 @@ pub(crate) fn fenced(
     ))
 }
 
-fn fence(
+/// Step `Fence`: drop the old primary's label, make sure it cannot write, choose the candidate.
+pub(crate) fn fence(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
@@ -207,14 +200,14 @@ fn fence(
         instance: old.to_string(),
         role: RoleLabel::Fenced,
     };
-    let label_gone = tr.data.contains_key("labelDropped")
+    let label_gone = tr.data.failover.label_dropped
         || ctx.succeeded(&drop)
         || ctx
             .obs(old)
             .and_then(|o| o.label)
             .is_some_and(|l| l != RoleLabel::Primary);
     if label_gone {
-        set_data(st, "labelDropped", "true".into());
+        set(st, |d| d.label_dropped = true);
     } else {
         out.push(drop);
     }
@@ -224,7 +217,7 @@ fn fence(
         timeout_ms: u64::try_from(ctx.detection_ms().max(1000)).unwrap_or(1000),
     };
     if ctx.succeeded(&stop) {
-        set_data(st, "stopConfirmed", "true".into());
+        set(st, |d| d.stop_confirmed = true);
     }
     let tr_now = st.transition.clone().unwrap_or_else(|| tr.clone());
     let fenced = fenced(ctx, st, &tr_now, old);
@@ -240,7 +233,7 @@ fn fence(
     match (label_gone, fenced) {
         (true, Ok(how)) => {
             // Choose with the freshest positions: standbys received until the end.
-            let failed = failed_list(&tr_now);
+            let failed = tr_now.data.failover.failed_candidates.clone();
             // Candidates that failed once may be retried when nobody else is left.
             let pick = failover_candidate(ctx, st, old, &failed)
                 .or_else(|_| failover_candidate(ctx, st, old, &[]));
@@ -248,14 +241,15 @@ fn fence(
                 Ok(c) => {
                     if let Some(t) = st.transition.as_mut() {
                         t.target = Some(c.clone());
-                        t.data.insert("fencedBy".into(), how);
-                        t.data.remove("promoteIssued");
+                        let d = &mut t.data.failover;
+                        d.fenced_by = Some(how);
+                        d.promote_issued = false;
                         if let Some(lsn) = ctx.lsn(&c) {
-                            t.data.insert("candidateLsn".into(), lsn.to_string());
+                            d.candidate_lsn = Some(lsn);
                         }
                     }
                     st.target_primary = Some(c);
-                    Step::Goto(STEP_PROMOTE)
+                    Step::Goto(TransitionStep::Promote)
                 }
                 Err(why) if ctx.reachable(old) => {
                     // Nobody was promoted: give up and let the old primary start again.
@@ -267,7 +261,7 @@ fn fence(
                         &message,
                     ));
                     st.target_primary = Some(old.to_string());
-                    Step::finish(history(ctx, &tr_now, outcomes::FAILED, &message))
+                    Step::finish(history(ctx, &tr_now, HistoryOutcome::Failed, &message))
                 }
                 Err(why) => {
                     st.blocked_by = Some(format!("{old} is fenced ({how}) but {why}"));
@@ -288,35 +282,22 @@ fn fence(
     }
 }
 
-fn failed_list(tr: &Transition) -> Vec<String> {
-    tr.data
-        .get("failedCandidates")
-        .map(|s| {
-            s.split(',')
-                .filter(|x| !x.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn promote(
+/// Step `Promote`: promote the candidate, or choose another when it cannot be.
+pub(crate) fn promote(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
-    old: &str,
+    _old: &str,
     out: &mut Vec<Action>,
 ) -> Step {
     let Some(c) = tr.target.clone() else {
-        return Step::Goto(STEP_FENCE);
+        return Step::Goto(TransitionStep::Fence);
     };
     if ctx.runs_as_primary(&c) {
-        set_data(
-            st,
-            "promotedTimeline",
-            ctx.timeline(&c).unwrap_or(0).to_string(),
-        );
-        return Step::Goto(STEP_LABEL);
+        set(st, |d| {
+            d.promoted_timeline = Some(ctx.timeline(&c).unwrap_or(0))
+        });
+        return Step::Goto(TransitionStep::Label);
     }
     let promote = Action::Promote {
         instance: c.clone(),
@@ -330,23 +311,19 @@ fn promote(
                 reasons::PROMOTION_FAILED,
                 &format!("promoting {c} failed: {message}"),
             ));
-            let mut failed = failed_list(tr);
-            failed.push(c.clone());
-            set_data(st, "failedCandidates", failed.join(","));
-            return Step::Goto(STEP_FENCE);
+            set_failed(st, tr, &c);
+            return Step::Goto(TransitionStep::Fence);
         }
     }
     if !ctx.reachable(&c) {
         // Never asked: pick another at once. Asked: it may have promoted; its
         // lease (renewed with the promotion) must run out before anyone else is.
-        let issued = tr.data.contains_key("promoteIssued");
-        let waited = ctx.since(tr.data.get("stepStartedAt").map(String::as_str));
+        let issued = tr.data.failover.promote_issued;
+        let waited = ctx.since(tr.data.step_started_at.as_deref());
         let bound = ctx.ttl_ms() + ctx.detection_ms();
         if !issued || waited >= bound {
-            let mut failed = failed_list(tr);
-            failed.push(c.clone());
-            set_data(st, "failedCandidates", failed.join(","));
-            return Step::Goto(STEP_FENCE);
+            set_failed(st, tr, &c);
+            return Step::Goto(TransitionStep::Fence);
         }
         st.blocked_by = Some(format!(
             "waiting for {c} to confirm its promotion: its agent does not answer; another candidate is chosen in {}",
@@ -373,13 +350,20 @@ fn promote(
         instance: c.clone(),
         ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
     });
-    set_data(st, "promoteIssued", "true".into());
+    set(st, |d| d.promote_issued = true);
     out.push(promote);
-    let _ = old;
     Step::Wait
 }
 
-fn label(
+/// `candidate` did not promote: add it to the failed candidates.
+fn set_failed(st: &mut DbClusterStatus, tr: &Transition, candidate: &str) {
+    let mut failed = tr.data.failover.failed_candidates.clone();
+    failed.push(candidate.to_string());
+    set(st, |d| d.failed_candidates = failed);
+}
+
+/// Step `Label`: label the promoted candidate primary, record the RPO accounting.
+pub(crate) fn label(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
@@ -387,7 +371,7 @@ fn label(
     out: &mut Vec<Action>,
 ) -> Step {
     let Some(c) = tr.target.clone() else {
-        return Step::Goto(STEP_FENCE);
+        return Step::Goto(TransitionStep::Fence);
     };
     st.current_primary = Some(c.clone());
     st.target_primary = Some(c.clone());
@@ -404,8 +388,8 @@ fn label(
         out.push(set);
         return Step::Wait;
     }
-    let old_lsn: Option<Lsn> = tr.data.get("oldPrimaryLsn").and_then(|s| s.parse().ok());
-    let promoted: Option<Lsn> = tr.data.get("candidateLsn").and_then(|s| s.parse().ok());
+    let old_lsn = tr.data.old_primary_lsn;
+    let promoted = tr.data.failover.candidate_lsn;
     let lost = match (old_lsn, promoted) {
         _ if ctx.sync_required() => Some(0),
         (Some(o), Some(p)) => Some(i64::try_from(o.bytes_after(p)).unwrap_or(i64::MAX)),
@@ -414,7 +398,7 @@ fn label(
     let message = format!(
         "promoted {c} after {old} failed ({}); fenced: {}; old primary last LSN {}, promoted at {}, {}",
         tr.reason,
-        tr.data.get("fencedBy").map(String::as_str).unwrap_or("-"),
+        tr.data.failover.fenced_by.as_deref().unwrap_or("-"),
         old_lsn.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
         promoted.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
         match lost {
@@ -429,7 +413,7 @@ fn label(
         reasons::PRIMARY_PROMOTED,
         &message,
     ));
-    let mut entry = history(ctx, tr, outcomes::SUCCEEDED, &message);
+    let mut entry = history(ctx, tr, HistoryOutcome::Succeeded, &message);
     entry.old_primary_lsn = old_lsn.map(|l| l.to_string());
     entry.promoted_lsn = promoted.map(|l| l.to_string());
     entry.bytes_possibly_lost = lost;

@@ -17,7 +17,10 @@
 //! 5. Keep `Decision.keep_instances` ordinals (0..n) alive; it is
 //!    `spec.instances` except while the primary's ordinal is scaled away.
 //!
-//! Transitions (`status.transition.kind` / `.step`):
+//! Transitions (`status.transition.kind` / `.step`) are the enums
+//! [`TransitionKind`] and [`TransitionStep`]; [`TransitionKind::steps`] lists
+//! each kind's steps and `run_step` below maps every (kind, step) to the one
+//! function that carries it out:
 //! - `Bootstrap`: `WaitPrimary` (until an instance runs as primary; adopted).
 //! - `Failover`: `Fence` → `Promote` → `Label`.
 //! - `Switchover`: `DropPrimaryLabel` → `StopPrimary` → `WaitShutdownCheckpoint`
@@ -52,32 +55,17 @@ pub use types::{
 
 use jiff::Timestamp;
 
-use crate::api::{DbClusterSpec, DbClusterStatus, HistoryEntry, LeaseStatus, Transition};
+pub use crate::api::{HistoryKind, HistoryOutcome, TransitionKind, TransitionStep};
+
+use crate::api::{
+    DbClusterSpec, DbClusterStatus, HistoryEntry, LeaseStatus, Transition, TransitionData,
+};
 
 use ctx::Ctx;
 
-/// Transition kinds recorded in `status.transition.kind`.
-pub mod kinds {
-    pub const BOOTSTRAP: &str = "Bootstrap";
-    pub const FAILOVER: &str = "Failover";
-    pub const SWITCHOVER: &str = "Switchover";
-    pub const REJOIN: &str = "Rejoin";
-    pub const REJOIN_DRY_RUN: &str = "RejoinDryRun";
-    pub const RECLONE: &str = "Reclone";
-    pub const RESTART: &str = "Restart";
-    /// History only: a switchover dry-run report.
-    pub const SWITCHOVER_DRY_RUN: &str = "SwitchoverDryRun";
-}
-
-/// History outcomes.
-pub mod outcomes {
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const FAILED: &str = "Failed";
-    pub const REFUSED: &str = "Refused";
-    pub const ROLLED_BACK: &str = "RolledBack";
-    pub const DRY_RUN: &str = "DryRun";
-    pub const STARTED: &str = "Started";
-}
+/// Most steps one decision runs through; a transition still moving then
+/// goes on at the next poll, and `blockedBy` says so.
+pub const MAX_STEPS_PER_DECISION: usize = 16;
 
 /// What the engine decided.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,7 +101,7 @@ pub fn decide(
     if st.current_primary.is_none() && st.transition.is_none() {
         st.transition = Some(new_transition(
             &ctx,
-            kinds::BOOTSTRAP,
+            TransitionKind::Bootstrap,
             None,
             None,
             "new cluster",
@@ -164,8 +152,8 @@ fn absorb_results(ctx: &Ctx, st: &mut DbClusterStatus) {
 pub(crate) enum Step {
     /// Stay in this step; its actions were pushed.
     Wait,
-    /// Go to the named step now.
-    Goto(&'static str),
+    /// Go to this step of the same transition now.
+    Goto(TransitionStep),
     /// The transition is over; record this entry.
     Finish(Box<HistoryEntry>),
 }
@@ -177,59 +165,47 @@ impl Step {
     }
 }
 
-/// Run the transition in progress as far as the observations allow.
+/// Run the transition in progress as far as the observations allow, at most
+/// [`MAX_STEPS_PER_DECISION`] steps.
 fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
-    for _ in 0..16 {
+    for _ in 0..MAX_STEPS_PER_DECISION {
         let Some(tr) = st.transition.clone() else {
             return;
         };
-        let yields_to_failover = [
-            kinds::REJOIN,
-            kinds::REJOIN_DRY_RUN,
-            kinds::RECLONE,
-            kinds::RESTART,
-        ]
-        .contains(&tr.kind.as_str());
+        let yields_to_failover = matches!(
+            tr.kind,
+            TransitionKind::Rejoin
+                | TransitionKind::RejoinDryRun
+                | TransitionKind::Reclone
+                | TransitionKind::Restart
+        );
         let primary_failed = st.current_primary.as_deref().is_some_and(|p| {
             failover::failed_for_long_enough(ctx, st, p).is_some_and(|r| r.is_ok())
         });
-        let step = match tr.kind.as_str() {
-            _ if yields_to_failover && primary_failed => {
-                // Failover comes first; this can be redone afterwards.
-                let message = format!(
-                    "{} abandoned: the primary {} failed",
-                    tr.kind,
-                    st.current_primary.clone().unwrap_or_default()
-                );
-                Step::finish(history(ctx, &tr, outcomes::FAILED, &message))
-            }
-            kinds::BOOTSTRAP => bootstrap(ctx, st, out),
-            kinds::FAILOVER => failover::step(ctx, st, &tr, out),
-            kinds::SWITCHOVER => switchover::step(ctx, st, &tr, out),
-            kinds::REJOIN | kinds::REJOIN_DRY_RUN | kinds::RECLONE => {
-                rejoin::step(ctx, st, &tr, out)
-            }
-            kinds::RESTART => restart::step(ctx, st, &tr, out),
-            _ => Step::finish(history(
-                ctx,
-                &tr,
-                outcomes::FAILED,
-                "unknown transition kind",
-            )),
+        let step = if yields_to_failover && primary_failed {
+            // Failover comes first; this can be redone afterwards.
+            let message = format!(
+                "{} abandoned: the primary {} failed",
+                tr.kind,
+                st.current_primary.clone().unwrap_or_default()
+            );
+            Step::finish(history(ctx, &tr, HistoryOutcome::Failed, &message))
+        } else {
+            run_step(ctx, st, &tr, out)
         };
         match step {
             Step::Wait => return,
             Step::Goto(next) => {
                 if let Some(t) = st.transition.as_mut() {
-                    t.step = next.to_string();
-                    t.data.insert("stepStartedAt".into(), ctx.stamp());
+                    t.step = next;
+                    t.data.step_started_at = Some(ctx.stamp());
                 }
             }
             Step::Finish(entry) => {
                 let entry = *entry;
                 // A step may have replaced the transition (restart → switchover).
-                if st.transition.as_ref().map(|t| (&t.kind, &t.started_at))
-                    == Some((&tr.kind, &tr.started_at))
+                if st.transition.as_ref().map(|t| (t.kind, &t.started_at))
+                    == Some((tr.kind, &tr.started_at))
                 {
                     st.transition = None;
                 }
@@ -237,9 +213,56 @@ fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
             }
         }
     }
+    if let Some(t) = &st.transition {
+        st.blocked_by = Some(format!(
+            "the {} went through {MAX_STEPS_PER_DECISION} steps in one decision without waiting (now at step {}); it goes on at the next poll",
+            t.kind, t.step
+        ));
+    }
 }
 
-fn bootstrap(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> Step {
+/// The table of transitions: the one function that carries out each step of
+/// each kind. A step the kind does not have (a status edited by hand) ends
+/// the transition as failed; it never runs another step.
+fn run_step(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<Action>) -> Step {
+    use TransitionKind as K;
+    use TransitionStep as S;
+    match (tr.kind, tr.step) {
+        (K::Bootstrap, S::WaitPrimary) => bootstrap(ctx, st, tr, out),
+        (K::Failover, S::Fence) => failover::step(ctx, st, tr, out, failover::fence),
+        (K::Failover, S::Promote) => failover::step(ctx, st, tr, out, failover::promote),
+        (K::Failover, S::Label) => failover::step(ctx, st, tr, out, failover::label),
+        (K::Switchover, S::DropPrimaryLabel) => {
+            switchover::step(ctx, st, tr, out, switchover::drop_label)
+        }
+        (K::Switchover, S::StopPrimary) => switchover::step(ctx, st, tr, out, switchover::stop),
+        (K::Switchover, S::WaitShutdownCheckpoint) => {
+            switchover::step(ctx, st, tr, out, switchover::wait_checkpoint)
+        }
+        (K::Switchover, S::Promote) => switchover::step(ctx, st, tr, out, switchover::promote),
+        (K::Switchover, S::Label) => switchover::step(ctx, st, tr, out, switchover::label),
+        (K::Switchover, S::Follow) => switchover::step(ctx, st, tr, out, switchover::follow),
+        (K::Switchover, S::RollBack) => switchover::step(ctx, st, tr, out, switchover::rollback),
+        (K::Rejoin, S::Demote) => rejoin::step(ctx, st, tr, out, rejoin::demote),
+        (K::Rejoin | K::Reclone, S::Reclone) => rejoin::step(ctx, st, tr, out, rejoin::reclone),
+        (K::RejoinDryRun, S::RewindCheck) => rejoin::step(ctx, st, tr, out, rejoin::rewind_check),
+        (K::Restart, S::RestartInstance) => restart::step(ctx, st, tr, out),
+        (kind, step) => {
+            debug_assert!(!kind.has_step(step), "{kind} {step} is in the table");
+            let message = format!(
+                "{kind} abandoned: it has no step {step} (its steps: {})",
+                kind.steps()
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Step::finish(history(ctx, tr, HistoryOutcome::Failed, &message))
+        }
+    }
+}
+
+fn bootstrap(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<Action>) -> Step {
     let best = ctx
         .names
         .iter()
@@ -267,8 +290,7 @@ fn bootstrap(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> Step
         reasons::PRIMARY_ELECTED,
         &message,
     ));
-    let tr = st.transition.clone().unwrap_or_default();
-    let mut entry = history(ctx, &tr, outcomes::SUCCEEDED, &message);
+    let mut entry = history(ctx, tr, HistoryOutcome::Succeeded, &message);
     entry.to = Some(primary);
     Step::finish(entry)
 }
@@ -353,71 +375,59 @@ fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool
         || restart::automatic(ctx, st, out)
 }
 
-/// A new transition starting now.
+/// A new transition starting now, at its kind's first step.
 pub(crate) fn new_transition(
     ctx: &Ctx,
-    kind: &str,
+    kind: TransitionKind,
     target: Option<&str>,
     from: Option<&str>,
     reason: &str,
 ) -> Transition {
-    let step = match kind {
-        kinds::BOOTSTRAP => "WaitPrimary",
-        kinds::FAILOVER => failover::FIRST_STEP,
-        kinds::SWITCHOVER => switchover::FIRST_STEP,
-        kinds::RESTART => restart::FIRST_STEP,
-        kinds::RECLONE => rejoin::STEP_RECLONE,
-        kinds::REJOIN_DRY_RUN => rejoin::STEP_CHECK,
-        _ => rejoin::STEP_DEMOTE,
-    };
-    let mut data = std::collections::BTreeMap::new();
-    data.insert("stepStartedAt".to_string(), ctx.stamp());
     Transition {
-        kind: kind.to_string(),
+        kind,
         target: target.map(str::to_string),
         from: from.map(str::to_string),
-        step: step.to_string(),
+        step: kind.first_step(),
         started_at: ctx.stamp(),
         reason: reason.to_string(),
-        data,
+        data: TransitionData {
+            step_started_at: Some(ctx.stamp()),
+            ..TransitionData::default()
+        },
     }
 }
 
 /// A history entry for transition `tr` ending now.
-pub(crate) fn history(ctx: &Ctx, tr: &Transition, outcome: &str, message: &str) -> HistoryEntry {
+pub(crate) fn history(
+    ctx: &Ctx,
+    tr: &Transition,
+    outcome: HistoryOutcome,
+    message: &str,
+) -> HistoryEntry {
+    let started_at = if tr.started_at.is_empty() {
+        ctx.stamp()
+    } else {
+        tr.started_at.clone()
+    };
     HistoryEntry {
-        kind: tr.kind.clone(),
         from: tr.from.clone(),
         to: tr.target.clone(),
-        outcome: outcome.to_string(),
-        started_at: if tr.started_at.is_empty() {
-            ctx.stamp()
-        } else {
-            tr.started_at.clone()
-        },
         duration_ms: ctx.since(Some(&tr.started_at)),
-        message: message.to_string(),
-        ..HistoryEntry::default()
+        ..HistoryEntry::new(tr.kind.into(), outcome, started_at, message.to_string())
     }
 }
 
 /// A history entry for a request answered at once (refused, dry-run).
 pub(crate) fn instant_history(
     ctx: &Ctx,
-    kind: &str,
+    kind: HistoryKind,
     to: Option<&str>,
-    outcome: &str,
+    outcome: HistoryOutcome,
     message: &str,
 ) -> HistoryEntry {
     HistoryEntry {
-        kind: kind.to_string(),
-        from: None,
         to: to.map(str::to_string),
-        outcome: outcome.to_string(),
-        started_at: ctx.stamp(),
-        duration_ms: 0,
-        message: message.to_string(),
-        ..HistoryEntry::default()
+        ..HistoryEntry::new(kind, outcome, ctx.stamp(), message.to_string())
     }
 }
 
@@ -426,13 +436,19 @@ pub(crate) fn refuse(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     request: &Request,
-    kind: &str,
+    kind: HistoryKind,
     to: Option<&str>,
     message: &str,
     out: &mut Vec<Action>,
 ) {
-    st.push_history(instant_history(ctx, kind, to, outcomes::REFUSED, message));
-    let reason = if kind == kinds::SWITCHOVER {
+    st.push_history(instant_history(
+        ctx,
+        kind,
+        to,
+        HistoryOutcome::Refused,
+        message,
+    ));
+    let reason = if kind == HistoryKind::Switchover {
         reasons::SWITCHOVER_REFUSED
     } else {
         reasons::REQUEST_REFUSED

@@ -7,8 +7,8 @@ use crate::api::{DbClusterStatus, HealthCheck};
 use super::ctx::Ctx;
 use super::prechecks::{better, first_failure, primary_checks, target_checks};
 use super::{
-    busy_reason, event, instant_history, kinds, new_transition, outcomes, reasons, refuse, Action,
-    EventType, Request, SwitchoverTarget,
+    busy_reason, event, instant_history, new_transition, reasons, refuse, Action, EventType,
+    HistoryKind, HistoryOutcome, Request, SwitchoverTarget, TransitionKind,
 };
 
 /// Outcome of choosing and checking a target.
@@ -100,13 +100,13 @@ pub(crate) fn request(
     out: &mut Vec<Action>,
 ) {
     let kind = if dry_run {
-        kinds::SWITCHOVER_DRY_RUN
+        HistoryKind::SwitchoverDryRun
     } else {
-        kinds::SWITCHOVER
+        HistoryKind::Switchover
     };
     if !dry_run {
         if let Some(tr) = &st.transition {
-            if tr.kind == kinds::SWITCHOVER
+            if tr.kind == TransitionKind::Switchover
                 && matches!(to, SwitchoverTarget::Instance(t) if Some(t) == tr.target.as_ref())
             {
                 // Already accepted (the platform had not cleared the request yet).
@@ -132,8 +132,13 @@ pub(crate) fn request(
             message,
         } => {
             if dry_run {
-                let mut entry =
-                    instant_history(ctx, kind, target.as_deref(), outcomes::DRY_RUN, &message);
+                let mut entry = instant_history(
+                    ctx,
+                    kind,
+                    target.as_deref(),
+                    HistoryOutcome::DryRun,
+                    &message,
+                );
                 entry.from = st.current_primary.clone();
                 entry.checks = checks;
                 st.push_history(entry);
@@ -161,7 +166,7 @@ pub(crate) fn request(
                     "switchover from {from} to {target} would proceed: every precheck passed"
                 );
                 let mut entry =
-                    instant_history(ctx, kind, Some(&target), outcomes::DRY_RUN, &message);
+                    instant_history(ctx, kind, Some(&target), HistoryOutcome::DryRun, &message);
                 entry.from = Some(from);
                 entry.checks = checks;
                 st.push_history(entry);
@@ -193,10 +198,14 @@ pub(crate) fn start(
     reason: &str,
     out: &mut Vec<Action>,
 ) {
-    let mut tr = new_transition(ctx, kinds::SWITCHOVER, Some(target), Some(from), reason);
-    if let Some(l) = ctx.lsn(from) {
-        tr.data.insert("oldPrimaryLsn".into(), l.to_string());
-    }
+    let mut tr = new_transition(
+        ctx,
+        TransitionKind::Switchover,
+        Some(target),
+        Some(from),
+        reason,
+    );
+    tr.data.old_primary_lsn = ctx.lsn(from);
     st.target_primary = Some(target.to_string());
     st.transition = Some(tr);
     out.push(event(

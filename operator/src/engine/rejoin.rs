@@ -3,17 +3,14 @@
 //! re-clone when allowed; explicit re-clone and rejoin dry-run requests.
 //! Never re-clones the most advanced copy. Pure.
 
-use crate::api::{DbClusterStatus, Transition};
+use crate::api::{DbClusterStatus, RejoinData, Transition};
 
 use super::ctx::Ctx;
 use super::{
-    busy_reason, event, history, instant_history, kinds, new_transition, outcomes, reasons, refuse,
-    Action, EventType, Outcome, Request, RoleLabel, Step,
+    busy_reason, event, history, instant_history, new_transition, reasons, refuse, Action,
+    EventType, HistoryKind, HistoryOutcome, Outcome, Request, RoleLabel, Step, TransitionKind,
+    TransitionStep,
 };
-
-pub(crate) const STEP_DEMOTE: &str = "Demote";
-pub(crate) const STEP_RECLONE: &str = "Reclone";
-pub(crate) const STEP_CHECK: &str = "RewindCheck";
 
 /// Why re-cloning `name` from `primary` would destroy the most advanced copy, if it would.
 pub(crate) fn reclone_unsafe(ctx: &Ctx, name: &str, primary: &str) -> Option<String> {
@@ -115,7 +112,7 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
             start_reclone(ctx, st, name, &primary, &why, out);
             return true;
         }
-        let tr = new_transition(ctx, kinds::REJOIN, Some(name), None, &why);
+        let tr = new_transition(ctx, TransitionKind::Rejoin, Some(name), None, &why);
         out.push(event(
             Some(name),
             EventType::Normal,
@@ -137,7 +134,13 @@ fn start_reclone(
     out: &mut Vec<Action>,
 ) {
     let message = format!("re-cloning {name} from {primary}: {why}");
-    let mut entry = instant_history(ctx, kinds::RECLONE, Some(name), outcomes::STARTED, &message);
+    let mut entry = instant_history(
+        ctx,
+        HistoryKind::Reclone,
+        Some(name),
+        HistoryOutcome::Started,
+        &message,
+    );
     entry.from = Some(primary.to_string());
     st.push_history(entry);
     out.push(event(
@@ -146,7 +149,13 @@ fn start_reclone(
         reasons::RECLONE_STARTED,
         &message,
     ));
-    st.transition = Some(new_transition(ctx, kinds::RECLONE, Some(name), None, why));
+    st.transition = Some(new_transition(
+        ctx,
+        TransitionKind::Reclone,
+        Some(name),
+        None,
+        why,
+    ));
 }
 
 /// Common validation of rejoin / re-clone requests.
@@ -202,9 +211,9 @@ pub(crate) fn request_rejoin(
     out: &mut Vec<Action>,
 ) {
     let kind = if dry_run {
-        kinds::REJOIN_DRY_RUN
+        TransitionKind::RejoinDryRun
     } else {
-        kinds::REJOIN
+        TransitionKind::Rejoin
     };
     if st
         .transition
@@ -223,7 +232,7 @@ pub(crate) fn request_rejoin(
         name,
         !dry_run,
     ) {
-        Err(why) => refuse(ctx, st, req, kind, Some(name), &why, out),
+        Err(why) => refuse(ctx, st, req, kind.into(), Some(name), &why, out),
         Ok(primary) => {
             let reason = if dry_run {
                 "dry-run requested"
@@ -263,7 +272,7 @@ pub(crate) fn request_reclone(
     if st
         .transition
         .as_ref()
-        .is_some_and(|t| t.kind == kinds::RECLONE && t.target.as_deref() == Some(name))
+        .is_some_and(|t| t.kind == TransitionKind::Reclone && t.target.as_deref() == Some(name))
     {
         out.push(Action::RequestDone {
             request: req.clone(),
@@ -278,7 +287,7 @@ pub(crate) fn request_reclone(
             }
         });
     match checked {
-        Err(why) => refuse(ctx, st, req, kinds::RECLONE, Some(name), &why, out),
+        Err(why) => refuse(ctx, st, req, HistoryKind::Reclone, Some(name), &why, out),
         Ok(primary) => {
             start_reclone(ctx, st, name, &primary, "requested", out);
             out.push(Action::RequestDone {
@@ -288,18 +297,29 @@ pub(crate) fn request_reclone(
     }
 }
 
-/// Advance a rejoin, re-clone or rejoin dry-run.
+/// The instance a rejoin, re-clone or rejoin dry-run acts on, and the primary it joins.
+pub(crate) struct Ends {
+    name: String,
+    primary: String,
+}
+
+/// A rejoin step: [`rewind_check`], [`demote`] or [`reclone`].
+type StepFn = fn(&Ctx, &mut DbClusterStatus, &Transition, &Ends, &mut Vec<Action>) -> Step;
+
+/// Carry out one step of a rejoin, re-clone or rejoin dry-run, while both the
+/// instance and the primary answer (it fails when one stays silent).
 pub(crate) fn step(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
     out: &mut Vec<Action>,
+    f: StepFn,
 ) -> Step {
     let Some(name) = tr.target.clone() else {
         return Step::finish(history(
             ctx,
             tr,
-            outcomes::FAILED,
+            HistoryOutcome::Failed,
             "rejoin without an instance",
         ));
     };
@@ -307,15 +327,15 @@ pub(crate) fn step(
         return Step::finish(history(
             ctx,
             tr,
-            outcomes::FAILED,
+            HistoryOutcome::Failed,
             "no primary to rejoin to",
         ));
     };
     let source_gone = !ctx.runs_as_primary(&primary);
     if !ctx.reachable(&name) || source_gone {
-        let step_elapsed = ctx.since(tr.data.get("stepStartedAt").map(String::as_str));
+        let step_elapsed = ctx.since(tr.data.step_started_at.as_deref());
+        let who = if source_gone { &primary } else { &name };
         if step_elapsed >= ctx.detection_ms() {
-            let who = if source_gone { &primary } else { &name };
             let message = format!("{} of {name} failed: {who} stopped answering", tr.kind);
             out.push(event(
                 Some(&name),
@@ -323,173 +343,206 @@ pub(crate) fn step(
                 reasons::REJOIN_FAILED,
                 &message,
             ));
-            return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
+            return Step::finish(history(ctx, tr, HistoryOutcome::Failed, &message));
         }
-        st.blocked_by = Some(format!(
-            "{} of {name} waits for {} to answer",
-            tr.kind,
-            if source_gone { &primary } else { &name }
-        ));
+        st.blocked_by = Some(format!("{} of {name} waits for {who} to answer", tr.kind));
         return Step::Wait;
     }
-    match tr.step.as_str() {
-        STEP_CHECK => {
-            let check = Action::Rewind {
-                instance: name.clone(),
-                source: primary.clone(),
-                dry_run: true,
-            };
-            match ctx.result(&check) {
-                Some(Outcome::Succeeded { detail }) => {
-                    let message = format!(
-                        "rejoin dry-run of {name} to {primary}: {}",
-                        detail
-                            .clone()
-                            .unwrap_or_else(|| "the rewind check passed".into())
-                    );
-                    out.push(event(
-                        Some(&name),
-                        EventType::Normal,
-                        reasons::REJOIN_DRY_RUN,
-                        &message,
-                    ));
-                    Step::finish(history(ctx, tr, outcomes::DRY_RUN, &message))
-                }
-                Some(Outcome::Failed { message }) => {
-                    let message = format!("rejoin dry-run of {name} to {primary}: {message}");
-                    out.push(event(
-                        Some(&name),
-                        EventType::Warning,
-                        reasons::REJOIN_DRY_RUN,
-                        &message,
-                    ));
-                    Step::finish(history(ctx, tr, outcomes::FAILED, &message))
-                }
-                None => {
-                    out.push(check);
-                    Step::Wait
-                }
-            }
+    f(ctx, st, tr, &Ends { name, primary }, out)
+}
+
+/// Record a fact of the rejoin or re-clone in progress.
+fn set(st: &mut DbClusterStatus, f: impl FnOnce(&mut RejoinData)) {
+    if let Some(t) = st.transition.as_mut() {
+        f(&mut t.data.rejoin);
+    }
+}
+
+/// Step `RewindCheck` (rejoin dry-run): pg_rewind --dry-run, reported in history.
+pub(crate) fn rewind_check(
+    ctx: &Ctx,
+    _st: &mut DbClusterStatus,
+    tr: &Transition,
+    e: &Ends,
+    out: &mut Vec<Action>,
+) -> Step {
+    let (name, primary) = (&e.name, &e.primary);
+    let check = Action::Rewind {
+        instance: name.clone(),
+        source: primary.clone(),
+        dry_run: true,
+    };
+    match ctx.result(&check) {
+        Some(Outcome::Succeeded { detail }) => {
+            let message = format!(
+                "rejoin dry-run of {name} to {primary}: {}",
+                detail
+                    .clone()
+                    .unwrap_or_else(|| "the rewind check passed".into())
+            );
+            out.push(event(
+                Some(name),
+                EventType::Normal,
+                reasons::REJOIN_DRY_RUN,
+                &message,
+            ));
+            Step::finish(history(ctx, tr, HistoryOutcome::DryRun, &message))
         }
-        STEP_DEMOTE => {
-            if ctx.obs(&name).and_then(|o| o.label) == Some(RoleLabel::Primary) {
-                out.push(Action::SetRole {
-                    instance: name.clone(),
-                    role: RoleLabel::Fenced,
-                });
-            }
-            let demote = Action::Demote {
-                instance: name.clone(),
-                primary: primary.clone(),
-            };
-            if ctx.succeeded(&demote)
-                || (ctx.streams_from(&name, &primary) && tr.data.contains_key("issued"))
-            {
-                let message = format!("{name} rejoined {primary} as a standby ({})", tr.reason);
-                out.push(event(
-                    Some(&name),
-                    EventType::Normal,
-                    reasons::REJOIN_COMPLETED,
-                    &message,
-                ));
-                return Step::finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
-            }
-            if let Some(message) = ctx.failure(&demote) {
-                let failed = format!("rejoining {name} to {primary} failed: {message}");
-                out.push(event(
-                    Some(&name),
-                    EventType::Warning,
-                    reasons::REJOIN_FAILED,
-                    &failed,
-                ));
-                if !ctx.spec.rejoin.allow_reclone {
-                    return Step::finish(history(
-                        ctx,
-                        tr,
-                        outcomes::FAILED,
-                        &format!(
-                            "{failed}; re-clone is not allowed (spec.rejoin.allowReclone=false)"
-                        ),
-                    ));
-                }
-                if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
-                    return Step::finish(history(
-                        ctx,
-                        tr,
-                        outcomes::FAILED,
-                        &format!("{failed}; not re-cloning: {why}"),
-                    ));
-                }
-                let message = format!("re-cloning {name} from {primary}: {failed}");
-                let mut entry = instant_history(
-                    ctx,
-                    kinds::RECLONE,
-                    Some(&name),
-                    outcomes::STARTED,
-                    &message,
-                );
-                entry.from = Some(primary.clone());
-                st.push_history(entry);
-                out.push(event(
-                    Some(&name),
-                    EventType::Warning,
-                    reasons::RECLONE_STARTED,
-                    &message,
-                ));
-                if let Some(t) = st.transition.as_mut() {
-                    t.data.insert("rewindFailed".into(), message);
-                }
-                return Step::Goto(STEP_RECLONE);
-            }
-            if let Some(t) = st.transition.as_mut() {
-                t.data.insert("issued".into(), "true".into());
-            }
-            out.push(demote);
-            Step::Wait
+        Some(Outcome::Failed { message }) => {
+            let message = format!("rejoin dry-run of {name} to {primary}: {message}");
+            out.push(event(
+                Some(name),
+                EventType::Warning,
+                reasons::REJOIN_DRY_RUN,
+                &message,
+            ));
+            Step::finish(history(ctx, tr, HistoryOutcome::Failed, &message))
         }
-        _ => {
-            let reclone = Action::Reclone {
-                instance: name.clone(),
-                source: primary.clone(),
-            };
-            if ctx.succeeded(&reclone)
-                || (ctx.streams_from(&name, &primary) && tr.data.contains_key("recloneIssued"))
-            {
-                let message = format!("{name} re-cloned from {primary} ({})", tr.reason);
-                out.push(event(
-                    Some(&name),
-                    EventType::Normal,
-                    reasons::RECLONE_COMPLETED,
-                    &message,
-                ));
-                return Step::finish(history(ctx, tr, outcomes::SUCCEEDED, &message));
-            }
-            if let Some(message) = ctx.failure(&reclone) {
-                let message = format!("re-cloning {name} from {primary} failed: {message}");
-                out.push(event(
-                    Some(&name),
-                    EventType::Warning,
-                    reasons::RECLONE_FAILED,
-                    &message,
-                ));
-                return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
-            }
-            if !tr.data.contains_key("recloneIssued") {
-                // Checked again right before the data directory goes.
-                if let Some(why) = reclone_unsafe(ctx, &name, &primary) {
-                    return Step::finish(history(
-                        ctx,
-                        tr,
-                        outcomes::REFUSED,
-                        &format!("re-clone refused: {why}"),
-                    ));
-                }
-            }
-            if let Some(t) = st.transition.as_mut() {
-                t.data.insert("recloneIssued".into(), "true".into());
-            }
-            out.push(reclone);
+        None => {
+            out.push(check);
             Step::Wait
         }
     }
+}
+
+/// Step `Demote` (rejoin): restart as a standby of the primary, rewinding when
+/// needed; a failed rewind falls back to a re-clone when that is allowed and safe.
+pub(crate) fn demote(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
+    e: &Ends,
+    out: &mut Vec<Action>,
+) -> Step {
+    let (name, primary) = (&e.name, &e.primary);
+    if ctx.obs(name).and_then(|o| o.label) == Some(RoleLabel::Primary) {
+        out.push(Action::SetRole {
+            instance: name.clone(),
+            role: RoleLabel::Fenced,
+        });
+    }
+    let demote = Action::Demote {
+        instance: name.clone(),
+        primary: primary.clone(),
+    };
+    if ctx.succeeded(&demote) || (ctx.streams_from(name, primary) && tr.data.rejoin.issued) {
+        let message = format!("{name} rejoined {primary} as a standby ({})", tr.reason);
+        out.push(event(
+            Some(name),
+            EventType::Normal,
+            reasons::REJOIN_COMPLETED,
+            &message,
+        ));
+        return Step::finish(history(ctx, tr, HistoryOutcome::Succeeded, &message));
+    }
+    if let Some(message) = ctx.failure(&demote) {
+        return rewind_failed(ctx, st, tr, e, message, out);
+    }
+    set(st, |d| d.issued = true);
+    out.push(demote);
+    Step::Wait
+}
+
+/// The rewind of a rejoin failed: re-clone when allowed and safe, or end the rejoin.
+fn rewind_failed(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
+    e: &Ends,
+    message: &str,
+    out: &mut Vec<Action>,
+) -> Step {
+    let (name, primary) = (&e.name, &e.primary);
+    let failed = format!("rejoining {name} to {primary} failed: {message}");
+    out.push(event(
+        Some(name),
+        EventType::Warning,
+        reasons::REJOIN_FAILED,
+        &failed,
+    ));
+    if !ctx.spec.rejoin.allow_reclone {
+        return Step::finish(history(
+            ctx,
+            tr,
+            HistoryOutcome::Failed,
+            &format!("{failed}; re-clone is not allowed (spec.rejoin.allowReclone=false)"),
+        ));
+    }
+    if let Some(why) = reclone_unsafe(ctx, name, primary) {
+        return Step::finish(history(
+            ctx,
+            tr,
+            HistoryOutcome::Failed,
+            &format!("{failed}; not re-cloning: {why}"),
+        ));
+    }
+    let message = format!("re-cloning {name} from {primary}: {failed}");
+    let mut entry = instant_history(
+        ctx,
+        HistoryKind::Reclone,
+        Some(name),
+        HistoryOutcome::Started,
+        &message,
+    );
+    entry.from = Some(primary.clone());
+    st.push_history(entry);
+    out.push(event(
+        Some(name),
+        EventType::Warning,
+        reasons::RECLONE_STARTED,
+        &message,
+    ));
+    set(st, |d| d.rewind_failed = Some(message));
+    Step::Goto(TransitionStep::Reclone)
+}
+
+/// Step `Reclone` (re-clone, or rejoin after a failed rewind): pg_basebackup
+/// from the primary, checked once more right before the data directory goes.
+pub(crate) fn reclone(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
+    e: &Ends,
+    out: &mut Vec<Action>,
+) -> Step {
+    let (name, primary) = (&e.name, &e.primary);
+    let reclone = Action::Reclone {
+        instance: name.clone(),
+        source: primary.clone(),
+    };
+    let issued = tr.data.rejoin.reclone_issued;
+    if ctx.succeeded(&reclone) || (ctx.streams_from(name, primary) && issued) {
+        let message = format!("{name} re-cloned from {primary} ({})", tr.reason);
+        out.push(event(
+            Some(name),
+            EventType::Normal,
+            reasons::RECLONE_COMPLETED,
+            &message,
+        ));
+        return Step::finish(history(ctx, tr, HistoryOutcome::Succeeded, &message));
+    }
+    if let Some(message) = ctx.failure(&reclone) {
+        let message = format!("re-cloning {name} from {primary} failed: {message}");
+        out.push(event(
+            Some(name),
+            EventType::Warning,
+            reasons::RECLONE_FAILED,
+            &message,
+        ));
+        return Step::finish(history(ctx, tr, HistoryOutcome::Failed, &message));
+    }
+    if !issued {
+        // Checked again right before the data directory goes.
+        if let Some(why) = reclone_unsafe(ctx, name, primary) {
+            return Step::finish(history(
+                ctx,
+                tr,
+                HistoryOutcome::Refused,
+                &format!("re-clone refused: {why}"),
+            ));
+        }
+    }
+    set(st, |d| d.reclone_issued = true);
+    out.push(reclone);
+    Step::Wait
 }

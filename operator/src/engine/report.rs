@@ -7,7 +7,7 @@ use crate::api::{
 };
 
 use super::ctx::Ctx;
-use super::{kinds, RoleLabel};
+use super::{RoleLabel, TransitionKind};
 
 /// Rebuild status.instances from this poll, keeping lastSeen and unhealthySince.
 pub(crate) fn refresh_instances(ctx: &Ctx, st: &mut DbClusterStatus) {
@@ -151,13 +151,13 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
             Some(Err(_))
         )
     });
-    st.phase = Some(match st.transition.as_ref().map(|t| t.kind.as_str()) {
-        Some(kinds::BOOTSTRAP) => Phase::Creating,
-        Some(kinds::FAILOVER) => Phase::FailingOver,
-        Some(kinds::SWITCHOVER) => Phase::SwitchingOver,
-        Some(kinds::REJOIN) | Some(kinds::REJOIN_DRY_RUN) => Phase::Rejoining,
-        Some(kinds::RECLONE) => Phase::Recloning,
-        _ if ctx.paused => Phase::Paused,
+    st.phase = Some(match st.transition.as_ref().map(|t| t.kind) {
+        Some(TransitionKind::Bootstrap) => Phase::Creating,
+        Some(TransitionKind::Failover) => Phase::FailingOver,
+        Some(TransitionKind::Switchover) => Phase::SwitchingOver,
+        Some(TransitionKind::Rejoin | TransitionKind::RejoinDryRun) => Phase::Rejoining,
+        Some(TransitionKind::Reclone) => Phase::Recloning,
+        Some(TransitionKind::Restart) | None if ctx.paused => Phase::Paused,
         // Within the detection window the primary may still come back.
         _ if !primary_ok && !waiting_for_detection => Phase::Failed,
         _ if replication_ok && ready == total && labels_ok => Phase::Healthy,

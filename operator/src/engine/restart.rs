@@ -2,16 +2,15 @@
 //! standbys first, then the primary by switchover or in place
 //! (spec.primaryUpdateMethod); each stop escalates fast → immediate. Pure.
 
-use crate::api::{DbClusterStatus, PrimaryUpdateMethod, Transition};
+use crate::api::{DbClusterStatus, PrimaryUpdateMethod, RestartData, Transition};
 
 use super::ctx::Ctx;
 use super::plan::{self, Plan};
 use super::{
-    busy_reason, event, history, kinds, new_transition, outcomes, reasons, refuse, Action,
-    EventType, Request, RestartTarget, Step, StopMode, SwitchoverTarget,
+    busy_reason, event, history, new_transition, reasons, refuse, Action, EventType, HistoryKind,
+    HistoryOutcome, Request, RestartTarget, Step, StopMode, SwitchoverTarget, TransitionKind,
+    TransitionStep,
 };
-
-pub(crate) const FIRST_STEP: &str = "RestartInstance";
 
 /// Restart order: standbys by ordinal, the primary last.
 fn order(ctx: &Ctx, st: &DbClusterStatus, names: &[String]) -> Vec<String> {
@@ -34,12 +33,12 @@ fn start(
     let queue = order(ctx, st, &names);
     let mut tr = new_transition(
         ctx,
-        kinds::RESTART,
+        TransitionKind::Restart,
         queue.first().map(String::as_str),
         None,
         reason,
     );
-    tr.data.insert("queue".into(), queue.join(","));
+    tr.data.restart.queue = queue.clone();
     out.push(event(
         None,
         EventType::Normal,
@@ -67,12 +66,12 @@ pub(crate) fn request(
                 "instance {n} does not exist (instances: {})",
                 ctx.name_list()
             );
-            refuse(ctx, st, req, kinds::RESTART, Some(n), &message, out);
+            refuse(ctx, st, req, HistoryKind::Restart, Some(n), &message, out);
             return;
         }
     }
     if let Some(why) = busy_reason(ctx, st, "restart") {
-        refuse(ctx, st, req, kinds::RESTART, to, &why, out);
+        refuse(ctx, st, req, HistoryKind::Restart, to, &why, out);
         return;
     }
     let names = match to {
@@ -124,51 +123,51 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
     true
 }
 
-fn queue_of(tr: &Transition) -> Vec<String> {
-    tr.data
-        .get("queue")
-        .map(|q| {
-            q.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default()
+/// Record a fact of the restart in progress.
+fn set(st: &mut DbClusterStatus, f: impl FnOnce(&mut RestartData)) {
+    if let Some(t) = st.transition.as_mut() {
+        f(&mut t.data.restart);
+    }
 }
 
+/// Note what happened to an instance.
 fn note(st: &mut DbClusterStatus, line: String) {
-    if let Some(t) = st.transition.as_mut() {
-        let done = t.data.entry("done".into()).or_default();
-        if !done.is_empty() {
-            done.push_str("; ");
-        }
-        done.push_str(&line);
-    }
+    set(st, |d| d.done.push(line));
+}
+
+/// Note that the restart of `name` failed, and why.
+fn note_failed(st: &mut DbClusterStatus, name: &str, why: &str) {
+    note(st, format!("{name} failed: {why}"));
+    set(st, |d| d.failed.push(name.to_string()));
+}
+
+/// "restart (reason): what happened to each instance".
+fn summary(tr: &Transition, d: &RestartData) -> String {
+    format!("restart ({}): {}", tr.reason, d.done.join("; "))
 }
 
 /// Move to the next instance of the queue, or finish.
 fn advance(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<Action>) -> Step {
-    let mut queue = queue_of(tr);
+    let mut queue = tr.data.restart.queue.clone();
     if !queue.is_empty() {
         queue.remove(0);
     }
     let next = queue.first().cloned();
     if let Some(t) = st.transition.as_mut() {
-        t.data.insert("queue".into(), queue.join(","));
-        t.data.remove("mode");
-        t.data.remove("switchover");
+        t.data.restart.queue = queue;
+        t.data.restart.mode = None;
         t.target = next.clone();
     }
     if next.is_some() {
-        return Step::Goto(FIRST_STEP);
+        return Step::Goto(TransitionStep::RestartInstance);
     }
-    let done = st
+    let data = st
         .transition
         .as_ref()
-        .and_then(|t| t.data.get("done").cloned())
+        .map(|t| t.data.restart.clone())
         .unwrap_or_default();
-    let failed = done.contains("failed");
-    let message = format!("restart ({}): {done}", tr.reason);
+    let failed = !data.failed.is_empty();
+    let message = summary(tr, &data);
     out.push(event(
         None,
         if failed {
@@ -187,9 +186,9 @@ fn advance(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<A
         ctx,
         tr,
         if failed {
-            outcomes::FAILED
+            HistoryOutcome::Failed
         } else {
-            outcomes::SUCCEEDED
+            HistoryOutcome::Succeeded
         },
         &message,
     ))
@@ -208,22 +207,21 @@ pub(crate) fn step(
     let primary = st.current_primary.clone().unwrap_or_default();
     if name == primary
         && ctx.spec.primary_update_method == PrimaryUpdateMethod::Switchover
-        && !tr.data.contains_key("inPlace")
+        && !tr.data.restart.in_place
     {
         match plan::plan(ctx, st, &SwitchoverTarget::Any, false) {
             Plan::Go { target, .. } => {
                 // The switchover restarts the old primary as a standby.
                 note(st, format!("{name} restarted by a switchover to {target}"));
                 let tr_now = st.transition.clone().unwrap_or_else(|| tr.clone());
-                let done = tr_now.data.get("done").cloned().unwrap_or_default();
-                let message = format!("restart ({}): {done}", tr.reason);
+                let message = summary(tr, &tr_now.data.restart);
                 out.push(event(
                     None,
                     EventType::Normal,
                     reasons::RESTART_COMPLETED,
                     &message,
                 ));
-                let entry = history(ctx, &tr_now, outcomes::SUCCEEDED, &message);
+                let entry = history(ctx, &tr_now, HistoryOutcome::Succeeded, &message);
                 plan::start(
                     ctx,
                     st,
@@ -236,21 +234,15 @@ pub(crate) fn step(
             }
             Plan::Refused { message, .. } => {
                 note(st, format!("{name} restarted in place because {message}"));
-                if let Some(t) = st.transition.as_mut() {
-                    t.data.insert("inPlace".into(), "true".into());
-                }
+                set(st, |d| d.in_place = true);
             }
         }
     }
     if !ctx.reachable(&name) {
-        note(st, format!("{name} failed: its agent does not answer"));
+        note_failed(st, &name, "its agent does not answer");
         return advance(ctx, st, tr, out);
     }
-    let mode = if tr.data.get("mode").map(String::as_str) == Some("immediate") {
-        StopMode::Immediate
-    } else {
-        StopMode::Fast
-    };
+    let mode = tr.data.restart.mode.unwrap_or(StopMode::Fast);
     let restart = Action::Restart {
         instance: name.clone(),
         mode,
@@ -262,9 +254,7 @@ pub(crate) fn step(
     }
     if let Some(message) = ctx.failure(&restart) {
         if mode == StopMode::Fast {
-            if let Some(t) = st.transition.as_mut() {
-                t.data.insert("mode".into(), "immediate".into());
-            }
+            set(st, |d| d.mode = Some(StopMode::Immediate));
             out.push(Action::Restart {
                 instance: name.clone(),
                 mode: StopMode::Immediate,
@@ -272,7 +262,7 @@ pub(crate) fn step(
             });
             return Step::Wait;
         }
-        note(st, format!("{name} failed: {message}"));
+        note_failed(st, &name, message);
         return advance(ctx, st, tr, out);
     }
     out.push(restart);

@@ -6,7 +6,7 @@ use crate::api::DbClusterStatus;
 
 use super::ctx::Ctx;
 use super::durability;
-use super::{kinds, Action, RoleLabel};
+use super::{Action, RoleLabel, TransitionKind};
 
 fn label(ctx: &Ctx, name: &str, role: RoleLabel, out: &mut Vec<Action>) {
     if ctx.obs(name).and_then(|o| o.label) != Some(role) {
@@ -27,8 +27,10 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
     let busy = match &st.transition {
         None => None,
         Some(t)
-            if [kinds::FAILOVER, kinds::SWITCHOVER, kinds::BOOTSTRAP]
-                .contains(&t.kind.as_str()) =>
+            if matches!(
+                t.kind,
+                TransitionKind::Failover | TransitionKind::Switchover | TransitionKind::Bootstrap
+            ) =>
         {
             if t.target.as_deref() == Some(primary.as_str()) && ctx.runs_as_primary(&primary) {
                 out.push(Action::RenewLease {

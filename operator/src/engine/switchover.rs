@@ -2,45 +2,50 @@
 //! shutdown checkpoint on the target → promote → label → old primary and
 //! siblings follow; rollback while nothing was promoted. Pure.
 
-use crate::api::{DbClusterStatus, Lsn, Transition};
+use crate::api::{DbClusterStatus, Lsn, SwitchoverData, Transition};
 
 use super::ctx::{secs, Ctx};
-use super::{event, history, outcomes, reasons, Action, EventType, RoleLabel, Step, StopMode};
+use super::{
+    event, history, reasons, Action, EventType, HistoryOutcome, RoleLabel, Step, StopMode,
+    TransitionStep,
+};
 
-pub(crate) const FIRST_STEP: &str = STEP_DROP_LABEL;
-const STEP_DROP_LABEL: &str = "DropPrimaryLabel";
-const STEP_STOP: &str = "StopPrimary";
-const STEP_WAIT: &str = "WaitShutdownCheckpoint";
-const STEP_PROMOTE: &str = "Promote";
-const STEP_LABEL: &str = "Label";
-const STEP_FOLLOW: &str = "Follow";
-const STEP_ROLLBACK: &str = "RollBack";
-
-fn set_data(st: &mut DbClusterStatus, key: &str, value: String) {
-    if let Some(t) = st.transition.as_mut() {
-        t.data.insert(key.to_string(), value);
-    }
+/// The two ends of a switchover and how long its current step has run.
+pub(crate) struct Ends {
+    old: String,
+    target: String,
+    elapsed: i64,
 }
 
-/// Advance a switchover.
+/// A switchover step: `drop_label`, `stop`, `wait_checkpoint`, `promote`, `label`, `follow` or `rollback`.
+type StepFn = fn(&Ctx, &mut DbClusterStatus, &Transition, &Ends, &mut Vec<Action>) -> Step;
+
+/// Carry out one step of a switchover, unless the old primary failed before
+/// it shut down cleanly (failover then takes over).
 pub(crate) fn step(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
     out: &mut Vec<Action>,
+    f: StepFn,
 ) -> Step {
     let (Some(old), Some(target)) = (tr.from.clone(), tr.target.clone()) else {
         return Step::finish(history(
             ctx,
             tr,
-            outcomes::FAILED,
+            HistoryOutcome::Failed,
             "switchover without source or target",
         ));
     };
-    let step_elapsed = ctx.since(tr.data.get("stepStartedAt").map(String::as_str));
-    let before_promotion = matches!(tr.step.as_str(), STEP_DROP_LABEL | STEP_STOP | STEP_WAIT);
+    let elapsed = ctx.since(tr.data.step_started_at.as_deref());
+    let before_promotion = matches!(
+        tr.step,
+        TransitionStep::DropPrimaryLabel
+            | TransitionStep::StopPrimary
+            | TransitionStep::WaitShutdownCheckpoint
+    );
     if before_promotion
-        && (ctx.gone(&old) || (!ctx.reachable(&old) && step_elapsed >= ctx.detection_ms()))
+        && (ctx.gone(&old) || (!ctx.reachable(&old) && elapsed >= ctx.detection_ms()))
     {
         // The old primary failed mid-way: leave it to failover, which fences it first.
         let message = format!("switchover to {target} abandoned: {old} stopped answering before it shut down cleanly; failover takes over");
@@ -51,173 +56,219 @@ pub(crate) fn step(
             &message,
         ));
         st.target_primary = st.current_primary.clone();
-        return Step::finish(history(ctx, tr, outcomes::FAILED, &message));
+        return Step::finish(history(ctx, tr, HistoryOutcome::Failed, &message));
     }
-    match tr.step.as_str() {
-        STEP_DROP_LABEL => {
-            let drop = Action::SetRole {
-                instance: old.clone(),
-                role: RoleLabel::Fenced,
-            };
-            let gone = ctx.succeeded(&drop)
-                || ctx
-                    .obs(&old)
-                    .and_then(|o| o.label)
-                    .is_some_and(|l| l != RoleLabel::Primary);
-            if gone {
-                return Step::Goto(STEP_STOP);
-            }
-            out.push(drop);
-            Step::Wait
+    f(
+        ctx,
+        st,
+        tr,
+        &Ends {
+            old,
+            target,
+            elapsed,
+        },
+        out,
+    )
+}
+
+/// Record a fact of the switchover in progress.
+fn set(st: &mut DbClusterStatus, f: impl FnOnce(&mut SwitchoverData)) {
+    if let Some(t) = st.transition.as_mut() {
+        f(&mut t.data.switchover);
+    }
+}
+
+/// Roll back, saying why.
+fn roll_back(st: &mut DbClusterStatus, why: String) -> Step {
+    set(st, |d| d.rollback_reason = Some(why));
+    Step::Goto(TransitionStep::RollBack)
+}
+
+/// Step `DropPrimaryLabel`: stop new connections to the primary.
+pub(crate) fn drop_label(
+    ctx: &Ctx,
+    _st: &mut DbClusterStatus,
+    _tr: &Transition,
+    e: &Ends,
+    out: &mut Vec<Action>,
+) -> Step {
+    let drop = Action::SetRole {
+        instance: e.old.clone(),
+        role: RoleLabel::Fenced,
+    };
+    let gone = ctx.succeeded(&drop)
+        || ctx
+            .obs(&e.old)
+            .and_then(|o| o.label)
+            .is_some_and(|l| l != RoleLabel::Primary);
+    if gone {
+        return Step::Goto(TransitionStep::StopPrimary);
+    }
+    out.push(drop);
+    Step::Wait
+}
+
+/// Step `StopPrimary`: stop the primary fast, then immediately; note its shutdown checkpoint.
+pub(crate) fn stop(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
+    e: &Ends,
+    out: &mut Vec<Action>,
+) -> Step {
+    let old = &e.old;
+    let mode = tr.data.switchover.stop_mode.unwrap_or(StopMode::Fast);
+    let stop = Action::Stop {
+        instance: old.clone(),
+        mode,
+        timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
+    };
+    // Only the agent's answer counts: a postgres merely seen down (a
+    // crash) may be restarted by its agent; a stopped one is held down.
+    if ctx.succeeded(&stop) {
+        // Without the agent's checkpoint location, the last position seen
+        // before the stop is the best lower bound there is.
+        let last_seen: Option<Lsn> = st
+            .instances
+            .iter()
+            .find(|i| i.name == *old)
+            .and_then(|i| i.lsn.as_deref())
+            .and_then(|s| s.parse().ok());
+        let checkpoint = ctx
+            .agent(old)
+            .and_then(|a| a.checkpoint_lsn)
+            .or(last_seen)
+            .or(tr.data.old_primary_lsn);
+        if let Some(c) = checkpoint {
+            set(st, |d| d.checkpoint_lsn = Some(c));
         }
-        STEP_STOP => {
-            let mode = if tr.data.get("stopMode").map(String::as_str) == Some("immediate") {
-                StopMode::Immediate
-            } else {
-                StopMode::Fast
-            };
-            let stop = Action::Stop {
+        return Step::Goto(TransitionStep::WaitShutdownCheckpoint);
+    }
+    if let Some(message) = ctx.failure(&stop) {
+        if mode == StopMode::Fast {
+            set(st, |d| d.stop_mode = Some(StopMode::Immediate));
+            out.push(Action::Stop {
                 instance: old.clone(),
-                mode,
+                mode: StopMode::Immediate,
                 timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
-            };
-            // Only the agent's answer counts: a postgres merely seen down (a
-            // crash) may be restarted by its agent; a stopped one is held down.
-            if ctx.succeeded(&stop) {
-                // Without the agent's checkpoint location, the last position seen
-                // before the stop is the best lower bound there is.
-                let last_seen: Option<Lsn> = st
-                    .instances
-                    .iter()
-                    .find(|i| i.name == old)
-                    .and_then(|i| i.lsn.as_deref())
-                    .and_then(|s| s.parse().ok());
-                let checkpoint = ctx
-                    .agent(&old)
-                    .and_then(|a| a.checkpoint_lsn)
-                    .or(last_seen)
-                    .or_else(|| tr.data.get("oldPrimaryLsn").and_then(|s| s.parse().ok()));
-                if let Some(c) = checkpoint {
-                    set_data(st, "checkpointLsn", c.to_string());
-                }
-                return Step::Goto(STEP_WAIT);
-            }
-            if let Some(message) = ctx.failure(&stop) {
-                if mode == StopMode::Fast {
-                    set_data(st, "stopMode", "immediate".into());
-                    out.push(Action::Stop {
-                        instance: old.clone(),
-                        mode: StopMode::Immediate,
-                        timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
-                    });
-                    return Step::Wait;
-                }
-                set_data(
-                    st,
-                    "rollbackReason",
-                    format!("{old} did not stop: {message}"),
-                );
-                return Step::Goto(STEP_ROLLBACK);
-            }
-            out.push(stop);
-            Step::Wait
-        }
-        STEP_WAIT => {
-            let checkpoint: Option<Lsn> = tr.data.get("checkpointLsn").and_then(|s| s.parse().ok());
-            let received = ctx.agent(&target).and_then(|a| a.received_lsn);
-            let caught_up = match (checkpoint, received) {
-                (Some(c), Some(r)) => r > c,
-                (None, Some(_)) => true,
-                _ => false,
-            };
-            if caught_up {
-                return Step::Goto(STEP_PROMOTE);
-            }
-            if step_elapsed >= ctx.shutdown_ms() {
-                set_data(
-                    st,
-                    "rollbackReason",
-                    format!(
-                        "{target} did not receive {old}'s shutdown checkpoint {} within {} (received {})",
-                        fmt(checkpoint),
-                        secs(ctx.shutdown_ms()),
-                        fmt(received)
-                    ),
-                );
-                return Step::Goto(STEP_ROLLBACK);
-            }
-            st.blocked_by = Some(format!(
-                "waiting for {target} to receive {old}'s shutdown checkpoint {} (received {})",
-                fmt(checkpoint),
-                fmt(received)
-            ));
-            Step::Wait
-        }
-        STEP_PROMOTE => {
-            if ctx.runs_as_primary(&target) {
-                if let Some(l) = ctx.lsn(&target) {
-                    set_data(st, "promotedLsn", l.to_string());
-                }
-                return Step::Goto(STEP_LABEL);
-            }
-            let promote = Action::Promote {
-                instance: target.clone(),
-            };
-            if let Some(message) = ctx.failure(&promote) {
-                if ctx.runs_as_standby(&target) {
-                    set_data(
-                        st,
-                        "rollbackReason",
-                        format!("promoting {target} failed: {message}"),
-                    );
-                    return Step::Goto(STEP_ROLLBACK);
-                }
-            }
-            // Durability settings first: they take effect the moment it leaves recovery.
-            out.push(super::durability::config_for(ctx, &target));
-            out.push(Action::RenewLease {
-                instance: target.clone(),
-                ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
             });
-            out.push(promote);
-            Step::Wait
+            return Step::Wait;
         }
-        STEP_LABEL => {
-            st.current_primary = Some(target.clone());
-            st.target_primary = Some(target.clone());
-            if let Some(tl) = ctx.timeline(&target) {
-                st.timeline = Some(tl);
-            }
-            let set = Action::SetRole {
-                instance: target.clone(),
-                role: RoleLabel::Primary,
-            };
-            if ctx.succeeded(&set)
-                || ctx.obs(&target).and_then(|o| o.label) == Some(RoleLabel::Primary)
-            {
-                return Step::Goto(STEP_FOLLOW);
-            }
-            out.push(set);
-            Step::Wait
-        }
-        STEP_FOLLOW => follow(ctx, st, tr, &old, &target, step_elapsed, out),
-        _ => rollback(ctx, st, tr, &old, &target, out),
+        return roll_back(st, format!("{old} did not stop: {message}"));
     }
+    out.push(stop);
+    Step::Wait
+}
+
+/// Step `WaitShutdownCheckpoint`: until the target received the old primary's shutdown checkpoint.
+pub(crate) fn wait_checkpoint(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
+    e: &Ends,
+    _out: &mut Vec<Action>,
+) -> Step {
+    let (old, target) = (&e.old, &e.target);
+    let checkpoint = tr.data.switchover.checkpoint_lsn;
+    let received = ctx.agent(target).and_then(|a| a.received_lsn);
+    let caught_up = match (checkpoint, received) {
+        (Some(c), Some(r)) => r > c,
+        (None, Some(_)) => true,
+        _ => false,
+    };
+    if caught_up {
+        return Step::Goto(TransitionStep::Promote);
+    }
+    if e.elapsed >= ctx.shutdown_ms() {
+        return roll_back(
+            st,
+            format!(
+                "{target} did not receive {old}'s shutdown checkpoint {} within {} (received {})",
+                fmt(checkpoint),
+                secs(ctx.shutdown_ms()),
+                fmt(received)
+            ),
+        );
+    }
+    st.blocked_by = Some(format!(
+        "waiting for {target} to receive {old}'s shutdown checkpoint {} (received {})",
+        fmt(checkpoint),
+        fmt(received)
+    ));
+    Step::Wait
+}
+
+/// Step `Promote`: promote the target (durability settings first).
+pub(crate) fn promote(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    _tr: &Transition,
+    e: &Ends,
+    out: &mut Vec<Action>,
+) -> Step {
+    let target = &e.target;
+    if ctx.runs_as_primary(target) {
+        if let Some(l) = ctx.lsn(target) {
+            set(st, |d| d.promoted_lsn = Some(l));
+        }
+        return Step::Goto(TransitionStep::Label);
+    }
+    let promote = Action::Promote {
+        instance: target.clone(),
+    };
+    if let Some(message) = ctx.failure(&promote) {
+        if ctx.runs_as_standby(target) {
+            return roll_back(st, format!("promoting {target} failed: {message}"));
+        }
+    }
+    // Durability settings first: they take effect the moment it leaves recovery.
+    out.push(super::durability::config_for(ctx, target));
+    out.push(Action::RenewLease {
+        instance: target.clone(),
+        ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
+    });
+    out.push(promote);
+    Step::Wait
+}
+
+/// Step `Label`: the promoted target becomes currentPrimary and gets the primary label.
+pub(crate) fn label(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    _tr: &Transition,
+    e: &Ends,
+    out: &mut Vec<Action>,
+) -> Step {
+    let target = &e.target;
+    st.current_primary = Some(target.clone());
+    st.target_primary = Some(target.clone());
+    if let Some(tl) = ctx.timeline(target) {
+        st.timeline = Some(tl);
+    }
+    let set = Action::SetRole {
+        instance: target.clone(),
+        role: RoleLabel::Primary,
+    };
+    if ctx.succeeded(&set) || ctx.obs(target).and_then(|o| o.label) == Some(RoleLabel::Primary) {
+        return Step::Goto(TransitionStep::Follow);
+    }
+    out.push(set);
+    Step::Wait
 }
 
 fn fmt(l: Option<Lsn>) -> String {
     l.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into())
 }
 
-fn follow(
+/// Step `Follow`: the old primary and the siblings follow the target; whatever does not is left to rejoin.
+pub(crate) fn follow(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
-    old: &str,
-    target: &str,
-    elapsed: i64,
+    e: &Ends,
     out: &mut Vec<Action>,
 ) -> Step {
+    let (old, target, elapsed) = (e.old.as_str(), e.target.as_str(), e.elapsed);
     let mut pending = Vec::new();
     let mut notes = Vec::new();
     for name in ctx.names.iter().filter(|n| n.as_str() != target) {
@@ -277,29 +328,36 @@ fn follow(
         reasons::SWITCHOVER_COMPLETED,
         &message,
     ));
-    let mut entry = history(ctx, tr, outcomes::SUCCEEDED, &message);
+    let mut entry = history(ctx, tr, HistoryOutcome::Succeeded, &message);
     entry.old_primary_lsn = tr
         .data
-        .get("checkpointLsn")
-        .or(tr.data.get("oldPrimaryLsn"))
-        .cloned();
-    entry.promoted_lsn = tr.data.get("promotedLsn").cloned();
+        .switchover
+        .checkpoint_lsn
+        .or(tr.data.old_primary_lsn)
+        .map(|l| l.to_string());
+    entry.promoted_lsn = tr.data.switchover.promoted_lsn.map(|l| l.to_string());
     entry.bytes_possibly_lost = Some(0);
     Step::finish(entry)
 }
 
-fn rollback(
+/// Step `RollBack`: nothing was promoted; the old primary starts again and keeps its role.
+pub(crate) fn rollback(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
     tr: &Transition,
-    old: &str,
-    target: &str,
+    e: &Ends,
     out: &mut Vec<Action>,
 ) -> Step {
-    let why = tr.data.get("rollbackReason").cloned().unwrap_or_default();
+    let (old, target) = (e.old.as_str(), e.target.as_str());
+    let why = tr
+        .data
+        .switchover
+        .rollback_reason
+        .clone()
+        .unwrap_or_default();
     if ctx.runs_as_primary(target) {
         // The target did promote after all: go forward, the old primary is stopped.
-        return Step::Goto(STEP_LABEL);
+        return Step::Goto(TransitionStep::Label);
     }
     st.target_primary = Some(old.to_string());
     let set = Action::SetRole {
@@ -316,7 +374,7 @@ fn rollback(
                 reasons::SWITCHOVER_ROLLED_BACK,
                 &message,
             ));
-            return Step::finish(history(ctx, tr, outcomes::ROLLED_BACK, &message));
+            return Step::finish(history(ctx, tr, HistoryOutcome::RolledBack, &message));
         }
         out.push(Action::RenewLease {
             instance: old.to_string(),

@@ -4,11 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
-use super::control::{ControlClient, ControlError, LocalRequest};
+use super::control::{ControlClient, ControlError, KillSignal, LocalRequest};
 use super::report::print_table;
 use super::state::LocalState;
+use crate::api::{DataDurability, ReplicationMode, SynchronousCommit};
 
 /// Exit code of a command that succeeded.
 pub const EXIT_OK: i32 = 0;
@@ -93,13 +94,13 @@ pub enum Verb {
         dir: DirArg,
         /// async or sync.
         #[arg(long, value_enum)]
-        mode: Option<ModeArg>,
+        mode: Option<ReplicationMode>,
         /// on, remote_write, remote_apply or local.
         #[arg(long, value_enum)]
-        synchronous_commit: Option<SyncCommitArg>,
+        synchronous_commit: Option<SynchronousCommit>,
         /// preferred or required.
         #[arg(long, value_enum)]
-        data_durability: Option<DurabilityArg>,
+        data_durability: Option<DataDurability>,
         /// How many standbys must confirm each commit (ANY n).
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..16))]
         sync_standbys: Option<i32>,
@@ -112,7 +113,7 @@ pub enum Verb {
         name: String,
         /// KILL, STOP or CONT.
         #[arg(long, value_enum, default_value = "KILL")]
-        signal: SignalArg,
+        signal: KillSignal,
         /// Signal the instance's agent process instead of postgres.
         #[arg(long)]
         agent: bool,
@@ -144,39 +145,6 @@ pub struct UpArgs {
     /// Log format: text or json.
     #[arg(long, env = "TANDEM_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
-}
-
-/// Replication mode flag.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModeArg {
-    Async,
-    Sync,
-}
-
-/// synchronous_commit flag.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-#[value(rename_all = "snake_case")]
-pub enum SyncCommitArg {
-    On,
-    RemoteWrite,
-    RemoteApply,
-    Local,
-}
-
-/// dataDurability flag.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DurabilityArg {
-    Preferred,
-    Required,
-}
-
-/// Signals `kill` may send.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-#[value(rename_all = "UPPER")]
-pub enum SignalArg {
-    Kill,
-    Stop,
-    Cont,
 }
 
 /// Run a `tandem local` verb; returns the exit code.
@@ -216,17 +184,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
             Ok(request(
                 &dir.dir,
                 LocalRequest::Set {
-                    mode: mode.map(|m| format!("{m:?}").to_lowercase()),
-                    synchronous_commit: synchronous_commit.map(|s| {
-                        match s {
-                            SyncCommitArg::On => "on",
-                            SyncCommitArg::RemoteWrite => "remote_write",
-                            SyncCommitArg::RemoteApply => "remote_apply",
-                            SyncCommitArg::Local => "local",
-                        }
-                        .to_string()
-                    }),
-                    data_durability: data_durability.map(|d| format!("{d:?}").to_lowercase()),
+                    mode,
+                    synchronous_commit,
+                    data_durability,
                     sync_standbys,
                 },
             )
@@ -241,7 +201,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
             &dir.dir,
             LocalRequest::Kill {
                 name,
-                signal: format!("{signal:?}").to_uppercase(),
+                signal,
                 agent,
             },
         )

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::report::StatusReport;
 use super::state::LocalState;
+use crate::api::{DataDurability, ReplicationMode, SynchronousCommit};
 
 /// Path of the status call.
 pub const PATH_STATUS: &str = "/status";
@@ -47,19 +48,49 @@ pub enum LocalRequest {
     /// Change durability settings.
     #[serde(rename_all = "camelCase")]
     Set {
-        mode: Option<String>,
-        synchronous_commit: Option<String>,
-        data_durability: Option<String>,
+        mode: Option<ReplicationMode>,
+        synchronous_commit: Option<SynchronousCommit>,
+        data_durability: Option<DataDurability>,
         sync_standbys: Option<i32>,
     },
     /// Send a signal to an instance's postgres or agent.
     Kill {
         name: String,
-        signal: String,
+        signal: KillSignal,
         agent: bool,
     },
     /// Stop the cluster.
     Down,
+}
+
+/// The signals fault injection may send (`tandem local kill --signal`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "UPPERCASE")]
+#[value(rename_all = "UPPER")]
+pub enum KillSignal {
+    /// SIGKILL: the process dies at once.
+    Kill,
+    /// SIGSTOP: the process freezes (a hung node).
+    Stop,
+    /// SIGCONT: a frozen process goes on.
+    Cont,
+}
+
+impl KillSignal {
+    /// The name without the SIG prefix, as `kill -l` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kill => "KILL",
+            Self::Stop => "STOP",
+            Self::Cont => "CONT",
+        }
+    }
+}
+
+impl std::fmt::Display for KillSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A finished request.
@@ -287,5 +318,40 @@ async fn decode<T: serde::de::DeserializeOwned>(
             }),
             Err(_) => Err(ControlError::Protocol(format!("HTTP {status}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_and_kill_carry_the_api_values_under_their_wire_names() {
+        let set = LocalRequest::Set {
+            mode: Some(ReplicationMode::Sync),
+            synchronous_commit: Some(SynchronousCommit::RemoteWrite),
+            data_durability: Some(DataDurability::Required),
+            sync_standbys: Some(1),
+        };
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"verb": "set", "mode": "sync", "synchronousCommit": "remote_write",
+                "dataDurability": "required", "syncStandbys": 1})
+        );
+        assert_eq!(serde_json::from_value::<LocalRequest>(json).unwrap(), set);
+
+        let kill = LocalRequest::Kill {
+            name: "main-0".into(),
+            signal: KillSignal::Stop,
+            agent: true,
+        };
+        let json = serde_json::to_value(&kill).unwrap();
+        assert_eq!(json["signal"], "STOP");
+        assert_eq!(serde_json::from_value::<LocalRequest>(json).unwrap(), kill);
+        assert!(serde_json::from_value::<LocalRequest>(
+            serde_json::json!({"verb": "kill", "name": "main-0", "signal": "TERM", "agent": false})
+        )
+        .is_err());
     }
 }

@@ -15,10 +15,12 @@ use tracing::{info, warn};
 
 use crate::agent::client::AgentClient;
 use crate::api::agent::{AgentStatus, Member};
-use crate::api::{keys, DbClusterSpec, DbClusterStatus, ReplicationMode};
+use crate::api::{
+    keys, DataDurability, DbClusterSpec, DbClusterStatus, ReplicationMode, SynchronousCommit,
+};
 use crate::engine::{self, Action, EventType, InstanceObs, Observations, PlatformState, RoleLabel};
 
-use super::control::{LocalRequest, Outcome, Refusal, Submission};
+use super::control::{KillSignal, LocalRequest, Outcome, Refusal, Submission};
 use super::exec::{short, Executor};
 use super::procs::{self, AgentLaunch, Agents};
 use super::report::{InstanceReport, StatusReport};
@@ -586,7 +588,7 @@ impl Driver {
                 signal,
                 agent,
             } => {
-                let _ = reply.send(self.kill(&name, &signal, agent));
+                let _ = reply.send(self.kill(&name, signal, agent));
                 return false;
             }
             LocalRequest::Down => {
@@ -603,9 +605,9 @@ impl Driver {
 
     fn set(
         &mut self,
-        mode: Option<String>,
-        synchronous_commit: Option<String>,
-        durability: Option<String>,
+        mode: Option<ReplicationMode>,
+        synchronous_commit: Option<SynchronousCommit>,
+        durability: Option<DataDurability>,
         sync_standbys: Option<i32>,
     ) -> Result<Outcome, Refusal> {
         let refuse = |e: String| {
@@ -616,22 +618,13 @@ impl Driver {
         };
         let mut r = self.spec().replication;
         if let Some(m) = mode {
-            match parse_value("mode", m) {
-                Ok(v) => r.mode = v,
-                Err(e) => return refuse(e),
-            }
+            r.mode = m;
         }
         if let Some(s) = synchronous_commit {
-            match parse_value("synchronous commit", s) {
-                Ok(v) => r.synchronous_commit = v,
-                Err(e) => return refuse(e),
-            }
+            r.synchronous_commit = s;
         }
         if let Some(d) = durability {
-            match parse_value("data durability", d) {
-                Ok(v) => r.data_durability = v,
-                Err(e) => return refuse(e),
-            }
+            r.data_durability = d;
         }
         if let Some(n) = sync_standbys {
             r.sync_standbys = n;
@@ -664,7 +657,7 @@ impl Driver {
         })
     }
 
-    fn kill(&mut self, name: &str, signal: &str, agent: bool) -> Result<Outcome, Refusal> {
+    fn kill(&mut self, name: &str, signal: KillSignal, agent: bool) -> Result<Outcome, Refusal> {
         let Some(m) = self.members.get(name) else {
             let names: Vec<String> = self.members.keys().cloned().collect();
             return Err(Refusal {
@@ -676,15 +669,9 @@ impl Driver {
             });
         };
         let sig = match signal {
-            "KILL" => Signal::SIGKILL,
-            "STOP" => Signal::SIGSTOP,
-            "CONT" => Signal::SIGCONT,
-            other => {
-                return Err(Refusal {
-                    error: format!("unknown signal {other} (KILL, STOP or CONT)"),
-                    detail: vec![],
-                })
-            }
+            KillSignal::Kill => Signal::SIGKILL,
+            KillSignal::Stop => Signal::SIGSTOP,
+            KillSignal::Cont => Signal::SIGCONT,
         };
         let data_dir = m.launch.data_dir.clone();
         if agent {
@@ -724,11 +711,6 @@ impl Driver {
             warn!(error = %e, "cannot update state.json");
         }
     }
-}
-
-fn parse_value<T: serde::de::DeserializeOwned>(what: &str, v: String) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::String(v.clone()))
-        .map_err(|_| format!("invalid {what} {v:?}"))
 }
 
 /// Receive control requests without waiting.

@@ -4,8 +4,8 @@
 
 use tokio::sync::oneshot;
 
-use crate::api::{CheckState, DbClusterStatus, HistoryEntry};
-use crate::engine::{self, Request};
+use crate::api::{CheckState, DbClusterStatus, HistoryEntry, HistoryOutcome, TransitionKind};
+use crate::engine::Request;
 
 use super::control::{Outcome, Refusal};
 
@@ -20,7 +20,7 @@ pub struct Pending {
 
 /// An accepted request waiting for its transition to finish.
 pub struct Waiting {
-    pub kind: String,
+    pub kind: TransitionKind,
     pub started_at: String,
     pub reply: Reply,
 }
@@ -60,12 +60,12 @@ fn lines(e: &HistoryEntry) -> Vec<String> {
 /// The answer a finished history entry gives.
 pub fn answer(e: &HistoryEntry) -> Result<Outcome, Refusal> {
     let detail = lines(e);
-    match e.outcome.as_str() {
-        engine::outcomes::SUCCEEDED => Ok(Outcome {
+    match e.outcome {
+        HistoryOutcome::Succeeded => Ok(Outcome {
             message: e.message.clone(),
             detail,
         }),
-        engine::outcomes::DRY_RUN => {
+        HistoryOutcome::DryRun => {
             if e.checks.iter().any(|c| c.state == CheckState::Critical) {
                 Err(Refusal {
                     error: e.message.clone(),
@@ -102,8 +102,8 @@ impl Requests {
         // Refused or reported at once (a "Started" entry only marks the
         // beginning of a transition, e.g. a re-clone: its answer comes later).
         if let Some(e) = fresh.iter().rev().find(|e| {
-            e.outcome != engine::outcomes::SUCCEEDED
-                && e.outcome != engine::outcomes::STARTED
+            e.outcome != HistoryOutcome::Succeeded
+                && e.outcome != HistoryOutcome::Started
                 && e.duration_ms == 0
         }) {
             let _ = reply.send(answer(e));
@@ -111,7 +111,7 @@ impl Requests {
         }
         if let Some(t) = &status.transition {
             self.waiting.push(Waiting {
-                kind: t.kind.clone(),
+                kind: t.kind,
                 started_at: t.started_at.clone(),
                 reply,
             });
@@ -135,10 +135,10 @@ impl Requests {
         let current = status
             .transition
             .as_ref()
-            .map(|t| (t.kind.clone(), t.started_at.clone()));
+            .map(|t| (t.kind, t.started_at.clone()));
         let mut still = Vec::new();
         for w in self.waiting.drain(..) {
-            if current.as_ref() == Some(&(w.kind.clone(), w.started_at.clone())) {
+            if current.as_ref() == Some(&(w.kind, w.started_at.clone())) {
                 still.push(w);
                 continue;
             }
@@ -184,16 +184,22 @@ impl Requests {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Transition;
+    use crate::api::{HistoryKind, Transition, TransitionData, TransitionStep};
 
-    fn entry(kind: &str, outcome: &str, started_at: &str, duration_ms: i64) -> HistoryEntry {
+    fn entry(
+        kind: HistoryKind,
+        outcome: HistoryOutcome,
+        started_at: &str,
+        duration_ms: i64,
+    ) -> HistoryEntry {
         HistoryEntry {
-            kind: kind.into(),
-            outcome: outcome.into(),
-            started_at: started_at.into(),
             duration_ms,
-            message: format!("{kind} {outcome}"),
-            ..HistoryEntry::default()
+            ..HistoryEntry::new(
+                kind,
+                outcome,
+                started_at.into(),
+                format!("{kind} {outcome}"),
+            )
         }
     }
 
@@ -210,14 +216,22 @@ mod tests {
         });
         let mut status = DbClusterStatus {
             transition: Some(Transition {
-                kind: "Reclone".into(),
+                kind: TransitionKind::Reclone,
                 target: Some("main-1".into()),
+                from: None,
+                step: TransitionStep::Reclone,
                 started_at: "t0".into(),
-                ..Transition::default()
+                reason: String::new(),
+                data: TransitionData::default(),
             }),
             ..DbClusterStatus::default()
         };
-        status.history.push(entry("Reclone", "Started", "t0", 0));
+        status.history.push(entry(
+            HistoryKind::Reclone,
+            HistoryOutcome::Started,
+            "t0",
+            0,
+        ));
         r.done(&request, &[], &status);
         assert!(
             rx.try_recv().is_err(),
@@ -227,9 +241,12 @@ mod tests {
 
         let before = status.history.clone();
         status.transition = None;
-        status
-            .history
-            .push(entry("Reclone", "Succeeded", "t0", 3000));
+        status.history.push(entry(
+            HistoryKind::Reclone,
+            HistoryOutcome::Succeeded,
+            "t0",
+            3000,
+        ));
         assert_eq!(new_entries(&before, &status.history).len(), 1);
         r.finish(&status);
         let answer = rx.try_recv().expect("answered once finished");

@@ -19,15 +19,12 @@ use super::pods;
 use super::requests::{self, Refusal};
 use super::rollout;
 use crate::api::agent::Member;
-use crate::api::{keys, DbCluster, HistoryEntry};
+use crate::api::{keys, DbCluster, HistoryEntry, HistoryKind, HistoryOutcome};
 use crate::controller::error::Error;
 use crate::controller::validate::{validate, Defaults};
 use crate::engine::{
     self, reasons, Action, ActionResult, EventType, InstanceObs, Observations, PlatformState,
 };
-
-/// History kind of a refused malformed annotation.
-pub const KIND_REQUEST: &str = "Request";
 
 /// Settings of one cluster's loop.
 #[derive(Debug, Clone)]
@@ -177,13 +174,12 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         let decision = engine::decide(&dc.spec, &previous, &obs, now);
         let mut status = decision.status;
         for r in &parsed.refusals {
-            status.push_history(HistoryEntry {
-                kind: KIND_REQUEST.into(),
-                outcome: engine::outcomes::REFUSED.into(),
-                started_at: now.to_string(),
-                message: r.reason.clone(),
-                ..HistoryEntry::default()
-            });
+            status.push_history(HistoryEntry::new(
+                HistoryKind::Request,
+                HistoryOutcome::Refused,
+                now.to_string(),
+                r.reason.clone(),
+            ));
         }
         self.log_step(&previous, &status);
         if dc.status.as_ref() != Some(&status) {
@@ -218,11 +214,8 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
     }
 
     fn log_step(&self, before: &crate::api::DbClusterStatus, after: &crate::api::DbClusterStatus) {
-        let step = |s: &crate::api::DbClusterStatus| {
-            s.transition
-                .as_ref()
-                .map(|t| (t.kind.clone(), t.step.clone()))
-        };
+        let step =
+            |s: &crate::api::DbClusterStatus| s.transition.as_ref().map(|t| (t.kind, t.step));
         if step(before) == step(after) {
             return;
         }

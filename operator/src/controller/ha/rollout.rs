@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
 use crate::api::{keys, DbClusterSpec, DbClusterStatus, Phase, PrimaryUpdateMethod};
-use crate::engine::{self, kinds, outcomes};
+use crate::engine::{self, HistoryKind, HistoryOutcome};
 
 /// The pod label the StatefulSet controller sets to the pod's template revision.
 pub const LABEL_REVISION: &str = "controller-revision-hash";
@@ -80,8 +80,8 @@ pub fn next(
         PrimaryUpdateMethod::Restart => Step::DeletePrimary(primary.to_string()),
         PrimaryUpdateMethod::Switchover => {
             let refused_lately = status.history.iter().rev().any(|e| {
-                e.kind == kinds::SWITCHOVER
-                    && e.outcome == outcomes::REFUSED
+                e.kind == HistoryKind::Switchover
+                    && e.outcome == HistoryOutcome::Refused
                     && e.started_at
                         .parse::<jiff::Timestamp>()
                         .is_ok_and(|t| now.duration_since(t).as_secs() < RETRY_SWITCHOVER_SECS)

@@ -272,7 +272,17 @@ fn crash_loop_longer_than_detection_timeout_fails_over_after_stopping_postgres()
     f.ack_all();
     let actions = f.tick(10);
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
-    assert!(f.status.transition.as_ref().unwrap().data["fencedBy"].contains("stopped postgres"));
+    assert!(f
+        .status
+        .transition
+        .as_ref()
+        .unwrap()
+        .data
+        .failover
+        .fenced_by
+        .as_deref()
+        .unwrap_or_default()
+        .contains("stopped postgres"));
 }
 
 #[test]

@@ -300,7 +300,7 @@ impl Fixture {
         self.status
             .transition
             .as_ref()
-            .map(|t| (t.kind.clone(), t.step.clone()))
+            .map(|t| (t.kind.to_string(), t.step.to_string()))
     }
 }
 

@@ -9,3 +9,4 @@ mod rejoin;
 mod sim;
 mod switchover;
 mod switchover_refusals;
+mod transitions;
