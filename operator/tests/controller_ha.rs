@@ -116,6 +116,48 @@ async fn unreachable_primary_agent_leads_to_pod_deletion_and_promotion() {
 }
 
 #[tokio::test]
+async fn a_primary_pod_recreated_between_two_passes_fails_over() {
+    let mut f = fixture();
+    f.settled().await;
+    {
+        // Deleted and recreated by the StatefulSet at once: the new pod's
+        // agent answers and holds the primary's data stopped.
+        let mut w = lock(&f.world);
+        let pod = w
+            .pods
+            .iter_mut()
+            .find(|p| p.metadata.name.as_deref() == Some("main-0"))
+            .expect("main-0");
+        pod.metadata.uid = Some("uid-0-replacement".into());
+        pod.metadata
+            .labels
+            .get_or_insert_with(Default::default)
+            .remove(keys::LABEL_ROLE);
+        if let Some(s) = w.sims.get_mut("main-0") {
+            s.running = false;
+        }
+    }
+    f.until(120, "failover promoted a standby", |w| {
+        let p = status(w).current_primary;
+        matches!(p.as_deref(), Some("main-1" | "main-2")) && status(w).transition.is_none()
+    })
+    .await;
+    let w = lock(&f.world);
+    let failover = status(&w)
+        .history
+        .iter()
+        .find(|e| e.kind == "Failover")
+        .cloned()
+        .expect("failover in history");
+    assert_eq!(failover.outcome, "Succeeded", "{failover:?}");
+    assert!(
+        !w.journal.iter().any(|e| e == "agent main-0 start"),
+        "the replaced primary was started in place: {:#?}",
+        w.journal
+    );
+}
+
+#[tokio::test]
 async fn malformed_annotation_is_refused_with_a_warning_event_and_no_label_change() {
     let mut f = fixture();
     f.settled().await;

@@ -67,6 +67,9 @@ pub struct ClusterLoop<K, A> {
     rx: mpsc::UnboundedReceiver<(String, ActionResult)>,
     /// Pod uids whose agent has answered at least once.
     answered: HashSet<String>,
+    /// The pod uid last seen for each instance: a new uid means the pod was
+    /// deleted and recreated between two passes.
+    incarnations: BTreeMap<String, String>,
 }
 
 fn action_key(a: &Action) -> String {
@@ -94,6 +97,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             tx,
             rx,
             answered: HashSet::new(),
+            incarnations: BTreeMap::new(),
         }
     }
 
@@ -308,13 +312,24 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             if answer.is_some() {
                 self.answered.insert(uid.clone());
             }
-            let platform = pods::platform_state(
-                pod,
-                self.answered.contains(&uid),
-                answer.is_some_and(|a| a.postgres_running),
-                now,
-                self.config.starting_grace,
-            );
+            // The pod was deleted and its replacement created between two
+            // passes (a StatefulSet recreates a pod within a second): the
+            // instance it ran is gone, as if this pass had seen no pod at all.
+            let replaced = self
+                .incarnations
+                .insert(name.clone(), uid.clone())
+                .is_some_and(|before| before != uid);
+            let platform = if replaced {
+                PlatformState::Gone
+            } else {
+                pods::platform_state(
+                    pod,
+                    self.answered.contains(&uid),
+                    answer.is_some_and(|a| a.postgres_running),
+                    now,
+                    self.config.starting_grace,
+                )
+            };
             out.push((
                 ordinal,
                 InstanceObs {
