@@ -133,8 +133,45 @@ fn cstr(p: &Path) -> Result<CString> {
         .with_context(|| format!("path {} has a NUL", p.display()))
 }
 
+/// The fd numbers the child places its own fds at before exec: the program
+/// and then one per bind source. They sit at the top of the fd range, where
+/// the (multi-threaded) parent has nothing open, and so never land on the
+/// pipe through which the standard library reports a failed exec to the
+/// parent: a clobbered pipe turns an exec error into an abort of the child.
+struct FixedFds {
+    program: libc::c_int,
+}
+
+fn fixed_fds(mounts: usize) -> FixedFds {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) writes into the struct we own.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur.min(65_536)
+    } else {
+        1024
+    };
+    let top = libc::c_int::try_from(soft).unwrap_or(1024);
+    let needed = libc::c_int::try_from(mounts).unwrap_or(0) + 2;
+    FixedFds {
+        program: (top - needed).max(3),
+    }
+}
+
 /// Start the process; the caller waits for it.
 pub fn spawn(spec: Spec) -> Result<tokio::process::Child> {
+    let mount_count = match &spec.ns {
+        Namespaces::New { mounts, .. } => mounts.len(),
+        Namespaces::Join { .. } => 0,
+    };
+    let fixed = fixed_fds(mount_count);
+    // The program is opened in the child before any namespace change and
+    // executed through its fd: a tmpfs on /tmp would hide a program under
+    // /tmp (a repository cloned there).
+    let program = cstr(&spec.program)?;
+    let program_fd = fixed.program;
     let cgroup_procs = std::fs::OpenOptions::new()
         .write(true)
         .open(spec.cgroup.join("cgroup.procs"))
@@ -147,9 +184,9 @@ pub fn spawn(spec: Spec) -> Result<tokio::process::Child> {
         } => {
             let netns =
                 File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-            // Above every fd the child keeps (stdio, cgroup.procs, netns); any
-            // other fd there is the child's copy and closes at exec anyway.
-            let first_free_fd = cgroup_procs.as_raw_fd().max(netns.as_raw_fd()).max(2) + 1;
+            // Bind sources sit just above the program's fd, at the top of the
+            // fd range (see `fixed_fds`).
+            let first_free_fd = fixed.program + 1;
             let mut pm = Vec::new();
             for (i, m) in mounts.iter().enumerate() {
                 let mkdirs = dirs_under_tmpfs(&mounts[..i], &m.target)
@@ -210,7 +247,7 @@ pub fn spawn(spec: Spec) -> Result<tokio::process::Child> {
     // An exec probe that times out is killed with its future; a container is not.
     let kill_on_drop = matches!(spec.ns, Namespaces::Join { .. });
 
-    let mut cmd = tokio::process::Command::new(&spec.program);
+    let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{program_fd}"));
     cmd.arg0(spec.argv.first().map(String::as_str).unwrap_or(""))
         .args(spec.argv.iter().skip(1))
         .env_clear()
@@ -230,7 +267,10 @@ pub fn spawn(spec: Spec) -> Result<tokio::process::Child> {
     // SAFETY: the closure runs in the forked child before exec; it only makes
     // system calls on values prepared above (no allocation, no locks).
     unsafe {
-        cmd.pre_exec(move || child_setup(&procs_fd, &prepared, &workdir, &groups, uid, gid));
+        cmd.pre_exec(move || {
+            open_program(&program, program_fd)?;
+            child_setup(&procs_fd, &prepared, &workdir, &groups, uid, gid)
+        });
     }
     cmd.spawn()
         .with_context(|| format!("starting {}", spec.program.display()))
@@ -248,6 +288,24 @@ fn fail(msg: &'static [u8]) -> io::Error {
 
 fn ptr(c: &Option<CString>) -> *const libc::c_char {
     c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
+/// In the child: open the program (O_PATH) at fd `at`, for exec through `/proc/self/fd/<at>`.
+fn open_program(program: &CString, at: libc::c_int) -> io::Result<()> {
+    // SAFETY: open(2)/dup3(2)/close(2) on a NUL-terminated path and fds of the child.
+    unsafe {
+        let fd = libc::open(program.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(fail(b"tandem node: cannot open the program\n"));
+        }
+        if fd != at {
+            if libc::dup3(fd, at, libc::O_CLOEXEC) < 0 {
+                return Err(fail(b"tandem node: cannot place the program fd\n"));
+            }
+            libc::close(fd);
+        }
+    }
+    Ok(())
 }
 
 fn child_setup(
