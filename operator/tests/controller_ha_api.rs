@@ -9,6 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 use serde_json::{json, Value};
 use tandem::api::{DbCluster, DbClusterStatus};
+use tandem::controller::error::Category;
 use tandem::controller::ha::{KubeClient, KubeOps, Token};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -72,7 +73,7 @@ fn pod_json(name: &str) -> Value {
 fn cluster() -> DbCluster {
     serde_json::from_value(json!({
         "apiVersion": "tandem.dev/v1alpha1", "kind": "DbCluster",
-        "metadata": {"name": "main", "namespace": "db", "uid": "u-1", "generation": 2},
+        "metadata": {"name": "main", "namespace": "db", "uid": "u-1", "generation": 2, "resourceVersion": "41"},
         "spec": {"instances": 3}
     }))
     .unwrap_or_else(|e| panic!("fixture: {e}"))
@@ -169,7 +170,29 @@ async fn status_is_server_side_applied_on_the_status_subresource() {
     assert_eq!(seen.content_type, "application/apply-patch+yaml");
     assert_eq!(seen.body["status"]["currentPrimary"], json!("main-0"));
     assert_eq!(seen.body["kind"], json!("DbCluster"));
+    // The optimistic lock: only over the object the status was decided from.
+    assert_eq!(seen.body["metadata"]["resourceVersion"], json!("41"));
+    assert_eq!(seen.body["metadata"]["name"], json!("main"));
     assert!(call.await.map(|r| r.is_ok()).unwrap_or(false));
+}
+
+#[tokio::test]
+async fn a_status_write_over_a_changed_object_is_refused_as_a_conflict() {
+    let (kube, mut h) = setup();
+    let dc = cluster();
+    let status = DbClusterStatus {
+        current_primary: Some("main-0".into()),
+        ..DbClusterStatus::default()
+    };
+    let call = tokio::spawn(async move { kube.patch_status(&dc, &status).await });
+    // What the API server answers when metadata.resourceVersion is no longer current.
+    let seen = answer(&mut h, StatusCode::CONFLICT, status_body(409, "Conflict")).await;
+    assert_eq!(seen.body["metadata"]["resourceVersion"], json!("41"));
+    let result = call.await.unwrap_or_else(|e| panic!("task: {e}"));
+    let Err(e) = result else {
+        panic!("a stale write must fail")
+    };
+    assert_eq!(e.category(), Category::Conflict, "{e}");
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use super::requests::{self, Refusal};
 use super::rollout;
 use crate::api::agent::Member;
 use crate::api::{keys, DbCluster, HistoryEntry, HistoryKind, HistoryOutcome};
-use crate::controller::error::Error;
+use crate::controller::error::{Category, Error};
 use crate::controller::validate::{validate, Defaults};
 use crate::engine::{
     self, reasons, Action, ActionResult, EventType, InstanceObs, Observations, PlatformState,
@@ -67,7 +67,12 @@ pub struct ClusterLoop<K, A> {
     rx: mpsc::UnboundedReceiver<(String, ActionResult)>,
     /// Pod uids whose agent has answered at least once.
     answered: HashSet<String>,
+    /// The next read of the DbCluster bypasses any cache (a status write met a newer object).
+    fresh: bool,
 }
+
+/// How many times one pass decides when its status write meets a newer object.
+pub const CONFLICT_ATTEMPTS: u32 = 3;
 
 fn action_key(a: &Action) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| format!("{a:?}"))
@@ -94,6 +99,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             tx,
             rx,
             answered: HashSet::new(),
+            fresh: false,
         }
     }
 
@@ -125,10 +131,39 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         true
     }
 
-    /// One pass: observe → decide → persist → act.
+    /// One pass: observe → decide → persist → act. When the status write
+    /// finds the DbCluster changed since it was read (another writer, such as
+    /// a newer leader), nothing is carried out: the pass reads the object
+    /// again and decides again from it, up to [`CONFLICT_ATTEMPTS`] times.
     pub async fn pass(&mut self, now: Timestamp) -> Result<Pass, Error> {
         self.drain();
-        let Some(dc) = self.kube.get_cluster(&self.namespace, &self.name).await? else {
+        let mut attempt = 1;
+        loop {
+            match self.attempt(now).await {
+                Err(e) if e.category() == Category::Conflict && attempt < CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                    info!(
+                        attempt,
+                        "the DbCluster changed since it was read: reading it again and deciding again"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn read_cluster(&mut self) -> Result<Option<DbCluster>, Error> {
+        if std::mem::take(&mut self.fresh) {
+            self.kube
+                .get_cluster_fresh(&self.namespace, &self.name)
+                .await
+        } else {
+            self.kube.get_cluster(&self.namespace, &self.name).await
+        }
+    }
+
+    async fn attempt(&mut self, now: Timestamp) -> Result<Pass, Error> {
+        let Some(dc) = self.read_cluster().await? else {
             return Ok(Pass::ClusterGone);
         };
         if dc.metadata.deletion_timestamp.is_some() {
@@ -185,6 +220,8 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         if dc.status.as_ref() != Some(&status) {
             // Persisted BEFORE any action: a restarted operator resumes this step.
             if let Err(e) = self.kube.patch_status(&dc, &status).await {
+                // The decision was made from an outdated object: read it past any cache.
+                self.fresh = e.category() == Category::Conflict;
                 // Nothing was carried out: the engine sees the same results next pass.
                 let mut results = obs.results;
                 results.append(&mut self.results);

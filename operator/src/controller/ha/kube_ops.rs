@@ -42,7 +42,19 @@ pub trait KubeOps: Send + Sync + 'static {
         cluster: &str,
     ) -> impl Future<Output = Result<Option<Token>, Error>> + Send;
 
-    /// Write the whole status on the status subresource.
+    /// The DbCluster as the API server holds it now (a read past any cache),
+    /// after a status write was refused because the object changed.
+    fn get_cluster_fresh(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<DbCluster>, Error>> + Send {
+        self.get_cluster(ns, name)
+    }
+
+    /// Write the whole status on the status subresource, only if the object
+    /// is still at `dc`'s resourceVersion: a writer that decided from an older
+    /// object (a stale leader) gets a Conflict instead of overwriting a newer step.
     fn patch_status(
         &self,
         dc: &DbCluster,
@@ -158,9 +170,15 @@ impl KubeOps for KubeClient {
     async fn patch_status(&self, dc: &DbCluster, status: &DbClusterStatus) -> Result<(), Error> {
         let name = name_of(dc);
         let api = Api::<DbCluster>::namespaced(self.client.clone(), &ns_of(dc)?);
+        let mut metadata = serde_json::json!({"name": name});
+        if let Some(rv) = &dc.metadata.resource_version {
+            // A precondition even under force: a stale resourceVersion is a 409 Conflict.
+            metadata["resourceVersion"] = serde_json::json!(rv);
+        }
         let body = serde_json::json!({
             "apiVersion": "tandem.dev/v1alpha1",
             "kind": "DbCluster",
+            "metadata": metadata,
             "status": serde_json::to_value(status).map_err(|source| Error::Encode {
                 kind: "DbClusterStatus",
                 name: name.clone(),
