@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod observe;
 pub mod reconcile;
 pub mod status;
+pub mod stores;
 pub mod validate;
 pub mod watched;
 
@@ -209,10 +210,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let defaults = validate::Defaults {
             postgres_image: args.postgres_image.clone(),
         };
+        let (stores, writers) = stores::stores();
         let ha = Arc::new(ha::Registry::new(
             Arc::new(ha::KubeClient {
                 client: client.clone(),
                 recorder: recorder.clone(),
+                stores: stores.clone(),
             }),
             Arc::new(ha::HttpAgents::default()),
             ha_config(&args, defaults.clone()),
@@ -239,7 +242,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        run_controller(client, args.watch_namespace.as_deref(), ctx, stop).await;
+        let watches = Watches { stores, writers };
+        run_controller(client, args.watch_namespace.as_deref(), watches, ctx, stop).await;
         // Only the leader acts: no HA loop outlives the controller.
         ha.stop_all();
         metrics.set_leader(false);
@@ -296,16 +300,27 @@ where
     }
 }
 
+/// The watch caches and the writers that fill them, for [`run_controller`].
+pub struct Watches {
+    /// The readers (shared with the HA loops).
+    pub stores: stores::Stores,
+    /// Their writers.
+    pub writers: stores::Writers,
+}
+
 /// Run the kube-rs Controller until `stop` resolves, letting running reconciles finish.
 ///
 /// DbClusters are watched as [`WatchedDbCluster`], so that one object this
 /// operator cannot deserialize is reported alone instead of failing the list
-/// of all. When `stop` resolves before the first list ever succeeded (no
-/// CRD, no permission, no API server), nothing runs that could finish: kube's
-/// runner would wait for its store forever, so return at once.
+/// of all. DbClusters, pods, Secrets and StatefulSets are watched once, into
+/// the stores the HA loops read. When `stop` resolves before the first list
+/// ever succeeded (no CRD, no permission, no API server), nothing runs that
+/// could finish: kube's runner would wait for its store forever, so return at
+/// once.
 async fn run_controller(
     client: Client,
     namespace: Option<&str>,
+    watches: Watches,
     ctx: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -315,20 +330,22 @@ async fn run_controller(
         keys::LABEL_MANAGED_BY,
         keys::MANAGED_BY
     ));
-    let pods = watcher::Config::default().labels(keys::LABEL_CLUSTER);
-    let controller = Controller::new(
+    let Watches { stores, writers } = watches;
+    let streams = writers.streams(
         api::<WatchedDbCluster>(&client, namespace),
-        watcher::Config::default(),
+        api::<Pod>(&client, namespace),
+        api::<Secret>(&client, namespace),
+        api::<StatefulSet>(&client, namespace),
     );
-    let store = controller.store();
-    let run = controller
-        .owns(api::<StatefulSet>(&client, namespace), managed.clone())
+    let store = stores.clusters.clone();
+    let run = Controller::for_stream(streams.clusters, stores.clusters)
+        .owns_stream(streams.stateful_sets)
         .owns(api::<Service>(&client, namespace), managed.clone())
         .owns(api::<ConfigMap>(&client, namespace), managed.clone())
-        .owns(api::<Secret>(&client, namespace), managed.clone())
+        .owns_stream(streams.secrets)
         .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
         // Pods belong to the StatefulSet; their readiness feeds status.instances.
-        .watches(api::<Pod>(&client, namespace), pods, |pod: Pod| {
+        .watches_stream(streams.pods, |pod: Pod| {
             let cluster = pod.labels().get(keys::LABEL_CLUSTER)?.clone();
             let ns = pod.namespace()?;
             Some(ObjectRef::<WatchedDbCluster>::new(&cluster).within(&ns))

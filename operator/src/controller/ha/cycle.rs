@@ -1,5 +1,6 @@
-//! One DbCluster's HA loop on Kubernetes, one pass at a time: observe (pods,
-//! agents, annotations) → `engine::decide` → persist status → act (agent
+//! One DbCluster's HA loop on Kubernetes, one pass at a time: observe (the
+//! DbCluster, pods, token and StatefulSet from the watch caches; the agents
+//! over HTTP) → `engine::decide` → persist status → act (agent
 //! calls, role labels, pod deletion, Events, annotation removal). Does I/O
 //! through [`KubeOps`] and [`AgentOps`].
 
@@ -69,6 +70,8 @@ pub struct ClusterLoop<K, A> {
     answered: HashSet<String>,
     /// The next read of the DbCluster bypasses any cache (a status write met a newer object).
     fresh: bool,
+    /// The resourceVersion this loop's last status write replaced.
+    replaced: Option<String>,
 }
 
 /// How many times one pass decides when its status write meets a newer object.
@@ -100,7 +103,13 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             rx,
             answered: HashSet::new(),
             fresh: false,
+            replaced: None,
         }
+    }
+
+    /// Resolves once the reads see a complete picture; `false` when they never will.
+    pub async fn synced(&self) -> bool {
+        self.kube.synced().await
     }
 
     /// Agent calls still running.
@@ -152,14 +161,28 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         }
     }
 
+    /// The DbCluster from the watch cache, or from the API server when the
+    /// cache cannot be trusted: a write met a newer object, or the cache still
+    /// holds the object this loop's last status write replaced (the watch has
+    /// not delivered that write yet; deciding from it would redo a step).
     async fn read_cluster(&mut self) -> Result<Option<DbCluster>, Error> {
-        if std::mem::take(&mut self.fresh) {
-            self.kube
-                .get_cluster_fresh(&self.namespace, &self.name)
-                .await
-        } else {
-            self.kube.get_cluster(&self.namespace, &self.name).await
+        let fresh = std::mem::take(&mut self.fresh);
+        if !fresh {
+            let cached = self.kube.get_cluster(&self.namespace, &self.name).await?;
+            let replaced = self.replaced.as_ref();
+            let behind = cached
+                .as_ref()
+                .and_then(|dc| dc.metadata.resource_version.as_ref())
+                .is_some_and(|rv| Some(rv) == replaced);
+            if !behind {
+                self.replaced = None;
+                return Ok(cached);
+            }
+            debug!("the watch cache has not seen the last status write yet: reading the DbCluster");
         }
+        self.kube
+            .get_cluster_fresh(&self.namespace, &self.name)
+            .await
     }
 
     async fn attempt(&mut self, now: Timestamp) -> Result<Pass, Error> {
@@ -219,7 +242,11 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         self.log_step(&previous, &status);
         if dc.status.as_ref() != Some(&status) {
             // Persisted BEFORE any action: a restarted operator resumes this step.
-            if let Err(e) = self.kube.patch_status(&dc, &status).await {
+            let written = self.kube.patch_status(&dc, &status).await;
+            if written.is_ok() {
+                self.replaced = dc.metadata.resource_version.clone();
+            }
+            if let Err(e) = written {
                 // The decision was made from an outdated object: read it past any cache.
                 self.fresh = e.category() == Category::Conflict;
                 // Nothing was carried out: the engine sees the same results next pass.

@@ -6,7 +6,8 @@
 //! - [`requests`]: the `tandem.dev/*` request annotations (pure).
 //! - [`pods`]: pod facts → platform state, role label (pure).
 //! - [`agents`]: the agents behind a trait, and over HTTP.
-//! - [`kube_ops`]: the API server behind a trait, and over a kube client.
+//! - [`kube_ops`]: the API server behind a trait, and over a kube client
+//!   (reads from the controller's watch caches).
 //! - [`cycle`]: one pass observe → decide → persist → act.
 
 pub mod agents;
@@ -163,6 +164,10 @@ async fn drive<K: KubeOps, A: AgentOps>(
     config: HaConfig,
     keep: Keep,
 ) {
+    // Before the watch caches listed once, no pod would look alive.
+    if !lp.synced().await {
+        return;
+    }
     let mut failures: u32 = 0;
     loop {
         let outcome = {
