@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -41,15 +41,6 @@ pub use reconcile::{
 };
 pub use watched::WatchedDbCluster;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Text,
-}
-
 /// Flags of `tandem operator`; each has an environment variable fallback.
 #[derive(Args, Debug, Clone)]
 pub struct OperatorArgs {
@@ -57,13 +48,9 @@ pub struct OperatorArgs {
     #[arg(long, env = "TANDEM_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
 
-    /// Log format.
-    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "json")]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing EnvFilter syntax, e.g. `info,tandem=debug`).
-    #[arg(long, env = "TANDEM_LOG_FILTER", default_value = "info")]
-    pub log_filter: String,
+    /// Logging (default format: json).
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 
     /// Image with PostgreSQL and tandem used when a DbCluster sets no spec.image.
     #[arg(
@@ -136,7 +123,10 @@ pub const CONTROLLER_NAME: &str = "tandem-operator";
 
 /// Run the operator until SIGTERM (or until it loses the leader lease, which is an error).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format, &args.log_filter)?;
+    args.log.init(
+        crate::logging::LogFormat::Json,
+        crate::logging::Output::Stdout,
+    )?;
     install_crypto_provider();
     let identity = match &args.leader.identity {
         Some(id) => id.clone(),
@@ -395,18 +385,4 @@ fn log_controller_error(
 /// cannot pick one by itself; install ring's. Already installed is fine.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Install the global tracing subscriber.
-fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid --log-filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
