@@ -2,7 +2,8 @@
 //! tower-test pattern): the exact method, path, query, content type and body
 //! of each request the platform sends for labels, fencing, annotation
 //! removal, status and the agent token; and one HA pass over watch caches
-//! whose status write is refused as stale (409 Conflict).
+//! whose status write is refused as stale (409 Conflict); and why an agent
+//! over HTTP did not answer (timeout, connection refused, 401, bad answer).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,11 +18,12 @@ use kube::Client;
 use serde_json::{json, Value};
 use tandem::api::agent::{AgentStatus, LeaseState, Member};
 use tandem::api::{
-    DbCluster, DbClusterStatus, HistoryEntry, HistoryKind, HistoryOutcome, InstanceRole,
+    AgentUnanswered, DbCluster, DbClusterStatus, HistoryEntry, HistoryKind, HistoryOutcome,
+    InstanceRole,
 };
 use tandem::controller::error::Category;
 use tandem::controller::ha::{
-    AgentOps, AgentTarget, ClusterLoop, KubeClient, KubeOps, LoopConfig, Token,
+    AgentOps, AgentTarget, ClusterLoop, HttpAgents, KubeClient, KubeOps, LoopConfig, Token,
 };
 use tandem::controller::stores::Stores;
 use tandem::controller::validate::Defaults;
@@ -512,5 +514,73 @@ async fn after_a_conflict_the_pass_acts_on_what_it_decided_from_the_newer_object
             .iter()
             .any(|r| r == "PATCH /api/v1/namespaces/db/pods/main-0"),
         "the primary's role label after the accepted write: {acted:?}"
+    );
+}
+
+/// A one-connection HTTP server on 127.0.0.1 that answers every request with
+/// `response` (raw HTTP), or never answers when it is `None`.
+async fn agent_answering(response: Option<&'static str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            match response {
+                Some(r) => {
+                    let _ = conn.write_all(r.as_bytes()).await;
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn poll_reason(base_url: String) -> Option<AgentUnanswered> {
+    let target = AgentTarget {
+        instance: "main-0".into(),
+        base_url,
+        token: Token("wrong".into()),
+    };
+    HttpAgents::default()
+        .poll(&target, Duration::from_millis(300))
+        .await
+        .err()
+        .flatten()
+}
+
+#[tokio::test]
+async fn the_reason_an_agent_does_not_answer_is_told_apart() {
+    tandem::controller::install_crypto_provider();
+    let unauthorized = "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 45\r\nconnection: close\r\n\r\n{\"error\":\"unauthorized\",\"detail\":\"bad token\"}";
+    assert_eq!(
+        poll_reason(agent_answering(Some(unauthorized)).await).await,
+        Some(AgentUnanswered::Unauthorized)
+    );
+    let garbage = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello";
+    assert_eq!(
+        poll_reason(agent_answering(Some(garbage)).await).await,
+        Some(AgentUnanswered::BadAnswer)
+    );
+    assert_eq!(
+        poll_reason(agent_answering(None).await).await,
+        Some(AgentUnanswered::Timeout)
+    );
+    // Nothing listens on a port just released.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("addr: {e}"))
+    };
+    assert_eq!(
+        poll_reason(format!("http://{closed}")).await,
+        Some(AgentUnanswered::ConnectionRefused)
     );
 }

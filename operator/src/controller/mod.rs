@@ -201,15 +201,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             postgres_image: args.postgres_image.clone(),
         };
         let (stores, writers) = stores::stores();
-        let ha = Arc::new(ha::Registry::new(
-            Arc::new(ha::KubeClient {
-                client: client.clone(),
-                recorder: recorder.clone(),
-                stores: stores.clone(),
-            }),
-            Arc::new(ha::HttpAgents::default()),
-            ha_config(&args, defaults.clone()),
-        ));
+        let ha = Arc::new(
+            ha::Registry::new(
+                Arc::new(ha::KubeClient {
+                    client: client.clone(),
+                    recorder: recorder.clone(),
+                    stores: stores.clone(),
+                }),
+                Arc::new(ha::HttpAgents::default()),
+                ha_config(&args, defaults.clone()),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let ctx = Arc::new(
             Context::new(
                 client.clone(),

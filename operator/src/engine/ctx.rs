@@ -67,6 +67,15 @@ impl<'a> Ctx<'a> {
         self.agent(name).is_some()
     }
 
+    /// "<name>'s agent does not answer", with the reason when the platform knows it.
+    pub fn unanswered(&self, name: &str) -> String {
+        let why = self
+            .obs(name)
+            .and_then(|o| o.unanswered)
+            .map_or("", |u| u.explain());
+        format!("{name}'s agent does not answer{why}")
+    }
+
     /// The platform knows the pod / process is dead.
     pub fn gone(&self, name: &str) -> bool {
         self.obs(name)

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, instrument, warn, Instrument};
 
 use super::agents::{AgentOps, AgentTarget, Token};
 use super::kube_ops::KubeOps;
@@ -22,6 +22,7 @@ use super::rollout;
 use crate::api::agent::Member;
 use crate::api::{keys, DbCluster, HistoryEntry, HistoryKind, HistoryOutcome};
 use crate::controller::error::{Category, Error};
+use crate::controller::metrics::Metrics;
 use crate::controller::validate::{validate, Defaults};
 use crate::engine::{
     self, reasons, Action, ActionResult, EventType, InstanceObs, Observations, PlatformState,
@@ -72,6 +73,8 @@ pub struct ClusterLoop<K, A> {
     fresh: bool,
     /// The resourceVersion this loop's last status write replaced.
     replaced: Option<String>,
+    /// Counts the polls agents did not answer, by reason.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// How many times one pass decides when its status write meets a newer object.
@@ -104,7 +107,14 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             answered: HashSet::new(),
             fresh: false,
             replaced: None,
+            metrics: None,
         }
+    }
+
+    /// The same loop, counting unanswered agent polls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Resolves once the reads see a complete picture; `false` when they never will.
@@ -144,6 +154,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
     /// finds the DbCluster changed since it was read (another writer, such as
     /// a newer leader), nothing is carried out: the pass reads the object
     /// again and decides again from it, up to [`CONFLICT_ATTEMPTS`] times.
+    #[instrument(name = "ha_pass", skip_all)]
     pub async fn pass(&mut self, now: Timestamp) -> Result<Pass, Error> {
         self.drain();
         let mut attempt = 1;
@@ -217,7 +228,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             now,
         );
         if rollout == rollout::Step::SwitchoverAway && parsed.requests.is_empty() {
-            info!(cluster = %self.name, "rolling update: switching the outdated primary over first");
+            info!("rolling update: switching the outdated primary over first");
             parsed.requests.push(rollout::switchover_request());
         }
 
@@ -285,10 +296,10 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         }
         match &after.transition {
             Some(t) => {
-                info!(cluster = %self.name, namespace = %self.namespace, transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
+                info!(transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
             }
             None => {
-                info!(cluster = %self.name, namespace = %self.namespace, "no transition in progress")
+                info!("no transition in progress")
             }
         }
     }
@@ -357,7 +368,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         let polls = targets.values().map(|t| {
             let agents = self.agents.clone();
             let t = t.clone();
-            async move { (t.instance.clone(), agents.status(&t, timeout).await) }
+            async move { (t.instance.clone(), agents.poll(&t, timeout).await) }
         });
         let answers: BTreeMap<String, _> =
             futures::future::join_all(polls).await.into_iter().collect();
@@ -367,7 +378,12 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             let Some(ordinal) = keys::instance_ordinal(&self.name, &name) else {
                 continue;
             };
-            let answer = answers.get(&name).and_then(|a| a.as_ref());
+            let polled = answers.get(&name);
+            let answer = polled.and_then(|a| a.as_ref().ok());
+            let unanswered = polled.and_then(|a| a.as_ref().err().copied().flatten());
+            if let (Some(reason), Some(m)) = (unanswered, &self.metrics) {
+                m.agent_unanswered(reason);
+            }
             let uid = pod.uid().unwrap_or_default();
             if answer.is_some() {
                 self.answered.insert(uid.clone());
@@ -386,6 +402,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     platform,
                     label: pods::role_label(pod),
                     agent: answer.map(crate::platform::report),
+                    unanswered,
                 },
             ));
         }
@@ -400,6 +417,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                         platform: PlatformState::Gone,
                         label: None,
                         agent: None,
+                        unanswered: None,
                     },
                 ));
             }
@@ -408,6 +426,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         out.into_iter().map(|(_, i)| i).collect()
     }
 
+    #[instrument(skip_all, fields(instance = action.instance().unwrap_or(""), action = action.kind()))]
     async fn act(
         &mut self,
         dc: &DbCluster,
@@ -431,11 +450,11 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     }
                     Some(_) => match self.kube.set_role_label(&ns, instance, role.as_str()).await {
                         Ok(()) => {
-                            info!(cluster = %self.name, instance = %instance, role = role.as_str(), "role label set");
+                            info!(role = role.as_str(), "role label set");
                             ActionResult::ok(action.clone())
                         }
                         Err(e) => {
-                            warn!(cluster = %self.name, instance = %instance, error = %e, "cannot set the role label");
+                            warn!(error = %e, "cannot set the role label");
                             ActionResult::failed(action.clone(), e.to_string())
                         }
                     },
@@ -443,7 +462,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                 self.results.push(result);
             }
             Action::FenceInstance { instance } => {
-                warn!(cluster = %self.name, instance = %instance, "fencing: deleting the pod of an unreachable instance");
+                warn!("fencing: deleting the pod of an unreachable instance");
                 let result = match self.kube.delete_pod(&ns, instance, Some(0)).await {
                     Ok(()) => ActionResult::ok(action.clone()),
                     Err(e) => ActionResult::failed(action.clone(), e.to_string()),
@@ -451,28 +470,28 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                 self.results.push(result);
             }
             Action::Event {
-                instance,
+                instance: _,
                 type_,
                 reason,
                 message,
             } => {
                 match type_ {
                     EventType::Normal => {
-                        info!(cluster = %self.name, event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                        info!(event = %reason, "{message}")
                     }
                     EventType::Warning => {
-                        warn!(cluster = %self.name, event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                        warn!(event = %reason, "{message}")
                     }
                 }
                 if let Err(e) = self.kube.event(dc, *type_, reason, message).await {
-                    warn!(cluster = %self.name, error = %e, "could not publish event");
+                    warn!(error = %e, "could not publish event");
                 }
             }
             Action::RequestDone { request } => {
                 for key in requests::annotations_of(request) {
                     if let Some(value) = annotations.get(*key) {
                         if let Err(e) = self.kube.remove_annotation(dc, key, value).await {
-                            warn!(cluster = %self.name, annotation = %key, error = %e, "cannot remove the request annotation");
+                            warn!(annotation = %key, error = %e, "cannot remove the request annotation");
                         }
                     }
                 }
@@ -496,21 +515,22 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                 self.in_flight.insert(key.clone());
                 let tx = self.tx.clone();
                 let agents = self.agents.clone();
-                let cluster = self.name.clone();
-                debug!(cluster = %cluster, instance = %instance, action = %key, "agent call");
-                tokio::spawn(async move {
+                debug!(call = %key, "agent call");
+                let call = async move {
                     let result = match agents.call(&target, &action, &members).await {
                         Ok(detail) => ActionResult {
                             action,
                             outcome: engine::Outcome::Succeeded { detail },
                         },
                         Err(message) => {
-                            warn!(cluster = %cluster, instance = %instance, error = %message, "agent call failed");
+                            warn!(error = %message, "agent call failed");
                             ActionResult::failed(action, message)
                         }
                     };
                     let _ = tx.send((key, result));
-                });
+                };
+                // The spawned call keeps this action's span (cluster, instance, action).
+                tokio::spawn(call.in_current_span());
             }
         }
     }
@@ -519,30 +539,30 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
     /// the StatefulSet recreates it from the new template.
     async fn roll(&self, dc: &DbCluster, pod: &str) {
         let note = format!("deleting {pod} to recreate it from the updated pod template");
-        info!(cluster = %self.name, instance = %pod, "rolling update: {note}");
+        info!(instance = %pod, "rolling update: {note}");
         if let Err(e) = self
             .kube
             .event(dc, EventType::Normal, rollout::REASON_ROLLING_UPDATE, &note)
             .await
         {
-            warn!(cluster = %self.name, error = %e, "could not publish event");
+            warn!(error = %e, "could not publish event");
         }
         if let Err(e) = self.kube.delete_pod(&self.namespace, pod, None).await {
-            warn!(cluster = %self.name, instance = %pod, error = %e, "rolling update: cannot delete the pod");
+            warn!(instance = %pod, error = %e, "rolling update: cannot delete the pod");
         }
     }
 
     async fn refuse(&self, dc: &DbCluster, r: &Refusal) {
-        warn!(cluster = %self.name, annotation = %r.key, "{}", r.reason);
+        warn!(annotation = %r.key, "{}", r.reason);
         if let Err(e) = self
             .kube
             .event(dc, EventType::Warning, reasons::REQUEST_REFUSED, &r.reason)
             .await
         {
-            warn!(cluster = %self.name, error = %e, "could not publish event");
+            warn!(error = %e, "could not publish event");
         }
         if let Err(e) = self.kube.remove_annotation(dc, &r.key, &r.value).await {
-            warn!(cluster = %self.name, annotation = %r.key, error = %e, "cannot remove the refused annotation");
+            warn!(annotation = %r.key, error = %e, "cannot remove the refused annotation");
         }
     }
 }
