@@ -184,6 +184,13 @@ impl ApiServer {
             "{}",
             r.query
         );
+        // Only over the object the status was computed from.
+        assert_eq!(
+            r.body["metadata"]["resourceVersion"].as_str(),
+            dc.metadata.resource_version.as_deref(),
+            "{}",
+            r.body
+        );
         let status = r.body["status"].clone();
         let mut answer = serde_json::to_value(dc).unwrap_or_default();
         answer["status"] = status.clone();

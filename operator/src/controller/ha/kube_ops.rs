@@ -192,21 +192,13 @@ impl KubeOps for KubeClient {
     async fn patch_status(&self, dc: &DbCluster, status: &DbClusterStatus) -> Result<(), Error> {
         let name = name_of(dc);
         let api = Api::<DbCluster>::namespaced(self.client.clone(), &ns_of(dc)?);
-        let mut metadata = serde_json::json!({"name": name});
-        if let Some(rv) = &dc.metadata.resource_version {
-            // A precondition even under force: a stale resourceVersion is a 409 Conflict.
-            metadata["resourceVersion"] = serde_json::json!(rv);
-        }
-        let body = serde_json::json!({
-            "apiVersion": "tandem.dev/v1alpha1",
-            "kind": "DbCluster",
-            "metadata": metadata,
-            "status": serde_json::to_value(status).map_err(|source| Error::Encode {
-                kind: "DbClusterStatus",
-                name: name.clone(),
-                source,
-            })?,
-        });
+        let status = serde_json::to_value(status).map_err(|source| Error::Encode {
+            kind: "DbClusterStatus",
+            name: name.clone(),
+            source,
+        })?;
+        // Conditional on the resourceVersion `dc` was read at.
+        let body = crate::controller::status::status_apply_body(dc, status);
         api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
             .await
             .map_err(|e| Error::kube("apply status", "DbCluster", &name, e))?;
