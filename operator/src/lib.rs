@@ -7,5 +7,6 @@ pub mod controller;
 pub mod crdgen;
 pub mod engine;
 pub mod local;
+pub mod logging;
 pub mod pg;
 pub mod platform;

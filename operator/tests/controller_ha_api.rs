@@ -1,15 +1,33 @@
 //! The HA loop's Kubernetes calls against a mocked API server (kube's
 //! tower-test pattern): the exact method, path, query, content type and body
 //! of each request the platform sends for labels, fencing, annotation
-//! removal, status and the agent token.
+//! removal, status and the agent token; and one HA pass over watch caches
+//! whose status write is refused as stale (409 Conflict); and why an agent
+//! over HTTP did not answer (timeout, connection refused, 401, bad answer).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
 use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 use serde_json::{json, Value};
-use tandem::api::{DbCluster, DbClusterStatus};
-use tandem::controller::ha::{KubeClient, KubeOps, Token};
+use tandem::api::agent::{AgentStatus, LeaseState, Member};
+use tandem::api::{
+    AgentUnanswered, DbCluster, DbClusterStatus, HistoryEntry, HistoryKind, HistoryOutcome,
+    InstanceRole,
+};
+use tandem::controller::error::Category;
+use tandem::controller::ha::{
+    AgentOps, AgentTarget, ClusterLoop, HttpAgents, KubeClient, KubeOps, LoopConfig, Token,
+};
+use tandem::controller::stores::Stores;
+use tandem::controller::validate::Defaults;
+use tandem::engine::Action;
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -31,7 +49,15 @@ fn setup() -> (KubeClient, Handle) {
             instance: Some("test".into()),
         },
     );
-    (KubeClient { client, recorder }, handle)
+    let stores = Stores::from_objects(vec![], vec![], vec![], vec![]);
+    (
+        KubeClient {
+            client,
+            recorder,
+            stores,
+        },
+        handle,
+    )
 }
 
 /// Receive one request, answer it with `status` and `reply`, and return what was sent.
@@ -72,7 +98,7 @@ fn pod_json(name: &str) -> Value {
 fn cluster() -> DbCluster {
     serde_json::from_value(json!({
         "apiVersion": "tandem.dev/v1alpha1", "kind": "DbCluster",
-        "metadata": {"name": "main", "namespace": "db", "uid": "u-1", "generation": 2},
+        "metadata": {"name": "main", "namespace": "db", "uid": "u-1", "generation": 2, "resourceVersion": "41"},
         "spec": {"instances": 3}
     }))
     .unwrap_or_else(|e| panic!("fixture: {e}"))
@@ -169,7 +195,29 @@ async fn status_is_server_side_applied_on_the_status_subresource() {
     assert_eq!(seen.content_type, "application/apply-patch+yaml");
     assert_eq!(seen.body["status"]["currentPrimary"], json!("main-0"));
     assert_eq!(seen.body["kind"], json!("DbCluster"));
+    // The optimistic lock: only over the object the status was decided from.
+    assert_eq!(seen.body["metadata"]["resourceVersion"], json!("41"));
+    assert_eq!(seen.body["metadata"]["name"], json!("main"));
     assert!(call.await.map(|r| r.is_ok()).unwrap_or(false));
+}
+
+#[tokio::test]
+async fn a_status_write_over_a_changed_object_is_refused_as_a_conflict() {
+    let (kube, mut h) = setup();
+    let dc = cluster();
+    let status = DbClusterStatus {
+        current_primary: Some("main-0".into()),
+        ..DbClusterStatus::default()
+    };
+    let call = tokio::spawn(async move { kube.patch_status(&dc, &status).await });
+    // What the API server answers when metadata.resourceVersion is no longer current.
+    let seen = answer(&mut h, StatusCode::CONFLICT, status_body(409, "Conflict")).await;
+    assert_eq!(seen.body["metadata"]["resourceVersion"], json!("41"));
+    let result = call.await.unwrap_or_else(|e| panic!("task: {e}"));
+    let Err(e) = result else {
+        panic!("a stale write must fail")
+    };
+    assert_eq!(e.category(), Category::Conflict, "{e}");
 }
 
 #[tokio::test]
@@ -193,6 +241,21 @@ async fn agent_token_comes_from_the_clusters_secret() {
         "Token(***)",
         "never printed"
     );
+}
+
+#[tokio::test]
+async fn agent_token_is_read_from_the_watch_cache_without_a_request() {
+    let (mut kube, mut h) = setup();
+    let token: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "main-agent-token", "namespace": "db"},
+        "data": {"token": "czNjcmV0Cg=="}
+    }))
+    .unwrap_or_else(|e| panic!("secret: {e}"));
+    kube.stores = Stores::from_objects(vec![], vec![], vec![token], vec![]);
+    let token = kube.agent_token("db", "main").await.ok().flatten();
+    assert_eq!(token, Some(Token("s3cret".into())));
+    assert!(h.next_request().now_or_never().is_none(), "no API request");
 }
 
 #[tokio::test]
@@ -225,4 +288,299 @@ async fn event_is_published_on_the_dbcluster_with_its_reason() {
     assert_eq!(seen.body["regarding"]["kind"], json!("DbCluster"));
     assert_eq!(seen.body["regarding"]["name"], json!("main"));
     let _ = call.await;
+}
+
+/// A one-instance cluster's agent: main-0 answers as a running primary; every
+/// action asked of it is recorded.
+#[derive(Clone, Default)]
+struct PrimaryAgent(Arc<Mutex<Vec<String>>>);
+
+impl AgentOps for PrimaryAgent {
+    async fn status(&self, t: &AgentTarget, _: Duration) -> Option<AgentStatus> {
+        Some(AgentStatus {
+            instance: t.instance.clone(),
+            role: InstanceRole::Primary,
+            ready: true,
+            postgres_running: true,
+            timeline: Some(1),
+            current_lsn: Some("0/3000060".into()),
+            system_identifier: Some("7300000000000000001".into()),
+            lease: LeaseState {
+                held: true,
+                remaining_ms: Some(5000),
+                ..LeaseState::default()
+            },
+            ..AgentStatus::default()
+        })
+    }
+
+    async fn call(
+        &self,
+        t: &AgentTarget,
+        action: &Action,
+        _: &BTreeMap<String, Member>,
+    ) -> Result<Option<String>, String> {
+        let mut calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        calls.push(format!("{} {action:?}", t.instance));
+        Ok(None)
+    }
+}
+
+/// DbCluster `main` with one instance at `resource_version`, with `status`.
+fn watched_cluster(resource_version: &str, status: Option<DbClusterStatus>) -> DbCluster {
+    let mut dc: DbCluster = serde_json::from_value(json!({
+        "apiVersion": "tandem.dev/v1alpha1", "kind": "DbCluster",
+        "metadata": {"name": "main", "namespace": "db", "uid": "u-1", "generation": 2,
+                     "resourceVersion": resource_version},
+        "spec": {"instances": 1}
+    }))
+    .unwrap_or_else(|e| panic!("fixture: {e}"));
+    dc.status = status;
+    dc
+}
+
+/// An HA loop over the mocked API server whose watch caches hold `dc`, its
+/// running pod `main-0` and its agent token.
+fn loop_over_caches(
+    dc: &DbCluster,
+    agent: PrimaryAgent,
+) -> (ClusterLoop<KubeClient, PrimaryAgent>, Handle) {
+    let (mut kube, handle) = setup();
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "main-0", "namespace": "db", "uid": "uid-0",
+                     "creationTimestamp": "2026-01-01T00:00:00Z",
+                     "labels": {"tandem.dev/cluster": "main"}},
+        "status": {"phase": "Running", "podIP": "10.0.0.10",
+                   "conditions": [{"type": "Ready", "status": "True"}]}
+    }))
+    .unwrap_or_else(|e| panic!("pod: {e}"));
+    let token: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "main-agent-token", "namespace": "db"},
+        // base64("s3cret")
+        "data": {"token": "czNjcmV0"}
+    }))
+    .unwrap_or_else(|e| panic!("secret: {e}"));
+    kube.stores = Stores::from_objects(vec![dc.clone().into()], vec![pod], vec![token], vec![]);
+    let config = LoopConfig {
+        poll_timeout: Duration::from_millis(500),
+        starting_grace: Duration::from_secs(60),
+        agent_port: 8000,
+        defaults: Defaults {
+            postgres_image: "postgres-image:test".into(),
+        },
+    };
+    let lp = ClusterLoop::new(Arc::new(kube), Arc::new(agent), "db", "main", config);
+    (lp, handle)
+}
+
+const STATUS_PATH: &str = "/apis/tandem.dev/v1alpha1/namespaces/db/dbclusters/main/status";
+const CLUSTER_PATH: &str = "/apis/tandem.dev/v1alpha1/namespaces/db/dbclusters/main";
+
+/// What a newer leader wrote meanwhile: a history entry of its own.
+fn newer_status() -> DbClusterStatus {
+    let mut status = DbClusterStatus::default();
+    status.push_history(HistoryEntry::new(
+        HistoryKind::Request,
+        HistoryOutcome::Refused,
+        "2026-01-01T00:00:00Z".into(),
+        "written by the newer leader".into(),
+    ));
+    status
+}
+
+fn history_messages(status: &Value) -> Vec<String> {
+    status["history"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .filter_map(|e| e["message"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_stale_leaders_status_write_is_refused_and_nothing_is_carried_out() {
+    let agent = PrimaryAgent::default();
+    let (mut lp, mut h) = loop_over_caches(&watched_cluster("41", None), agent.clone());
+    let pass = tokio::spawn(async move {
+        let result = lp.pass(jiff::Timestamp::now()).await;
+        (result, lp)
+    });
+    // Every pass reads the caches: the first request is the status write,
+    // conditional on the version the decision was made from.
+    let seen = answer(&mut h, StatusCode::CONFLICT, status_body(409, "Conflict")).await;
+    assert_eq!(
+        (seen.method, seen.path.as_str()),
+        (Method::PATCH, STATUS_PATH)
+    );
+    assert_eq!(seen.body["metadata"]["resourceVersion"], json!("41"));
+    assert!(seen.query.contains("force=true"), "{}", seen.query);
+    // Refused: the loop reads the object again, past the cache, and decides again.
+    for rv in ["42", "43"] {
+        let newer =
+            serde_json::to_value(watched_cluster(rv, Some(newer_status()))).unwrap_or_default();
+        let seen = answer(&mut h, StatusCode::OK, newer).await;
+        assert_eq!(
+            (seen.method, seen.path.as_str()),
+            (Method::GET, CLUSTER_PATH)
+        );
+        let seen = answer(&mut h, StatusCode::CONFLICT, status_body(409, "Conflict")).await;
+        assert_eq!(
+            (seen.method, seen.path.as_str()),
+            (Method::PATCH, STATUS_PATH)
+        );
+        assert_eq!(seen.body["metadata"]["resourceVersion"], json!(rv));
+        // Decided again from what it read, not the first decision re-sent.
+        assert!(
+            history_messages(&seen.body["status"]).contains(&"written by the newer leader".into()),
+            "{}",
+            seen.body["status"]
+        );
+    }
+    let (result, lp) = pass.await.unwrap_or_else(|e| panic!("pass: {e}"));
+    match result {
+        Err(e) => assert_eq!(e.category(), Category::Conflict, "{e}"),
+        Ok(p) => panic!("a pass whose every write was refused came to {p:?}"),
+    }
+    // Nothing was carried out: no label, no Event, no agent action.
+    if let Some(Some((req, _))) = h.next_request().now_or_never() {
+        panic!(
+            "carried out {} {} after a refused write",
+            req.method(),
+            req.uri()
+        );
+    }
+    assert_eq!(lp.in_flight(), 0);
+    let calls = agent.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(
+        calls.is_empty(),
+        "agent actions after a refused write: {calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn after_a_conflict_the_pass_acts_on_what_it_decided_from_the_newer_object() {
+    let agent = PrimaryAgent::default();
+    let (mut lp, mut h) = loop_over_caches(&watched_cluster("41", None), agent.clone());
+    let pass = tokio::spawn(async move {
+        let result = lp.pass(jiff::Timestamp::now()).await;
+        let settled = lp.settle(Duration::from_secs(5)).await;
+        (result, settled)
+    });
+    let seen = answer(&mut h, StatusCode::CONFLICT, status_body(409, "Conflict")).await;
+    assert_eq!(seen.body["metadata"]["resourceVersion"], json!("41"));
+    let newer =
+        serde_json::to_value(watched_cluster("42", Some(newer_status()))).unwrap_or_default();
+    let seen = answer(&mut h, StatusCode::OK, newer).await;
+    assert_eq!(
+        (seen.method, seen.path.as_str()),
+        (Method::GET, CLUSTER_PATH)
+    );
+    let mut written = serde_json::to_value(watched_cluster("43", None)).unwrap_or_default();
+    let seen = answer(&mut h, StatusCode::OK, written.clone()).await;
+    assert_eq!(
+        (seen.method, seen.path.as_str()),
+        (Method::PATCH, STATUS_PATH)
+    );
+    assert_eq!(seen.body["metadata"]["resourceVersion"], json!("42"));
+    assert!(
+        history_messages(&seen.body["status"]).contains(&"written by the newer leader".into()),
+        "{}",
+        seen.body["status"]
+    );
+    written["status"] = seen.body["status"].clone();
+    // Only now are the actions carried out (the role label, Events).
+    let mut acted = Vec::new();
+    while let Ok(Some((req, respond))) =
+        tokio::time::timeout(Duration::from_millis(500), h.next_request()).await
+    {
+        acted.push(format!("{} {}", req.method(), req.uri().path()));
+        let reply = Response::builder()
+            .status(StatusCode::OK)
+            .body(Body::from(serde_json::to_vec(&written).unwrap_or_default()));
+        match reply {
+            Ok(r) => respond.send_response(r),
+            Err(e) => panic!("response: {e}"),
+        }
+    }
+    let (result, settled) = pass.await.unwrap_or_else(|e| panic!("pass: {e}"));
+    assert!(result.is_ok(), "{result:?}");
+    assert!(settled);
+    assert!(
+        acted
+            .iter()
+            .any(|r| r == "PATCH /api/v1/namespaces/db/pods/main-0"),
+        "the primary's role label after the accepted write: {acted:?}"
+    );
+}
+
+/// A one-connection HTTP server on 127.0.0.1 that answers every request with
+/// `response` (raw HTTP), or never answers when it is `None`.
+async fn agent_answering(response: Option<&'static str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            match response {
+                Some(r) => {
+                    let _ = conn.write_all(r.as_bytes()).await;
+                }
+                None => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+            }
+        }
+    });
+    format!("http://{addr}")
+}
+
+async fn poll_reason(base_url: String) -> Option<AgentUnanswered> {
+    let target = AgentTarget {
+        instance: "main-0".into(),
+        base_url,
+        token: Token("wrong".into()),
+    };
+    HttpAgents::default()
+        .poll(&target, Duration::from_millis(300))
+        .await
+        .err()
+        .flatten()
+}
+
+#[tokio::test]
+async fn the_reason_an_agent_does_not_answer_is_told_apart() {
+    tandem::controller::install_crypto_provider();
+    let unauthorized = "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 45\r\nconnection: close\r\n\r\n{\"error\":\"unauthorized\",\"detail\":\"bad token\"}";
+    assert_eq!(
+        poll_reason(agent_answering(Some(unauthorized)).await).await,
+        Some(AgentUnanswered::Unauthorized)
+    );
+    let garbage = "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello";
+    assert_eq!(
+        poll_reason(agent_answering(Some(garbage)).await).await,
+        Some(AgentUnanswered::BadAnswer)
+    );
+    assert_eq!(
+        poll_reason(agent_answering(None).await).await,
+        Some(AgentUnanswered::Timeout)
+    );
+    // Nothing listens on a port just released.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+        l.local_addr().unwrap_or_else(|e| panic!("addr: {e}"))
+    };
+    assert_eq!(
+        poll_reason(format!("http://{closed}")).await,
+        Some(AgentUnanswered::ConnectionRefused)
+    );
 }

@@ -7,6 +7,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::api::agent::*;
+use crate::api::AgentUnanswered;
 
 /// What a call to an agent can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,35 @@ impl ClientError {
             ClientError::Transport { .. } => None,
         }
     }
+}
+
+/// Why a call got no usable answer, as the bounded reason the callers' status,
+/// `blockedBy` and metrics carry (a 401 is a wrong token, not a dead agent).
+pub fn unanswered(e: &ClientError) -> AgentUnanswered {
+    match e {
+        ClientError::Transport { source, .. } if source.is_timeout() => AgentUnanswered::Timeout,
+        ClientError::Transport { source, .. } if refused(source) => {
+            AgentUnanswered::ConnectionRefused
+        }
+        ClientError::Transport { .. } => AgentUnanswered::Unreachable,
+        ClientError::Api { status: 401, .. } | ClientError::Decode { status: 401, .. } => {
+            AgentUnanswered::Unauthorized
+        }
+        ClientError::Api { .. } | ClientError::Decode { .. } => AgentUnanswered::BadAnswer,
+    }
+}
+
+fn refused(e: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Client of one agent.

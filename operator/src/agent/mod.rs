@@ -19,20 +19,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
 pub use config::Config;
 pub use error::AgentError;
-
-/// Log output format.
-#[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Flags of `tandem agent`; every one has an environment fallback (the agent's configuration contract).
 #[derive(Args, Debug, Clone)]
@@ -100,9 +90,9 @@ pub struct AgentArgs {
     /// User that runs postgres and its tools; default `postgres` when running as root.
     #[arg(long, env = "TANDEM_RUN_AS")]
     pub run_as: Option<String>,
-    /// Log format.
-    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Logging (default format: text).
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
     /// Directory for postgres' socket and the password file (default: a fresh one under the temp dir).
     #[arg(long, env = "TANDEM_RUN_DIR")]
     pub run_dir: Option<PathBuf>,
@@ -129,21 +119,12 @@ pub struct AgentArgs {
     pub start_timeout: crate::api::DurationString,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
 /// Run the agent until SIGTERM or SIGINT; postgres is stopped (fast) before it returns.
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format);
+    args.log.init(
+        crate::logging::LogFormat::Text,
+        crate::logging::Output::Stderr,
+    )?;
     let cfg = Config::from_args(&args)?;
     let (crashed_tx, crashed_rx) = tokio::sync::mpsc::unbounded_channel();
     let agent = Arc::new(state::Agent::new(cfg, crashed_tx)?);
@@ -220,6 +201,7 @@ mod tests {
             "PG_BIN",
             "TANDEM_RUN_AS",
             "TANDEM_LOG_FORMAT",
+            "TANDEM_LOG_FILTER",
         ] {
             assert!(envs.iter().any(|e| e == want), "{want} missing");
         }

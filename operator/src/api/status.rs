@@ -156,6 +156,50 @@ pub struct InstanceStatus {
     /// Since when the instance has not been healthy in its role (RFC 3339); absent while healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unhealthy_since: Option<String>,
+    /// Why the instance's agent did not answer the last poll; absent when it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_unanswered: Option<AgentUnanswered>,
+}
+
+/// Why an agent did not answer a status poll: a bounded value (status,
+/// `blockedBy`, metric label).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AgentUnanswered {
+    /// No answer within the poll timeout.
+    Timeout,
+    /// Nothing listens at the agent's address (connection refused).
+    ConnectionRefused,
+    /// The agent refused the bearer token (401): the token does not match.
+    Unauthorized,
+    /// The agent answered, but not as the agent protocol says (another status, a body that does not decode).
+    BadAnswer,
+    /// Any other transport failure (no route, reset, DNS).
+    Unreachable,
+}
+
+impl AgentUnanswered {
+    /// snake_case label value for metrics.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::ConnectionRefused => "connection_refused",
+            Self::Unauthorized => "unauthorized",
+            Self::BadAnswer => "bad_answer",
+            Self::Unreachable => "unreachable",
+        }
+    }
+
+    /// How `blockedBy` says it, after "<instance>'s agent does not answer".
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Timeout => " (timed out)",
+            Self::ConnectionRefused => " (connection refused: nothing listens at its address)",
+            Self::Unauthorized => ": it refuses the token (401, the token does not match)",
+            Self::BadAnswer => ": its answer is not the agent protocol's",
+            Self::Unreachable => " (network error)",
+        }
+    }
 }
 
 /// Role of an instance.

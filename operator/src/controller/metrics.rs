@@ -46,9 +46,15 @@ struct CategoryLabels {
     category: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// The operator's metrics.
 #[derive(Debug)]
 pub struct Metrics {
+    agent_unanswered: Family<ReasonLabels, Counter>,
     reconciles: Family<OutcomeLabels, Counter>,
     errors: Family<CategoryLabels, Counter>,
     duration: Histogram,
@@ -59,6 +65,7 @@ impl Metrics {
     /// Create the metrics and register them under the `tandem_operator` prefix.
     pub fn new(registry: &mut Registry) -> Self {
         let m = Self {
+            agent_unanswered: Family::default(),
             reconciles: Family::default(),
             errors: Family::default(),
             duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
@@ -79,6 +86,11 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Duration of reconciles",
             m.duration.clone(),
+        );
+        sub.register(
+            "agent_unanswered",
+            "Agent status polls of the HA loops that got no answer, by reason (timeout, connection_refused, unauthorized, bad_answer, unreachable)",
+            m.agent_unanswered.clone(),
         );
         sub.register(
             "leader",
@@ -102,6 +114,15 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Count one agent status poll that got no answer.
+    pub fn agent_unanswered(&self, reason: crate::api::AgentUnanswered) {
+        self.agent_unanswered
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_label(),
+            })
+            .inc();
     }
 
     /// Record whether this replica leads.

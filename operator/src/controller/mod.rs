@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod observe;
 pub mod reconcile;
 pub mod status;
+pub mod stores;
 pub mod validate;
 pub mod watched;
 
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
@@ -40,15 +41,6 @@ pub use reconcile::{
 };
 pub use watched::WatchedDbCluster;
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Text,
-}
-
 /// Flags of `tandem operator`; each has an environment variable fallback.
 #[derive(Args, Debug, Clone)]
 pub struct OperatorArgs {
@@ -56,13 +48,9 @@ pub struct OperatorArgs {
     #[arg(long, env = "TANDEM_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
 
-    /// Log format.
-    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value = "json")]
-    pub log_format: LogFormat,
-
-    /// Log filter (tracing EnvFilter syntax, e.g. `info,tandem=debug`).
-    #[arg(long, env = "TANDEM_LOG_FILTER", default_value = "info")]
-    pub log_filter: String,
+    /// Logging (default format: json).
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 
     /// Image with PostgreSQL and tandem used when a DbCluster sets no spec.image.
     #[arg(
@@ -135,7 +123,10 @@ pub const CONTROLLER_NAME: &str = "tandem-operator";
 
 /// Run the operator until SIGTERM (or until it loses the leader lease, which is an error).
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
-    init_logging(args.log_format, &args.log_filter)?;
+    args.log.init(
+        crate::logging::LogFormat::Json,
+        crate::logging::Output::Stdout,
+    )?;
     install_crypto_provider();
     let identity = match &args.leader.identity {
         Some(id) => id.clone(),
@@ -209,14 +200,19 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let defaults = validate::Defaults {
             postgres_image: args.postgres_image.clone(),
         };
-        let ha = Arc::new(ha::Registry::new(
-            Arc::new(ha::KubeClient {
-                client: client.clone(),
-                recorder: recorder.clone(),
-            }),
-            Arc::new(ha::HttpAgents::default()),
-            ha_config(&args, defaults.clone()),
-        ));
+        let (stores, writers) = stores::stores();
+        let ha = Arc::new(
+            ha::Registry::new(
+                Arc::new(ha::KubeClient {
+                    client: client.clone(),
+                    recorder: recorder.clone(),
+                    stores: stores.clone(),
+                }),
+                Arc::new(ha::HttpAgents::default()),
+                ha_config(&args, defaults.clone()),
+            )
+            .with_metrics(metrics.clone()),
+        );
         let ctx = Arc::new(
             Context::new(
                 client.clone(),
@@ -239,7 +235,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        run_controller(client, args.watch_namespace.as_deref(), ctx, stop).await;
+        let watches = Watches { stores, writers };
+        run_controller(client, args.watch_namespace.as_deref(), watches, ctx, stop).await;
         // Only the leader acts: no HA loop outlives the controller.
         ha.stop_all();
         metrics.set_leader(false);
@@ -296,16 +293,27 @@ where
     }
 }
 
+/// The watch caches and the writers that fill them, for [`run_controller`].
+pub struct Watches {
+    /// The readers (shared with the HA loops).
+    pub stores: stores::Stores,
+    /// Their writers.
+    pub writers: stores::Writers,
+}
+
 /// Run the kube-rs Controller until `stop` resolves, letting running reconciles finish.
 ///
 /// DbClusters are watched as [`WatchedDbCluster`], so that one object this
 /// operator cannot deserialize is reported alone instead of failing the list
-/// of all. When `stop` resolves before the first list ever succeeded (no
-/// CRD, no permission, no API server), nothing runs that could finish: kube's
-/// runner would wait for its store forever, so return at once.
+/// of all. DbClusters, pods, Secrets and StatefulSets are watched once, into
+/// the stores the HA loops read. When `stop` resolves before the first list
+/// ever succeeded (no CRD, no permission, no API server), nothing runs that
+/// could finish: kube's runner would wait for its store forever, so return at
+/// once.
 async fn run_controller(
     client: Client,
     namespace: Option<&str>,
+    watches: Watches,
     ctx: Arc<Context>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
@@ -315,20 +323,22 @@ async fn run_controller(
         keys::LABEL_MANAGED_BY,
         keys::MANAGED_BY
     ));
-    let pods = watcher::Config::default().labels(keys::LABEL_CLUSTER);
-    let controller = Controller::new(
+    let Watches { stores, writers } = watches;
+    let streams = writers.streams(
         api::<WatchedDbCluster>(&client, namespace),
-        watcher::Config::default(),
+        api::<Pod>(&client, namespace),
+        api::<Secret>(&client, namespace),
+        api::<StatefulSet>(&client, namespace),
     );
-    let store = controller.store();
-    let run = controller
-        .owns(api::<StatefulSet>(&client, namespace), managed.clone())
+    let store = stores.clusters.clone();
+    let run = Controller::for_stream(streams.clusters, stores.clusters)
+        .owns_stream(streams.stateful_sets)
         .owns(api::<Service>(&client, namespace), managed.clone())
         .owns(api::<ConfigMap>(&client, namespace), managed.clone())
-        .owns(api::<Secret>(&client, namespace), managed.clone())
+        .owns_stream(streams.secrets)
         .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
         // Pods belong to the StatefulSet; their readiness feeds status.instances.
-        .watches(api::<Pod>(&client, namespace), pods, |pod: Pod| {
+        .watches_stream(streams.pods, |pod: Pod| {
             let cluster = pod.labels().get(keys::LABEL_CLUSTER)?.clone();
             let ns = pod.namespace()?;
             Some(ObjectRef::<WatchedDbCluster>::new(&cluster).within(&ns))
@@ -378,18 +388,4 @@ fn log_controller_error(
 /// cannot pick one by itself; install ring's. Already installed is fine.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// Install the global tracing subscriber.
-fn init_logging(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid --log-filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-            .try_init(),
-    };
-    result.map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }

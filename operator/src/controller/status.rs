@@ -200,7 +200,25 @@ fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition, now: &str)
     }
 }
 
-/// Write the status with server-side apply, unless it is unchanged.
+/// The server-side apply body of a status write: the status, and the
+/// resourceVersion of `dc`, which the API server takes as a precondition even
+/// under force (a stale resourceVersion is a 409 Conflict), so a status
+/// decided from an outdated object never overwrites a newer one.
+pub fn status_apply_body(dc: &DbCluster, status: serde_json::Value) -> serde_json::Value {
+    let mut metadata = serde_json::json!({"name": dc.name_any()});
+    if let Some(rv) = &dc.metadata.resource_version {
+        metadata["resourceVersion"] = serde_json::json!(rv);
+    }
+    serde_json::json!({
+        "apiVersion": "tandem.dev/v1alpha1",
+        "kind": "DbCluster",
+        "metadata": metadata,
+        "status": status,
+    })
+}
+
+/// Write the status with server-side apply, unless it is unchanged; only
+/// over the object it was computed from ([`status_apply_body`]).
 pub async fn patch_status(
     client: &Client,
     dc: &DbCluster,
@@ -217,11 +235,7 @@ pub async fn patch_status(
         name: name.clone(),
         source,
     })?;
-    let body = serde_json::json!({
-        "apiVersion": "tandem.dev/v1alpha1",
-        "kind": "DbCluster",
-        "status": status,
-    });
+    let body = status_apply_body(dc, status);
     api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
         .await
         .map_err(|e| Error::kube("apply status", "DbCluster", &name, e))?;

@@ -112,6 +112,26 @@ pub enum Action {
 }
 
 impl Action {
+    /// The action's name, a bounded value for span fields and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Promote { .. } => "promote",
+            Self::Demote { .. } => "demote",
+            Self::Follow { .. } => "follow",
+            Self::Rewind { .. } => "rewind",
+            Self::Reclone { .. } => "reclone",
+            Self::Stop { .. } => "stop",
+            Self::Start { .. } => "start",
+            Self::Restart { .. } => "restart",
+            Self::Config { .. } => "config",
+            Self::RenewLease { .. } => "renew_lease",
+            Self::SetRole { .. } => "set_role",
+            Self::FenceInstance { .. } => "fence",
+            Self::Event { .. } => "event",
+            Self::RequestDone { .. } => "request_done",
+        }
+    }
+
     /// The instance the action acts on, if any.
     pub fn instance(&self) -> Option<&str> {
         match self {

@@ -67,6 +67,22 @@ impl<'a> Ctx<'a> {
         self.agent(name).is_some()
     }
 
+    /// "<name>'s agent does not answer", with the reason when the platform knows it.
+    pub fn unanswered(&self, name: &str) -> String {
+        format!(
+            "{name}'s agent does not answer{}",
+            self.why_unanswered(name)
+        )
+    }
+
+    /// Why `name`'s agent did not answer, as a suffix for "… does not answer"
+    /// ("" when the platform does not know).
+    pub fn why_unanswered(&self, name: &str) -> &'static str {
+        self.obs(name)
+            .and_then(|o| o.unanswered)
+            .map_or("", |u| u.explain())
+    }
+
     /// The platform knows the pod / process is dead.
     pub fn gone(&self, name: &str) -> bool {
         self.obs(name)

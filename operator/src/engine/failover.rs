@@ -16,7 +16,7 @@ pub(crate) fn primary_problem(ctx: &Ctx, primary: &str) -> Option<String> {
     if ctx.gone(primary) {
         Some(format!("the platform reports {primary} gone"))
     } else if !ctx.reachable(primary) {
-        Some(format!("{primary}'s agent does not answer"))
+        Some(ctx.unanswered(primary))
     } else if !ctx.running(primary) {
         Some(format!("postgres on {primary} is not running"))
     } else if !ctx.runs_as_primary(primary) {

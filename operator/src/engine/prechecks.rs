@@ -26,7 +26,10 @@ fn failover_ineligible(ctx: &Ctx, st: &DbClusterStatus, name: &str) -> Option<St
         return Some(format!("{name} has priority 0 (learner)"));
     }
     if !ctx.reachable(name) {
-        return Some(format!("{name} does not answer"));
+        return Some(format!(
+            "{name} does not answer{}",
+            ctx.why_unanswered(name)
+        ));
     }
     if !ctx.runs_as_standby(name) {
         return Some(format!("{name} does not run as a standby"));
@@ -120,7 +123,7 @@ pub(crate) fn target_checks(ctx: &Ctx, primary: &str, target: &str) -> Vec<Healt
         if reachable {
             format!("{target} answers and runs as a standby")
         } else if !ctx.reachable(target) {
-            format!("{target} does not answer")
+            format!("{target} does not answer{}", ctx.why_unanswered(target))
         } else {
             format!("{target} does not run as a standby")
         },

@@ -196,7 +196,7 @@ fn validate(
         ));
     }
     if !ctx.reachable(name) {
-        return Err(format!("{what} refused: {name}'s agent does not answer"));
+        return Err(format!("{what} refused: {}", ctx.unanswered(name)));
     }
     Ok(primary)
 }

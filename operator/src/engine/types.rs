@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{HealthCheck, Lsn};
+use crate::api::{AgentUnanswered, HealthCheck, Lsn};
 
 use super::action::{Action, RoleLabel};
 
@@ -48,6 +48,9 @@ pub struct InstanceObs {
     /// The agent's status report of this poll; `None` when the agent did not answer.
     #[serde(default)]
     pub agent: Option<AgentReport>,
+    /// Why the agent did not answer this poll, when the platform asked it and knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unanswered: Option<AgentUnanswered>,
 }
 
 /// The platform's knowledge of the process or pod.

@@ -142,9 +142,9 @@ pub struct UpArgs {
     /// User that runs postgres and its tools (default postgres when run as root).
     #[arg(long, env = "TANDEM_RUN_AS")]
     pub run_as: Option<String>,
-    /// Log format: text or json.
-    #[arg(long, env = "TANDEM_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    /// Logging (default format: text; to standard error).
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 /// Run a `tandem local` verb; returns the exit code.

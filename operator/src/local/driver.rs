@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::agent::client::AgentClient;
 use crate::api::agent::{AgentStatus, Member};
+use crate::api::AgentUnanswered;
 use crate::api::{
     keys, DataDurability, DbClusterSpec, DbClusterStatus, ReplicationMode, SynchronousCommit,
 };
@@ -190,18 +191,19 @@ impl Driver {
             let c = m.client.clone();
             let n = n.clone();
             async move {
-                (
-                    n,
-                    tokio::time::timeout(POLL_TIMEOUT, c.status())
-                        .await
-                        .ok()
-                        .and_then(|r| r.ok()),
-                )
+                let answer = match tokio::time::timeout(POLL_TIMEOUT, c.status()).await {
+                    Err(_) => Err(AgentUnanswered::Timeout),
+                    Ok(r) => r.map_err(|e| crate::agent::client::unanswered(&e)),
+                };
+                (n, answer)
             }
         });
-        let answers: Vec<(String, Option<AgentStatus>)> = futures::future::join_all(polls).await;
+        let answers: Vec<(String, Result<AgentStatus, AgentUnanswered>)> =
+            futures::future::join_all(polls).await;
         let mut out = Vec::new();
-        for (name, answer) in answers {
+        for (name, polled) in answers {
+            let unanswered = polled.as_ref().err().copied();
+            let answer = polled.ok();
             let alive = self.agents.pid(&name).is_some();
             let label = self.persisted.labels.get(&name).copied();
             let Some(m) = self.members.get_mut(&name) else {
@@ -227,6 +229,7 @@ impl Driver {
                 platform,
                 label,
                 agent: answer.as_ref().map(crate::platform::report),
+                unanswered,
             });
         }
         out
@@ -261,6 +264,7 @@ impl Driver {
     }
 
     /// One pass of the loop.
+    #[tracing::instrument(name = "ha_pass", skip_all, fields(cluster = %self.name))]
     pub async fn tick(&mut self) {
         self.results.extend(self.exec.drain());
         self.respawn();
@@ -316,6 +320,7 @@ impl Driver {
         self.publish(&spec);
     }
 
+    #[tracing::instrument(skip_all, fields(instance = action.instance().unwrap_or(""), action = action.kind()))]
     fn act(
         &mut self,
         action: Action,
@@ -325,7 +330,7 @@ impl Driver {
         match &action {
             Action::SetRole { instance, role } => {
                 if self.persisted.labels.get(instance) != Some(role) {
-                    info!(instance = %instance, role = role.as_str(), "role label set");
+                    info!(role = role.as_str(), "role label set");
                     self.persisted.labels.insert(instance.clone(), *role);
                     self.save();
                     self.route();
@@ -333,7 +338,7 @@ impl Driver {
                 self.results.push(engine::ActionResult::ok(action));
             }
             Action::FenceInstance { instance } => {
-                warn!(instance = %instance, "fencing: killing the agent and postgres of an unreachable instance");
+                warn!("fencing: killing the agent and postgres of an unreachable instance");
                 // postgres first: killing the agent first kills the postmaster
                 // (PR_SET_PDEATHSIG) and orphans its children, which a frozen
                 // server leaves behind still attached to its shared memory.
@@ -344,16 +349,16 @@ impl Driver {
                 self.results.push(engine::ActionResult::ok(action));
             }
             Action::Event {
-                instance,
+                instance: _,
                 type_,
                 reason,
                 message,
             } => match type_ {
                 EventType::Normal => {
-                    info!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                    info!(event = %reason, "{message}")
                 }
                 EventType::Warning => {
-                    warn!(event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                    warn!(event = %reason, "{message}")
                 }
             },
             Action::RequestDone { request } => {
@@ -372,7 +377,7 @@ impl Driver {
                     return;
                 };
                 if !self.exec.busy(&action) {
-                    tracing::debug!(action = %short(&action), "agent call");
+                    tracing::debug!(call = %short(&action), "agent call");
                     self.exec.spawn(action, m.client.clone(), members);
                 }
             }

@@ -68,15 +68,16 @@ impl Executor {
         let tx = self.tx.clone();
         let finished = self.finished.clone();
         let members = members.clone();
-        tokio::spawn(async move {
+        // The spawned call keeps the caller's span (cluster, instance, action).
+        let call = async move {
             let started = std::time::Instant::now();
             let outcome = crate::platform::call(&action, &client, &members).await;
             let result = match outcome {
                 Ok(detail) => {
                     if matches!(action, Action::RenewLease { .. }) {
-                        tracing::debug!(action = %short(&action), "lease renewed");
+                        tracing::debug!(call = %short(&action), "lease renewed");
                     } else {
-                        info!(action = %short(&action), ms = started.elapsed().as_millis() as u64, detail = detail.as_deref().unwrap_or(""), "action done");
+                        info!(call = %short(&action), ms = started.elapsed().as_millis() as u64, detail = detail.as_deref().unwrap_or(""), "action done");
                     }
                     ActionResult {
                         action,
@@ -84,7 +85,7 @@ impl Executor {
                     }
                 }
                 Err(message) => {
-                    warn!(action = %short(&action), ms = started.elapsed().as_millis() as u64, error = %message, "action failed");
+                    warn!(call = %short(&action), ms = started.elapsed().as_millis() as u64, error = %message, "action failed");
                     ActionResult::failed(action, message)
                 }
             };
@@ -93,7 +94,8 @@ impl Executor {
             if step {
                 finished.notify_one();
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(call));
     }
 }
 

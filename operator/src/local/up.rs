@@ -26,20 +26,6 @@ const SUPERUSER: &str = "postgres";
 /// Replication user of local clusters.
 const REPLICATION_USER: &str = "replicator";
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,tower_http=warn,hyper=warn,reqwest=warn")
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
-
 fn fail(msg: impl std::fmt::Display) -> anyhow::Result<i32> {
     eprintln!("{msg}");
     Ok(EXIT_FAILED)
@@ -47,7 +33,10 @@ fn fail(msg: impl std::fmt::Display) -> anyhow::Result<i32> {
 
 /// Run the cluster in the foreground; returns the exit code.
 pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
-    init_logging(&args.log_format);
+    args.log.init(
+        crate::logging::LogFormat::Text,
+        crate::logging::Output::Stderr,
+    )?;
     let (name, spec) = match setup::read_manifest(&args.file) {
         Ok(v) => v,
         Err(e) => return fail(e),

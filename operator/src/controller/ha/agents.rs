@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::agent::client::AgentClient;
 use crate::api::agent::{AgentStatus, Member};
+use crate::api::AgentUnanswered;
 use crate::engine::Action;
 
 /// The bearer token of a cluster's agents; never printed.
@@ -41,6 +42,16 @@ pub trait AgentOps: Send + Sync + 'static {
         target: &AgentTarget,
         timeout: Duration,
     ) -> impl Future<Output = Option<AgentStatus>> + Send;
+
+    /// `GET /status`, or why the agent did not answer within `timeout`
+    /// (`Err(None)` when this implementation cannot tell why).
+    fn poll(
+        &self,
+        target: &AgentTarget,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<AgentStatus, Option<AgentUnanswered>>> + Send {
+        async move { self.status(target, timeout).await.ok_or(None) }
+    }
 
     /// Carry out one agent action; `Ok(detail)` or `Err(message)`.
     /// `members` gives every instance's postgres address.
@@ -78,8 +89,21 @@ impl HttpAgents {
 
 impl AgentOps for HttpAgents {
     async fn status(&self, target: &AgentTarget, timeout: Duration) -> Option<AgentStatus> {
-        let c = self.client(target).ok()?;
-        tokio::time::timeout(timeout, c.status()).await.ok()?.ok()
+        self.poll(target, timeout).await.ok()
+    }
+
+    async fn poll(
+        &self,
+        target: &AgentTarget,
+        timeout: Duration,
+    ) -> Result<AgentStatus, Option<AgentUnanswered>> {
+        let c = self
+            .client(target)
+            .map_err(|_| Some(AgentUnanswered::Unreachable))?;
+        match tokio::time::timeout(timeout, c.status()).await {
+            Err(_) => Err(Some(AgentUnanswered::Timeout)),
+            Ok(r) => r.map_err(|e| Some(crate::agent::client::unanswered(&e))),
+        }
     }
 
     async fn call(

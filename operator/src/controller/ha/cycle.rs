@@ -1,5 +1,6 @@
-//! One DbCluster's HA loop on Kubernetes, one pass at a time: observe (pods,
-//! agents, annotations) → `engine::decide` → persist status → act (agent
+//! One DbCluster's HA loop on Kubernetes, one pass at a time: observe (the
+//! DbCluster, pods, token and StatefulSet from the watch caches; the agents
+//! over HTTP) → `engine::decide` → persist status → act (agent
 //! calls, role labels, pod deletion, Events, annotation removal). Does I/O
 //! through [`KubeOps`] and [`AgentOps`].
 
@@ -11,7 +12,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, instrument, warn, Instrument};
 
 use super::agents::{AgentOps, AgentTarget, Token};
 use super::kube_ops::KubeOps;
@@ -20,7 +21,8 @@ use super::requests::{self, Refusal};
 use super::rollout;
 use crate::api::agent::Member;
 use crate::api::{keys, DbCluster, HistoryEntry, HistoryKind, HistoryOutcome};
-use crate::controller::error::Error;
+use crate::controller::error::{Category, Error};
+use crate::controller::metrics::Metrics;
 use crate::controller::validate::{validate, Defaults};
 use crate::engine::{
     self, reasons, Action, ActionResult, EventType, InstanceObs, Observations, PlatformState,
@@ -70,7 +72,16 @@ pub struct ClusterLoop<K, A> {
     /// The pod uid last seen for each instance: a new uid means the pod was
     /// deleted and recreated between two passes.
     incarnations: BTreeMap<String, String>,
+    /// The next read of the DbCluster bypasses any cache (a status write met a newer object).
+    fresh: bool,
+    /// The resourceVersion this loop's last status write replaced.
+    replaced: Option<String>,
+    /// Counts the polls agents did not answer, by reason.
+    metrics: Option<Arc<Metrics>>,
 }
+
+/// How many times one pass decides when its status write meets a newer object.
+pub const CONFLICT_ATTEMPTS: u32 = 3;
 
 fn action_key(a: &Action) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| format!("{a:?}"))
@@ -98,7 +109,21 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             rx,
             answered: HashSet::new(),
             incarnations: BTreeMap::new(),
+            fresh: false,
+            replaced: None,
+            metrics: None,
         }
+    }
+
+    /// The same loop, counting unanswered agent polls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Resolves once the reads see a complete picture; `false` when they never will.
+    pub async fn synced(&self) -> bool {
+        self.kube.synced().await
     }
 
     /// Agent calls still running.
@@ -129,10 +154,54 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         true
     }
 
-    /// One pass: observe → decide → persist → act.
+    /// One pass: observe → decide → persist → act. When the status write
+    /// finds the DbCluster changed since it was read (another writer, such as
+    /// a newer leader), nothing is carried out: the pass reads the object
+    /// again and decides again from it, up to [`CONFLICT_ATTEMPTS`] times.
+    #[instrument(name = "ha_pass", skip_all)]
     pub async fn pass(&mut self, now: Timestamp) -> Result<Pass, Error> {
         self.drain();
-        let Some(dc) = self.kube.get_cluster(&self.namespace, &self.name).await? else {
+        let mut attempt = 1;
+        loop {
+            match self.attempt(now).await {
+                Err(e) if e.category() == Category::Conflict && attempt < CONFLICT_ATTEMPTS => {
+                    attempt += 1;
+                    info!(
+                        attempt,
+                        "the DbCluster changed since it was read: reading it again and deciding again"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The DbCluster from the watch cache, or from the API server when the
+    /// cache cannot be trusted: a write met a newer object, or the cache still
+    /// holds the object this loop's last status write replaced (the watch has
+    /// not delivered that write yet; deciding from it would redo a step).
+    async fn read_cluster(&mut self) -> Result<Option<DbCluster>, Error> {
+        let fresh = std::mem::take(&mut self.fresh);
+        if !fresh {
+            let cached = self.kube.get_cluster(&self.namespace, &self.name).await?;
+            let replaced = self.replaced.as_ref();
+            let behind = cached
+                .as_ref()
+                .and_then(|dc| dc.metadata.resource_version.as_ref())
+                .is_some_and(|rv| Some(rv) == replaced);
+            if !behind {
+                self.replaced = None;
+                return Ok(cached);
+            }
+            debug!("the watch cache has not seen the last status write yet: reading the DbCluster");
+        }
+        self.kube
+            .get_cluster_fresh(&self.namespace, &self.name)
+            .await
+    }
+
+    async fn attempt(&mut self, now: Timestamp) -> Result<Pass, Error> {
+        let Some(dc) = self.read_cluster().await? else {
             return Ok(Pass::ClusterGone);
         };
         if dc.metadata.deletion_timestamp.is_some() {
@@ -163,7 +232,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             now,
         );
         if rollout == rollout::Step::SwitchoverAway && parsed.requests.is_empty() {
-            info!(cluster = %self.name, "rolling update: switching the outdated primary over first");
+            info!("rolling update: switching the outdated primary over first");
             parsed.requests.push(rollout::switchover_request());
         }
 
@@ -188,7 +257,13 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         self.log_step(&previous, &status);
         if dc.status.as_ref() != Some(&status) {
             // Persisted BEFORE any action: a restarted operator resumes this step.
-            if let Err(e) = self.kube.patch_status(&dc, &status).await {
+            let written = self.kube.patch_status(&dc, &status).await;
+            if written.is_ok() {
+                self.replaced = dc.metadata.resource_version.clone();
+            }
+            if let Err(e) = written {
+                // The decision was made from an outdated object: read it past any cache.
+                self.fresh = e.category() == Category::Conflict;
                 // Nothing was carried out: the engine sees the same results next pass.
                 let mut results = obs.results;
                 results.append(&mut self.results);
@@ -225,10 +300,10 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         }
         match &after.transition {
             Some(t) => {
-                info!(cluster = %self.name, namespace = %self.namespace, transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
+                info!(transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
             }
             None => {
-                info!(cluster = %self.name, namespace = %self.namespace, "no transition in progress")
+                info!("no transition in progress")
             }
         }
     }
@@ -297,7 +372,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         let polls = targets.values().map(|t| {
             let agents = self.agents.clone();
             let t = t.clone();
-            async move { (t.instance.clone(), agents.status(&t, timeout).await) }
+            async move { (t.instance.clone(), agents.poll(&t, timeout).await) }
         });
         let answers: BTreeMap<String, _> =
             futures::future::join_all(polls).await.into_iter().collect();
@@ -307,7 +382,12 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
             let Some(ordinal) = keys::instance_ordinal(&self.name, &name) else {
                 continue;
             };
-            let answer = answers.get(&name).and_then(|a| a.as_ref());
+            let polled = answers.get(&name);
+            let answer = polled.and_then(|a| a.as_ref().ok());
+            let unanswered = polled.and_then(|a| a.as_ref().err().copied().flatten());
+            if let (Some(reason), Some(m)) = (unanswered, &self.metrics) {
+                m.agent_unanswered(reason);
+            }
             let uid = pod.uid().unwrap_or_default();
             if answer.is_some() {
                 self.answered.insert(uid.clone());
@@ -337,6 +417,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     platform,
                     label: pods::role_label(pod),
                     agent: answer.map(crate::platform::report),
+                    unanswered,
                 },
             ));
         }
@@ -351,6 +432,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                         platform: PlatformState::Gone,
                         label: None,
                         agent: None,
+                        unanswered: None,
                     },
                 ));
             }
@@ -359,6 +441,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         out.into_iter().map(|(_, i)| i).collect()
     }
 
+    #[instrument(skip_all, fields(instance = action.instance().unwrap_or(""), action = action.kind()))]
     async fn act(
         &mut self,
         dc: &DbCluster,
@@ -382,11 +465,11 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     }
                     Some(_) => match self.kube.set_role_label(&ns, instance, role.as_str()).await {
                         Ok(()) => {
-                            info!(cluster = %self.name, instance = %instance, role = role.as_str(), "role label set");
+                            info!(role = role.as_str(), "role label set");
                             ActionResult::ok(action.clone())
                         }
                         Err(e) => {
-                            warn!(cluster = %self.name, instance = %instance, error = %e, "cannot set the role label");
+                            warn!(error = %e, "cannot set the role label");
                             ActionResult::failed(action.clone(), e.to_string())
                         }
                     },
@@ -394,7 +477,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                 self.results.push(result);
             }
             Action::FenceInstance { instance } => {
-                warn!(cluster = %self.name, instance = %instance, "fencing: deleting the pod of an unreachable instance");
+                warn!("fencing: deleting the pod of an unreachable instance");
                 let result = match self.kube.delete_pod(&ns, instance, Some(0)).await {
                     Ok(()) => ActionResult::ok(action.clone()),
                     Err(e) => ActionResult::failed(action.clone(), e.to_string()),
@@ -402,28 +485,28 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                 self.results.push(result);
             }
             Action::Event {
-                instance,
+                instance: _,
                 type_,
                 reason,
                 message,
             } => {
                 match type_ {
                     EventType::Normal => {
-                        info!(cluster = %self.name, event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                        info!(event = %reason, "{message}")
                     }
                     EventType::Warning => {
-                        warn!(cluster = %self.name, event = %reason, instance = instance.as_deref().unwrap_or(""), "{message}")
+                        warn!(event = %reason, "{message}")
                     }
                 }
                 if let Err(e) = self.kube.event(dc, *type_, reason, message).await {
-                    warn!(cluster = %self.name, error = %e, "could not publish event");
+                    warn!(error = %e, "could not publish event");
                 }
             }
             Action::RequestDone { request } => {
                 for key in requests::annotations_of(request) {
                     if let Some(value) = annotations.get(*key) {
                         if let Err(e) = self.kube.remove_annotation(dc, key, value).await {
-                            warn!(cluster = %self.name, annotation = %key, error = %e, "cannot remove the request annotation");
+                            warn!(annotation = %key, error = %e, "cannot remove the request annotation");
                         }
                     }
                 }
@@ -447,21 +530,22 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                 self.in_flight.insert(key.clone());
                 let tx = self.tx.clone();
                 let agents = self.agents.clone();
-                let cluster = self.name.clone();
-                debug!(cluster = %cluster, instance = %instance, action = %key, "agent call");
-                tokio::spawn(async move {
+                debug!(call = %key, "agent call");
+                let call = async move {
                     let result = match agents.call(&target, &action, &members).await {
                         Ok(detail) => ActionResult {
                             action,
                             outcome: engine::Outcome::Succeeded { detail },
                         },
                         Err(message) => {
-                            warn!(cluster = %cluster, instance = %instance, error = %message, "agent call failed");
+                            warn!(error = %message, "agent call failed");
                             ActionResult::failed(action, message)
                         }
                     };
                     let _ = tx.send((key, result));
-                });
+                };
+                // The spawned call keeps this action's span (cluster, instance, action).
+                tokio::spawn(call.in_current_span());
             }
         }
     }
@@ -470,30 +554,30 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
     /// the StatefulSet recreates it from the new template.
     async fn roll(&self, dc: &DbCluster, pod: &str) {
         let note = format!("deleting {pod} to recreate it from the updated pod template");
-        info!(cluster = %self.name, instance = %pod, "rolling update: {note}");
+        info!(instance = %pod, "rolling update: {note}");
         if let Err(e) = self
             .kube
             .event(dc, EventType::Normal, rollout::REASON_ROLLING_UPDATE, &note)
             .await
         {
-            warn!(cluster = %self.name, error = %e, "could not publish event");
+            warn!(error = %e, "could not publish event");
         }
         if let Err(e) = self.kube.delete_pod(&self.namespace, pod, None).await {
-            warn!(cluster = %self.name, instance = %pod, error = %e, "rolling update: cannot delete the pod");
+            warn!(instance = %pod, error = %e, "rolling update: cannot delete the pod");
         }
     }
 
     async fn refuse(&self, dc: &DbCluster, r: &Refusal) {
-        warn!(cluster = %self.name, annotation = %r.key, "{}", r.reason);
+        warn!(annotation = %r.key, "{}", r.reason);
         if let Err(e) = self
             .kube
             .event(dc, EventType::Warning, reasons::REQUEST_REFUSED, &r.reason)
             .await
         {
-            warn!(cluster = %self.name, error = %e, "could not publish event");
+            warn!(error = %e, "could not publish event");
         }
         if let Err(e) = self.kube.remove_annotation(dc, &r.key, &r.value).await {
-            warn!(cluster = %self.name, annotation = %r.key, error = %e, "cannot remove the refused annotation");
+            warn!(annotation = %r.key, error = %e, "cannot remove the refused annotation");
         }
     }
 }

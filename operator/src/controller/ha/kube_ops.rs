@@ -1,12 +1,12 @@
 //! The Kubernetes API as the HA loop uses it: a small trait (so flow tests can
 //! fake it and record every call) and its implementation over a kube
-//! `Client`. Does I/O against the API server.
+//! `Client`, which reads from the controller's watch caches
+//! ([`crate::controller::stores`]) and writes to the API server. Does I/O.
 
 use std::future::Future;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Api, Client, Resource};
 
@@ -14,6 +14,7 @@ use super::agents::Token;
 use crate::api::{keys, DbCluster, DbClusterStatus};
 use crate::controller::apply::{apply_params, FIELD_MANAGER};
 use crate::controller::error::Error;
+use crate::controller::stores::{Stores, AGENT_TOKEN_KEY};
 use crate::engine::EventType;
 
 /// Event notes are limited to 1 kB by the API.
@@ -21,6 +22,12 @@ const EVENT_NOTE_MAX: usize = 1000;
 
 /// Everything the HA loop asks of the API server.
 pub trait KubeOps: Send + Sync + 'static {
+    /// Resolves once the reads below see a complete picture (every watch
+    /// cache listed once); `false` when they never will.
+    fn synced(&self) -> impl Future<Output = bool> + Send {
+        async { true }
+    }
+
     /// The DbCluster, or `None` when it no longer exists.
     fn get_cluster(
         &self,
@@ -42,7 +49,19 @@ pub trait KubeOps: Send + Sync + 'static {
         cluster: &str,
     ) -> impl Future<Output = Result<Option<Token>, Error>> + Send;
 
-    /// Write the whole status on the status subresource.
+    /// The DbCluster as the API server holds it now (a read past any cache),
+    /// after a status write was refused because the object changed.
+    fn get_cluster_fresh(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<DbCluster>, Error>> + Send {
+        self.get_cluster(ns, name)
+    }
+
+    /// Write the whole status on the status subresource, only if the object
+    /// is still at `dc`'s resourceVersion: a writer that decided from an older
+    /// object (a stale leader) gets a Conflict instead of overwriting a newer step.
     fn patch_status(
         &self,
         dc: &DbCluster,
@@ -91,12 +110,14 @@ pub trait KubeOps: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
-/// [`KubeOps`] over a kube client.
+/// [`KubeOps`] over a kube client: reads from the watch caches, writes to the API server.
 pub struct KubeClient {
     /// The client.
     pub client: Client,
     /// Publishes the Events.
     pub recorder: Recorder,
+    /// The controller's watch caches.
+    pub stores: Stores,
 }
 
 fn ns_of(dc: &DbCluster) -> Result<String, Error> {
@@ -125,7 +146,21 @@ pub fn truncate_note(note: &str) -> String {
 }
 
 impl KubeOps for KubeClient {
+    async fn synced(&self) -> bool {
+        self.stores.synced().await
+    }
+
     async fn get_cluster(&self, ns: &str, name: &str) -> Result<Option<DbCluster>, Error> {
+        match self.stores.cluster(ns, name) {
+            None => Ok(None),
+            Some(w) => match &w.parsed {
+                Ok(dc) => Ok(Some((**dc).clone())),
+                Err(e) => Err(Error::Unreadable(e.clone())),
+            },
+        }
+    }
+
+    async fn get_cluster_fresh(&self, ns: &str, name: &str) -> Result<Option<DbCluster>, Error> {
         Api::<DbCluster>::namespaced(self.client.clone(), ns)
             .get_opt(name)
             .await
@@ -133,23 +168,22 @@ impl KubeOps for KubeClient {
     }
 
     async fn list_pods(&self, ns: &str, cluster: &str) -> Result<Vec<Pod>, Error> {
-        let selector = format!("{}={cluster}", keys::LABEL_CLUSTER);
-        Ok(Api::<Pod>::namespaced(self.client.clone(), ns)
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| Error::kube("list", "Pod", &selector, e))?
-            .items)
+        Ok(self.stores.pods(ns, cluster))
     }
 
     async fn agent_token(&self, ns: &str, cluster: &str) -> Result<Option<Token>, Error> {
         let name = keys::secret_agent_token(cluster);
-        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
-            .get_opt(&name)
-            .await
-            .map_err(|e| Error::kube("get", "Secret", &name, e))?;
+        let secret = match self.stores.secret(ns, &name) {
+            Some(s) => Some((*s).clone()),
+            // Not a Secret tandem labelled (created by hand) or not there yet: ask.
+            None => Api::<Secret>::namespaced(self.client.clone(), ns)
+                .get_opt(&name)
+                .await
+                .map_err(|e| Error::kube("get", "Secret", &name, e))?,
+        };
         Ok(secret
             .and_then(|s| s.data)
-            .and_then(|d| d.get("token").cloned())
+            .and_then(|d| d.get(AGENT_TOKEN_KEY).cloned())
             .and_then(|b| String::from_utf8(b.0).ok())
             .map(|t| Token(t.trim().to_string()))
             .filter(|t| !t.0.is_empty()))
@@ -158,15 +192,13 @@ impl KubeOps for KubeClient {
     async fn patch_status(&self, dc: &DbCluster, status: &DbClusterStatus) -> Result<(), Error> {
         let name = name_of(dc);
         let api = Api::<DbCluster>::namespaced(self.client.clone(), &ns_of(dc)?);
-        let body = serde_json::json!({
-            "apiVersion": "tandem.dev/v1alpha1",
-            "kind": "DbCluster",
-            "status": serde_json::to_value(status).map_err(|source| Error::Encode {
-                kind: "DbClusterStatus",
-                name: name.clone(),
-                source,
-            })?,
-        });
+        let status = serde_json::to_value(status).map_err(|source| Error::Encode {
+            kind: "DbClusterStatus",
+            name: name.clone(),
+            source,
+        })?;
+        // Conditional on the resourceVersion `dc` was read at.
+        let body = crate::controller::status::status_apply_body(dc, status);
         api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
             .await
             .map_err(|e| Error::kube("apply status", "DbCluster", &name, e))?;
@@ -207,12 +239,10 @@ impl KubeOps for KubeClient {
     }
 
     async fn update_revision(&self, ns: &str, cluster: &str) -> Result<Option<String>, Error> {
-        let sts = Api::<StatefulSet>::namespaced(self.client.clone(), ns)
-            .get_opt(cluster)
-            .await
-            .map_err(|e| Error::kube("get", "StatefulSet", cluster, e))?;
-        Ok(sts
-            .and_then(|s| s.status)
+        Ok(self
+            .stores
+            .stateful_set(ns, cluster)
+            .and_then(|s| s.status.clone())
             .and_then(|s| s.update_revision)
             .filter(|r| !r.is_empty()))
     }

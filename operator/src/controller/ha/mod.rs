@@ -6,7 +6,8 @@
 //! - [`requests`]: the `tandem.dev/*` request annotations (pure).
 //! - [`pods`]: pod facts → platform state, role label (pure).
 //! - [`agents`]: the agents behind a trait, and over HTTP.
-//! - [`kube_ops`]: the API server behind a trait, and over a kube client.
+//! - [`kube_ops`]: the API server behind a trait, and over a kube client
+//!   (reads from the controller's watch caches).
 //! - [`cycle`]: one pass observe → decide → persist → act.
 
 pub mod agents;
@@ -22,7 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 pub use agents::{AgentOps, AgentTarget, HttpAgents, Token};
 pub use cycle::{ClusterLoop, LoopConfig, Pass};
@@ -53,6 +54,8 @@ pub struct Registry<K, A> {
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
     /// Per cluster: how many ordinals the engine last said to keep (shared with reconcile).
     keep: Arc<Mutex<HashMap<String, u32>>>,
+    /// The operator's metrics, when the loops count into them.
+    metrics: Option<Arc<crate::controller::metrics::Metrics>>,
 }
 
 impl<K: KubeOps, A: AgentOps> Registry<K, A> {
@@ -66,7 +69,14 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
             permits,
             tasks: Mutex::new(HashMap::new()),
             keep: Arc::new(Mutex::new(HashMap::new())),
+            metrics: None,
         }
+    }
+
+    /// The same registry; its loops count unanswered agent polls in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::controller::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
@@ -81,22 +91,30 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
             return;
         }
         info!(cluster = %name, %namespace, "starting the HA loop");
-        let lp = ClusterLoop::new(
+        let mut lp = ClusterLoop::new(
             self.kube.clone(),
             self.agents.clone(),
             namespace,
             name,
             self.config.cluster.clone(),
         );
-        let task = tokio::spawn(drive(
-            lp,
-            self.permits.clone(),
-            self.config.clone(),
-            Keep {
-                map: self.keep.clone(),
-                key: key.clone(),
-            },
-        ));
+        if let Some(m) = &self.metrics {
+            lp = lp.with_metrics(m.clone());
+        }
+        // Every line of the loop, its passes and its agent calls carries the cluster.
+        let span = tracing::info_span!("ha_loop", cluster = %name, %namespace);
+        let task = tokio::spawn(
+            drive(
+                lp,
+                self.permits.clone(),
+                self.config.clone(),
+                Keep {
+                    map: self.keep.clone(),
+                    key: key.clone(),
+                },
+            )
+            .instrument(span),
+        );
         tasks.insert(key, task);
     }
 
@@ -163,6 +181,10 @@ async fn drive<K: KubeOps, A: AgentOps>(
     config: HaConfig,
     keep: Keep,
 ) {
+    // Before the watch caches listed once, no pod would look alive.
+    if !lp.synced().await {
+        return;
+    }
     let mut failures: u32 = 0;
     loop {
         let outcome = {

@@ -39,6 +39,24 @@ fn failover_waits_for_the_detection_timeout_when_the_primary_is_unreachable() {
 }
 
 #[test]
+fn blocked_by_and_the_instance_status_say_why_the_agent_does_not_answer() {
+    let mut f = cluster().instances(3).build();
+    f.unreachable("main-0");
+    f.inst("main-0").unanswered = Some(crate::api::AgentUnanswered::Unauthorized);
+    f.tick(100);
+    let why = f.status.blocked_by.clone().unwrap();
+    assert!(
+        why.contains("main-0's agent does not answer: it refuses the token (401"),
+        "{why}"
+    );
+    assert_eq!(
+        f.status.instances[0].agent_unanswered,
+        Some(crate::api::AgentUnanswered::Unauthorized)
+    );
+    assert_eq!(f.status.instances[1].agent_unanswered, None);
+}
+
+#[test]
 fn failover_fences_and_waits_for_the_lease_before_promoting_an_unreachable_primary() {
     let mut f = cluster().instances(3).build();
     f.ack_all(); // the last lease renewal succeeded

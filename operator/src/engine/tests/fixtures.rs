@@ -107,6 +107,7 @@ pub fn primary_obs(me: &str, n: u32) -> InstanceObs {
         name: me.into(),
         platform: PlatformState::Running,
         label: Some(RoleLabel::Primary),
+        unanswered: None,
         agent: Some(AgentReport {
             postgres_running: true,
             in_recovery: false,
@@ -143,6 +144,7 @@ pub fn standby_obs(me: &str, upstream: &str) -> InstanceObs {
         name: me.into(),
         platform: PlatformState::Running,
         label: Some(RoleLabel::Standby),
+        unanswered: None,
         agent: Some(AgentReport {
             postgres_running: true,
             in_recovery: true,

@@ -195,6 +195,7 @@ impl Sim {
                 },
                 label: i.label,
                 agent,
+                unanswered: None,
             });
         }
         obs

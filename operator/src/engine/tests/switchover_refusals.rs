@@ -165,6 +165,18 @@ fn switchover_refused_when_the_candidate_does_not_answer() {
 }
 
 #[test]
+fn a_switchover_refusal_says_why_the_candidate_does_not_answer() {
+    let mut f = cluster().instances(3).build();
+    f.unreachable("main-1");
+    f.inst("main-1").unanswered = Some(crate::api::AgentUnanswered::Timeout);
+    assert_refused(
+        &mut f,
+        to("main-1", false),
+        "main-1 does not answer (timed out)",
+    );
+}
+
+#[test]
 fn switchover_refused_while_paused() {
     let mut f = cluster().instances(3).paused().build();
     assert_refused(
