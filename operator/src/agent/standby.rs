@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::agent::*;
+use crate::api::WalReceiverState;
 use crate::pg::{self, conf, query, Tool};
 
 use super::bootstrap::standby_files;
@@ -92,7 +93,7 @@ impl Agent {
             if let Ok(c) = self.local_client(Duration::from_secs(2)).await {
                 if let Ok(o) = query::observe(&c).await {
                     if let Some(w) = o.wal_receiver {
-                        if w.status == "streaming"
+                        if w.status == WalReceiverState::Streaming
                             && w.sender_port == Some(i32::from(m.port))
                             && w.sender_host.as_deref() == Some(m.host.as_str())
                         {

@@ -143,7 +143,7 @@ impl AgentProc {
                 let streaming = st
                     .wal_receiver
                     .as_ref()
-                    .is_some_and(|w| w.status == "streaming");
+                    .is_some_and(|w| w.status == tandem::api::WalReceiverState::Streaming);
                 if st.ready && r == want.as_str() && (want != "standby" || streaming) {
                     return st;
                 }
