@@ -22,7 +22,7 @@ use std::sync::Arc;
 use clap::{Args, ValueEnum};
 
 pub use config::Config;
-pub use error::AgentError;
+pub use error::{AgentError, BadRequest, BadTarget, ConfigError, Conflict, Unavailable};
 
 /// Log output format.
 #[derive(ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
