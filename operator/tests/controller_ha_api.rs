@@ -3,16 +3,15 @@
 //! of each request the platform sends for labels, fencing, annotation
 //! removal, status and the agent token.
 
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
+use http::{Method, StatusCode};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
 use serde_json::{json, Value};
 use tandem::api::{DbCluster, DbClusterStatus};
 use tandem::controller::ha::{KubeClient, KubeOps, Token};
+use tandem_testkit::mock_api::status_body;
+use tandem_testkit::MockApiServer;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
+/// What the client sent, kept after the request was answered.
 struct Seen {
     method: Method,
     path: String,
@@ -21,9 +20,8 @@ struct Seen {
     body: Value,
 }
 
-fn setup() -> (KubeClient, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "db");
+fn setup() -> (KubeClient, MockApiServer) {
+    let (client, handle) = MockApiServer::pair("db");
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -35,34 +33,17 @@ fn setup() -> (KubeClient, Handle) {
 }
 
 /// Receive one request, answer it with `status` and `reply`, and return what was sent.
-async fn answer(handle: &mut Handle, status: StatusCode, reply: Value) -> Seen {
-    let Some((request, respond)) = handle.next_request().await else {
-        panic!("the client sent no request");
-    };
-    let (parts, body) = request.into_parts();
-    let bytes = body.collect_bytes().await.unwrap_or_default();
+async fn answer(handle: &mut MockApiServer, status: StatusCode, reply: Value) -> Seen {
+    let r = handle.next_any("a request").await;
     let seen = Seen {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().unwrap_or_default().to_string(),
-        content_type: parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        query: r.query.clone(),
+        content_type: r.content_type.clone(),
+        body: r.body.clone(),
     };
-    let bytes = serde_json::to_vec(&reply).unwrap_or_default();
-    match Response::builder().status(status).body(Body::from(bytes)) {
-        Ok(r) => respond.send_response(r),
-        Err(e) => panic!("response: {e}"),
-    }
+    r.reply(status, reply);
     seen
-}
-
-fn status_body(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": reason})
 }
 
 fn pod_json(name: &str) -> Value {
