@@ -10,21 +10,8 @@ use crate::api::agent::{
     self as proto, AgentStatus, ConfigRequest, DemoteRequest, FollowRequest, LeaseRequest, Member,
     PromoteRequest, RecloneRequest, RewindRequest, StopRequest, SyncStandbys,
 };
-use crate::api::{DurationString, InstanceRole, Lsn};
-use crate::engine::{Action, AgentReport, ConnectedStandby, LeaseReport, SyncState};
-
-fn lsn(s: &Option<String>) -> Option<Lsn> {
-    s.as_deref().and_then(|s| s.parse().ok())
-}
-
-fn sync_state(s: &str) -> SyncState {
-    match s {
-        "sync" => SyncState::Sync,
-        "quorum" => SyncState::Quorum,
-        "potential" => SyncState::Potential,
-        _ => SyncState::Async,
-    }
-}
+use crate::api::{DurationString, InstanceRole, WalReceiverState};
+use crate::engine::{Action, AgentReport, ConnectedStandby, LeaseReport};
 
 /// The engine's view of an agent's status answer.
 pub fn report(s: &AgentStatus) -> AgentReport {
@@ -34,22 +21,22 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         postgres_running: s.postgres_running && s.ready,
         in_recovery: s.role != InstanceRole::Primary,
         timeline: s.timeline,
-        current_lsn: lsn(&s.current_lsn),
-        received_lsn: lsn(&s.received_lsn),
-        replayed_lsn: lsn(&s.replayed_lsn),
-        checkpoint_lsn: lsn(&s.checkpoint_lsn),
+        current_lsn: s.current_lsn,
+        received_lsn: s.received_lsn,
+        replayed_lsn: s.replayed_lsn,
+        checkpoint_lsn: s.checkpoint_lsn,
         upstream: s.upstream.as_ref().map(|m| m.name.clone()),
         streaming: s
             .wal_receiver
             .as_ref()
-            .is_some_and(|w| w.status == "streaming"),
+            .is_some_and(|w| w.status == WalReceiverState::Streaming),
         standbys: s
             .downstreams
             .iter()
             .map(|d| ConnectedStandby {
                 name: d.name.clone(),
-                sync_state: sync_state(&d.sync_state),
-                flush_lsn: lsn(&d.flush_lsn),
+                sync_state: d.sync_state.clone(),
+                flush_lsn: d.flush_lsn,
             })
             .collect(),
         archive_ready: s.archive_ready,

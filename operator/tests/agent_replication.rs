@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use agent_support::*;
 use tandem::api::agent::*;
+use tandem::api::WalSenderState;
 
 const T: Duration = Duration::from_secs(90);
 
@@ -26,7 +27,10 @@ async fn bootstrap_primary_and_two_standbys_stream_rows_to_both() {
         let mut names: Vec<_> = st.downstreams.iter().map(|d| d.name.clone()).collect();
         names.sort();
         let ok = names == ["boot-1", "boot-2"]
-            && st.downstreams.iter().all(|d| d.state == "streaming")
+            && st
+                .downstreams
+                .iter()
+                .all(|d| d.state == WalSenderState::Streaming)
             && st.slots.len() == 2;
         ok.then_some(st)
     })
@@ -138,7 +142,7 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
         let st = new.status().await;
         st.downstreams
             .iter()
-            .any(|d| d.name == "prom-0" && d.state == "streaming")
+            .any(|d| d.name == "prom-0" && d.state == WalSenderState::Streaming)
             .then_some(())
     })
     .await;

@@ -10,11 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
 use serde_json::{json, Value};
 use tandem::api::agent::{AgentStatus, LeaseState, Member};
 use tandem::api::{
@@ -28,9 +27,13 @@ use tandem::controller::ha::{
 use tandem::controller::stores::Stores;
 use tandem::controller::validate::Defaults;
 use tandem::engine::Action;
+use tandem_testkit::mock_api::status_body;
+use tandem_testkit::MockApiServer;
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+/// The mocked API server's side, as the tests below drive it.
+type Handle = MockApiServer;
 
+/// What the client sent, kept after the request was answered.
 struct Seen {
     method: Method,
     path: String,
@@ -39,9 +42,8 @@ struct Seen {
     body: Value,
 }
 
-fn setup() -> (KubeClient, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "db");
+fn setup() -> (KubeClient, MockApiServer) {
+    let (client, handle) = MockApiServer::pair("db");
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -61,34 +63,17 @@ fn setup() -> (KubeClient, Handle) {
 }
 
 /// Receive one request, answer it with `status` and `reply`, and return what was sent.
-async fn answer(handle: &mut Handle, status: StatusCode, reply: Value) -> Seen {
-    let Some((request, respond)) = handle.next_request().await else {
-        panic!("the client sent no request");
-    };
-    let (parts, body) = request.into_parts();
-    let bytes = body.collect_bytes().await.unwrap_or_default();
+async fn answer(handle: &mut MockApiServer, status: StatusCode, reply: Value) -> Seen {
+    let r = handle.next_any("a request").await;
     let seen = Seen {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_string(),
-        query: parts.uri.query().unwrap_or_default().to_string(),
-        content_type: parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        method: r.method.clone(),
+        path: r.path.clone(),
+        query: r.query.clone(),
+        content_type: r.content_type.clone(),
+        body: r.body.clone(),
     };
-    let bytes = serde_json::to_vec(&reply).unwrap_or_default();
-    match Response::builder().status(status).body(Body::from(bytes)) {
-        Ok(r) => respond.send_response(r),
-        Err(e) => panic!("response: {e}"),
-    }
+    r.reply(status, reply);
     seen
-}
-
-fn status_body(code: u16, reason: &str) -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code, "message": reason})
 }
 
 fn pod_json(name: &str) -> Value {
@@ -303,7 +288,7 @@ impl AgentOps for PrimaryAgent {
             ready: true,
             postgres_running: true,
             timeline: Some(1),
-            current_lsn: Some("0/3000060".into()),
+            current_lsn: "0/3000060".parse().ok(),
             system_identifier: Some("7300000000000000001".into()),
             lease: LeaseState {
                 held: true,

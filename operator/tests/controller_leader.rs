@@ -4,20 +4,17 @@
 
 use std::time::Duration;
 
-use futures::FutureExt;
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
-use kube::Client;
+use http::{Method, StatusCode};
 use serde_json::{json, Value};
 use tandem::controller::leader::{Elector, LeaseSettings};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use tandem_testkit::mock_api::{status_body, with_timeout};
+use tandem_testkit::MockApiServer;
 
 const PATH: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases/tandem-operator";
 const COLLECTION: &str = "/apis/coordination.k8s.io/v1/namespaces/ops/leases";
 
-fn elector(identity: &str) -> (Elector, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+fn elector(identity: &str) -> (Elector, MockApiServer) {
+    let (client, handle) = MockApiServer::pair("ops");
     let settings = LeaseSettings {
         name: "tandem-operator".into(),
         namespace: "ops".into(),
@@ -25,35 +22,11 @@ fn elector(identity: &str) -> (Elector, Handle) {
         duration: Duration::from_secs(15),
         renew_every: Duration::from_secs(5),
     };
-    (Elector::new(Client::new(service, "ops"), settings), handle)
-}
-
-/// Expect `method path`, answer `status body`, return the request body.
-async fn answer(
-    handle: &mut Handle,
-    method: Method,
-    path: &str,
-    status: StatusCode,
-    body: Value,
-) -> Value {
-    let Some((req, send)) = handle.next_request().await else {
-        panic!("expected {method} {path}");
-    };
-    assert_eq!((req.method(), req.uri().path()), (&method, path));
-    let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
-    let got = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    let resp = Response::builder()
-        .status(status)
-        .body(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
-    match resp {
-        Ok(r) => send.send_response(r),
-        Err(e) => panic!("{e}"),
-    }
-    got
+    (Elector::new(client, settings), handle)
 }
 
 fn not_found() -> Value {
-    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+    status_body(404, "NotFound")
 }
 
 fn lease(holder: &str, version: &str, renew: &str) -> Value {
@@ -64,32 +37,21 @@ fn lease(holder: &str, version: &str, renew: &str) -> Value {
     })
 }
 
-async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out"))
-}
-
 #[tokio::test]
 async fn absent_lease_is_created_and_held() {
     let (mut elector, mut handle) = elector("op-a");
     let server = tokio::spawn(async move {
-        answer(
-            &mut handle,
-            Method::GET,
-            PATH,
-            StatusCode::NOT_FOUND,
-            not_found(),
-        )
-        .await;
-        let body = answer(
-            &mut handle,
-            Method::POST,
-            COLLECTION,
-            StatusCode::CREATED,
-            lease("op-a", "1", "2026-01-01T00:00:00.000000Z"),
-        )
-        .await;
+        handle
+            .answer(Method::GET, PATH, StatusCode::NOT_FOUND, not_found())
+            .await;
+        let body = handle
+            .answer(
+                Method::POST,
+                COLLECTION,
+                StatusCode::CREATED,
+                lease("op-a", "1", "2026-01-01T00:00:00.000000Z"),
+            )
+            .await;
         assert_eq!(body["spec"]["holderIdentity"], "op-a");
         assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
         handle
@@ -99,32 +61,29 @@ async fn absent_lease_is_created_and_held() {
         Ok(true)
     ));
     let mut handle = with_timeout(server).await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        handle.next_request().now_or_never().is_none(),
-        "extra request"
-    );
+    handle.expect_nothing_more();
 }
 
 #[tokio::test]
 async fn own_lease_is_renewed_with_its_resource_version() {
     let (mut elector, mut handle) = elector("op-a");
     let server = tokio::spawn(async move {
-        answer(
-            &mut handle,
-            Method::GET,
-            PATH,
-            StatusCode::OK,
-            lease("op-a", "7", "2026-01-01T00:00:00.000000Z"),
-        )
-        .await;
-        let body = answer(
-            &mut handle,
-            Method::PUT,
-            PATH,
-            StatusCode::OK,
-            lease("op-a", "8", "2026-01-01T00:00:05.000000Z"),
-        )
-        .await;
+        handle
+            .answer(
+                Method::GET,
+                PATH,
+                StatusCode::OK,
+                lease("op-a", "7", "2026-01-01T00:00:00.000000Z"),
+            )
+            .await;
+        let body = handle
+            .answer(
+                Method::PUT,
+                PATH,
+                StatusCode::OK,
+                lease("op-a", "8", "2026-01-01T00:00:05.000000Z"),
+            )
+            .await;
         assert_eq!(
             body["metadata"]["resourceVersion"], "7",
             "renewal must be a compare-and-swap"
@@ -144,14 +103,14 @@ async fn own_lease_is_renewed_with_its_resource_version() {
 async fn live_lease_of_another_replica_is_not_taken() {
     let (mut elector, mut handle) = elector("op-b");
     let server = tokio::spawn(async move {
-        answer(
-            &mut handle,
-            Method::GET,
-            PATH,
-            StatusCode::OK,
-            lease("op-a", "7", "2026-01-01T00:00:00.000000Z"),
-        )
-        .await;
+        handle
+            .answer(
+                Method::GET,
+                PATH,
+                StatusCode::OK,
+                lease("op-a", "7", "2026-01-01T00:00:00.000000Z"),
+            )
+            .await;
         handle
     });
     assert!(matches!(
@@ -159,27 +118,23 @@ async fn live_lease_of_another_replica_is_not_taken() {
         Ok(false)
     ));
     let mut handle = with_timeout(server).await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        handle.next_request().now_or_never().is_none(),
-        "wrote a lease it does not hold"
-    );
+    // It wrote no lease it does not hold.
+    handle.expect_nothing_more();
 }
 
 #[tokio::test]
 async fn lost_race_on_a_released_lease_means_not_leading() {
     let (mut elector, mut handle) = elector("op-b");
     let server = tokio::spawn(async move {
-        answer(
-            &mut handle,
-            Method::GET,
-            PATH,
-            StatusCode::OK,
-            lease("", "9", "2026-01-01T00:00:00.000000Z"),
-        )
-        .await;
-        let body = answer(
-            &mut handle,
-            Method::PUT,
+        handle
+            .answer(
+                Method::GET,
+                PATH,
+                StatusCode::OK,
+                lease("", "9", "2026-01-01T00:00:00.000000Z"),
+            )
+            .await;
+        let body = handle.answer(Method::PUT,
             PATH,
             StatusCode::CONFLICT,
             json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409}),
@@ -200,22 +155,22 @@ async fn lost_race_on_a_released_lease_means_not_leading() {
 async fn release_clears_the_holder() {
     let (elector, mut handle) = elector("op-a");
     let server = tokio::spawn(async move {
-        answer(
-            &mut handle,
-            Method::GET,
-            PATH,
-            StatusCode::OK,
-            lease("op-a", "7", "2026-01-01T00:00:00.000000Z"),
-        )
-        .await;
-        let body = answer(
-            &mut handle,
-            Method::PUT,
-            PATH,
-            StatusCode::OK,
-            lease("", "8", "2026-01-01T00:00:01.000000Z"),
-        )
-        .await;
+        handle
+            .answer(
+                Method::GET,
+                PATH,
+                StatusCode::OK,
+                lease("op-a", "7", "2026-01-01T00:00:00.000000Z"),
+            )
+            .await;
+        let body = handle
+            .answer(
+                Method::PUT,
+                PATH,
+                StatusCode::OK,
+                lease("", "8", "2026-01-01T00:00:01.000000Z"),
+            )
+            .await;
         assert_eq!(body["spec"].get("holderIdentity"), None);
         assert_eq!(body["spec"]["leaseDurationSeconds"], 1);
         handle

@@ -40,15 +40,8 @@ fn get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(out)
 }
 
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    tandem_testkit::wait_until(what, timeout, Duration::from_millis(50), f)
 }
 
 #[test]

@@ -5,12 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
-use http::{Method, Request, Response, StatusCode};
-use kube::client::Body;
+use http::{Method, StatusCode};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Client, Resource};
+use kube::Resource;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tandem::api::{DbCluster, DbClusterSpec};
@@ -18,89 +16,26 @@ use tandem::controller::error::Category;
 use tandem::controller::metrics::Metrics;
 use tandem::controller::validate::Defaults;
 use tandem::controller::{error_policy, reconcile, Context, ReconcileConfig};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use tandem_testkit::MockApiServer;
 
 const NS: &str = "db";
 const IMAGE: &str = "example.org/tandem-postgres:17";
 
 /// The mocked API server side of a scenario.
-struct ApiServer(Handle);
+type ApiServer = MockApiServer;
 
-/// One request as received.
-struct Received {
-    method: Method,
-    path: String,
-    query: String,
-    body: Value,
-    respond: tower_test::mock::SendResponse<Response<Body>>,
-}
-
-impl Received {
-    fn reply(self, status: StatusCode, body: Value) {
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        match Response::builder().status(status).body(Body::from(bytes)) {
-            Ok(resp) => self.respond.send_response(resp),
-            Err(e) => panic!("building a response: {e}"),
-        }
-    }
-
-    /// Answer with the request's own body, as the API server does for applies.
-    fn echo(self) {
-        let body = self.body.clone();
-        self.reply(StatusCode::OK, body);
-    }
-
-    fn not_found(self) {
-        self.reply(
-            StatusCode::NOT_FOUND,
-            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                   "reason": "NotFound", "code": 404, "message": "not found"}),
-        );
-    }
-}
-
-impl ApiServer {
-    async fn next(&mut self, method: Method, path: &str) -> Received {
-        let r = self.next_any(&format!("{method} {path}")).await;
-        assert_eq!(
-            (&r.method, r.path.as_str()),
-            (&method, path),
-            "unexpected request (query {}, body {})",
-            r.query,
-            r.body
-        );
-        r
-    }
-
-    /// The next request, whatever it is (`expected` names it in the failure).
-    async fn next_any(&mut self, expected: &str) -> Received {
-        let Some((request, respond)) = self.0.next_request().await else {
-            panic!("expected {expected}, but the client sent nothing more");
-        };
-        let (parts, body) = request.into_parts();
-        let bytes = match body.collect_bytes().await {
-            Ok(b) => b,
-            Err(e) => panic!("reading request body: {e}"),
-        };
-        let body = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-        };
-        let got_path = parts.uri.path().to_string();
-        let query = parts.uri.query().unwrap_or_default().to_string();
-        Received {
-            method: parts.method,
-            path: got_path,
-            query,
-            body,
-            respond,
-        }
-    }
-
+/// The requests a reconcile makes, as these scenarios expect them.
+trait Expect {
     /// The next request must be a server-side apply by tandem's field manager
     /// of an object of `kind` at `path`; answered by echoing it.
+    async fn expect_apply(&mut self, path: &str, kind: &str) -> Value;
+    async fn expect_secret_lookup(&mut self, name: &str, exists: bool);
+    async fn expect_pod_list(&mut self, pods: Value);
+    async fn expect_secret_create(&mut self, name: &str) -> Value;
+    async fn expect_status_apply(&mut self, dc: &DbCluster) -> Value;
+}
+
+impl Expect for ApiServer {
     async fn expect_apply(&mut self, path: &str, kind: &str) -> Value {
         let r = self.next(Method::PATCH, path).await;
         assert!(
@@ -197,14 +132,6 @@ impl ApiServer {
         r.reply(StatusCode::OK, answer);
         status
     }
-
-    /// No request is waiting. Called after reconcile returned, so every
-    /// request it made has already arrived.
-    fn expect_nothing_more(mut self) {
-        if let Some(Some((req, _))) = self.0.next_request().now_or_never() {
-            panic!("unexpected extra request {} {}", req.method(), req.uri());
-        }
-    }
 }
 
 fn cluster(spec: DbClusterSpec) -> DbCluster {
@@ -254,8 +181,7 @@ fn setup_with_ha(watched: &DbCluster) -> (Arc<Context>, ApiServer) {
 }
 
 fn setup() -> (Arc<Context>, ApiServer) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, NS);
+    let (client, handle) = MockApiServer::pair(NS);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -276,7 +202,7 @@ fn setup() -> (Arc<Context>, ApiServer) {
             requeue: Duration::from_secs(60),
         },
     );
-    (Arc::new(ctx), ApiServer(handle))
+    (Arc::new(ctx), handle)
 }
 
 /// Run `reconcile` against `scenario`; both must finish within the timeout.
@@ -293,7 +219,7 @@ where
     let result = tokio::time::timeout(Duration::from_secs(10), reconcile(dc, ctx.clone()))
         .await
         .unwrap_or_else(|_| panic!("reconcile did not finish"));
-    let server = match tokio::time::timeout(Duration::from_secs(10), scenario).await {
+    let mut server = match tokio::time::timeout(Duration::from_secs(10), scenario).await {
         Ok(Ok(server)) => server,
         Ok(Err(e)) => panic!("scenario failed: {e}"),
         Err(_) => panic!("scenario did not finish"),

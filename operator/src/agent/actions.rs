@@ -12,7 +12,7 @@ use crate::pg::{self, conf, query};
 use super::bootstrap::{clone_into, fresh_dir, install, sibling, standby_files};
 use super::standby::STREAM_TIMEOUT;
 use super::state::Agent;
-use super::AgentError;
+use super::{AgentError, BadTarget, Conflict, Unavailable};
 
 fn timeout_or(t: &Option<crate::api::DurationString>, default: Duration) -> Duration {
     t.as_ref().map(|d| d.duration()).unwrap_or(default)
@@ -22,21 +22,21 @@ fn timeout_or(t: &Option<crate::api::DurationString>, default: Duration) -> Dura
 pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionResponse, AgentError> {
     let mut steps = Vec::new();
     if !agent.postgres_running() {
-        return Err(AgentError::Unavailable(
-            "postgres is not running; start it before promoting".into(),
-        ));
+        return Err(Unavailable::NotRunning {
+            before: "promoting",
+        }
+        .into());
     }
     let client = agent
         .local_client(Duration::from_secs(5))
         .await
-        .map_err(|e| AgentError::Unavailable(format!("postgres does not answer: {e}")))?;
+        .map_err(Unavailable::NoAnswer)?;
     let before = query::observe(&client).await?;
     if !before.in_recovery {
-        return Err(AgentError::AlreadyPrimary(format!(
-            "{} is already a primary (timeline {}); nothing was changed",
-            agent.cfg.instance,
-            before.timeline.unwrap_or(0)
-        )));
+        return Err(AgentError::AlreadyPrimary {
+            instance: agent.cfg.instance.clone(),
+            timeline: before.timeline.unwrap_or(0),
+        });
     }
     let wait = timeout_or(&req.timeout, Duration::from_secs(60));
     agent.step("promote", &mut steps, "pg_promote(wait => true)");
@@ -55,10 +55,10 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
         source,
     })?;
     if !done {
-        return Err(AgentError::Conflict(format!(
-            "promotion did not finish within {}s",
-            wait.as_secs()
-        )));
+        return Err(Conflict::PromotionTimeout {
+            seconds: wait.as_secs(),
+        }
+        .into());
     }
     let deadline = Instant::now() + wait;
     let timeline = loop {
@@ -67,9 +67,7 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
             break o.timeline;
         }
         if Instant::now() > deadline {
-            return Err(AgentError::Conflict(
-                "postgres did not leave recovery onto a new timeline".into(),
-            ));
+            return Err(Conflict::NoNewTimeline.into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -154,16 +152,18 @@ pub async fn follow(agent: Arc<Agent>, req: FollowRequest) -> Result<ActionRespo
     agent.validate_member(p, "primary")?;
     let running = agent.postgres_running();
     if running && !agent.in_recovery().await? {
-        return Err(AgentError::Conflict(format!(
-            "{} is a primary; use demote to make it follow {}",
-            agent.cfg.instance, p.name
-        )));
+        return Err(Conflict::IsPrimary {
+            instance: agent.cfg.instance.clone(),
+            primary: p.name.clone(),
+        }
+        .into());
     }
     if !running && !conf::is_standby(&agent.cfg.data_dir) {
-        return Err(AgentError::Conflict(format!(
-            "{} is a stopped primary; use demote to make it follow {}",
-            agent.cfg.instance, p.name
-        )));
+        return Err(Conflict::IsStoppedPrimary {
+            instance: agent.cfg.instance.clone(),
+            primary: p.name.clone(),
+        }
+        .into());
     }
     agent.check_primary(p, "primary").await?;
     let mut steps = Vec::new();
@@ -218,10 +218,10 @@ pub async fn follow(agent: Arc<Agent>, req: FollowRequest) -> Result<ActionRespo
             .await?;
         agent.start_postgres(agent.cfg.start_timeout).await?;
         if !agent.wait_streaming(p, STREAM_TIMEOUT).await {
-            return Err(AgentError::Conflict(format!(
-                "not streaming from {} after a restart",
-                p.name
-            )));
+            return Err(Conflict::NotStreamingAfterRestart {
+                primary: p.name.clone(),
+            }
+            .into());
         }
     }
     agent.step("follow", &mut steps, format!("streaming from {}", p.name));
@@ -237,9 +237,7 @@ pub async fn follow(agent: Arc<Agent>, req: FollowRequest) -> Result<ActionRespo
 pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionResponse, AgentError> {
     agent.validate_member(&req.source, "source")?;
     if req.dry_run && agent.postgres_running() {
-        return Err(AgentError::Conflict(
-            "postgres is running: pg_rewind can only compare a stopped data directory; stop the instance first".into(),
-        ));
+        return Err(Conflict::RunningDuringRewind.into());
     }
     agent.check_primary(&req.source, "source").await?;
     let mut steps = Vec::new();
@@ -302,12 +300,11 @@ pub async fn reclone(agent: Arc<Agent>, req: RecloneRequest) -> Result<ActionRes
     agent
         .member_client(src, Duration::from_secs(5))
         .await
-        .map_err(|e| {
-            AgentError::BadTarget(format!(
-                "source {} at {} cannot be reached: {e}; nothing was changed",
-                src.name,
-                src.address()
-            ))
+        .map_err(|source| BadTarget::Unreachable {
+            what: "source",
+            name: src.name.clone(),
+            address: src.address(),
+            source: Box::new(source),
         })?;
     let dir = agent.cfg.data_dir.clone();
     let mut steps = Vec::new();

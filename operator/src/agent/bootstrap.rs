@@ -13,7 +13,7 @@ use crate::api::agent::{slot_name, Member};
 use crate::pg::{self, conf, query, Tool};
 
 use super::state::{lock, Agent};
-use super::AgentError;
+use super::{AgentError, BadTarget, Conflict};
 
 /// Bootstrap (retrying until it works), then leave postgres running.
 pub async fn run(agent: Arc<Agent>) {
@@ -96,10 +96,10 @@ async fn bootstrap_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
     }
     if let Ok(mut entries) = std::fs::read_dir(dir) {
         if entries.next().is_some() {
-            return Err(AgentError::Conflict(format!(
-                "{} is not empty and holds no PostgreSQL cluster; refusing to touch it",
-                dir.display()
-            )));
+            return Err(Conflict::ForeignDataDir {
+                dir: dir.to_path_buf(),
+            }
+            .into());
         }
     }
     if let Some(parent) = dir.parent() {
@@ -199,7 +199,10 @@ pub async fn clone_into(agent: &Agent, target: &Path, source: &Member) -> Result
     let client = agent
         .member_client(source, Duration::from_secs(5))
         .await
-        .map_err(|e| AgentError::BadTarget(format!("cannot reach {}: {e}", source.address())))?;
+        .map_err(|source_err| BadTarget::Lost {
+            address: source.address(),
+            source: Box::new(source_err),
+        })?;
     query::ensure_slot(&client, &slot).await?;
     drop(client);
     let args: Vec<OsString> = vec![

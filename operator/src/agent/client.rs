@@ -12,7 +12,21 @@ use crate::api::AgentUnanswered;
 /// What a call to an agent can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The agent could not be reached or the connection failed.
+    /// No connection to the agent could be made (refused, no route, DNS).
+    #[error("agent at {url} unreachable: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The agent did not answer in time.
+    #[error("agent at {url} did not answer in time: {source}")]
+    Timeout {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The connection failed otherwise (reset, broken body, client set-up).
     #[error("agent at {url} unreachable: {source}")]
     Transport {
         url: String,
@@ -28,6 +42,17 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// A failure to talk to the agent at `url`, by what reqwest says of it.
+    pub fn transport(url: String, source: reqwest::Error) -> Self {
+        if source.is_timeout() {
+            ClientError::Timeout { url, source }
+        } else if source.is_connect() {
+            ClientError::Connect { url, source }
+        } else {
+            ClientError::Transport { url, source }
+        }
+    }
+
     /// The agent's error category (`ERR_*`), when it answered with one.
     pub fn code(&self) -> Option<&str> {
         match self {
@@ -40,7 +65,9 @@ impl ClientError {
     pub fn status(&self) -> Option<u16> {
         match self {
             ClientError::Api { status, .. } | ClientError::Decode { status, .. } => Some(*status),
-            ClientError::Transport { .. } => None,
+            ClientError::Connect { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::Transport { .. } => None,
         }
     }
 }
@@ -49,11 +76,13 @@ impl ClientError {
 /// `blockedBy` and metrics carry (a 401 is a wrong token, not a dead agent).
 pub fn unanswered(e: &ClientError) -> AgentUnanswered {
     match e {
-        ClientError::Transport { source, .. } if source.is_timeout() => AgentUnanswered::Timeout,
-        ClientError::Transport { source, .. } if refused(source) => {
+        ClientError::Timeout { .. } => AgentUnanswered::Timeout,
+        ClientError::Connect { source, .. } | ClientError::Transport { source, .. }
+            if refused(source) =>
+        {
             AgentUnanswered::ConnectionRefused
         }
-        ClientError::Transport { .. } => AgentUnanswered::Unreachable,
+        ClientError::Connect { .. } | ClientError::Transport { .. } => AgentUnanswered::Unreachable,
         ClientError::Api { status: 401, .. } | ClientError::Decode { status: 401, .. } => {
             AgentUnanswered::Unauthorized
         }
@@ -90,10 +119,7 @@ impl AgentClient {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(3600))
             .build()
-            .map_err(|source| ClientError::Transport {
-                url: base.clone(),
-                source,
-            })?;
+            .map_err(|source| ClientError::transport(base.clone(), source))?;
         Ok(AgentClient {
             base: base.trim_end_matches('/').to_string(),
             token: token.into(),
@@ -114,15 +140,12 @@ impl AgentClient {
             .bearer_auth(&self.token)
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| ClientError::transport(url.clone(), source))?;
         let status = resp.status().as_u16();
         let bytes = resp
             .bytes()
             .await
-            .map_err(|source| ClientError::Transport { url, source })?;
+            .map_err(|source| ClientError::transport(url, source))?;
         if (200..300).contains(&status) {
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
                 status,
@@ -156,7 +179,7 @@ impl AgentClient {
             .get(&url)
             .send()
             .await
-            .map_err(|source| ClientError::Transport { url, source })?;
+            .map_err(|source| ClientError::transport(url, source))?;
         Ok(resp.status().is_success())
     }
 
@@ -168,7 +191,7 @@ impl AgentClient {
             .get(&url)
             .send()
             .await
-            .map_err(|source| ClientError::Transport { url, source })?;
+            .map_err(|source| ClientError::transport(url, source))?;
         Ok(resp.status().is_success())
     }
 
@@ -180,13 +203,10 @@ impl AgentClient {
             .get(&url)
             .send()
             .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+            .map_err(|source| ClientError::transport(url.clone(), source))?;
         resp.text()
             .await
-            .map_err(|source| ClientError::Transport { url, source })
+            .map_err(|source| ClientError::transport(url, source))
     }
 
     /// `GET /status`.

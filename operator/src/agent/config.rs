@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::api::agent::Member;
 use crate::pg::{bins, RunAs};
 
-use super::{AgentArgs, AgentError};
+use super::{AgentArgs, AgentError, ConfigError};
 
 /// Everything the agent needs, parsed once at startup.
 #[derive(Clone)]
@@ -52,19 +52,23 @@ impl std::fmt::Debug for Config {
 }
 
 fn secret(
-    what: &str,
+    what: &'static str,
     file: Option<&Path>,
     value: Option<&String>,
 ) -> Result<Option<String>, AgentError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| AgentError::Config(format!("{what} file {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })?;
         let text = text.trim_end_matches(['\n', '\r']).to_string();
         if text.is_empty() {
-            return Err(AgentError::Config(format!(
-                "{what} file {} is empty",
-                path.display()
-            )));
+            return Err(ConfigError::EmptySecret {
+                what,
+                path: path.to_path_buf(),
+            }
+            .into());
         }
         return Ok(Some(text));
     }
@@ -75,10 +79,12 @@ fn secret(
 pub fn parse_member(address: &str, name: Option<&str>) -> Result<Member, AgentError> {
     let (host, port) = address
         .rsplit_once(':')
-        .ok_or_else(|| AgentError::Config(format!("{address:?} is not host:port")))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| AgentError::Config(format!("{address:?} has no valid port")))?;
+        .ok_or_else(|| ConfigError::NotHostPort {
+            address: address.to_string(),
+        })?;
+    let port: u16 = port.parse().map_err(|_| ConfigError::BadPort {
+        address: address.to_string(),
+    })?;
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -94,25 +100,29 @@ pub fn parse_member(address: &str, name: Option<&str>) -> Result<Member, AgentEr
 impl Config {
     /// Resolve flags: read secret files, find binaries, pick the run-as user.
     pub fn from_args(a: &AgentArgs) -> Result<Config, AgentError> {
-        let token = secret("token", a.token_file.as_deref(), a.token.as_ref())?
-            .ok_or_else(|| AgentError::Config("set --token-file or TANDEM_TOKEN".into()))?;
+        let token = secret("token", a.token_file.as_deref(), a.token.as_ref())?.ok_or(
+            ConfigError::MissingSecret {
+                flag: "--token-file",
+                env: "TANDEM_TOKEN",
+            },
+        )?;
         let superuser_password = secret(
             "superuser password",
             a.superuser_password_file.as_deref(),
             a.superuser_password.as_ref(),
         )?
-        .ok_or_else(|| {
-            AgentError::Config("set --superuser-password-file or TANDEM_SUPERUSER_PASSWORD".into())
+        .ok_or(ConfigError::MissingSecret {
+            flag: "--superuser-password-file",
+            env: "TANDEM_SUPERUSER_PASSWORD",
         })?;
         let replication_password = secret(
             "replication password",
             a.replication_password_file.as_deref(),
             a.replication_password.as_ref(),
         )?
-        .ok_or_else(|| {
-            AgentError::Config(
-                "set --replication-password-file or TANDEM_REPLICATION_PASSWORD".into(),
-            )
+        .ok_or(ConfigError::MissingSecret {
+            flag: "--replication-password-file",
+            env: "TANDEM_REPLICATION_PASSWORD",
         })?;
         let bootstrap_from = match a.bootstrap_from.as_deref().map(str::trim) {
             None | Some("") => None,
@@ -138,13 +148,11 @@ impl Config {
             a.data_dir.clone()
         } else {
             std::env::current_dir()
-                .map_err(|e| AgentError::Config(format!("current directory: {e}")))?
+                .map_err(ConfigError::CurrentDir)?
                 .join(&a.data_dir)
         };
         if a.archive_ready_warning > a.archive_ready_critical {
-            return Err(AgentError::Config(
-                "--archive-ready-warning must not exceed --archive-ready-critical".into(),
-            ));
+            return Err(ConfigError::ArchiveThresholds.into());
         }
         Ok(Config {
             cluster: a.cluster.clone(),

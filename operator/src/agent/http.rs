@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::api::agent::*;
 
 use super::state::{lock, Agent};
-use super::{actions, ops, probe, AgentError};
+use super::{actions, ops, probe, AgentError, BadRequest};
 
 type Shared = Arc<Agent>;
 
@@ -123,8 +123,7 @@ fn body_error(rej: BytesRejection) -> Response {
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AgentError> {
-    serde_json::from_slice(body)
-        .map_err(|e| AgentError::BadRequest(format!("malformed request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| BadRequest::MalformedBody(e).into())
 }
 
 fn parse_or_default<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, AgentError> {
@@ -163,7 +162,11 @@ where
     match task.await {
         Ok(Ok(v)) => Json(v).into_response(),
         Ok(Err(e)) => e.into_response(),
-        Err(e) => AgentError::Config(format!("{name} task failed: {e}")).into_response(),
+        Err(source) => AgentError::TaskFailed {
+            action: name,
+            source,
+        }
+        .into_response(),
     }
 }
 

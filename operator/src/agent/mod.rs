@@ -22,7 +22,7 @@ use std::sync::Arc;
 use clap::Args;
 
 pub use config::Config;
-pub use error::AgentError;
+pub use error::{AgentError, BadRequest, BadTarget, ConfigError, Conflict, Unavailable};
 
 /// Flags of `tandem agent`; every one has an environment fallback (the agent's configuration contract).
 #[derive(Args, Debug, Clone)]

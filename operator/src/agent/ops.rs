@@ -8,7 +8,7 @@ use crate::api::agent::*;
 use crate::pg::{self, query};
 
 use super::state::{lock, Agent};
-use super::AgentError;
+use super::{AgentError, BadRequest, Conflict, Unavailable};
 
 /// Parameters the agent owns: set on postgres' command line or by follow/demote.
 const AGENT_OWNED: [&str; 7] = [
@@ -69,9 +69,7 @@ pub async fn stop(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse,
 pub async fn start(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse, AgentError> {
     let mut steps = Vec::new();
     if !pg::conf::is_initialized(&agent.cfg.data_dir) {
-        return Err(AgentError::Conflict(
-            "the data directory holds no cluster (bootstrap has not finished)".into(),
-        ));
+        return Err(Conflict::NotBootstrapped.into());
     }
     lock(&agent.pg).fenced = false;
     agent.step("start", &mut steps, "start postgres");
@@ -132,16 +130,16 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
         .collect();
     for (k, _) in &settings {
         if AGENT_OWNED.contains(&k.as_str()) {
-            return Err(AgentError::BadRequest(format!(
-                "{k} is managed by the agent and cannot be set; nothing was changed"
-            )));
+            return Err(BadRequest::ManagedParameter { name: k.clone() }.into());
         }
     }
     if let Some(sc) = &req.synchronous_commit {
         if !SYNC_COMMIT.contains(&sc.as_str()) {
-            return Err(AgentError::BadRequest(format!(
-                "synchronous_commit {sc:?} is not one of {SYNC_COMMIT:?}; nothing was changed"
-            )));
+            return Err(BadRequest::SynchronousCommit {
+                value: sc.clone(),
+                allowed: &SYNC_COMMIT,
+            }
+            .into());
         }
         settings.push(("synchronous_commit".into(), Some(sc.clone())));
     }
@@ -149,14 +147,15 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
         settings.push(("synchronous_standby_names".into(), Some(s.to_setting())));
     }
     if !agent.postgres_running() {
-        return Err(AgentError::Unavailable(
-            "postgres is not running; start it before changing its configuration".into(),
-        ));
+        return Err(Unavailable::NotRunning {
+            before: "changing its configuration",
+        }
+        .into());
     }
     let client = agent
         .local_client(Duration::from_secs(5))
         .await
-        .map_err(|e| AgentError::Unavailable(format!("postgres does not answer: {e}")))?;
+        .map_err(Unavailable::NoAnswer)?;
     let names: Vec<String> = settings.iter().map(|(k, _)| k.clone()).collect();
     let row = client
         .query_one(
@@ -167,9 +166,7 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
         .map_err(sql_err("check parameter names"))?;
     let unknown: Vec<String> = row.try_get(0).map_err(sql_err("check parameter names"))?;
     if !unknown.is_empty() {
-        return Err(AgentError::BadRequest(format!(
-            "unknown parameters {unknown:?}; nothing was changed"
-        )));
+        return Err(BadRequest::UnknownParameters { names: unknown }.into());
     }
     let row = client
         .query_one("SELECT pg_conf_load_time()::text", &[])
@@ -180,7 +177,10 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
         tracing::info!(parameter = %k, reset = v.is_none(), "ALTER SYSTEM");
         query::alter_system(&client, k, v.as_deref())
             .await
-            .map_err(|e| AgentError::BadRequest(format!("{k}: {e}")))?;
+            .map_err(|source| BadRequest::Parameter {
+                name: k.clone(),
+                source,
+            })?;
     }
     if let Some(known) = req.known_standbys {
         *lock(&agent.known_standbys) = known;
@@ -210,7 +210,7 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
 /// Record the primary lease (enforcement comes with the HA work).
 pub async fn lease(agent: Arc<Agent>, req: LeaseRequest) -> Result<ActionResponse, AgentError> {
     if req.ttl_ms == 0 {
-        return Err(AgentError::BadRequest("ttlMs must be positive".into()));
+        return Err(BadRequest::ZeroLeaseTtl.into());
     }
     *lock(&agent.lease) = Some((Instant::now(), req.ttl_ms));
     Ok(ActionResponse {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::api::agent::{slot_name, AgentStatus, Member};
-use crate::api::{CheckState, HealthCheck, InstanceRole, Lsn};
+use crate::api::{CheckState, HealthCheck, InstanceRole, Lsn, WalReceiverState};
 use crate::pg::{conf, query};
 
 use super::state::{lock, Agent};
@@ -32,7 +32,7 @@ struct Conns {
 /// What pg_controldata says of a stopped server.
 #[derive(Clone, Default)]
 struct Control {
-    checkpoint_lsn: Option<String>,
+    checkpoint_lsn: Option<Lsn>,
     timeline: Option<i64>,
     system_identifier: Option<String>,
 }
@@ -115,11 +115,9 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
         st.upstream = conf::read_upstream(&cfg.data_dir);
     }
     if st.role == InstanceRole::Standby {
-        if let (Some(up), Some(replayed)) = (&st.upstream, &st.replayed_lsn) {
-            if let Some(head) = upstream_head(agent, conns, up).await {
-                if let (Ok(h), Ok(r)) = (head.parse::<Lsn>(), replayed.parse::<Lsn>()) {
-                    st.lag_bytes = Some(h.bytes_after(r) as i64);
-                }
+        if let (Some(up), Some(replayed)) = (st.upstream.clone(), st.replayed_lsn) {
+            if let Some(head) = upstream_head(agent, conns, &up).await {
+                st.lag_bytes = Some(head.bytes_after(replayed) as i64);
             }
         }
     }
@@ -169,7 +167,7 @@ async fn controldata(agent: &Agent, conns: &mut Conns) -> Option<Control> {
             .map(|v| v.trim().to_string())
     };
     let c = Control {
-        checkpoint_lsn: field("Latest checkpoint location:"),
+        checkpoint_lsn: field("Latest checkpoint location:").and_then(|v| v.parse().ok()),
         timeline: field("Latest checkpoint's TimeLineID:").and_then(|v| v.parse().ok()),
         system_identifier: field("Database system identifier:"),
     };
@@ -201,7 +199,7 @@ pub fn overlay_live(agent: &Agent, st: &mut AgentStatus) {
     st.lease = agent.lease_state();
 }
 
-async fn upstream_head(agent: &Agent, conns: &mut Conns, up: &Member) -> Option<String> {
+async fn upstream_head(agent: &Agent, conns: &mut Conns, up: &Member) -> Option<Lsn> {
     let key = up.address();
     if conns
         .upstream
@@ -216,7 +214,7 @@ async fn upstream_head(agent: &Agent, conns: &mut Conns, up: &Member) -> Option<
     }
     let (_, client) = conns.upstream.as_ref()?;
     match tokio::time::timeout(Duration::from_secs(2), query::head_lsn(client)).await {
-        Ok(Ok(lsn)) if !lsn.is_empty() => Some(lsn),
+        Ok(Ok(Some(lsn))) => Some(lsn),
         _ => {
             conns.upstream = None;
             None
@@ -276,7 +274,7 @@ pub fn checks(
         let streaming = st
             .wal_receiver
             .as_ref()
-            .is_some_and(|w| w.status == "streaming");
+            .is_some_and(|w| w.status == WalReceiverState::Streaming);
         let up = st
             .upstream
             .as_ref()

@@ -7,28 +7,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::agent::*;
+use crate::api::WalReceiverState;
 use crate::pg::{self, conf, query, Tool};
 
 use super::bootstrap::standby_files;
 use super::state::{lock, Agent};
-use super::AgentError;
+use super::{AgentError, BadRequest, BadTarget, Conflict, Unavailable};
 
 /// How long a standby may take to stream after it was started.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Agent {
-    pub fn validate_member(&self, m: &Member, what: &str) -> Result<(), AgentError> {
+    pub fn validate_member(&self, m: &Member, what: &'static str) -> Result<(), AgentError> {
         if m.name.is_empty() || m.host.is_empty() || m.port == 0 {
-            return Err(AgentError::BadRequest(format!(
-                "{what} needs a name, a host and a port"
-            )));
+            return Err(BadRequest::IncompleteMember { what }.into());
         }
         if self.cfg.is_me(m) {
-            return Err(AgentError::SelfTarget(format!(
-                "{what} {} ({}) is this instance itself; nothing was changed",
-                m.name,
-                m.address()
-            )));
+            return Err(AgentError::SelfTarget {
+                what,
+                name: m.name.clone(),
+                address: m.address(),
+            });
         }
         Ok(())
     }
@@ -43,35 +42,38 @@ impl Agent {
         out.lines()
             .find_map(|l| l.strip_prefix("Database system identifier:"))
             .map(|v| v.trim().to_string())
-            .ok_or_else(|| AgentError::Conflict("pg_controldata shows no system identifier".into()))
+            .ok_or_else(|| Conflict::NoSystemIdentifier.into())
     }
 
     /// The target must answer, be a primary and belong to our cluster.
-    pub async fn check_primary(&self, m: &Member, what: &str) -> Result<(), AgentError> {
+    pub async fn check_primary(&self, m: &Member, what: &'static str) -> Result<(), AgentError> {
         let client = self
             .member_client(m, Duration::from_secs(5))
             .await
-            .map_err(|e| {
-                AgentError::BadTarget(format!(
-                    "{what} {} at {} cannot be reached: {e}; nothing was changed",
-                    m.name,
-                    m.address()
-                ))
+            .map_err(|source| BadTarget::Unreachable {
+                what,
+                name: m.name.clone(),
+                address: m.address(),
+                source: Box::new(source),
             })?;
         let (in_recovery, sysid) = query::identity(&client).await?;
         if in_recovery {
-            return Err(AgentError::BadTarget(format!(
-                "{what} {} at {} is not a primary (it is in recovery); nothing was changed",
-                m.name,
-                m.address()
-            )));
+            return Err(BadTarget::NotPrimary {
+                what,
+                name: m.name.clone(),
+                address: m.address(),
+            }
+            .into());
         }
         let ours = self.own_system_identifier().await?;
         if ours != sysid {
-            return Err(AgentError::BadTarget(format!(
-                "{what} {} belongs to another cluster (system identifier {sysid}, ours {ours}); nothing was changed",
-                m.name
-            )));
+            return Err(BadTarget::ForeignCluster {
+                what,
+                name: m.name.clone(),
+                theirs: sysid,
+                ours,
+            }
+            .into());
         }
         Ok(())
     }
@@ -80,7 +82,10 @@ impl Agent {
         let client = self
             .member_client(m, Duration::from_secs(5))
             .await
-            .map_err(|e| AgentError::BadTarget(format!("cannot reach {}: {e}", m.address())))?;
+            .map_err(|source| BadTarget::Lost {
+                address: m.address(),
+                source: Box::new(source),
+            })?;
         query::ensure_slot(&client, &slot_name(&self.cfg.instance)).await?;
         Ok(())
     }
@@ -92,7 +97,7 @@ impl Agent {
             if let Ok(c) = self.local_client(Duration::from_secs(2)).await {
                 if let Ok(o) = query::observe(&c).await {
                     if let Some(w) = o.wal_receiver {
-                        if w.status == "streaming"
+                        if w.status == WalReceiverState::Streaming
                             && w.sender_port == Some(i32::from(m.port))
                             && w.sender_host.as_deref() == Some(m.host.as_str())
                         {
@@ -110,7 +115,7 @@ impl Agent {
         let c = self
             .local_client(Duration::from_secs(5))
             .await
-            .map_err(|e| AgentError::Unavailable(format!("postgres does not answer: {e}")))?;
+            .map_err(Unavailable::NoAnswer)?;
         Ok(query::identity(&c).await?.0)
     }
 
@@ -155,8 +160,9 @@ impl Agent {
         let client = self
             .member_client(source, Duration::from_secs(5))
             .await
-            .map_err(|e| {
-                AgentError::BadTarget(format!("cannot reach {}: {e}", source.address()))
+            .map_err(|e| BadTarget::Lost {
+                address: source.address(),
+                source: Box::new(e),
             })?;
         client
             .batch_execute("CHECKPOINT")
@@ -223,11 +229,11 @@ impl Agent {
         self.start_postgres(self.cfg.start_timeout).await?;
         self.step(action, steps, "wait for streaming");
         if !self.wait_streaming(primary, STREAM_TIMEOUT).await {
-            return Err(AgentError::Conflict(format!(
-                "started as a standby of {} but it is not streaming after {}s",
-                primary.name,
-                STREAM_TIMEOUT.as_secs()
-            )));
+            return Err(Conflict::NotStreaming {
+                primary: primary.name.clone(),
+                seconds: STREAM_TIMEOUT.as_secs(),
+            }
+            .into());
         }
         self.step(action, steps, format!("streaming from {}", primary.name));
         Ok(())

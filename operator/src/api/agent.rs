@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::replication::{SyncState, WalReceiverState, WalSenderState};
 use super::status::{CheckState, HealthCheck, InstanceRole};
-use super::units::DurationString;
+use super::units::{DurationString, Lsn};
 
 /// Liveness: the agent is alive. No token.
 pub const PATH_HEALTHZ: &str = "/healthz";
@@ -308,18 +309,18 @@ pub struct Downstream {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<String>,
     /// startup, catchup, streaming…
-    pub state: String,
+    pub state: WalSenderState,
     /// async, potential, sync, quorum.
-    pub sync_state: String,
+    pub sync_state: SyncState,
     /// Sent, written, flushed, replayed LSNs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sent_lsn: Option<String>,
+    pub sent_lsn: Option<Lsn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub write_lsn: Option<String>,
+    pub write_lsn: Option<Lsn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub flush_lsn: Option<String>,
+    pub flush_lsn: Option<Lsn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replay_lsn: Option<String>,
+    pub replay_lsn: Option<Lsn>,
     /// Lags in seconds as postgres measures them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub write_lag_seconds: Option<f64>,
@@ -342,7 +343,7 @@ pub struct Slot {
     pub active: bool,
     /// Oldest WAL it keeps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restart_lsn: Option<String>,
+    pub restart_lsn: Option<Lsn>,
 }
 
 /// The walreceiver of a standby (`pg_stat_wal_receiver`).
@@ -350,7 +351,7 @@ pub struct Slot {
 #[serde(rename_all = "camelCase")]
 pub struct WalReceiver {
     /// streaming, starting, waiting…
-    pub status: String,
+    pub status: WalReceiverState,
     /// Host and port it streams from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_host: Option<String>,
@@ -402,13 +403,13 @@ pub struct AgentStatus {
     pub timeline: Option<i64>,
     /// Current WAL LSN (primary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_lsn: Option<String>,
+    pub current_lsn: Option<Lsn>,
     /// Last received LSN (standby).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub received_lsn: Option<String>,
+    pub received_lsn: Option<Lsn>,
     /// Last replayed LSN (standby).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replayed_lsn: Option<String>,
+    pub replayed_lsn: Option<Lsn>,
     /// Standby: bytes behind its upstream's current LSN (or received − replayed when the upstream cannot be asked).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
@@ -460,7 +461,7 @@ pub struct AgentStatus {
     /// While postgres is stopped: the latest checkpoint location from pg_controldata
     /// (after a clean shutdown, the shutdown checkpoint a switchover target must have received).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_lsn: Option<String>,
+    pub checkpoint_lsn: Option<Lsn>,
     /// The long operation the agent is carrying out now (bootstrap, demote, rewind, reclone…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,

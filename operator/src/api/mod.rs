@@ -5,11 +5,13 @@
 pub mod agent;
 pub mod cluster;
 pub mod keys;
+pub mod replication;
 pub mod status;
 pub mod transition;
 pub mod units;
 
 pub use cluster::*;
+pub use replication::{SyncState, WalReceiverState, WalSenderState};
 pub use status::*;
 pub use transition::{
     FailoverData, HistoryKind, HistoryOutcome, RejoinData, RestartData, SwitchoverData,

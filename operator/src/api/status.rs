@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::transition::{
     HistoryKind, HistoryOutcome, TransitionData, TransitionKind, TransitionStep,
 };
+use super::units::Lsn;
 
 /// Most history entries kept in status.
 pub const HISTORY_LIMIT: usize = 20;
@@ -137,7 +138,7 @@ pub struct InstanceStatus {
     pub timeline: Option<i64>,
     /// Current WAL position (received position on a standby).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lsn: Option<String>,
+    pub lsn: Option<Lsn>,
     /// Bytes behind the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
@@ -299,10 +300,10 @@ pub struct HistoryEntry {
     pub message: String,
     /// Failover only: last LSN known for the old primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub old_primary_lsn: Option<String>,
+    pub old_primary_lsn: Option<Lsn>,
     /// Failover only: LSN of the promoted standby when it was promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub promoted_lsn: Option<String>,
+    pub promoted_lsn: Option<Lsn>,
     /// Failover only: bytes that may have been lost (0 under sync with dataDurability required).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_possibly_lost: Option<i64>,

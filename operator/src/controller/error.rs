@@ -1,9 +1,28 @@
 //! The controller's error type and its bounded categories (no I/O).
 
+use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::validate::Invalid;
 use super::watched::Unreadable;
+
+/// Shortest wait after a transient failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest wait after repeated transient failures.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Why a spec was refused: one line per problem, each saying what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The problems found, in spec order.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.problems.join("; "))
+    }
+}
 
 /// Everything a reconcile can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -131,5 +150,25 @@ impl Error {
             name: name.into(),
             source: Box::new(source),
         }
+    }
+}
+
+/// Wait after the `failures`-th consecutive transient failure: 1s, 2s, 4s… up to 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(16);
+    BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(5), Duration::from_secs(16));
+        assert_eq!(backoff(40), BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
     }
 }

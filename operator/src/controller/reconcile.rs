@@ -11,18 +11,14 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 
 use super::build::build_children;
-use super::error::{Category, Error};
+use super::error::{backoff, Category, Error, Invalid};
 use super::metrics::Metrics;
 use super::status::{desired_status, patch_status, Outcome};
-use super::validate::{validate, Defaults, Invalid};
+use super::validate::{validate, Defaults};
 use super::watched::WatchedDbCluster;
 use super::{apply, observe};
 use crate::api::DbCluster;
 
-/// Shortest wait after a transient failure.
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// Longest wait after repeated transient failures.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Event notes are limited to 1 kB by the API.
 const EVENT_NOTE_MAX: usize = 1000;
 
@@ -281,12 +277,6 @@ pub fn error_policy(dc: Arc<DbCluster>, error: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(backoff(failures))
 }
 
-/// Wait after the `failures`-th consecutive transient failure: 1s, 2s, 4s… up to 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(16);
-    BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,14 +299,5 @@ mod tests {
         assert_eq!(replicas(&cluster(2, Some("main-2")), None), 3);
         assert_eq!(replicas(&cluster(2, Some("main-1")), Some(3)), 3);
         assert_eq!(replicas(&cluster(5, None), Some(3)), 5);
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_a_cap() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(5), Duration::from_secs(16));
-        assert_eq!(backoff(40), BACKOFF_MAX);
-        assert_eq!(backoff(u32::MAX), BACKOFF_MAX);
     }
 }

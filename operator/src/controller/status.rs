@@ -6,8 +6,8 @@ use kube::api::Patch;
 use kube::{Api, Client, ResourceExt};
 
 use super::apply::apply_params;
-use super::error::Error;
-use super::validate::{Invalid, ValidCluster};
+use super::error::{Error, Invalid};
+use super::validate::ValidCluster;
 use crate::api::{
     keys, Condition, DbCluster, DbClusterStatus, InstanceRole, InstanceStatus, Phase, COND_PAUSED,
     COND_READY,

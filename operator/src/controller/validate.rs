@@ -1,12 +1,10 @@
 //! Semantic validation of a DbCluster into one typed value the builders use
 //! (what the CRD schema cannot express). Pure: no I/O.
 
-use std::fmt;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
-use super::error::Error;
+use super::error::{Error, Invalid};
 use crate::api::{keys, DbCluster, DbClusterSpec, ReplicationMode, MANAGED_PARAMETERS};
 
 /// Longest DbCluster name: child names (`<name>-replication`, pod `<name>-15`,
@@ -37,19 +35,6 @@ pub struct ValidCluster {
     pub paused: bool,
     /// The spec as written (defaults applied by serde).
     pub spec: DbClusterSpec,
-}
-
-/// Why a spec was refused: one line per problem, each saying what to fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    /// The problems found, in spec order.
-    pub problems: Vec<String>,
-}
-
-impl fmt::Display for Invalid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.problems.join("; "))
-    }
 }
 
 /// Check the object and resolve defaults.

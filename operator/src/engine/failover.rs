@@ -100,9 +100,7 @@ pub(crate) fn detect(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>)
         &reason,
     );
     let old = st.instances.iter().find(|i| i.name == primary);
-    tr.data.old_primary_lsn = old
-        .and_then(|i| i.lsn.as_deref())
-        .and_then(|s| s.parse().ok());
+    tr.data.old_primary_lsn = old.and_then(|i| i.lsn);
     tr.data.failover.old_timeline = old.and_then(|i| i.timeline);
     st.target_primary = Some(candidate.clone());
     out.push(event(
@@ -414,8 +412,8 @@ pub(crate) fn label(
         &message,
     ));
     let mut entry = history(ctx, tr, HistoryOutcome::Succeeded, &message);
-    entry.old_primary_lsn = old_lsn.map(|l| l.to_string());
-    entry.promoted_lsn = promoted.map(|l| l.to_string());
+    entry.old_primary_lsn = old_lsn;
+    entry.promoted_lsn = promoted;
     entry.bytes_possibly_lost = lost;
     Step::finish(entry)
 }

@@ -65,9 +65,7 @@ pub(crate) fn refresh_instances(ctx: &Ctx, st: &mut DbClusterStatus) {
                 .and_then(|a| a.timeline)
                 .or_else(|| prev.and_then(|p| p.timeline)),
             // Keep the last known position: failover accounts with it.
-            lsn: lsn
-                .map(|l| l.to_string())
-                .or_else(|| prev.and_then(|p| p.lsn.clone())),
+            lsn: lsn.or_else(|| prev.and_then(|p| p.lsn)),
             lag_bytes: lag,
             upstream: agent.and_then(|a| a.upstream.clone()),
             priority: ctx.priority(name),

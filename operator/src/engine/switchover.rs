@@ -132,8 +132,7 @@ pub(crate) fn stop(
             .instances
             .iter()
             .find(|i| i.name == *old)
-            .and_then(|i| i.lsn.as_deref())
-            .and_then(|s| s.parse().ok());
+            .and_then(|i| i.lsn);
         let checkpoint = ctx
             .agent(old)
             .and_then(|a| a.checkpoint_lsn)
@@ -333,9 +332,8 @@ pub(crate) fn follow(
         .data
         .switchover
         .checkpoint_lsn
-        .or(tr.data.old_primary_lsn)
-        .map(|l| l.to_string());
-    entry.promoted_lsn = tr.data.switchover.promoted_lsn.map(|l| l.to_string());
+        .or(tr.data.old_primary_lsn);
+    entry.promoted_lsn = tr.data.switchover.promoted_lsn;
     entry.bytes_possibly_lost = Some(0);
     Step::finish(entry)
 }

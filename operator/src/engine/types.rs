@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::api::SyncState;
 use crate::api::{AgentUnanswered, HealthCheck, Lsn};
 
 use super::action::{Action, RoleLabel};
@@ -158,21 +159,6 @@ pub struct ConnectedStandby {
     /// flush_lsn.
     #[serde(default)]
     pub flush_lsn: Option<Lsn>,
-}
-
-/// pg_stat_replication.sync_state.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncState {
-    /// Not synchronous.
-    #[default]
-    Async,
-    /// Could become synchronous.
-    Potential,
-    /// Synchronous (priority-based).
-    Sync,
-    /// Member of a quorum (ANY n).
-    Quorum,
 }
 
 /// The agent's lease as it reports it.

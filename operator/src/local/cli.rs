@@ -2,35 +2,21 @@
 //! a running `local up` through its control API, prints results, and maps
 //! outcomes to exit codes (0 done, 1 refused or failed, 2 usage).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Args, Subcommand};
 
+use super::args::{DirArg, UpArgs, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use super::control::{ControlClient, ControlError, KillSignal, LocalRequest};
 use super::report::print_table;
 use super::state::LocalState;
 use crate::api::{DataDurability, ReplicationMode, SynchronousCommit};
-
-/// Exit code of a command that succeeded.
-pub const EXIT_OK: i32 = 0;
-/// Exit code of a request that was refused or failed.
-pub const EXIT_FAILED: i32 = 1;
-/// Exit code of a usage error.
-pub const EXIT_USAGE: i32 = 2;
 
 /// `tandem local`: run and drive a cluster of local PostgreSQL processes.
 #[derive(Args, Debug, Clone)]
 pub struct LocalArgs {
     #[command(subcommand)]
     pub verb: Verb,
-}
-
-/// `--dir`, common to every verb.
-#[derive(Args, Debug, Clone)]
-pub struct DirArg {
-    /// Directory of the local cluster (data directories, state.json, logs).
-    #[arg(long, env = "TANDEM_LOCAL_DIR")]
-    pub dir: PathBuf,
 }
 
 /// The verbs of `tandem local`.
@@ -122,35 +108,10 @@ pub enum Verb {
     Down(DirArg),
 }
 
-/// Flags of `tandem local up`.
-#[derive(Args, Debug, Clone)]
-pub struct UpArgs {
-    #[command(flatten)]
-    pub dir: DirArg,
-    /// DbCluster manifest (Kubernetes-only fields are ignored).
-    #[arg(short = 'f', long = "file")]
-    pub file: PathBuf,
-    /// Fixed port of the rw endpoint.
-    #[arg(long)]
-    pub rw_port: Option<u16>,
-    /// Fixed port of the ro endpoint.
-    #[arg(long)]
-    pub ro_port: Option<u16>,
-    /// Directory of the PostgreSQL binaries.
-    #[arg(long, env = "PG_BIN")]
-    pub pg_bin: Option<PathBuf>,
-    /// User that runs postgres and its tools (default postgres when run as root).
-    #[arg(long, env = "TANDEM_RUN_AS")]
-    pub run_as: Option<String>,
-    /// Logging (default format: text; to standard error).
-    #[command(flatten)]
-    pub log: crate::logging::LogArgs,
-}
-
 /// Run a `tandem local` verb; returns the exit code.
 pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
     match args.verb {
-        Verb::Up(up) => super_up(up).await,
+        Verb::Up(up) => super::up::run(up).await,
         Verb::Status { dir, json } => Ok(status(&dir.dir, json).await),
         Verb::Switchover {
             dir,
@@ -208,10 +169,6 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
         .await),
         Verb::Down(dir) => Ok(request(&dir.dir, LocalRequest::Down).await),
     }
-}
-
-async fn super_up(up: UpArgs) -> anyhow::Result<i32> {
-    super::up::run(up).await
 }
 
 /// A control client for the cluster running in `dir`, or the exit code and message.

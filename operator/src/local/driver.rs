@@ -18,6 +18,7 @@ use crate::api::agent::{AgentStatus, Member};
 use crate::api::AgentUnanswered;
 use crate::api::{
     keys, DataDurability, DbClusterSpec, DbClusterStatus, ReplicationMode, SynchronousCommit,
+    WalReceiverState,
 };
 use crate::engine::{self, Action, EventType, InstanceObs, Observations, PlatformState, RoleLabel};
 
@@ -416,7 +417,7 @@ impl Driver {
                         s.postgres_running
                             && s.wal_receiver
                                 .as_ref()
-                                .is_some_and(|w| w.status == "streaming")
+                                .is_some_and(|w| w.status == WalReceiverState::Streaming)
                     })
             })
             .filter_map(|(n, _)| self.pg_addr(n))
@@ -474,7 +475,7 @@ impl Driver {
                     status,
                     upstream: i.upstream.clone(),
                     timeline: i.timeline,
-                    lsn: i.lsn.clone(),
+                    lsn: i.lsn,
                     lag_bytes: i.lag_bytes,
                     priority: i.priority,
                     checks: i.checks.clone(),

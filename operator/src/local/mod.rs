@@ -3,6 +3,7 @@
 //! HA engine driving them, a control API, and TCP endpoints standing in for
 //! the rw / ro Services. Does I/O.
 
+pub mod args;
 pub mod cli;
 pub mod control;
 pub mod driver;

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{HealthCheck, HistoryEntry, Transition};
+use crate::api::{HealthCheck, HistoryEntry, Lsn, Transition};
 
 /// What `tandem local status --json` prints.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -48,7 +48,7 @@ pub struct InstanceReport {
     /// Timeline.
     pub timeline: Option<i64>,
     /// Current (primary) or received (standby) LSN.
-    pub lsn: Option<String>,
+    pub lsn: Option<Lsn>,
     /// Bytes behind the primary.
     pub lag_bytes: Option<i64>,
     /// Promotion priority (0 = learner).
@@ -121,7 +121,7 @@ pub fn print_table(r: &StatusReport, out: &mut dyn Write) {
                 i.status.clone(),
                 i.upstream.clone().unwrap_or_default(),
                 i.timeline.map(|t| t.to_string()).unwrap_or_default(),
-                i.lsn.clone().unwrap_or_default(),
+                i.lsn.map(|l| l.to_string()).unwrap_or_default(),
                 i.lag_bytes.map(human_bytes).unwrap_or_default(),
                 i.priority.to_string(),
                 if r.paused { "yes".into() } else { "no".into() },
@@ -193,7 +193,7 @@ mod tests {
                     role: "primary".into(),
                     status: "running".into(),
                     timeline: Some(1),
-                    lsn: Some("0/3000060".into()),
+                    lsn: Some(Lsn(0x3000060)),
                     lag_bytes: Some(0),
                     priority: 5,
                     last_seen_secs: Some(0.3),

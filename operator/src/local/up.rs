@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use super::cli::{UpArgs, EXIT_FAILED, EXIT_OK};
+use super::args::{UpArgs, EXIT_FAILED, EXIT_OK};
 use super::control::ControlServer;
 use super::driver::{Driver, Persisted, Tracked, TICK};
 use super::procs::{pid_alive, AgentLaunch, Agents};

@@ -4,9 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
+use tokio_postgres::types::PgLsn;
 use tokio_postgres::{Client, NoTls};
 
 use crate::api::agent::{Downstream, Slot, WalReceiver};
+use crate::api::{Lsn, SyncState, WalReceiverState, WalSenderState};
 
 use super::Error;
 
@@ -53,6 +55,11 @@ pub async fn connect(opts: &ConnectOpts<'_>) -> Result<Client, Error> {
     Ok(client)
 }
 
+/// A `pg_lsn` column (read in binary, so no text to parse).
+fn lsn(v: Option<PgLsn>) -> Option<Lsn> {
+    v.map(|l| Lsn(u64::from(l)))
+}
+
 fn sql(context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
     move |source| Error::Sql {
         context: context.into(),
@@ -67,9 +74,9 @@ pub struct Observation {
     pub version: String,
     pub system_identifier: String,
     pub timeline: Option<i64>,
-    pub current_lsn: Option<String>,
-    pub received_lsn: Option<String>,
-    pub replayed_lsn: Option<String>,
+    pub current_lsn: Option<Lsn>,
+    pub received_lsn: Option<Lsn>,
+    pub replayed_lsn: Option<Lsn>,
     pub receive_replay_gap: Option<i64>,
     pub lag_seconds: Option<f64>,
     pub wal_receiver: Option<WalReceiver>,
@@ -121,7 +128,7 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
     if o.in_recovery {
         let r = client
             .query_one(
-                "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text, \
+                "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn(), \
                  (pg_last_wal_receive_lsn() - pg_last_wal_replay_lsn())::int8, \
                  CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0::float8 \
                  ELSE extract(epoch from now() - pg_last_xact_replay_timestamp())::float8 END",
@@ -129,8 +136,8 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
             )
             .await
             .map_err(sql("probe standby"))?;
-        o.received_lsn = r.try_get(0).map_err(sql("probe standby"))?;
-        o.replayed_lsn = r.try_get(1).map_err(sql("probe standby"))?;
+        o.received_lsn = lsn(r.try_get(0).map_err(sql("probe standby"))?);
+        o.replayed_lsn = lsn(r.try_get(1).map_err(sql("probe standby"))?);
         o.receive_replay_gap = r.try_get(2).map_err(sql("probe standby"))?;
         o.lag_seconds = r.try_get(3).map_err(sql("probe standby"))?;
         let rows = client
@@ -143,7 +150,10 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
             .map_err(sql("probe walreceiver"))?;
         if let Some(r) = rows.first() {
             let w = WalReceiver {
-                status: r.try_get(0).map_err(sql("probe walreceiver"))?,
+                status: WalReceiverState::from(
+                    r.try_get::<_, String>(0)
+                        .map_err(sql("probe walreceiver"))?,
+                ),
                 sender_host: r.try_get(1).map_err(sql("probe walreceiver"))?,
                 sender_port: r.try_get(2).map_err(sql("probe walreceiver"))?,
                 slot_name: r.try_get(3).map_err(sql("probe walreceiver"))?,
@@ -157,12 +167,12 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
     } else {
         let r = client
             .query_one(
-                "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())",
+                "SELECT pg_current_wal_lsn(), pg_walfile_name(pg_current_wal_lsn())",
                 &[],
             )
             .await
             .map_err(sql("probe primary"))?;
-        o.current_lsn = r.try_get(0).map_err(sql("probe primary"))?;
+        o.current_lsn = lsn(r.try_get(0).map_err(sql("probe primary"))?);
         let walfile: String = r.try_get(1).map_err(sql("probe primary"))?;
         if let Some(tl) = timeline_of_walfile(&walfile) {
             o.timeline = Some(tl);
@@ -170,8 +180,8 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
         let rows = client
             .query(
                 "SELECT application_name, client_addr::text, coalesce(state, ''), \
-                 coalesce(sync_state, ''), sent_lsn::text, write_lsn::text, flush_lsn::text, \
-                 replay_lsn::text, extract(epoch from write_lag)::float8, \
+                 coalesce(sync_state, ''), sent_lsn, write_lsn, flush_lsn, \
+                 replay_lsn, extract(epoch from write_lag)::float8, \
                  extract(epoch from flush_lag)::float8, extract(epoch from replay_lag)::float8, \
                  (pg_current_wal_lsn() - replay_lsn)::int8 \
                  FROM pg_stat_replication ORDER BY application_name",
@@ -185,12 +195,12 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
                 Ok(Downstream {
                     name: r.try_get(0)?,
                     client_addr: r.try_get(1)?,
-                    state: r.try_get(2)?,
-                    sync_state: r.try_get(3)?,
-                    sent_lsn: r.try_get(4)?,
-                    write_lsn: r.try_get(5)?,
-                    flush_lsn: r.try_get(6)?,
-                    replay_lsn: r.try_get(7)?,
+                    state: WalSenderState::from(r.try_get::<_, String>(2)?),
+                    sync_state: SyncState::from(r.try_get::<_, String>(3)?),
+                    sent_lsn: lsn(r.try_get(4)?),
+                    write_lsn: lsn(r.try_get(5)?),
+                    flush_lsn: lsn(r.try_get(6)?),
+                    replay_lsn: lsn(r.try_get(7)?),
                     write_lag_seconds: r.try_get(8)?,
                     flush_lag_seconds: r.try_get(9)?,
                     replay_lag_seconds: r.try_get(10)?,
@@ -203,7 +213,7 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
     }
     let rows = client
         .query(
-            "SELECT slot_name::text, active, restart_lsn::text FROM pg_replication_slots \
+            "SELECT slot_name::text, active, restart_lsn FROM pg_replication_slots \
              WHERE slot_type = 'physical' ORDER BY slot_name",
             &[],
         )
@@ -213,24 +223,23 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
         o.slots.push(Slot {
             name: r.try_get(0).map_err(sql("probe slots"))?,
             active: r.try_get(1).map_err(sql("probe slots"))?,
-            restart_lsn: r.try_get(2).map_err(sql("probe slots"))?,
+            restart_lsn: lsn(r.try_get(2).map_err(sql("probe slots"))?),
         });
     }
     Ok(o)
 }
 
 /// The newest WAL position of a server: current on a primary, received on a standby.
-pub async fn head_lsn(client: &Client) -> Result<String, Error> {
+pub async fn head_lsn(client: &Client) -> Result<Option<Lsn>, Error> {
     let r = client
         .query_one(
-            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
-             ELSE pg_current_wal_lsn() END)::text",
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() \
+             ELSE pg_current_wal_lsn() END",
             &[],
         )
         .await
         .map_err(sql("head lsn"))?;
-    let lsn: Option<String> = r.try_get(0).map_err(sql("head lsn"))?;
-    Ok(lsn.unwrap_or_default())
+    Ok(lsn(r.try_get(0).map_err(sql("head lsn"))?))
 }
 
 /// `pg_is_in_recovery()` and the system identifier of a server.

@@ -1,47 +1,25 @@
-//! Test support for the agent's integration tests: temp directories the
-//! postgres user can use, free ports, agents as separate `tandem agent`
-//! processes (killed with their directories on drop), SQL helpers and
-//! waiting on conditions with timeouts. Does I/O.
+//! Test support for the agent's integration tests: free ports, agents as
+//! separate `tandem agent` processes (killed with their directories on
+//! drop) and SQL helpers; temp directories, process checks and bounded waits
+//! come from the testkit. Does I/O.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tandem::agent::client::AgentClient;
 use tandem::api::agent::{AgentStatus, Member};
+use tandem::api::WalReceiverState;
+pub use tandem_testkit::{is_postgres, pid_alive, wait_for, TestDir};
+use tandem_testkit::{poll_until, poll_until_async, POLL};
 use tokio_postgres::{Client, NoTls};
 
 pub const TOKEN: &str = "test-token-0123456789";
 pub const SUPERUSER_PASSWORD: &str = "su:pa\\ss'word";
 pub const REPLICATION_PASSWORD: &str = "repl-secret";
-
-/// A directory under /tmp that the postgres user can traverse; removed on drop.
-pub struct TestDir {
-    pub path: PathBuf,
-}
-
-impl TestDir {
-    pub fn new(prefix: &str) -> TestDir {
-        let path = tempfile::Builder::new()
-            .prefix(&format!("tandem-{prefix}-"))
-            .tempdir_in("/tmp")
-            .expect("create temp dir")
-            .keep();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod temp dir");
-        TestDir { path }
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
 
 /// A port below 32768 that is free now (probed by binding).
 pub fn free_port() -> u16 {
@@ -58,24 +36,6 @@ pub fn free_port() -> u16 {
         if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
-    }
-}
-
-/// Wait until `f` returns Some, polling every 200ms; panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -135,28 +95,24 @@ impl AgentProc {
 
     /// Wait until the agent reports postgres ready in `role` ("primary"/"standby").
     pub async fn wait_ready(&self, role: &str, timeout: Duration) -> AgentStatus {
-        let want = role.to_string();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(st) = self.client.status().await {
-                let r = serde_json::to_value(st.role).unwrap_or_default();
-                let streaming = st
-                    .wal_receiver
-                    .as_ref()
-                    .is_some_and(|w| w.status == "streaming");
-                if st.ready && r == want.as_str() && (want != "standby" || streaming) {
-                    return st;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "{} not ready as {role} after {timeout:?}\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let client = &self.client;
+        let ready = poll_until_async(timeout, POLL, || async move {
+            let st = client.status().await.ok()?;
+            let r = serde_json::to_value(st.role).unwrap_or_default();
+            let streaming = st
+                .wal_receiver
+                .as_ref()
+                .is_some_and(|w| w.status == WalReceiverState::Streaming);
+            (st.ready && r == role && (role != "standby" || streaming)).then_some(st)
+        })
+        .await;
+        ready.unwrap_or_else(|| {
+            panic!(
+                "{} not ready as {role} after {timeout:?}\n{}",
+                self.name,
+                self.log_text()
+            )
+        })
     }
 
     /// SIGKILL the agent process (postgres must follow it).
@@ -180,13 +136,9 @@ impl AgentProc {
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
+                c.try_wait().ok().flatten()
+            });
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -205,23 +157,6 @@ impl Drop for AgentProc {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-pub fn pid_alive(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // A zombie ('Z') is dead for our purposes.
-    !stat.is_empty()
-        && stat
-            .rsplit(')')
-            .next()
-            .and_then(|s| s.split_whitespace().next())
-            != Some("Z")
-}
-
-pub fn is_postgres(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().starts_with("postgres"))
-        .unwrap_or(false)
 }
 
 fn spawn(args: &[String], log: &Path) -> Child {

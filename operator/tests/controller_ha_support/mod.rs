@@ -11,6 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tandem::api::agent::{AgentStatus, Downstream, LeaseState, Member, WalReceiver};
+use tandem::api::Lsn;
 use tandem::api::{keys, DbCluster, DbClusterStatus, InstanceRole};
 use tandem::controller::error::Error;
 use tandem::controller::ha::{
@@ -19,9 +20,10 @@ use tandem::controller::ha::{
 use tandem::controller::validate::Defaults;
 use tandem::engine::{Action, EventType};
 
-pub const LSN: &str = "0/3000060";
+/// 0/3000060.
+pub const LSN: Lsn = Lsn(0x3000060);
 /// A stopped server's shutdown checkpoint: standbys that received everything are past its start.
-pub const CHECKPOINT: &str = "0/3000028";
+pub const CHECKPOINT: Lsn = Lsn(0x3000028);
 
 /// One postgres as the fake agent simulates it.
 #[derive(Clone, Debug)]
@@ -179,10 +181,10 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
     if !s.running {
         st.role = InstanceRole::Fenced;
         st.fenced = true;
-        st.checkpoint_lsn = Some(CHECKPOINT.into());
+        st.checkpoint_lsn = Some(CHECKPOINT);
     } else if s.primary {
         st.role = InstanceRole::Primary;
-        st.current_lsn = Some(LSN.into());
+        st.current_lsn = Some(LSN);
         st.lease = LeaseState {
             held: true,
             remaining_ms: Some(5000),
@@ -195,14 +197,14 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
                 name: n.clone(),
                 state: "streaming".into(),
                 sync_state: "async".into(),
-                flush_lsn: Some(LSN.into()),
+                flush_lsn: Some(LSN),
                 ..Downstream::default()
             })
             .collect();
     } else {
         st.role = InstanceRole::Standby;
-        st.received_lsn = Some(LSN.into());
-        st.replayed_lsn = Some(LSN.into());
+        st.received_lsn = Some(LSN);
+        st.replayed_lsn = Some(LSN);
         st.upstream = s.upstream.as_deref().map(member);
         let up_ok = s
             .upstream

@@ -2,12 +2,13 @@
 //! the other verbs as the CLI runs them, status polling with timeouts, and a
 //! cleanup that leaves no process or directory behind, even on failure.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
+use tandem_testkit::{pid_alive, poll_until, signal, TestDir, POLL};
 
 use super::writer::Target;
 
@@ -24,21 +25,6 @@ pub struct LocalCluster {
     log_filter: String,
 }
 
-fn pid_alive(pid: i32) -> bool {
-    pid > 0 && unsafe_kill(pid, 0)
-}
-
-fn unsafe_kill(pid: i32, sig: i32) -> bool {
-    let sig = match sig {
-        0 => None,
-        9 => Some(nix::sys::signal::Signal::SIGKILL),
-        15 => Some(nix::sys::signal::Signal::SIGTERM),
-        18 => Some(nix::sys::signal::Signal::SIGCONT),
-        _ => None,
-    };
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).is_ok()
-}
-
 impl LocalCluster {
     /// Write a DbCluster named `name` with `spec` (YAML, indented by two) and run `tandem local up`.
     pub fn start(name: &str, spec: &str) -> Self {
@@ -47,14 +33,8 @@ impl LocalCluster {
 
     /// As `start`, with the given TANDEM_LOG filter for `local up` and its agents.
     pub fn start_with_log(name: &str, spec: &str, log_filter: &str) -> Self {
-        let base = std::env::temp_dir().join(format!(
-            "tandem-ha-{name}-{}-{}",
-            std::process::id(),
-            Instant::now().elapsed().as_nanos() ^ (rand_u32() as u128)
-        ));
-        std::fs::create_dir_all(&base).expect("create test dir");
-        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755))
-            .expect("chmod test dir");
+        // Removed by `cleanup`, after every process in it is gone.
+        let base = TestDir::new(&format!("ha-{name}")).keep();
         let manifest = base.join("cluster.yaml");
         let text = format!("apiVersion: tandem.dev/v1alpha1\nkind: DbCluster\nmetadata:\n  name: {name}\nspec:\n{spec}\n");
         std::fs::write(&manifest, text).expect("write manifest");
@@ -80,7 +60,7 @@ impl LocalCluster {
             .arg(&self.manifest)
             .arg("--dir")
             .arg(&self.dir)
-            .env("TANDEM_LOG", &self.log_filter)
+            .env("TANDEM_LOG_FILTER", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("dup log")))
             .stderr(Stdio::from(log))
@@ -126,16 +106,17 @@ impl LocalCluster {
 
     /// Poll status until `pred` holds; panics with the last status after `timeout`.
     pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
         let mut last = None;
-        while Instant::now() < deadline {
-            if let Some(s) = self.status() {
-                if pred(&s) {
-                    return s;
-                }
-                last = Some(s);
+        let found = poll_until(timeout, POLL, || {
+            let s = self.status()?;
+            if pred(&s) {
+                return Some(s);
             }
-            std::thread::sleep(Duration::from_millis(200));
+            last = Some(s);
+            None
+        });
+        if let Some(s) = found {
+            return s;
         }
         panic!(
             "timed out after {timeout:?} waiting for {what}; last status:\n{}\nup.log tail:\n{}",
@@ -257,13 +238,9 @@ impl LocalCluster {
                 .status();
         }
         if let Some(mut c) = self.up.take() {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            poll_until(Duration::from_secs(60), Duration::from_millis(100), || {
+                c.try_wait().ok().flatten()
+            });
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -273,8 +250,8 @@ impl LocalCluster {
                 for i in st["instances"].as_array().cloned().unwrap_or_default() {
                     let pid = i["agentPid"].as_i64().unwrap_or(0) as i32;
                     if pid_alive(pid) {
-                        unsafe_kill(pid, 18);
-                        unsafe_kill(pid, 9);
+                        signal(pid, Signal::SIGCONT);
+                        signal(pid, Signal::SIGKILL);
                     }
                 }
             }
@@ -290,8 +267,8 @@ impl LocalCluster {
                         let group = nix::unistd::Pid::from_raw(pid);
                         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT);
                         let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                        unsafe_kill(pid, 18);
-                        unsafe_kill(pid, 9);
+                        signal(pid, Signal::SIGCONT);
+                        signal(pid, Signal::SIGKILL);
                     }
                 }
             }
@@ -317,18 +294,6 @@ impl Drop for LocalCluster {
     }
 }
 
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    h.finish() as u32
-}
-
 /// stdout and stderr of a CLI run, for assertion messages.
 pub fn show(out: &Output) -> String {
     format!(
@@ -350,9 +315,4 @@ pub fn with_role(status: &Value, role: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Whether `dir` exists.
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

@@ -3,9 +3,11 @@
 //! that a woken server takes no write, pg_stat_replication on the primary.
 //! Does I/O (CLI, signals, SQL).
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tandem_testkit::{poll_until_async, POLL};
 
 use super::cluster::{show, LocalCluster};
 use super::ops::{expect_exit, instance, server_children, wait_persisted_transition, FAILOVER};
@@ -125,15 +127,19 @@ pub async fn sync_states(c: &LocalCluster, primary: &str) -> Vec<String> {
 }
 
 pub async fn wait_sync_states(c: &LocalCluster, primary: &str, pred: impl Fn(&[String]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = sync_states(c, primary).await;
-        if pred(&st) {
-            return;
+    let last = RefCell::new(Vec::new());
+    let pred = &pred;
+    let held = poll_until_async(Duration::from_secs(60), POLL, || {
+        let last = &last;
+        async move {
+            let st = sync_states(c, primary).await;
+            let ok = pred(&st);
+            *last.borrow_mut() = st;
+            ok.then_some(())
         }
-        assert!(Instant::now() < deadline, "pg_stat_replication: {st:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
+    assert!(held.is_some(), "pg_stat_replication: {:?}", last.borrow());
 }
 
 /// Freeze every standby's agent and kill its postgres.

@@ -1,8 +1,9 @@
 //! Test support for the HA end-to-end tests: a local cluster run by the real
-//! `tandem local up` on real PostgreSQL, and an acknowledged-writes writer.
+//! `tandem local up` on real PostgreSQL, and (from the testkit) the
+//! acknowledged-writes writer.
 #![allow(dead_code)]
 
 pub mod cluster;
 pub mod faults;
 pub mod ops;
-pub mod writer;
+pub use tandem_testkit::writer;

@@ -2,10 +2,12 @@
 //! writer, reading the persisted engine status, finding a standby's
 //! walreceiver, and checks on rows and history. Does I/O (processes, files, SQL).
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tandem_testkit::{poll_until, poll_until_async, POLL};
 
 use super::cluster::LocalCluster;
 use super::writer::{lost, prepare, stored_ids, WriteLog, Writer};
@@ -21,16 +23,24 @@ pub const WRITE_EVERY: Duration = Duration::from_millis(5);
 pub async fn healthy_with_writer(c: &LocalCluster) -> Writer {
     c.wait_healthy(BOOT);
     let rw = c.rw();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match prepare(&rw).await {
-            Ok(()) => break,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("waiting for rw: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    let last = RefCell::new(None);
+    let ready = poll_until_async(Duration::from_secs(30), POLL, || {
+        let attempt = prepare(&rw);
+        let last = &last;
+        async move {
+            match attempt.await {
+                Ok(()) => Some(()),
+                Err(e) => {
+                    eprintln!("waiting for rw: {e}");
+                    *last.borrow_mut() = Some(e);
+                    None
+                }
             }
-            Err(e) => panic!("rw endpoint never accepted writes: {e}"),
         }
+    })
+    .await;
+    if ready.is_none() {
+        panic!("rw endpoint never accepted writes: {:?}", last.into_inner());
     }
     let w = Writer::start(rw, 0, WRITE_EVERY);
     wait_ack_after(&w, Instant::now(), Duration::from_secs(20)).await;
@@ -39,34 +49,35 @@ pub async fn healthy_with_writer(c: &LocalCluster) -> Writer {
 
 /// Wait until the writer has an acknowledgement at or after `t`.
 pub async fn wait_ack_after(w: &Writer, t: Instant, timeout: Duration) -> Instant {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(at) = w.snapshot().first_ack_after(t) {
-            return at;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write was acknowledged through rw within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let acked = poll_until_async(timeout, Duration::from_millis(20), || {
+        let at = w.snapshot().first_ack_after(t);
+        async move { at }
+    })
+    .await;
+    acked.unwrap_or_else(|| panic!("no write was acknowledged through rw within {timeout:?}"))
 }
 
 /// Every acknowledged row is on `name` (read straight from its postgres).
 pub async fn assert_nothing_lost(c: &LocalCluster, name: &str, log: &WriteLog) {
     // The instance may still be finishing a restart: retry for a while.
     let target = c.direct(name);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stored = loop {
-        match stored_ids(&target).await {
-            Ok(s) => break s,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("reading rows from {name}: {e}; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
+    let last = RefCell::new(None);
+    let stored = poll_until_async(Duration::from_secs(30), Duration::from_millis(250), || {
+        let attempt = stored_ids(&target);
+        let last = &last;
+        async move {
+            match attempt.await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("reading rows from {name}: {e}; retrying");
+                    *last.borrow_mut() = Some(e);
+                    None
+                }
             }
-            Err(e) => panic!("cannot read rows from {name}: {e}"),
         }
-    };
+    })
+    .await
+    .unwrap_or_else(|| panic!("cannot read rows from {name}: {:?}", last.borrow()));
     let missing = lost(log, &stored);
     assert!(
         missing.is_empty(),
@@ -89,14 +100,13 @@ pub fn persisted(c: &LocalCluster) -> Option<Value> {
 
 /// Poll DIR/status.json (fast, no RPC) until a transition of `kind` is persisted.
 pub fn wait_persisted_transition(c: &LocalCluster, kind: &str, timeout: Duration) -> Value {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(t) = persisted(c).map(|p| p["status"]["transition"].clone()) {
-            if t["kind"] == kind {
-                return t;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
+    let found = poll_until(timeout, Duration::from_millis(2), || {
+        persisted(c)
+            .map(|p| p["status"]["transition"].clone())
+            .filter(|t| t["kind"] == kind)
+    });
+    if let Some(t) = found {
+        return t;
     }
     panic!(
         "no {kind} transition was persisted within {timeout:?}\n{}",
@@ -183,14 +193,10 @@ pub fn walreceiver_pid(c: &LocalCluster, name: &str) -> Option<i32> {
 
 /// Wait for `name`'s walreceiver and return its pid.
 pub fn wait_walreceiver(c: &LocalCluster, name: &str, timeout: Duration) -> i32 {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Some(pid) = walreceiver_pid(c, name) {
-            return pid;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no walreceiver found for {name} within {timeout:?}");
+    poll_until(timeout, Duration::from_millis(50), || {
+        walreceiver_pid(c, name)
+    })
+    .unwrap_or_else(|| panic!("no walreceiver found for {name} within {timeout:?}"))
 }
 
 /// Copies of `name`'s data directory moved aside by a re-clone (`pgdata.old-*`).

@@ -217,7 +217,7 @@ async fn drive<K: KubeOps, A: AgentOps>(
             Ok(Err(e)) => {
                 failures = failures.saturating_add(1);
                 warn!(error = %e, category = e.category().as_label(), "HA pass failed");
-                crate::controller::reconcile::backoff(failures).min(config.interval * 10)
+                crate::controller::error::backoff(failures).min(config.interval * 10)
             }
             Err(_) => {
                 failures = failures.saturating_add(1);

@@ -231,8 +231,14 @@ fn failover_records_rpo_accounting_in_history() {
     f.ack_all();
     f.tick(10);
     let h = f.last_history();
-    assert_eq!(h.old_primary_lsn.as_deref(), Some("0/5000000"));
-    assert_eq!(h.promoted_lsn.as_deref(), Some("0/4000000"));
+    assert_eq!(
+        h.old_primary_lsn.map(|l| l.to_string()).as_deref(),
+        Some("0/5000000")
+    );
+    assert_eq!(
+        h.promoted_lsn.map(|l| l.to_string()).as_deref(),
+        Some("0/4000000")
+    );
     assert_eq!(h.bytes_possibly_lost, Some(0x100_0000));
     assert!(
         h.message.contains("16777216 bytes possibly lost"),
