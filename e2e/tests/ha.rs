@@ -325,12 +325,17 @@ async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
 async fn switching_to_sync_replication_applies_without_a_restart() {
     with_temp_ns("sync", |client, ns| async move {
         let name = healthy_example(&client, &ns, "minimal.yaml", READY).await;
+        // Healthy is written before kube-proxy has programmed the -rw rule: wait for the endpoint, retry the connection.
+        let p = primary(&client, &ns, &name).await;
+        wait_rw_on(&client, &ns, &name, &p, MOVE)
+            .await
+            .expect("rw on primary");
         let started = run_sql(
             &client,
             &ns,
             &name,
             "started",
-            "psql -qAt -c 'SELECT pg_postmaster_start_time()'",
+            "for i in $(seq 1 30); do psql -qAt -c 'SELECT pg_postmaster_start_time()' && exit 0; sleep 1; done; exit 1",
             MOVE,
         )
         .await
