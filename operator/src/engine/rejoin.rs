@@ -21,7 +21,10 @@ pub(crate) fn reclone_unsafe(ctx: &Ctx, name: &str, primary: &str) -> Option<Str
             "{primary} (the primary) does not answer, so it cannot be the source"
         ));
     }
-    if (tl, lsn) > (ptl, plsn) {
+    // A standby streaming from the primary on its timeline holds nothing the
+    // primary lacks: a higher figure only means the primary was polled first.
+    let follows = tl == ptl && ctx.streams_from(name, primary);
+    if (tl, lsn) > (ptl, plsn) && !follows {
         return Some(format!(
             "{name} has the most advanced copy of the data ({lsn} on timeline {tl}; primary {primary} is at {plsn} on timeline {ptl}): re-cloning it would destroy it"
         ));

@@ -246,7 +246,9 @@ fn explicit_reclone_of_a_behind_standby_runs_and_records_why() {
 #[test]
 fn reclone_refused_when_it_would_destroy_the_most_advanced_copy() {
     let mut f = cluster().instances(3).build();
+    // Cut off from the primary with WAL the primary does not report having.
     f.agent("main-2").received_lsn = Some(lsn("0/6000000"));
+    f.agent("main-2").streaming = false;
     f.request(reclone("main-2"));
     let a = f.tick(10);
     assert!(!has(&a, |x| matches!(x, Action::Reclone { .. })));
@@ -257,6 +259,24 @@ fn reclone_refused_when_it_would_destroy_the_most_advanced_copy() {
             .contains("main-2 has the most advanced copy of the data"),
         "{}",
         h.message
+    );
+}
+
+#[test]
+fn reclone_of_a_streaming_standby_polled_after_its_primary_runs() {
+    // Agents answer at different instants: the standby's received LSN can be
+    // past the primary's last polled one while it only holds the primary's WAL.
+    let mut f = cluster().instances(3).build();
+    f.agent("main-1").received_lsn = Some(lsn("0/5000A00"));
+    f.request(reclone("main-1"));
+    let a = f.tick(10);
+    assert!(
+        has(
+            &a,
+            |x| matches!(x, Action::Reclone { instance, .. } if instance == "main-1")
+        ),
+        "{a:?} {:?}",
+        f.last_history()
     );
 }
 
