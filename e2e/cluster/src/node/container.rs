@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Container, Pod, Service};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
@@ -245,25 +244,21 @@ async fn env_sources(ctx: &Ctx, ns: &str, c: &Container) -> Result<(Sources, Sou
             .collect()
     };
     let mut out_s = Sources::new();
-    let sapi: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     for name in secrets.keys() {
-        match sapi.get_opt(name).await {
-            Ok(Some(s)) => {
-                out_s.insert(name.clone(), to_string(volumes::secret_data(&s)));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("reading secret {ns}/{name}: {e}")),
+        if let Some(s) = volumes::get_secret(ctx, ns, name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            out_s.insert(name.clone(), to_string(volumes::secret_data(&s)));
         }
     }
     let mut out_c = Sources::new();
-    let capi: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
     for name in cms.keys() {
-        match capi.get_opt(name).await {
-            Ok(Some(c)) => {
-                out_c.insert(name.clone(), to_string(volumes::config_map_data(&c)));
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("reading configmap {ns}/{name}: {e}")),
+        if let Some(c) = volumes::get_config_map(ctx, ns, name)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            out_c.insert(name.clone(), to_string(volumes::config_map_data(&c)));
         }
     }
     Ok((out_s, out_c))

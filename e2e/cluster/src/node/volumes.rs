@@ -241,14 +241,20 @@ fn set_ownership(root: &Path, gid: u32, on_root_mismatch: bool) -> Result<(), Vo
     Ok(())
 }
 
-async fn get_secret(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<Secret>, VolumeError> {
+/// Secret `ns/name`, `None` when it does not exist.
+pub async fn get_secret(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<Secret>, VolumeError> {
     Api::<Secret>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
         .await
         .map_err(api_err(format!("reading secret {ns}/{name}")))
 }
 
-async fn get_config_map(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<ConfigMap>, VolumeError> {
+/// ConfigMap `ns/name`, `None` when it does not exist.
+pub async fn get_config_map(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+) -> Result<Option<ConfigMap>, VolumeError> {
     Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
         .get_opt(name)
         .await
