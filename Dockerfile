@@ -7,7 +7,9 @@ ARG RUST_IMAGE=rust:1-bookworm
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY core core
 COPY operator operator
+COPY testkit testkit
 COPY e2e e2e
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \

@@ -5,7 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod controller;
 pub mod crdgen;
-pub mod engine;
+pub use tandem_core::engine;
 pub mod local;
 pub mod logging;
 pub mod pg;

@@ -135,7 +135,7 @@ impl Expect for ApiServer {
 }
 
 fn cluster(spec: DbClusterSpec) -> DbCluster {
-    let mut dc = DbCluster::new("main", spec);
+    let mut dc = DbCluster::new("main", spec.into());
     let meta = dc.meta_mut();
     meta.namespace = Some(NS.into());
     meta.uid = Some("0b7c5a4e-uid".into());

@@ -1,20 +1,8 @@
-//! The DbCluster API (`tandem.dev/v1alpha1`), its label and annotation keys,
-//! duration and size values, and the agent protocol shared by the agent and
-//! its callers. Plain types: no I/O.
+//! The DbCluster API (`tandem.dev/v1alpha1`): the custom resource declared
+//! here, and everything else (spec, status, keys, units, the agent protocol)
+//! from `tandem-core`, re-exported so that `crate::api::…` names them all.
 
-pub mod agent;
-pub mod cluster;
-pub mod keys;
-pub mod replication;
-pub mod status;
-pub mod transition;
-pub mod units;
+pub mod crd;
 
-pub use cluster::*;
-pub use replication::{SyncState, WalReceiverState, WalSenderState};
-pub use status::*;
-pub use transition::{
-    FailoverData, HistoryKind, HistoryOutcome, RejoinData, RestartData, SwitchoverData,
-    TransitionData, TransitionKind, TransitionStep,
-};
-pub use units::{ByteSize, DurationString, Lsn};
+pub use crd::{CrdSpec, DbCluster};
+pub use tandem_core::api::*;

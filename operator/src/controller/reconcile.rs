@@ -282,7 +282,7 @@ mod tests {
     use super::*;
 
     fn cluster(instances: i32, primary: Option<&str>) -> DbCluster {
-        let mut dc = DbCluster::new("main", crate::api::DbClusterSpec::default());
+        let mut dc = DbCluster::new("main", crate::api::DbClusterSpec::default().into());
         dc.spec.instances = instances;
         dc.status = Some(crate::api::DbClusterStatus {
             current_primary: primary.map(str::to_string),

@@ -91,7 +91,7 @@ pub fn validate(dc: &DbCluster, defaults: &Defaults) -> Result<ValidCluster, Err
         owner,
         image,
         paused,
-        spec: spec.clone(),
+        spec: spec.0.clone(),
     })
 }
 

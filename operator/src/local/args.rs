@@ -44,3 +44,9 @@ pub struct UpArgs {
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
 }
+
+/// A flag value read as a manifest spells it (`sync`, `remote_write`,
+/// `required`…): the spec's own serde names, so the CLI and the CRD agree.
+pub fn spec_value<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.into())).map_err(|e| e.to_string())
+}

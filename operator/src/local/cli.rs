@@ -12,6 +12,8 @@ use super::report::print_table;
 use super::state::LocalState;
 use crate::api::{DataDurability, ReplicationMode, SynchronousCommit};
 
+use super::args::spec_value;
+
 /// `tandem local`: run and drive a cluster of local PostgreSQL processes.
 #[derive(Args, Debug, Clone)]
 pub struct LocalArgs {
@@ -79,13 +81,13 @@ pub enum Verb {
         #[command(flatten)]
         dir: DirArg,
         /// async or sync.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = spec_value::<ReplicationMode>)]
         mode: Option<ReplicationMode>,
         /// on, remote_write, remote_apply or local.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = spec_value::<SynchronousCommit>)]
         synchronous_commit: Option<SynchronousCommit>,
         /// preferred or required.
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = spec_value::<DataDurability>)]
         data_durability: Option<DataDurability>,
         /// How many standbys must confirm each commit (ANY n).
         #[arg(long, value_parser = clap::value_parser!(i32).range(1..16))]

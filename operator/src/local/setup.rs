@@ -84,7 +84,7 @@ pub fn read_manifest(path: &Path) -> Result<(String, DbClusterSpec), SetupError>
         .clone()
         .unwrap_or_else(|| "main".to_string());
     validate(&name, &cluster.spec)?;
-    Ok((name, cluster.spec))
+    Ok((name, cluster.spec.0))
 }
 
 /// The checks the API server would make from the CRD schema, for files that never meet one.

@@ -111,7 +111,7 @@ pub(crate) mod fixtures {
 
     /// `main` in namespace `db`, 3 instances, defaults everywhere.
     pub fn cluster() -> Fixture {
-        let mut dc = DbCluster::new("main", DbClusterSpec::default());
+        let mut dc = DbCluster::new("main", DbClusterSpec::default().into());
         dc.meta_mut().namespace = Some("db".into());
         dc.meta_mut().uid = Some("uid-1".into());
         dc.meta_mut().generation = Some(1);

@@ -8,8 +8,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
-    VolumeResourceRequirements, WeightedPodAffinityTerm,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -19,7 +19,7 @@ use super::config::KEY_POSTGRESQL_CONF;
 use super::secrets::{SecretKind, KEY_USERNAME};
 use super::services::{PORT_AGENT, PORT_POSTGRES};
 use super::{child_meta, pod_labels, selector_labels};
-use crate::api::keys;
+use crate::api::{keys, Resources};
 use crate::controller::validate::ValidCluster;
 
 /// Name of the PVC template (and volume) holding the data directory.
@@ -128,7 +128,7 @@ fn container(cluster: &ValidCluster) -> Container {
         ]),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         readiness_probe: Some(probe("/readyz", 5, 3)),
-        resources: cluster.spec.resources.clone(),
+        resources: cluster.spec.resources.as_ref().map(resources),
         volume_mounts: Some(vec![
             VolumeMount {
                 name: PGDATA_VOLUME.into(),
@@ -357,3 +357,19 @@ fn pgdata_claim(cluster: &ValidCluster) -> PersistentVolumeClaim {
 #[cfg(test)]
 #[path = "statefulset_tests.rs"]
 mod tests;
+
+/// The spec's compute resources as the pod spec carries them.
+fn resources(r: &Resources) -> ResourceRequirements {
+    let quantities = |m: &BTreeMap<String, crate::api::Quantity>| {
+        (!m.is_empty()).then(|| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), Quantity(v.0.clone())))
+                .collect()
+        })
+    };
+    ResourceRequirements {
+        limits: quantities(&r.limits),
+        requests: quantities(&r.requests),
+        ..ResourceRequirements::default()
+    }
+}

@@ -308,14 +308,21 @@ fn grace_period_covers_the_shutdown_timeout() {
 fn resources_come_from_the_spec() {
     use k8s_openapi::api::core::v1::ResourceRequirements;
     let mut f = cluster();
-    let res = ResourceRequirements {
+    f.0.spec.resources = Some(crate::api::Resources {
+        limits: BTreeMap::from([("memory".to_string(), crate::api::Quantity("1Gi".into()))]),
+        requests: BTreeMap::from([("cpu".to_string(), crate::api::Quantity("500m".into()))]),
+    });
+    let c = postgres_container(&stateful_set(&f.valid()));
+    let want = ResourceRequirements {
         limits: Some(BTreeMap::from([(
             "memory".to_string(),
             Quantity("1Gi".into()),
         )])),
+        requests: Some(BTreeMap::from([(
+            "cpu".to_string(),
+            Quantity("500m".into()),
+        )])),
         ..ResourceRequirements::default()
     };
-    f.0.spec.resources = Some(res.clone());
-    let c = postgres_container(&stateful_set(&f.valid()));
-    assert_eq!(c.resources, Some(res));
+    assert_eq!(c.resources, Some(want));
 }

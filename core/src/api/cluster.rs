@@ -1,13 +1,12 @@
-//! The `DbCluster` custom resource: its spec, defaults and schema validation.
+//! The `DbCluster` spec: its fields, defaults and schema validation. The
+//! custom resource around it (kind, group, status subresource) is declared by
+//! the operator, which wraps this spec.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
-use kube::CustomResource;
-use schemars::JsonSchema;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
-use super::status::DbClusterStatus;
 use super::units::{ByteSize, DurationString};
 
 /// Highest number of instances a cluster may have.
@@ -15,25 +14,8 @@ pub const MAX_INSTANCES: i32 = 16;
 /// Priority given to instances without an override.
 pub const DEFAULT_PRIORITY: i32 = 5;
 
-/// A highly available PostgreSQL cluster: one primary and streaming standbys.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "tandem.dev",
-    version = "v1alpha1",
-    kind = "DbCluster",
-    plural = "dbclusters",
-    singular = "dbcluster",
-    shortname = "dbc",
-    namespaced,
-    status = "DbClusterStatus",
-    category = "tandem",
-    printcolumn = r#"{"name":"Instances","type":"integer","jsonPath":".spec.instances"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.readyInstances"}"#,
-    printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".status.currentPrimary"}"#,
-    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.replication.mode"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
+/// The desired state of a highly available PostgreSQL cluster: one primary and streaming standbys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
@@ -102,7 +84,7 @@ pub struct DbClusterSpec {
 
     /// Compute resources of the PostgreSQL container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources: Option<ResourceRequirements>,
+    pub resources: Option<Resources>,
 }
 
 fn default_instances() -> i32 {
@@ -210,9 +192,7 @@ impl Default for ReplicationSpec {
 }
 
 /// Replication mode (also a `tandem local set` flag value).
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema, clap::ValueEnum,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReplicationMode {
     /// The primary does not wait for standbys.
@@ -223,11 +203,8 @@ pub enum ReplicationMode {
 }
 
 /// Values of PostgreSQL's synchronous_commit that tandem accepts.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema, clap::ValueEnum,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-#[value(rename_all = "snake_case")]
 pub enum SynchronousCommit {
     /// Wait until standbys flushed the commit to disk.
     #[default]
@@ -253,9 +230,7 @@ impl SynchronousCommit {
 }
 
 /// What sync mode does while too few standbys stream.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema, clap::ValueEnum,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DataDurability {
     /// Drop to asynchronous commits while no synchronous standby is there.
@@ -420,6 +395,55 @@ pub struct ArchiveSpec {
     pub command: Option<String>,
 }
 
+/// Compute resources of a container, as Kubernetes spells them: resource
+/// name (`cpu`, `memory`…) → quantity.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// The most of each resource the container may use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, Quantity>,
+    /// What the container is guaranteed (defaults to the limits).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, Quantity>,
+}
+
+/// A Kubernetes quantity (`500m`, `2Gi`, `1`), kept as written; checked by the
+/// API server when the pod is created.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(transparent)]
+pub struct Quantity(pub String);
+
+impl<'de> Deserialize<'de> for Quantity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Integer(i64),
+            Number(f64),
+        }
+        Ok(Quantity(match Written::deserialize(d)? {
+            Written::Text(s) => s,
+            Written::Integer(i) => i.to_string(),
+            Written::Number(f) => f.to_string(),
+        }))
+    }
+}
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Quantity".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A Kubernetes quantity: a number with an optional suffix (m, k, M, G, Ki, Mi, Gi…).",
+            "x-kubernetes-int-or-string": true
+        })
+    }
+}
+
 /// postgresql.conf settings that tandem manages and users may not set.
 pub const MANAGED_PARAMETERS: &[&str] = &[
     "port",
@@ -469,6 +493,20 @@ mod tests {
         assert_eq!(spec.switchover.archive_ready_critical, 128);
         assert!(spec.rejoin.allow_reclone);
         assert_eq!(spec.primary_update_method, PrimaryUpdateMethod::Switchover);
+    }
+
+    #[test]
+    fn quantities_read_as_kubernetes_writes_them() {
+        let r: Resources =
+            serde_json::from_str(r#"{"limits":{"cpu":2,"memory":"1Gi"},"requests":{"cpu":0.5}}"#)
+                .unwrap();
+        assert_eq!(r.limits["cpu"], Quantity("2".into()));
+        assert_eq!(r.limits["memory"], Quantity("1Gi".into()));
+        assert_eq!(r.requests["cpu"], Quantity("0.5".into()));
+        assert_eq!(
+            serde_json::to_string(&r.limits).unwrap(),
+            r#"{"cpu":"2","memory":"1Gi"}"#
+        );
     }
 
     #[test]
