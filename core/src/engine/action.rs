@@ -99,6 +99,10 @@ pub enum Action {
     /// Platform: make sure the instance cannot write although its agent cannot be
     /// reached (delete the pod / kill the agent and postgres processes).
     FenceInstance { instance: String },
+    /// Platform: replace the instance with one of its current definition
+    /// (Kubernetes: delete the pod with its grace period, so that postgres
+    /// stops cleanly and the StatefulSet recreates it from the new template).
+    Recreate { instance: String },
     /// Platform: emit an Event (reason is a PascalCase constant of [`super::reasons`]).
     Event {
         instance: Option<String>,
@@ -127,6 +131,7 @@ impl Action {
             Self::RenewLease { .. } => "renew_lease",
             Self::SetRole { .. } => "set_role",
             Self::FenceInstance { .. } => "fence",
+            Self::Recreate { .. } => "recreate",
             Self::Event { .. } => "event",
             Self::RequestDone { .. } => "request_done",
         }
@@ -146,7 +151,8 @@ impl Action {
             | Self::Config { instance, .. }
             | Self::RenewLease { instance, .. }
             | Self::SetRole { instance, .. }
-            | Self::FenceInstance { instance } => Some(instance),
+            | Self::FenceInstance { instance }
+            | Self::Recreate { instance } => Some(instance),
             Self::Event { instance, .. } => instance.as_deref(),
             Self::RequestDone { .. } => None,
         }
@@ -158,6 +164,7 @@ impl Action {
             self,
             Self::SetRole { .. }
                 | Self::FenceInstance { .. }
+                | Self::Recreate { .. }
                 | Self::Event { .. }
                 | Self::RequestDone { .. }
         )
@@ -187,6 +194,7 @@ pub mod reasons {
     pub const RESTART_STARTED: &str = "RestartStarted";
     pub const RESTART_COMPLETED: &str = "RestartCompleted";
     pub const RESTART_FAILED: &str = "RestartFailed";
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
     pub const REQUEST_REFUSED: &str = "RequestRefused";
     pub const PRIMARY_ELECTED: &str = "PrimaryElected";
     pub const DURABILITY_CHANGED: &str = "DurabilityChanged";

@@ -29,6 +29,10 @@
 //! - `Reclone`: `Reclone`. `RejoinDryRun`: `RewindCheck`.
 //! - `Restart`: `RestartInstance` per queued instance (the primary last, by
 //!   switchover unless `primaryUpdateMethod: restart`).
+//!
+//! Besides transitions, the engine decides the rolling update of instances
+//! the platform reports as outdated (`rollout`), and refuses requests the
+//! platform could not read (`Request::Unreadable`): platforms only translate.
 
 mod action;
 mod ctx;
@@ -39,6 +43,7 @@ mod prechecks;
 mod rejoin;
 mod report;
 mod restart;
+mod rollout;
 mod steady;
 mod switchover;
 mod types;
@@ -107,6 +112,8 @@ pub fn decide(
             "new cluster",
         ));
     }
+    // From the persisted status: the rollout moves only a cluster that was healthy.
+    let rollout = rollout::next(&ctx, status);
     drive(&ctx, &mut st, &mut out);
 
     for request in &obs.requests {
@@ -116,12 +123,22 @@ pub fn decide(
             drive(&ctx, &mut st, &mut out);
         }
     }
+    if rollout == rollout::Step::SwitchoverAway
+        && obs.requests.is_empty()
+        && st.transition.is_none()
+    {
+        rollout::switch_away(&ctx, &mut st, &mut out);
+        drive(&ctx, &mut st, &mut out);
+    }
 
     if st.transition.is_none() && automatic(&ctx, &mut st, &mut out) {
         drive(&ctx, &mut st, &mut out);
     }
 
     steady::run(&ctx, &mut st, &mut out);
+    if st.transition.is_none() {
+        rollout::recreate(&rollout, &mut out);
+    }
     report::summarize(&ctx, &mut st);
 
     Decision {
@@ -364,6 +381,9 @@ fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &
         }
         Request::Reclone { instance } => rejoin::request_reclone(ctx, st, request, instance, out),
         Request::Restart { target } => restart::request(ctx, st, request, target, out),
+        Request::Unreadable { reason, .. } => {
+            refuse(ctx, st, request, HistoryKind::Request, None, reason, out)
+        }
     }
 }
 

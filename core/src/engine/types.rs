@@ -52,6 +52,14 @@ pub struct InstanceObs {
     /// Why the agent did not answer this poll, when the platform asked it and knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unanswered: Option<AgentUnanswered>,
+    /// The instance runs from an outdated definition (Kubernetes: its pod's
+    /// template revision is not the StatefulSet's update revision): the
+    /// engine recreates it when the cluster is healthy (rolling update).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outdated: bool,
+    /// The platform is deleting it (a pod in its termination grace period).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
 }
 
 /// The platform's knowledge of the process or pod.
@@ -208,6 +216,16 @@ pub enum Request {
     Reclone { instance: String },
     /// `tandem.dev/restart=<instance>|all`.
     Restart { target: RestartTarget },
+    /// A request the platform could not read (an annotation with a malformed
+    /// value): the engine refuses it like any other, and the platform clears it.
+    Unreadable {
+        /// Where it came from (the annotation key).
+        source: String,
+        /// The value as found (cleared only while it is unchanged).
+        value: String,
+        /// Why it cannot be read, for the user.
+        reason: String,
+    },
 }
 
 /// How an issued action ended.

@@ -1,7 +1,8 @@
-//! The loop of `tandem local up`: observe the agents and processes, ask the
-//! engine, persist its status, carry out its actions (agent calls, endpoint
-//! moves, fencing, respawning dead agents as a StatefulSet would), and answer
-//! user requests. Does I/O.
+//! The local platform of `tandem local up`: [`Driver`] translates between
+//! the shared HA loop ([`crate::platform::HaLoop`]) and local processes —
+//! it observes the agents and processes (respawning dead agents as a
+//! StatefulSet would), persists the status to DIR/status.json, moves the
+//! endpoints, fences by killing processes — and answers user requests. Does I/O.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,17 +14,21 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use std::convert::Infallible;
+
 use crate::agent::client::AgentClient;
 use crate::api::agent::{AgentStatus, Member};
 use crate::api::AgentUnanswered;
 use crate::api::{
-    keys, DataDurability, DbClusterSpec, DbClusterStatus, ReplicationMode, SynchronousCommit,
-    WalReceiverState,
+    keys, DataDurability, DbClusterSpec, DbClusterStatus, HistoryEntry, ReplicationMode,
+    SynchronousCommit, WalReceiverState,
 };
-use crate::engine::{self, Action, EventType, InstanceObs, Observations, PlatformState, RoleLabel};
+use crate::engine::{
+    self, Action, EventType, InstanceObs, Observations, PlatformState, Request, RoleLabel,
+};
+use crate::platform::{self as shared, AgentCall, HaLoop, Observe, Observed, Platform};
 
 use super::control::{KillSignal, LocalRequest, Outcome, Refusal, Submission};
-use super::exec::{short, Executor};
 use super::procs::{self, AgentLaunch, Agents};
 use super::report::{InstanceReport, StatusReport};
 use super::requests::{Pending, Requests};
@@ -75,13 +80,13 @@ pub struct Driver {
     pub state: LocalState,
     pub members: BTreeMap<String, Tracked>,
     pub agents: Agents,
-    pub exec: Executor,
     pub requests: Requests,
     pub rw: watch::Sender<Option<SocketAddr>>,
     pub ro: watch::Sender<Option<SocketAddr>>,
     pub report: watch::Sender<StatusReport>,
-    pub results: Vec<engine::ActionResult>,
     pub last_saved: String,
+    /// The history as the current pass found it (to tell which entries answer a request).
+    pub before: Vec<HistoryEntry>,
 }
 
 impl Driver {
@@ -187,7 +192,7 @@ impl Driver {
         }
     }
 
-    async fn observe(&mut self) -> Vec<InstanceObs> {
+    async fn instances(&mut self) -> Vec<InstanceObs> {
         let polls = self.members.iter().map(|(n, m)| {
             let c = m.client.clone();
             let n = n.clone();
@@ -229,8 +234,9 @@ impl Driver {
                 name,
                 platform,
                 label,
-                agent: answer.as_ref().map(crate::platform::report),
+                agent: answer.as_ref().map(shared::report),
                 unanswered,
+                ..InstanceObs::default()
             });
         }
         out
@@ -264,125 +270,14 @@ impl Driver {
         }
     }
 
-    /// One pass of the loop.
-    #[tracing::instrument(name = "ha_pass", skip_all, fields(cluster = %self.name))]
-    pub async fn tick(&mut self) {
-        self.results.extend(self.exec.drain());
-        self.respawn();
-        let mut instances = self.observe().await;
-        let requests = self.requests.for_engine();
-        if requests
-            .iter()
-            .any(|r| matches!(r, engine::Request::Switchover { .. }))
-        {
-            self.replication_checks(&mut instances).await;
-        }
-        let obs = Observations {
-            cluster: self.name.clone(),
-            generation: None,
-            paused_annotation: false,
-            instances,
-            requests,
-            results: std::mem::take(&mut self.results),
-        };
-        let spec = self.spec();
-        let before = self.persisted.status.history.clone();
-        let decision = engine::decide(&spec, &self.persisted.status, &obs, jiff::Timestamp::now());
-        if self
-            .persisted
-            .status
-            .transition
-            .as_ref()
-            .map(|t| (&t.kind, &t.step))
-            != decision
-                .status
-                .transition
-                .as_ref()
-                .map(|t| (&t.kind, &t.step))
-        {
-            match &decision.status.transition {
-                Some(t) => {
-                    info!(transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
-                }
-                None => info!("no transition in progress"),
-            }
-        }
-        self.persisted.status = decision.status;
-        // The status is persisted before any action is carried out: a restarted
-        // `local up` resumes the step it finds there.
-        self.save();
-        let members = self.addresses();
-        for action in decision.actions {
-            self.act(action, &before, &members);
-        }
+    /// The local platform's upkeep after a pass: answer the requests whose
+    /// transition ended, point the endpoints, publish the status report.
+    fn after_pass(&mut self) {
         self.save();
         self.requests.finish(&self.persisted.status);
         self.route();
+        let spec = self.spec();
         self.publish(&spec);
-    }
-
-    #[tracing::instrument(skip_all, fields(instance = action.instance().unwrap_or(""), action = action.kind()))]
-    fn act(
-        &mut self,
-        action: Action,
-        before: &[crate::api::HistoryEntry],
-        members: &BTreeMap<String, Member>,
-    ) {
-        match &action {
-            Action::SetRole { instance, role } => {
-                if self.persisted.labels.get(instance) != Some(role) {
-                    info!(role = role.as_str(), "role label set");
-                    self.persisted.labels.insert(instance.clone(), *role);
-                    self.save();
-                    self.route();
-                }
-                self.results.push(engine::ActionResult::ok(action));
-            }
-            Action::FenceInstance { instance } => {
-                warn!("fencing: killing the agent and postgres of an unreachable instance");
-                // postgres first: killing the agent first kills the postmaster
-                // (PR_SET_PDEATHSIG) and orphans its children, which a frozen
-                // server leaves behind still attached to its shared memory.
-                if let Some(m) = self.members.get(instance) {
-                    let _ = procs::signal_postgres(instance, &m.launch.data_dir, Signal::SIGKILL);
-                }
-                let _ = self.agents.signal_agent(instance, Signal::SIGKILL);
-                self.results.push(engine::ActionResult::ok(action));
-            }
-            Action::Event {
-                instance: _,
-                type_,
-                reason,
-                message,
-            } => match type_ {
-                EventType::Normal => {
-                    info!(event = %reason, "{message}")
-                }
-                EventType::Warning => {
-                    warn!(event = %reason, "{message}")
-                }
-            },
-            Action::RequestDone { request } => {
-                let status = self.persisted.status.clone();
-                self.requests.done(request, before, &status);
-            }
-            _ => {
-                let Some(name) = action.instance().map(str::to_string) else {
-                    return;
-                };
-                let Some(m) = self.members.get(&name) else {
-                    self.results.push(engine::ActionResult::failed(
-                        action,
-                        format!("unknown instance {name}"),
-                    ));
-                    return;
-                };
-                if !self.exec.busy(&action) {
-                    tracing::debug!(call = %short(&action), "agent call");
-                    self.exec.spawn(action, m.client.clone(), members);
-                }
-            }
-        }
     }
 
     /// Point the endpoints: rw at the instance labelled primary, ro at a streaming standby.
@@ -506,17 +401,9 @@ impl Driver {
     }
 
     /// Handle one control request; returns true when the cluster must stop.
+    /// Requests for the engine go to it as they are: whether a named instance
+    /// exists is the engine's to answer, like every other refusal.
     pub fn submit(&mut self, (req, reply): Submission) -> bool {
-        let names: Vec<String> = self.members.keys().cloned().collect();
-        let unknown = |n: &str| {
-            (!names.iter().any(|x| x == n)).then(|| Refusal {
-                error: format!(
-                    "instance {n} does not exist (instances: {})",
-                    names.join(", ")
-                ),
-                detail: vec![],
-            })
-        };
         let ok = |message: String| {
             Ok(Outcome {
                 message,
@@ -528,39 +415,19 @@ impl Driver {
                 let to = if to == keys::ANY {
                     engine::SwitchoverTarget::Any
                 } else {
-                    if let Some(r) = unknown(&to) {
-                        let _ = reply.send(Err(r));
-                        return false;
-                    }
                     engine::SwitchoverTarget::Instance(to)
                 };
                 engine::Request::Switchover { to, dry_run, force }
             }
-            LocalRequest::Rejoin { name, dry_run } => {
-                if let Some(r) = unknown(&name) {
-                    let _ = reply.send(Err(r));
-                    return false;
-                }
-                engine::Request::Rejoin {
-                    instance: name,
-                    dry_run,
-                }
-            }
-            LocalRequest::Reclone { name } => {
-                if let Some(r) = unknown(&name) {
-                    let _ = reply.send(Err(r));
-                    return false;
-                }
-                engine::Request::Reclone { instance: name }
-            }
+            LocalRequest::Rejoin { name, dry_run } => engine::Request::Rejoin {
+                instance: name,
+                dry_run,
+            },
+            LocalRequest::Reclone { name } => engine::Request::Reclone { instance: name },
             LocalRequest::Restart { name } => {
                 let target = if name == keys::ALL {
                     engine::RestartTarget::All
                 } else {
-                    if let Some(r) = unknown(&name) {
-                        let _ = reply.send(Err(r));
-                        return false;
-                    }
                     engine::RestartTarget::Instance(name)
                 };
                 engine::Request::Restart { target }
@@ -716,6 +583,106 @@ impl Driver {
         if let Err(e) = self.state.save(&self.dir) {
             warn!(error = %e, "cannot update state.json");
         }
+    }
+}
+
+/// One pass of the shared loop over the local platform, then its upkeep.
+#[tracing::instrument(name = "ha_pass", skip_all, fields(cluster = %ha.platform.name))]
+pub async fn tick(ha: &mut HaLoop<Driver>) {
+    match ha.pass(jiff::Timestamp::now()).await {
+        Ok(_) => {}
+        Err(never) => match never {},
+    }
+    ha.platform.after_pass();
+}
+
+impl Platform for Driver {
+    type Skip = Infallible;
+    type Error = Infallible;
+
+    async fn observe(&mut self, _now: jiff::Timestamp) -> Result<Observe<Infallible>, Infallible> {
+        self.respawn();
+        let mut instances = self.instances().await;
+        let requests = self.requests.for_engine();
+        if requests
+            .iter()
+            .any(|r| matches!(r, Request::Switchover { .. }))
+        {
+            self.replication_checks(&mut instances).await;
+        }
+        self.before = self.persisted.status.history.clone();
+        Ok(Observe::Ready(Box::new(Observed {
+            spec: self.spec(),
+            status: self.persisted.status.clone(),
+            obs: Observations {
+                cluster: self.name.clone(),
+                generation: None,
+                paused_annotation: false,
+                instances,
+                requests,
+                results: Vec::new(),
+            },
+            members: self.addresses(),
+        })))
+    }
+
+    async fn persist(&mut self, status: &DbClusterStatus) -> Result<(), Infallible> {
+        self.persisted.status = status.clone();
+        self.save();
+        Ok(())
+    }
+
+    async fn set_role(&mut self, instance: &str, role: RoleLabel) -> Result<(), String> {
+        if self.persisted.labels.get(instance) != Some(&role) {
+            info!(role = role.as_str(), "role label set");
+            self.persisted.labels.insert(instance.to_string(), role);
+            self.save();
+            self.route();
+        }
+        Ok(())
+    }
+
+    async fn fence(&mut self, instance: &str) -> Result<(), String> {
+        warn!("fencing: killing the agent and postgres of an unreachable instance");
+        // postgres first: killing the agent first kills the postmaster
+        // (PR_SET_PDEATHSIG) and orphans its children, which a frozen
+        // server leaves behind still attached to its shared memory.
+        if let Some(m) = self.members.get(instance) {
+            let _ = procs::signal_postgres(instance, &m.launch.data_dir, Signal::SIGKILL);
+        }
+        let _ = self.agents.signal_agent(instance, Signal::SIGKILL);
+        Ok(())
+    }
+
+    async fn recreate(&mut self, instance: &str) -> Result<(), String> {
+        Err(format!(
+            "{instance} cannot be recreated: a local instance has no definition that changes"
+        ))
+    }
+
+    async fn event(&mut self, _: Option<&str>, _: EventType, _: &str, _: &str) {
+        // Locally an Event is its log line, which the loop has written.
+    }
+
+    async fn request_done(&mut self, request: &Request, status: &DbClusterStatus) {
+        self.requests.done(request, &self.before, status);
+    }
+
+    fn agent_call(
+        &self,
+        action: &Action,
+        members: &BTreeMap<String, Member>,
+    ) -> Result<AgentCall, String> {
+        let name = action.instance().unwrap_or_default();
+        let Some(m) = self.members.get(name) else {
+            return Err(format!("unknown instance {name}"));
+        };
+        let client = m.client.clone();
+        let action = action.clone();
+        let members = members.clone();
+        Ok(Box::pin(async move {
+            shared::call(&action, &client, &members).await
+        }))
     }
 }
 

@@ -7,7 +7,6 @@ pub mod args;
 pub mod cli;
 pub mod control;
 pub mod driver;
-pub mod exec;
 pub mod ports;
 pub mod procs;
 pub mod proxy;

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::args::{UpArgs, EXIT_FAILED, EXIT_OK};
 use super::control::ControlServer;
-use super::driver::{Driver, Persisted, Tracked, TICK};
+use super::driver::{tick, Driver, Persisted, Tracked, TICK};
 use super::procs::{pid_alive, AgentLaunch, Agents};
 use super::proxy::Endpoint;
 use super::report::{print_table, StatusReport};
@@ -20,6 +20,7 @@ use super::setup;
 use super::state::{write_private, LocalState};
 use crate::agent::client::AgentClient;
 use crate::api::Phase;
+use crate::platform::HaLoop;
 
 /// Superuser name of local clusters.
 const SUPERUSER: &str = "postgres";
@@ -189,7 +190,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     });
 
     info!(cluster = %name, dir = %dir.display(), rw = %rw_addr, ro = %ro_addr, control = %control, "local cluster starting");
-    let mut driver = Driver {
+    let driver = Driver {
         name: name.clone(),
         dir: dir.clone(),
         base_spec: spec,
@@ -197,34 +198,35 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         state,
         members,
         agents,
-        exec: Default::default(),
         requests: Default::default(),
         rw: rw_tx,
         ro: ro_tx,
         report: report_tx,
-        results: Vec::new(),
         last_saved: String::new(),
+        before: Vec::new(),
     };
+    let mut ha = HaLoop::new(driver);
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced = false;
-    let finished = driver.exec.finished.clone();
+    let finished = ha.finished();
     loop {
         tokio::select! {
             // A finished action lets a transition take its next step now.
-            _ = finished.notified() => driver.tick().await,
+            _ = finished.notified() => tick(&mut ha).await,
             _ = interval.tick() => {
-                driver.tick().await;
+                tick(&mut ha).await;
+                let driver = &ha.platform;
                 if !announced && driver.persisted.status.phase == Some(Phase::Healthy) {
                     announced = true;
                     banner(&dir, &driver.report.borrow(), &driver.state);
                 }
             }
             Some(sub) = req_rx.recv() => {
-                if driver.submit(sub) {
+                if ha.platform.submit(sub) {
                     break;
                 }
             }
@@ -232,7 +234,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             _ = sigterm.recv() => { info!("terminated: stopping the cluster"); break; }
         }
     }
-    driver.shutdown().await;
+    ha.platform.shutdown().await;
     eprintln!(
         "cluster {name} stopped; its data stays in {} (tandem local up starts it again)",
         dir.display()

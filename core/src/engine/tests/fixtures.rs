@@ -108,6 +108,8 @@ pub fn primary_obs(me: &str, n: u32) -> InstanceObs {
         platform: PlatformState::Running,
         label: Some(RoleLabel::Primary),
         unanswered: None,
+        outdated: false,
+        deleting: false,
         agent: Some(AgentReport {
             postgres_running: true,
             in_recovery: false,
@@ -145,6 +147,8 @@ pub fn standby_obs(me: &str, upstream: &str) -> InstanceObs {
         platform: PlatformState::Running,
         label: Some(RoleLabel::Standby),
         unanswered: None,
+        outdated: false,
+        deleting: false,
         agent: Some(AgentReport {
             postgres_running: true,
             in_recovery: true,

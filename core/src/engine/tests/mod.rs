@@ -6,6 +6,7 @@ mod operations;
 mod props;
 mod purity;
 mod rejoin;
+mod rollout;
 mod sim;
 mod switchover;
 mod switchover_refusals;

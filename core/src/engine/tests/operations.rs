@@ -450,3 +450,34 @@ fn bootstrap_of_a_held_primary_on_a_tie_starts_the_lowest_ordinal() {
         |a| matches!(a, Action::Start { instance } if instance == "main-1")
     ));
 }
+
+#[test]
+fn an_unreadable_request_is_refused_recorded_and_cleared() {
+    let mut f = cluster().instances(3).build();
+    let request = Request::Unreadable {
+        source: "tandem.dev/switchover".into(),
+        value: "main-one".into(),
+        reason: "tandem.dev/switchover=\"main-one\" refused: the value must be an instance name"
+            .into(),
+    };
+    f.request(request.clone());
+    let before = f.status.clone();
+    let d = f.tick(100);
+    let e = f.last_history();
+    assert_eq!(e.kind, crate::api::HistoryKind::Request);
+    assert_eq!(e.outcome, crate::api::HistoryOutcome::Refused);
+    assert!(e.message.contains("main-one"), "{e:?}");
+    assert!(has(
+        &d,
+        |a| matches!(a, Action::Event { reason, .. } if reason == crate::engine::reasons::REQUEST_REFUSED)
+    ));
+    assert!(has(&d, |a| *a
+        == Action::RequestDone {
+            request: request.clone()
+        }));
+    assert_eq!(
+        f.status.transition, before.transition,
+        "nothing else changes"
+    );
+    assert_eq!(f.status.current_primary, before.current_primary);
+}

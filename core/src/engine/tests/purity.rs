@@ -130,7 +130,10 @@ fn core_sources_name_no_io_clock_or_randomness() {
 
 #[test]
 fn purity_scan_catches_forbidden_names() {
-    assert_eq!(violations("let t = std::time::Instant::now();"), ["Instant"]);
+    assert_eq!(
+        violations("let t = std::time::Instant::now();"),
+        ["Instant"]
+    );
     assert_eq!(
         violations("let t = std::time::SystemTime::now();"),
         ["SystemTime"]

@@ -196,6 +196,8 @@ impl Sim {
                 label: i.label,
                 agent,
                 unanswered: None,
+                outdated: false,
+                deleting: false,
             });
         }
         obs
@@ -403,7 +405,10 @@ impl Sim {
                 m.crash_restart_at = None;
                 Self::ok()
             }
-            Action::Event { .. } | Action::RequestDone { .. } => Self::ok(),
+            // The simulator runs no outdated instance: nothing is ever recreated.
+            Action::Event { .. } | Action::RequestDone { .. } | Action::Recreate { .. } => {
+                Self::ok()
+            }
         }
     }
 

@@ -1,8 +1,10 @@
-//! One DbCluster's HA loop on Kubernetes, one pass at a time: observe (the
-//! DbCluster, pods, token and StatefulSet from the watch caches; the agents
-//! over HTTP) → `engine::decide` → persist status → act (agent
-//! calls, role labels, pod deletion, Events, annotation removal). Does I/O
-//! through [`KubeOps`] and [`AgentOps`].
+//! One DbCluster's HA loop on Kubernetes: [`KubePlatform`] translates
+//! between the engine and the API server (the DbCluster, pods, token and
+//! StatefulSet from the watch caches; the agents over HTTP; status writes,
+//! role labels, pod deletion, Events, annotation removal) for the shared
+//! [`crate::platform::HaLoop`]; [`ClusterLoop`] runs its passes and decides
+//! again when a status write meets a newer object. Does I/O through
+//! [`KubeOps`] and [`AgentOps`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -11,22 +13,24 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use tokio::sync::mpsc;
-use tracing::{debug, info, instrument, warn, Instrument};
+use tracing::{debug, info, instrument, warn};
 
 use super::agents::{AgentOps, AgentTarget, Token};
 use super::kube_ops::KubeOps;
 use super::pods;
-use super::requests::{self, Refusal};
-use super::rollout;
+use super::requests;
 use crate::api::agent::Member;
-use crate::api::{keys, DbCluster, HistoryEntry, HistoryKind, HistoryOutcome};
+use crate::api::{keys, DbCluster, DbClusterStatus};
 use crate::controller::error::{Category, Error};
 use crate::controller::metrics::Metrics;
 use crate::controller::validate::{validate, Defaults};
 use crate::engine::{
-    self, reasons, Action, ActionResult, EventType, InstanceObs, Observations, PlatformState,
+    Action, EventType, InstanceObs, Observations, PlatformState, Request, RoleLabel,
 };
+use crate::platform::{self, AgentCall, HaLoop, Observe, Observed, Platform};
+
+/// The pod label the StatefulSet controller sets to the pod's template revision.
+pub const LABEL_REVISION: &str = "controller-revision-hash";
 
 /// Settings of one cluster's loop.
 #[derive(Debug, Clone)]
@@ -56,35 +60,21 @@ pub enum Pass {
     ClusterGone,
 }
 
-/// The loop of one DbCluster.
-pub struct ClusterLoop<K, A> {
-    kube: Arc<K>,
-    agents: Arc<A>,
-    namespace: String,
-    name: String,
-    config: LoopConfig,
-    results: Vec<ActionResult>,
-    in_flight: HashSet<String>,
-    tx: mpsc::UnboundedSender<(String, ActionResult)>,
-    rx: mpsc::UnboundedReceiver<(String, ActionResult)>,
-    /// Pod uids whose agent has answered at least once.
-    answered: HashSet<String>,
-    /// The pod uid last seen for each instance: a new uid means the pod was
-    /// deleted and recreated between two passes.
-    incarnations: BTreeMap<String, String>,
-    /// The next read of the DbCluster bypasses any cache (a status write met a newer object).
-    fresh: bool,
-    /// The resourceVersion this loop's last status write replaced.
-    replaced: Option<String>,
-    /// Counts the polls agents did not answer, by reason.
-    metrics: Option<Arc<Metrics>>,
+/// Why a Kubernetes pass has nothing to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// See [`Pass::Invalid`].
+    Invalid,
+    /// See [`Pass::ClusterGone`].
+    ClusterGone,
 }
 
 /// How many times one pass decides when its status write meets a newer object.
 pub const CONFLICT_ATTEMPTS: u32 = 3;
 
-fn action_key(a: &Action) -> String {
-    serde_json::to_string(a).unwrap_or_else(|_| format!("{a:?}"))
+/// The loop of one DbCluster: the shared HA loop over [`KubePlatform`].
+pub struct ClusterLoop<K, A> {
+    ha: HaLoop<KubePlatform<K, A>>,
 }
 
 impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
@@ -96,62 +86,31 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         name: &str,
         config: LoopConfig,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         Self {
-            kube,
-            agents,
-            namespace: namespace.into(),
-            name: name.into(),
-            config,
-            results: Vec::new(),
-            in_flight: HashSet::new(),
-            tx,
-            rx,
-            answered: HashSet::new(),
-            incarnations: BTreeMap::new(),
-            fresh: false,
-            replaced: None,
-            metrics: None,
+            ha: HaLoop::new(KubePlatform::new(kube, agents, namespace, name, config)),
         }
     }
 
     /// The same loop, counting unanswered agent polls in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
-        self.metrics = Some(metrics);
+        self.ha.platform.metrics = Some(metrics);
         self
     }
 
     /// Resolves once the reads see a complete picture; `false` when they never will.
     pub async fn synced(&self) -> bool {
-        self.kube.synced().await
+        self.ha.platform.kube.synced().await
     }
 
     /// Agent calls still running.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    fn drain(&mut self) {
-        while let Ok((k, r)) = self.rx.try_recv() {
-            self.in_flight.remove(&k);
-            self.results.push(r);
-        }
+        self.ha.in_flight()
     }
 
     /// Wait (at most `timeout`) until every agent call has finished; their
     /// results go into the next pass.
     pub async fn settle(&mut self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.in_flight.is_empty() {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((k, r))) => {
-                    self.in_flight.remove(&k);
-                    self.results.push(r);
-                }
-                _ => return false,
-            }
-        }
-        true
+        self.ha.settle(timeout).await
     }
 
     /// One pass: observe → decide → persist → act. When the status write
@@ -160,10 +119,9 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
     /// again and decides again from it, up to [`CONFLICT_ATTEMPTS`] times.
     #[instrument(name = "ha_pass", skip_all)]
     pub async fn pass(&mut self, now: Timestamp) -> Result<Pass, Error> {
-        self.drain();
         let mut attempt = 1;
         loop {
-            match self.attempt(now).await {
+            match self.ha.pass(now).await {
                 Err(e) if e.category() == Category::Conflict && attempt < CONFLICT_ATTEMPTS => {
                     attempt += 1;
                     info!(
@@ -171,8 +129,66 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                         "the DbCluster changed since it was read: reading it again and deciding again"
                     );
                 }
-                other => return other,
+                Err(e) => return Err(e),
+                Ok(platform::Pass::Decided {
+                    transition,
+                    keep_instances,
+                }) => {
+                    return Ok(Pass::Done {
+                        transition,
+                        keep_instances,
+                    })
+                }
+                Ok(platform::Pass::Skipped(Skip::Invalid)) => return Ok(Pass::Invalid),
+                Ok(platform::Pass::Skipped(Skip::ClusterGone)) => return Ok(Pass::ClusterGone),
             }
+        }
+    }
+}
+
+/// One DbCluster as the Kubernetes platform sees it. What one pass read
+/// (the object, its pods, the agents' addresses) is kept for its actions.
+pub struct KubePlatform<K, A> {
+    kube: Arc<K>,
+    agents: Arc<A>,
+    namespace: String,
+    name: String,
+    config: LoopConfig,
+    /// Pod uids whose agent has answered at least once.
+    answered: HashSet<String>,
+    /// The pod uid last seen for each instance: a new uid means the pod was
+    /// deleted and recreated between two passes.
+    incarnations: BTreeMap<String, String>,
+    /// The next read of the DbCluster bypasses any cache (a status write met a newer object).
+    fresh: bool,
+    /// The resourceVersion this loop's last status write replaced.
+    replaced: Option<String>,
+    /// Counts the polls agents did not answer, by reason.
+    metrics: Option<Arc<Metrics>>,
+    /// The DbCluster of this pass.
+    dc: Option<DbCluster>,
+    /// Its pods.
+    pods: Vec<Pod>,
+    /// Its agents, by instance.
+    targets: BTreeMap<String, AgentTarget>,
+}
+
+impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
+    fn new(kube: Arc<K>, agents: Arc<A>, namespace: &str, name: &str, config: LoopConfig) -> Self {
+        Self {
+            kube,
+            agents,
+            namespace: namespace.into(),
+            name: name.into(),
+            config,
+            answered: HashSet::new(),
+            incarnations: BTreeMap::new(),
+            fresh: false,
+            replaced: None,
+            metrics: None,
+            dc: None,
+            pods: Vec::new(),
+            targets: BTreeMap::new(),
         }
     }
 
@@ -198,114 +214,6 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         self.kube
             .get_cluster_fresh(&self.namespace, &self.name)
             .await
-    }
-
-    async fn attempt(&mut self, now: Timestamp) -> Result<Pass, Error> {
-        let Some(dc) = self.read_cluster().await? else {
-            return Ok(Pass::ClusterGone);
-        };
-        if dc.metadata.deletion_timestamp.is_some() {
-            return Ok(Pass::ClusterGone);
-        }
-        if validate(&dc, &self.config.defaults).is_err() {
-            return Ok(Pass::Invalid);
-        }
-        let pods = self.kube.list_pods(&self.namespace, &self.name).await?;
-        let token = self.kube.agent_token(&self.namespace, &self.name).await?;
-        let targets = self.targets(&pods, token.as_ref());
-        let instances = self.observe(&dc, &pods, &targets, now).await;
-        let annotations = dc.annotations().clone();
-        let instance_count = u32::try_from(dc.spec.instances).unwrap_or(0);
-        let mut parsed = requests::parse(&self.name, instance_count, &annotations);
-        let previous = dc.status.clone().unwrap_or_default();
-        let revision = self
-            .kube
-            .update_revision(&self.namespace, &self.name)
-            .await?;
-        let rollout = rollout::next(
-            &self.name,
-            &dc.spec,
-            parsed.paused,
-            &previous,
-            &pods,
-            revision.as_deref(),
-            now,
-        );
-        if rollout == rollout::Step::SwitchoverAway && parsed.requests.is_empty() {
-            info!("rolling update: switching the outdated primary over first");
-            parsed.requests.push(rollout::switchover_request());
-        }
-
-        let obs = Observations {
-            cluster: self.name.clone(),
-            generation: dc.metadata.generation,
-            paused_annotation: parsed.paused,
-            instances,
-            requests: parsed.requests,
-            results: std::mem::take(&mut self.results),
-        };
-        let decision = engine::decide(&dc.spec, &previous, &obs, now);
-        let mut status = decision.status;
-        for r in &parsed.refusals {
-            status.push_history(HistoryEntry::new(
-                HistoryKind::Request,
-                HistoryOutcome::Refused,
-                now.to_string(),
-                r.reason.clone(),
-            ));
-        }
-        self.log_step(&previous, &status);
-        if dc.status.as_ref() != Some(&status) {
-            // Persisted BEFORE any action: a restarted operator resumes this step.
-            let written = self.kube.patch_status(&dc, &status).await;
-            if written.is_ok() {
-                self.replaced = dc.metadata.resource_version.clone();
-            }
-            if let Err(e) = written {
-                // The decision was made from an outdated object: read it past any cache.
-                self.fresh = e.category() == Category::Conflict;
-                // Nothing was carried out: the engine sees the same results next pass.
-                let mut results = obs.results;
-                results.append(&mut self.results);
-                self.results = results;
-                return Err(e);
-            }
-        }
-        let transition = status.transition.is_some();
-        let keep_instances = decision.keep_instances;
-        let members = self.members(&dc, &pods);
-        for action in decision.actions {
-            self.act(&dc, &pods, &targets, &members, &annotations, action)
-                .await;
-        }
-        for r in &parsed.refusals {
-            self.refuse(&dc, r).await;
-        }
-        if !transition {
-            if let rollout::Step::DeletePod(pod) | rollout::Step::DeletePrimary(pod) = &rollout {
-                self.roll(&dc, pod).await;
-            }
-        }
-        Ok(Pass::Done {
-            transition,
-            keep_instances,
-        })
-    }
-
-    fn log_step(&self, before: &crate::api::DbClusterStatus, after: &crate::api::DbClusterStatus) {
-        let step =
-            |s: &crate::api::DbClusterStatus| s.transition.as_ref().map(|t| (t.kind, t.step));
-        if step(before) == step(after) {
-            return;
-        }
-        match &after.transition {
-            Some(t) => {
-                info!(transition = %t.kind, step = %t.step, target = t.target.as_deref().unwrap_or(""), "transition step")
-            }
-            None => {
-                info!("no transition in progress")
-            }
-        }
     }
 
     fn targets(&self, pods: &[Pod], token: Option<&Token>) -> BTreeMap<String, AgentTarget> {
@@ -361,15 +269,17 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         }
     }
 
-    async fn observe(
+    /// Every instance: its pod (platform state, role label, whether it runs an
+    /// outdated template or is being deleted) and its agent's answer.
+    async fn instances(
         &mut self,
         dc: &DbCluster,
         pods: &[Pod],
-        targets: &BTreeMap<String, AgentTarget>,
+        revision: Option<&str>,
         now: Timestamp,
     ) -> Vec<InstanceObs> {
         let timeout = self.config.poll_timeout;
-        let polls = targets.values().map(|t| {
+        let polls = self.targets.values().map(|t| {
             let agents = self.agents.clone();
             let t = t.clone();
             async move { (t.instance.clone(), agents.poll(&t, timeout).await) }
@@ -410,14 +320,18 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     self.config.starting_grace,
                 )
             };
+            let outdated = revision
+                .is_some_and(|want| pod.labels().get(LABEL_REVISION).is_some_and(|r| r != want));
             out.push((
                 ordinal,
                 InstanceObs {
                     name,
                     platform,
                     label: pods::role_label(pod),
-                    agent: answer.map(crate::platform::report),
+                    agent: answer.map(platform::report),
                     unanswered,
+                    outdated,
+                    deleting: pod.metadata.deletion_timestamp.is_some(),
                 },
             ));
         }
@@ -430,9 +344,7 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                     InstanceObs {
                         name: keys::instance_name(&self.name, ordinal),
                         platform: PlatformState::Gone,
-                        label: None,
-                        agent: None,
-                        unanswered: None,
+                        ..InstanceObs::default()
                     },
                 ));
             }
@@ -441,143 +353,150 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         out.into_iter().map(|(_, i)| i).collect()
     }
 
-    #[instrument(skip_all, fields(instance = action.instance().unwrap_or(""), action = action.kind()))]
-    async fn act(
+    async fn remove_annotation(&self, key: &str, value: &str) {
+        let Some(dc) = &self.dc else { return };
+        if let Err(e) = self.kube.remove_annotation(dc, key, value).await {
+            warn!(annotation = %key, error = %e, "cannot remove the request annotation");
+        }
+    }
+}
+
+impl<K: KubeOps, A: AgentOps> Platform for KubePlatform<K, A> {
+    type Skip = Skip;
+    type Error = Error;
+
+    async fn observe(&mut self, now: Timestamp) -> Result<Observe<Skip>, Error> {
+        let Some(dc) = self.read_cluster().await? else {
+            return Ok(Observe::Skip(Skip::ClusterGone));
+        };
+        if dc.metadata.deletion_timestamp.is_some() {
+            return Ok(Observe::Skip(Skip::ClusterGone));
+        }
+        if validate(&dc, &self.config.defaults).is_err() {
+            return Ok(Observe::Skip(Skip::Invalid));
+        }
+        let pods = self.kube.list_pods(&self.namespace, &self.name).await?;
+        let token = self.kube.agent_token(&self.namespace, &self.name).await?;
+        let revision = self
+            .kube
+            .update_revision(&self.namespace, &self.name)
+            .await?;
+        self.targets = self.targets(&pods, token.as_ref());
+        let instances = self.instances(&dc, &pods, revision.as_deref(), now).await;
+        let parsed = requests::parse(&self.name, dc.annotations());
+        let obs = Observations {
+            cluster: self.name.clone(),
+            generation: dc.metadata.generation,
+            paused_annotation: parsed.paused,
+            instances,
+            requests: parsed.requests,
+            results: Vec::new(),
+        };
+        let observed = Observed {
+            spec: dc.spec.0.clone(),
+            status: dc.status.clone().unwrap_or_default(),
+            obs,
+            members: self.members(&dc, &pods),
+        };
+        self.dc = Some(dc);
+        self.pods = pods;
+        Ok(Observe::Ready(Box::new(observed)))
+    }
+
+    async fn persist(&mut self, status: &DbClusterStatus) -> Result<(), Error> {
+        let Some(dc) = &self.dc else {
+            return Ok(());
+        };
+        match self.kube.patch_status(dc, status).await {
+            Ok(()) => {
+                self.replaced = dc.metadata.resource_version.clone();
+                Ok(())
+            }
+            Err(e) => {
+                // The decision was made from an outdated object: read it past any cache.
+                self.fresh = e.category() == Category::Conflict;
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_role(&mut self, instance: &str, role: RoleLabel) -> Result<(), String> {
+        let Some(pod) = self.pods.iter().find(|p| p.name_any() == instance) else {
+            return Err(format!("pod {instance} does not exist"));
+        };
+        if pods::role_label(pod) == Some(role) {
+            return Ok(());
+        }
+        self.kube
+            .set_role_label(&self.namespace, instance, role.as_str())
+            .await
+            .map_err(|e| format!("cannot set the role label: {e}"))?;
+        info!(role = role.as_str(), "role label set");
+        Ok(())
+    }
+
+    async fn fence(&mut self, instance: &str) -> Result<(), String> {
+        warn!("fencing: deleting the pod of an unreachable instance");
+        self.kube
+            .delete_pod(&self.namespace, instance, Some(0))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn recreate(&mut self, instance: &str) -> Result<(), String> {
+        // With its grace period: postgres stops cleanly; the StatefulSet
+        // recreates the pod from the updated template.
+        info!("rolling update: deleting the pod to recreate it from the updated pod template");
+        self.kube
+            .delete_pod(&self.namespace, instance, None)
+            .await
+            .map_err(|e| format!("cannot delete the pod: {e}"))
+    }
+
+    async fn event(
         &mut self,
-        dc: &DbCluster,
-        pods: &[Pod],
-        targets: &BTreeMap<String, AgentTarget>,
-        members: &BTreeMap<String, Member>,
-        annotations: &BTreeMap<String, String>,
-        action: Action,
+        _instance: Option<&str>,
+        type_: EventType,
+        reason: &str,
+        message: &str,
     ) {
-        let ns = self.namespace.clone();
-        match &action {
-            Action::SetRole { instance, role } => {
-                let pod = pods.iter().find(|p| p.name_any() == *instance);
-                let result = match pod {
-                    None => ActionResult::failed(
-                        action.clone(),
-                        format!("pod {instance} does not exist"),
-                    ),
-                    Some(p) if pods::role_label(p) == Some(*role) => {
-                        ActionResult::ok(action.clone())
-                    }
-                    Some(_) => match self.kube.set_role_label(&ns, instance, role.as_str()).await {
-                        Ok(()) => {
-                            info!(role = role.as_str(), "role label set");
-                            ActionResult::ok(action.clone())
-                        }
-                        Err(e) => {
-                            warn!(error = %e, "cannot set the role label");
-                            ActionResult::failed(action.clone(), e.to_string())
-                        }
-                    },
-                };
-                self.results.push(result);
-            }
-            Action::FenceInstance { instance } => {
-                warn!("fencing: deleting the pod of an unreachable instance");
-                let result = match self.kube.delete_pod(&ns, instance, Some(0)).await {
-                    Ok(()) => ActionResult::ok(action.clone()),
-                    Err(e) => ActionResult::failed(action.clone(), e.to_string()),
-                };
-                self.results.push(result);
-            }
-            Action::Event {
-                instance: _,
-                type_,
-                reason,
-                message,
-            } => {
-                match type_ {
-                    EventType::Normal => {
-                        info!(event = %reason, "{message}")
-                    }
-                    EventType::Warning => {
-                        warn!(event = %reason, "{message}")
-                    }
-                }
-                if let Err(e) = self.kube.event(dc, *type_, reason, message).await {
-                    warn!(error = %e, "could not publish event");
-                }
-            }
-            Action::RequestDone { request } => {
-                for key in requests::annotations_of(request) {
-                    if let Some(value) = annotations.get(*key) {
-                        if let Err(e) = self.kube.remove_annotation(dc, key, value).await {
-                            warn!(annotation = %key, error = %e, "cannot remove the request annotation");
-                        }
-                    }
-                }
-            }
-            _ => {
-                let Some(instance) = action.instance().map(str::to_string) else {
-                    return;
-                };
-                let key = action_key(&action);
-                if self.in_flight.contains(&key) {
-                    return;
-                }
-                let Some(target) = targets.get(&instance).cloned() else {
-                    self.results.push(ActionResult::failed(
-                        action,
-                        format!("the agent of {instance} cannot be reached (no pod IP or no agent token)"),
-                    ));
-                    return;
-                };
-                let members = members.clone();
-                self.in_flight.insert(key.clone());
-                let tx = self.tx.clone();
-                let agents = self.agents.clone();
-                debug!(call = %key, "agent call");
-                let call = async move {
-                    let result = match agents.call(&target, &action, &members).await {
-                        Ok(detail) => ActionResult {
-                            action,
-                            outcome: engine::Outcome::Succeeded { detail },
-                        },
-                        Err(message) => {
-                            warn!(error = %message, "agent call failed");
-                            ActionResult::failed(action, message)
-                        }
-                    };
-                    let _ = tx.send((key, result));
-                };
-                // The spawned call keeps this action's span (cluster, instance, action).
-                tokio::spawn(call.in_current_span());
+        let Some(dc) = &self.dc else { return };
+        if let Err(e) = self.kube.event(dc, type_, reason, message).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+
+    async fn request_done(&mut self, request: &Request, _status: &DbClusterStatus) {
+        let Some(annotations) = self.dc.as_ref().map(|dc| dc.annotations().clone()) else {
+            return;
+        };
+        if let Request::Unreadable { source, value, .. } = request {
+            self.remove_annotation(source, value).await;
+            return;
+        }
+        for key in requests::annotations_of(request) {
+            if let Some(value) = annotations.get(*key) {
+                self.remove_annotation(key, value).await;
             }
         }
     }
 
-    /// Delete an outdated pod (with its grace period: postgres stops cleanly);
-    /// the StatefulSet recreates it from the new template.
-    async fn roll(&self, dc: &DbCluster, pod: &str) {
-        let note = format!("deleting {pod} to recreate it from the updated pod template");
-        info!(instance = %pod, "rolling update: {note}");
-        if let Err(e) = self
-            .kube
-            .event(dc, EventType::Normal, rollout::REASON_ROLLING_UPDATE, &note)
-            .await
-        {
-            warn!(error = %e, "could not publish event");
-        }
-        if let Err(e) = self.kube.delete_pod(&self.namespace, pod, None).await {
-            warn!(instance = %pod, error = %e, "rolling update: cannot delete the pod");
-        }
-    }
-
-    async fn refuse(&self, dc: &DbCluster, r: &Refusal) {
-        warn!(annotation = %r.key, "{}", r.reason);
-        if let Err(e) = self
-            .kube
-            .event(dc, EventType::Warning, reasons::REQUEST_REFUSED, &r.reason)
-            .await
-        {
-            warn!(error = %e, "could not publish event");
-        }
-        if let Err(e) = self.kube.remove_annotation(dc, &r.key, &r.value).await {
-            warn!(annotation = %r.key, error = %e, "cannot remove the refused annotation");
-        }
+    fn agent_call(
+        &self,
+        action: &Action,
+        members: &BTreeMap<String, Member>,
+    ) -> Result<AgentCall, String> {
+        let instance = action.instance().unwrap_or_default();
+        let Some(target) = self.targets.get(instance).cloned() else {
+            return Err(format!(
+                "the agent of {instance} cannot be reached (no pod IP or no agent token)"
+            ));
+        };
+        let agents = self.agents.clone();
+        let action = action.clone();
+        let members = members.clone();
+        Ok(Box::pin(async move {
+            agents.call(&target, &action, &members).await
+        }))
     }
 }

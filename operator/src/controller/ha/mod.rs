@@ -15,7 +15,6 @@ pub mod cycle;
 pub mod kube_ops;
 pub mod pods;
 pub mod requests;
-pub mod rollout;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

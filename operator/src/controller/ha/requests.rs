@@ -1,87 +1,70 @@
-//! User requests by annotation on a DbCluster (DESIGN.md §1): parsing the
-//! `tandem.dev/*` annotations into engine requests, refusing malformed values,
-//! and the annotations to remove once the engine answered a request. Pure.
+//! User requests by annotation on a DbCluster (DESIGN.md §1): the
+//! `tandem.dev/*` annotations read into engine requests, and the annotations
+//! to remove once the engine answered a request. Only reading: a value that
+//! does not read becomes [`Request::Unreadable`], and whether a named
+//! instance exists, like every other refusal, is the engine's to decide. Pure.
 
 use std::collections::BTreeMap;
 
 use crate::api::keys;
 use crate::engine::{Request, RestartTarget, SwitchoverTarget};
 
-/// A malformed annotation: refused whole (Warning Event, history entry), then removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The annotation key.
-    pub key: String,
-    /// Its value as found (removal is conditional on it being unchanged).
-    pub value: String,
-    /// Why it was refused, for the user.
-    pub reason: String,
-}
-
 /// What the annotations of one DbCluster ask for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Parsed {
-    /// Well-formed requests, in a fixed order (switchover, dry-run, rejoin, reclone, restart).
+    /// Requests in a fixed order (switchover, dry-run, rejoin, reclone,
+    /// restart), then the values that do not read.
     pub requests: Vec<Request>,
     /// `tandem.dev/paused=true`.
     pub paused: bool,
-    /// Malformed annotations.
-    pub refusals: Vec<Refusal>,
+}
+
+fn unreadable(key: &str, value: &str, must: &str) -> Request {
+    Request::Unreadable {
+        source: key.into(),
+        value: value.into(),
+        reason: format!("{key}={value:?} refused: the value must be {must}"),
+    }
 }
 
 fn instance_value(
     cluster: &str,
-    instances: u32,
     key: &str,
     value: &str,
     extra: Option<&str>,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<String>, Request> {
     let v = value.trim();
     if extra.is_some_and(|e| v == e) {
         return Ok(None);
     }
-    let allowed = match extra {
+    if keys::instance_ordinal(cluster, v).is_some() {
+        return Ok(Some(v.to_string()));
+    }
+    let must = match extra {
         Some(e) => format!("an instance name of {cluster} (e.g. {cluster}-1) or {e:?}"),
         None => format!("an instance name of {cluster} (e.g. {cluster}-1)"),
     };
-    match keys::instance_ordinal(cluster, v) {
-        Some(o) if o < instances => Ok(Some(v.to_string())),
-        Some(_) => Err(Refusal {
-            key: key.into(),
-            value: value.into(),
-            reason: format!(
-                "{key}={value:?} refused: instance {v} does not exist ({cluster} has {instances} instances)"
-            ),
-        }),
-        None => Err(Refusal {
-            key: key.into(),
-            value: value.into(),
-            reason: format!("{key}={value:?} refused: the value must be {allowed}"),
-        }),
-    }
+    Err(unreadable(key, value, &must))
 }
 
-fn flag(key: &str, value: &str) -> Result<bool, Refusal> {
+fn flag(key: &str, value: &str) -> Result<bool, Request> {
     match value.trim() {
         "true" => Ok(true),
         "false" => Ok(false),
-        _ => Err(Refusal {
-            key: key.into(),
-            value: value.into(),
-            reason: format!("{key}={value:?} refused: the value must be \"true\" or \"false\""),
-        }),
+        _ => Err(unreadable(key, value, "\"true\" or \"false\"")),
     }
 }
 
-/// Parse the request annotations of cluster `cluster` with `instances` instances.
-pub fn parse(cluster: &str, instances: u32, annotations: &BTreeMap<String, String>) -> Parsed {
+/// Read the request annotations of cluster `cluster`.
+pub fn parse(cluster: &str, annotations: &BTreeMap<String, String>) -> Parsed {
     let mut out = Parsed::default();
+    let mut unread = Vec::new();
     let get = |k: &str| annotations.get(k).map(String::as_str);
     let force = match get(keys::ANN_FORCE).map(|v| flag(keys::ANN_FORCE, v)) {
         None => false,
         Some(Ok(f)) => f,
         Some(Err(r)) => {
-            out.refusals.push(r);
+            unread.push(r);
             false
         }
     };
@@ -90,46 +73,47 @@ pub fn parse(cluster: &str, instances: u32, annotations: &BTreeMap<String, Strin
         (keys::ANN_SWITCHOVER_DRY_RUN, true),
     ] {
         let Some(v) = get(key) else { continue };
-        match instance_value(cluster, instances, key, v, Some(keys::ANY)) {
+        match instance_value(cluster, key, v, Some(keys::ANY)) {
             Ok(target) => out.requests.push(Request::Switchover {
                 to: target.map_or(SwitchoverTarget::Any, SwitchoverTarget::Instance),
                 dry_run,
                 force,
             }),
-            Err(r) => out.refusals.push(r),
+            Err(r) => unread.push(r),
         }
     }
     if let Some(v) = get(keys::ANN_REJOIN) {
-        match instance_value(cluster, instances, keys::ANN_REJOIN, v, None) {
+        match instance_value(cluster, keys::ANN_REJOIN, v, None) {
             Ok(Some(instance)) => out.requests.push(Request::Rejoin {
                 instance,
                 dry_run: false,
             }),
             Ok(None) => {}
-            Err(r) => out.refusals.push(r),
+            Err(r) => unread.push(r),
         }
     }
     if let Some(v) = get(keys::ANN_RECLONE) {
-        match instance_value(cluster, instances, keys::ANN_RECLONE, v, None) {
+        match instance_value(cluster, keys::ANN_RECLONE, v, None) {
             Ok(Some(instance)) => out.requests.push(Request::Reclone { instance }),
             Ok(None) => {}
-            Err(r) => out.refusals.push(r),
+            Err(r) => unread.push(r),
         }
     }
     if let Some(v) = get(keys::ANN_RESTART) {
-        match instance_value(cluster, instances, keys::ANN_RESTART, v, Some(keys::ALL)) {
+        match instance_value(cluster, keys::ANN_RESTART, v, Some(keys::ALL)) {
             Ok(target) => out.requests.push(Request::Restart {
                 target: target.map_or(RestartTarget::All, RestartTarget::Instance),
             }),
-            Err(r) => out.refusals.push(r),
+            Err(r) => unread.push(r),
         }
     }
     if let Some(v) = get(keys::ANN_PAUSED) {
         match flag(keys::ANN_PAUSED, v) {
             Ok(p) => out.paused = p,
-            Err(r) => out.refusals.push(r),
+            Err(r) => unread.push(r),
         }
     }
+    out.requests.append(&mut unread);
     out
 }
 
@@ -141,6 +125,8 @@ pub fn annotations_of(request: &Request) -> &'static [&'static str] {
         Request::Rejoin { .. } => &[keys::ANN_REJOIN],
         Request::Reclone { .. } => &[keys::ANN_RECLONE],
         Request::Restart { .. } => &[keys::ANN_RESTART],
+        // Cleared by its own key and value (`Request::Unreadable::source`).
+        Request::Unreadable { .. } => &[],
     }
 }
 
@@ -159,7 +145,6 @@ mod tests {
     fn switchover_to_an_instance_with_force() {
         let p = parse(
             "main",
-            3,
             &ann(&[(keys::ANN_SWITCHOVER, "main-2"), (keys::ANN_FORCE, "true")]),
         );
         assert_eq!(
@@ -170,14 +155,16 @@ mod tests {
                 force: true
             }]
         );
-        assert!(p.refusals.is_empty());
+        assert!(!p
+            .requests
+            .iter()
+            .any(|r| matches!(r, Request::Unreadable { .. })));
     }
 
     #[test]
     fn dry_run_any_and_restart_all_and_paused() {
         let p = parse(
             "main",
-            3,
             &ann(&[
                 (keys::ANN_SWITCHOVER_DRY_RUN, "any"),
                 (keys::ANN_RESTART, "all"),
@@ -201,34 +188,55 @@ mod tests {
     }
 
     #[test]
-    fn malformed_values_are_refused_and_ask_nothing() {
+    fn malformed_values_are_unreadable_requests_and_ask_nothing_else() {
         let p = parse(
             "main",
-            3,
             &ann(&[
                 (keys::ANN_SWITCHOVER, "other-1"),
-                (keys::ANN_REJOIN, "main-7"),
                 (keys::ANN_RECLONE, "any"),
                 (keys::ANN_RESTART, ""),
                 (keys::ANN_PAUSED, "yes"),
                 (keys::ANN_FORCE, "1"),
             ]),
         );
-        assert!(p.requests.is_empty(), "{:?}", p.requests);
         assert!(!p.paused);
-        let refused: Vec<&str> = p.refusals.iter().map(|r| r.key.as_str()).collect();
+        let unread: Vec<(&str, &str)> = p
+            .requests
+            .iter()
+            .map(|r| match r {
+                Request::Unreadable { source, value, .. } => (source.as_str(), value.as_str()),
+                other => panic!("only unreadable requests expected, got {other:?}"),
+            })
+            .collect();
         assert_eq!(
-            refused,
+            unread,
             vec![
-                keys::ANN_FORCE,
-                keys::ANN_SWITCHOVER,
-                keys::ANN_REJOIN,
-                keys::ANN_RECLONE,
-                keys::ANN_RESTART,
-                keys::ANN_PAUSED
+                (keys::ANN_FORCE, "1"),
+                (keys::ANN_SWITCHOVER, "other-1"),
+                (keys::ANN_RECLONE, "any"),
+                (keys::ANN_RESTART, ""),
+                (keys::ANN_PAUSED, "yes"),
             ]
         );
-        assert!(p.refusals[2].reason.contains("does not exist"));
+        let Request::Unreadable { reason, .. } = &p.requests[1] else {
+            unreachable!()
+        };
+        assert!(
+            reason.contains("must be an instance name of main"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn an_instance_beyond_the_spec_is_the_engine_s_to_refuse() {
+        let p = parse("main", &ann(&[(keys::ANN_REJOIN, "main-7")]));
+        assert_eq!(
+            p.requests,
+            vec![Request::Rejoin {
+                instance: "main-7".into(),
+                dry_run: false
+            }]
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The glue both platforms (Kubernetes and local) share between the HA engine
-//! and the agents: an agent's `/status` as the engine's report, and the
-//! engine's agent actions as agent API calls. Does network I/O (the calls).
+//! What both platforms share between the HA engine and the agents: an
+//! agent's `/status` as the engine's report, and the engine's agent actions
+//! as agent API calls. Does network I/O (the calls).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -182,6 +182,7 @@ pub async fn call(
         }
         Action::SetRole { .. }
         | Action::FenceInstance { .. }
+        | Action::Recreate { .. }
         | Action::Event { .. }
         | Action::RequestDone { .. } => return Ok(None),
     };
