@@ -38,6 +38,10 @@ pub const PATH_RESTART: &str = "/restart";
 pub const PATH_CONFIG: &str = "/config";
 /// Renew the primary lease ([`LeaseRequest`]).
 pub const PATH_LEASE: &str = "/lease";
+/// Asked of a standby by its primary: does it still follow it ([`VouchRequest`] → [`VouchResponse`])?
+pub const PATH_VOUCH: &str = "/vouch";
+/// Stop vouching for any primary of a lower epoch ([`StopVouchingRequest`]): asked before a promotion.
+pub const PATH_STOP_VOUCHING: &str = "/stop-vouching";
 
 /// Most bytes a request body may have.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -83,6 +87,9 @@ pub struct Member {
     pub host: String,
     /// Its postgres port.
     pub port: u16,
+    /// Its agent API (`http://host:port`), when the caller knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
 }
 
 impl Member {
@@ -250,11 +257,69 @@ pub struct ConfigResponse {
 }
 
 /// Body of `POST /lease`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseRequest {
     /// Lease time to live in milliseconds, counted on the agent's monotonic clock.
     pub ttl_ms: u64,
+    /// The `lease.challenge` of the `/status` answer this renewal was decided
+    /// from: the lease runs `ttlMs` from the instant the agent gave that
+    /// answer, so a renewal delivered late (a frozen agent that wakes up)
+    /// cannot extend it. Without one the lease runs from the renewal's arrival.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<u64>,
+    /// The cluster's lease epoch (it grows before every promotion); a renewal
+    /// of a lower epoch than the agent knows is refused.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The members that may vouch for this primary while the operator does
+    /// not renew: every other non-learner member. The lease is extended only
+    /// when every one of them vouches.
+    #[serde(default)]
+    pub peers: Vec<Peer>,
+}
+
+/// A member's agent, as another agent reaches it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    /// Instance name.
+    pub name: String,
+    /// Its agent API, `http://host:port`.
+    pub url: String,
+}
+
+/// Body of `POST /vouch`, sent by a primary's agent to each peer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VouchRequest {
+    /// The primary asking.
+    pub primary: String,
+    /// Its timeline.
+    pub timeline: i64,
+    /// The lease epoch of its last renewal by the operator.
+    pub epoch: u64,
+}
+
+/// Answer of `POST /vouch`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VouchResponse {
+    /// This member still follows that primary, on that timeline, and was not
+    /// told of a higher epoch.
+    pub vouch: bool,
+    /// Why not, for people (empty when it vouches).
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// Body of `POST /stop-vouching`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StopVouchingRequest {
+    /// From now on, vouch for no primary whose epoch is lower than this. Kept
+    /// on disk before the answer, so a restarted agent does not vouch again.
+    pub epoch: u64,
 }
 
 /// The lease as the agent holds it.
@@ -272,6 +337,29 @@ pub struct LeaseState {
     /// Milliseconds since the last renewal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewed_ago_ms: Option<u64>,
+    /// This answer's instant on the agent's monotonic clock (ms since the agent
+    /// started); a renewal decided from this answer echoes it.
+    #[serde(default)]
+    pub challenge: u64,
+    /// The epoch of the last renewal this agent accepted.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The highest epoch this agent was told of: it vouches for no primary of a lower one.
+    #[serde(default)]
+    pub known_epoch: u64,
+    /// Who extended the lease last: `operator` or `peers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_by: Option<LeaseSource>,
+}
+
+/// Who extended a lease.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseSource {
+    /// A renewal by the operator (`POST /lease`).
+    Operator,
+    /// Every peer vouched (`POST /vouch`).
+    Peers,
 }
 
 /// Answer of every action.
@@ -291,6 +379,22 @@ pub struct ActionResponse {
     /// Stop only: the mode that finally stopped postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_with: Option<StopMode>,
+    /// Stop only: postgres needed more than its requested mode, or a SIGKILL,
+    /// to stop: its checkpoint location is not a shutdown checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated: Option<bool>,
+    /// Stop only, after a stop that was not clean: the end of the WAL it wrote
+    /// (the end of its last valid record, read with pg_waldump).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_of_wal: Option<Lsn>,
+    /// Rewind / demote only: where pg_rewind found this server's history
+    /// diverged from its source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diverged_at: Option<Lsn>,
+    /// Rewind / demote only: the end of this server's WAL before the rewind;
+    /// `discardedBytes` = this − `divergedAt` (what the rewind threw away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewound_from: Option<Lsn>,
     /// Reclone only: where the previous data directory was moved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_aside_to: Option<String>,
@@ -462,6 +566,13 @@ pub struct AgentStatus {
     /// (after a clean shutdown, the shutdown checkpoint a switchover target must have received).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_lsn: Option<Lsn>,
+    /// While postgres is stopped: whether pg_controldata says it shut down cleanly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_shutdown: Option<bool>,
+    /// While postgres is stopped after a stop that was not clean: the end of
+    /// the WAL it wrote (pg_waldump).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_of_wal: Option<Lsn>,
     /// The long operation the agent is carrying out now (bootstrap, demote, rewind, reclone…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,

@@ -94,7 +94,12 @@ pub fn parse_member(address: &str, name: Option<&str>) -> Result<Member, AgentEr
         _ if host.parse::<std::net::IpAddr>().is_ok() => address.to_string(),
         _ => host.split('.').next().unwrap_or(&host).to_string(),
     };
-    Ok(Member { name, host, port })
+    Ok(Member {
+        name,
+        host,
+        port,
+        agent_url: None,
+    })
 }
 
 impl Config {
@@ -189,6 +194,7 @@ impl Config {
             name: self.instance.clone(),
             host: self.advertise_host.clone(),
             port: self.pg_port,
+            agent_url: None,
         }
     }
 

@@ -174,6 +174,7 @@ impl Agent {
                     ttl_ms: Some(ttl),
                     remaining_ms: Some(ttl.saturating_sub(ago)),
                     renewed_ago_ms: Some(ago),
+                    ..LeaseState::default()
                 }
             }
         }

@@ -112,6 +112,7 @@ impl Driver {
                         name: n.clone(),
                         host: "127.0.0.1".into(),
                         port: m.launch.pg_port,
+                        agent_url: Some(format!("http://{}", m.launch.agent)),
                     },
                 )
             })

@@ -173,7 +173,10 @@ pub async fn call(
         Action::RenewLease { ttl_ms, .. } => {
             return tokio::time::timeout(
                 Duration::from_secs(2),
-                c.lease(&LeaseRequest { ttl_ms: *ttl_ms }),
+                c.lease(&LeaseRequest {
+                    ttl_ms: *ttl_ms,
+                    ..LeaseRequest::default()
+                }),
             )
             .await
             .map_err(|_| "lease renewal timed out".to_string())?

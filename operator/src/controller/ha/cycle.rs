@@ -266,6 +266,7 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
                 self.namespace
             ),
             port: keys::POSTGRES_PORT,
+            agent_url: self.targets.get(instance).map(|t| t.base_url.clone()),
         }
     }
 
