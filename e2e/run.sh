@@ -66,5 +66,5 @@ echo "e2e: installing the chart"
 
 echo "e2e: running the suite"
 E2E_OPERATOR_NAMESPACE="$NAMESPACE" E2E_POSTGRES_IMAGE="$POSTGRES_IMAGE" \
-  "$CARGO" test --locked -p tandem-e2e -- --ignored --test-threads=1 --nocapture \
+  "$CARGO" test --locked -p tandem-e2e --tests -- --ignored --test-threads=1 --nocapture \
   --skip testcluster_   # node faults need the test cluster (make test); kind has no fault injection here

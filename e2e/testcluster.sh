@@ -44,4 +44,4 @@ fi
 
 echo "e2e: the suite on the test cluster ($THREADS at a time)"
 E2E_PLATFORM=testcluster E2E_OPERATOR_NAMESPACE="$NAMESPACE" E2E_POSTGRES_IMAGE=tandem-postgres:dev \
-  "$CARGO" test --locked --no-fail-fast -p tandem-e2e -- --ignored --test-threads="$THREADS"
+  "$CARGO" test --locked --no-fail-fast -p tandem-e2e --tests -- --ignored --test-threads="$THREADS"
