@@ -343,6 +343,11 @@ pub struct SwitchoverData {
     /// Why the switchover is rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_reason: Option<String>,
+    /// The old primary did not shut down cleanly (the stop escalated past
+    /// its mode, or to a SIGKILL): `checkpointLsn` is then the end of its
+    /// WAL, which the target must have received whole.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stop_escalated: bool,
 }
 
 /// What a rejoin or re-clone keeps between steps.
@@ -425,6 +430,7 @@ impl<'de> Deserialize<'de> for TransitionData {
                 checkpoint_lsn: take("checkpointLsn").and_then(lsn),
                 promoted_lsn: take("promotedLsn").and_then(lsn),
                 rollback_reason: take("rollbackReason").and_then(text),
+                stop_escalated: take("stopEscalated").is_some_and(flag),
             },
             rejoin: RejoinData {
                 issued: take("issued").is_some_and(flag),
