@@ -325,6 +325,9 @@ pub struct FailoverData {
     /// The platform was asked once to fence the old primary (delete its pod).
     #[serde(default, skip_serializing_if = "is_false")]
     pub fence_issued: bool,
+    /// When the old primary was known to accept writes no more (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<String>,
 }
 
 /// What a switchover keeps between steps.
@@ -424,6 +427,7 @@ impl<'de> Deserialize<'de> for TransitionData {
                 vouching_stopped_by: take("vouchingStoppedBy").and_then(text),
                 last_vouch_at: take("lastVouchAt").and_then(text),
                 fence_issued: take("fenceIssued").is_some_and(flag),
+                fenced_at: take("fencedAt").and_then(text),
             },
             switchover: SwitchoverData {
                 stop_mode: take("stopMode").and_then(stop_mode),

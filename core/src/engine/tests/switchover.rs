@@ -383,7 +383,11 @@ fn an_escalated_stop_is_not_trusted_the_target_must_have_all_the_wal() {
         .find(|h| h.kind.as_str() == "Switchover")
         .expect("a switchover entry");
     assert_eq!(h.outcome.as_str(), "Succeeded");
-    assert!(h.message.contains("did not shut down cleanly"), "{}", h.message);
+    assert!(
+        h.message.contains("did not shut down cleanly"),
+        "{}",
+        h.message
+    );
 }
 
 #[test]
