@@ -1,6 +1,7 @@
 //! A local cluster under test: `tandem local up` in a temporary directory,
-//! the other verbs as the CLI runs them, status polling with timeouts, and a
-//! cleanup that leaves no process or directory behind, even on failure.
+//! the other verbs as the CLI runs them, status polling with timeouts, a
+//! failure dump when the test panics, and a cleanup that leaves no process
+//! or directory behind, even on failure.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -9,8 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tandem_testkit::{
-    file_tail, pid_alive, poll_until, postmaster_pid, signal, signal_group, wait_exit, TestDir,
-    POLL,
+    pid_alive, poll_until, postmaster_pid, signal, signal_group, wait_exit, TestDir, POLL,
 };
 
 use super::writer::Target;
@@ -121,11 +121,11 @@ impl LocalCluster {
         if let Some(s) = found {
             return s;
         }
+        // The logs follow in the failure dump.
         panic!(
-            "timed out after {timeout:?} waiting for {what}; last status:\n{}\nup.log tail:\n{}",
+            "timed out after {timeout:?} waiting for {what}; last status:\n{}",
             last.map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
                 .unwrap_or_else(|| "none".into()),
-            self.log_tail(60)
         );
     }
 
@@ -203,18 +203,6 @@ impl LocalCluster {
         postmaster_pid(&self.dir.join(name).join("pgdata")).filter(|p| pid_alive(*p))
     }
 
-    /// The last lines of up.log and each agent log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let mut files = vec![self.dir.with_file_name("up.log")];
-        if let Ok(rd) = std::fs::read_dir(self.dir.join("logs")) {
-            files.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
-        }
-        files
-            .iter()
-            .map(|f| file_tail(f, lines) + "\n")
-            .collect()
-    }
-
     fn cleanup(&mut self) {
         if self.dir.join("state.json").exists() {
             let _ = Command::new(tandem())
@@ -243,7 +231,8 @@ impl LocalCluster {
         }
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.filter_map(|e| e.ok()) {
-                if let Some(pid) = postmaster_pid(&e.path().join("pgdata")).filter(|p| pid_alive(*p))
+                if let Some(pid) =
+                    postmaster_pid(&e.path().join("pgdata")).filter(|p| pid_alive(*p))
                 {
                     // The whole server: a frozen child would outlive its postmaster.
                     signal_group(pid, Signal::SIGCONT);
@@ -264,11 +253,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "test failed; logs of {}:\n{}",
-                self.dir.display(),
-                self.log_tail(40)
-            );
+            eprintln!("{}", super::dump::failure_dump(&self.dir));
         }
         self.cleanup();
     }
