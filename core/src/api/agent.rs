@@ -28,6 +28,8 @@ pub const PATH_FOLLOW: &str = "/follow";
 pub const PATH_REWIND: &str = "/rewind";
 /// Move the data directory aside and clone it again ([`RecloneRequest`]).
 pub const PATH_RECLONE: &str = "/reclone";
+/// `CHECKPOINT` now, before a planned stop (no body; answers [`ActionResponse`]).
+pub const PATH_CHECKPOINT: &str = "/checkpoint";
 /// Stop postgres ([`StopRequest`]); it stays stopped (fenced) until started.
 pub const PATH_STOP: &str = "/stop";
 /// Start postgres ([`StopRequest`] for the timeout).

@@ -95,6 +95,9 @@ pub enum TransitionStep {
     Promote,
     /// Failover, switchover: label the promoted target primary.
     Label,
+    /// Switchover: `CHECKPOINT` on the primary while it still takes writes,
+    /// so that the shutdown checkpoint after the label drop has little to write.
+    Checkpoint,
     /// Switchover: stop new connections to the primary.
     DropPrimaryLabel,
     /// Switchover: stop the primary (fast, then immediate).
@@ -120,6 +123,7 @@ named!(TransitionStep {
     Fence,
     Promote,
     Label,
+    Checkpoint,
     DropPrimaryLabel,
     StopPrimary,
     WaitShutdownCheckpoint,
@@ -139,6 +143,7 @@ impl TransitionKind {
             Self::Bootstrap => &[S::WaitPrimary],
             Self::Failover => &[S::Fence, S::Promote, S::Label],
             Self::Switchover => &[
+                S::Checkpoint,
                 S::DropPrimaryLabel,
                 S::StopPrimary,
                 S::WaitShutdownCheckpoint,
@@ -159,7 +164,7 @@ impl TransitionKind {
         match self {
             Self::Bootstrap => TransitionStep::WaitPrimary,
             Self::Failover => TransitionStep::Fence,
-            Self::Switchover => TransitionStep::DropPrimaryLabel,
+            Self::Switchover => TransitionStep::Checkpoint,
             Self::Rejoin => TransitionStep::Demote,
             Self::RejoinDryRun => TransitionStep::RewindCheck,
             Self::Reclone => TransitionStep::Reclone,

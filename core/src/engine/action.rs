@@ -66,6 +66,8 @@ pub enum Action {
     },
     /// Agent `POST /reclone {source}`: data directory moved aside, pg_basebackup, start as standby.
     Reclone { instance: String, source: String },
+    /// Agent `POST /checkpoint`: `CHECKPOINT` now (before a planned stop).
+    Checkpoint { instance: String },
     /// Agent `POST /stop {mode, timeout}`; the agent keeps postgres stopped until told to start.
     Stop {
         instance: String,
@@ -134,6 +136,7 @@ impl Action {
             Self::Follow { .. } => "follow",
             Self::Rewind { .. } => "rewind",
             Self::Reclone { .. } => "reclone",
+            Self::Checkpoint { .. } => "checkpoint",
             Self::Stop { .. } => "stop",
             Self::Start { .. } => "start",
             Self::Restart { .. } => "restart",
@@ -156,6 +159,7 @@ impl Action {
             | Self::Follow { instance, .. }
             | Self::Rewind { instance, .. }
             | Self::Reclone { instance, .. }
+            | Self::Checkpoint { instance }
             | Self::Stop { instance, .. }
             | Self::Start { instance }
             | Self::Restart { instance, .. }

@@ -23,7 +23,7 @@
 //! function that carries it out:
 //! - `Bootstrap`: `WaitPrimary` (until an instance runs as primary; adopted).
 //! - `Failover`: `Fence` → `Promote` → `Label`.
-//! - `Switchover`: `DropPrimaryLabel` → `StopPrimary` → `WaitShutdownCheckpoint`
+//! - `Switchover`: `Checkpoint` → `DropPrimaryLabel` → `StopPrimary` → `WaitShutdownCheckpoint`
 //!   → `Promote` → `Label` → `Follow`, or `RollBack` before a promotion.
 //! - `Rejoin`: `Demote` (→ `Reclone` when the rewind fails and re-clone is allowed).
 //! - `Reclone`: `Reclone`. `RejoinDryRun`: `RewindCheck`.
@@ -231,6 +231,9 @@ fn run_step(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<
         (K::Failover, S::Fence) => failover::step(ctx, st, tr, out, failover::fence),
         (K::Failover, S::Promote) => failover::step(ctx, st, tr, out, failover::promote),
         (K::Failover, S::Label) => failover::step(ctx, st, tr, out, failover::label),
+        (K::Switchover, S::Checkpoint) => {
+            switchover::step(ctx, st, tr, out, switchover::checkpoint)
+        }
         (K::Switchover, S::DropPrimaryLabel) => {
             switchover::step(ctx, st, tr, out, switchover::drop_label)
         }

@@ -221,6 +221,11 @@ impl AgentClient {
         self.send(self.http.get(&url), url).await
     }
 
+    /// `POST /checkpoint`.
+    pub async fn checkpoint(&self) -> Result<ActionResponse, ClientError> {
+        self.post(PATH_CHECKPOINT, &serde_json::json!({})).await
+    }
+
     /// `POST /promote`.
     pub async fn promote(&self, req: &PromoteRequest) -> Result<ActionResponse, ClientError> {
         self.post(PATH_PROMOTE, req).await

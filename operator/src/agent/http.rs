@@ -45,6 +45,7 @@ pub fn router(agent: Shared) -> Router {
         .route(PATH_FOLLOW, post(follow))
         .route(PATH_REWIND, post(rewind))
         .route(PATH_RECLONE, post(reclone))
+        .route(PATH_CHECKPOINT, post(checkpoint))
         .route(PATH_STOP, post(stop))
         .route(PATH_START, post(start))
         .route(PATH_RESTART, post(restart))
@@ -205,6 +206,18 @@ handler!(stop, StopRequest, parse_or_default, ops::stop);
 handler!(start, StopRequest, parse_or_default, ops::start);
 handler!(restart, StopRequest, parse_or_default, ops::restart);
 handler!(config, ConfigRequest, parse_or_default, ops::config);
+/// `POST /checkpoint` takes no body and is not serialised with the actions:
+/// the stop a switchover issues after it must not wait behind a slow one.
+async fn checkpoint(State(agent): State<Shared>) -> Response {
+    match ops::checkpoint(agent).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint failed");
+            e.into_response()
+        }
+    }
+}
+
 /// `POST /lease` is not serialised with the actions: a renewal must never
 /// wait behind a long action, or the primary would fence itself.
 async fn lease(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {

@@ -65,6 +65,33 @@ pub async fn stop(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse,
     })
 }
 
+/// `CHECKPOINT` now: before a planned stop, so that the shutdown checkpoint
+/// (written once nobody can write any more) has little left to do.
+pub async fn checkpoint(agent: Arc<Agent>) -> Result<ActionResponse, AgentError> {
+    if !agent.postgres_running() {
+        return Err(Unavailable::NotRunning {
+            before: "a checkpoint",
+        }
+        .into());
+    }
+    let client = agent
+        .local_client(Duration::from_secs(5))
+        .await
+        .map_err(Unavailable::NoAnswer)?;
+    let started = Instant::now();
+    client
+        .batch_execute("CHECKPOINT")
+        .await
+        .map_err(sql_err("CHECKPOINT"))?;
+    let message = format!("checkpoint done in {} ms", started.elapsed().as_millis());
+    tracing::info!(instance = %agent.cfg.instance, "{message}");
+    Ok(ActionResponse {
+        changed: true,
+        message,
+        ..Default::default()
+    })
+}
+
 /// Start postgres (and clear the fence).
 pub async fn start(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse, AgentError> {
     let mut steps = Vec::new();

@@ -161,6 +161,7 @@ pub async fn call(
             })
             .await
         }
+        Action::Checkpoint { .. } => c.checkpoint().await,
         Action::Stop {
             mode, timeout_ms, ..
         } => {

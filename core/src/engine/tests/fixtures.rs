@@ -279,6 +279,21 @@ impl Fixture {
         });
     }
 
+    /// Request a switchover to `to` and answer its first step, the
+    /// old primary's CHECKPOINT: the next tick drops the primary label.
+    pub fn switchover_checkpointed(&mut self, to: &str) {
+        self.switchover(to);
+        let a = self.tick(10);
+        assert_eq!(
+            self.step(),
+            Some(("Switchover".into(), "Checkpoint".into()))
+        );
+        let old = self.status.current_primary.clone().unwrap_or_default();
+        let checkpoint = Action::Checkpoint { instance: old };
+        assert!(has(&a, |x| *x == checkpoint), "{a:?}");
+        self.ok(checkpoint);
+    }
+
     pub fn ok(&mut self, a: Action) {
         self.obs.results.push(ActionResult::ok(a));
     }

@@ -395,7 +395,7 @@ impl Sim {
                 m.fenced = false;
                 Self::ok()
             }
-            Action::Restart { .. } => Self::ok(),
+            Action::Restart { .. } | Action::Checkpoint { .. } => Self::ok(),
             Action::Config {
                 synchronous_commit,
                 synchronous_standby_names,

@@ -60,7 +60,7 @@ fn switchover_to_any_skips_candidates_that_fail_prechecks() {
 #[test]
 fn switchover_escalates_to_an_immediate_stop_when_the_fast_stop_fails() {
     let mut f = cluster().instances(3).build();
-    f.switchover("main-1");
+    f.switchover_checkpointed("main-1");
     f.tick(10);
     f.ack_all();
     f.tick(10);
@@ -84,7 +84,7 @@ fn switchover_escalates_to_an_immediate_stop_when_the_fast_stop_fails() {
 #[test]
 fn switchover_rolls_back_when_the_target_misses_the_shutdown_checkpoint() {
     let mut f = cluster().instances(3).build();
-    f.switchover("main-1");
+    f.switchover_checkpointed("main-1");
     f.tick(10);
     f.ack_all();
     f.tick(10);
@@ -122,7 +122,7 @@ fn switchover_rolls_back_when_the_target_misses_the_shutdown_checkpoint() {
 #[test]
 fn switchover_rolls_back_when_promotion_fails() {
     let mut f = cluster().instances(3).build();
-    f.switchover("main-1");
+    f.switchover_checkpointed("main-1");
     f.tick(10);
     f.ack_all();
     f.tick(10);
@@ -179,6 +179,7 @@ fn switchover_resumes_from_every_step_after_an_operator_restart() {
     assert_eq!(
         seen,
         [
+            "Checkpoint",
             "DropPrimaryLabel",
             "StopPrimary",
             "WaitShutdownCheckpoint",
@@ -210,7 +211,7 @@ fn actions_and_requests_round_trip_through_json() {
 #[test]
 fn the_new_primary_keeps_its_lease_while_the_old_one_is_still_rejoining() {
     let mut f = cluster().instances(3).build();
-    f.switchover("main-1");
+    f.switchover_checkpointed("main-1");
     f.tick(10);
     f.ack_all();
     f.tick(10);
@@ -244,7 +245,7 @@ fn the_new_primary_keeps_its_lease_while_the_old_one_is_still_rejoining() {
 /// Walk a switchover to main-1 through every step; returns the fixture at the end.
 fn run_switchover(target: &str) -> Fixture {
     let mut f = cluster().instances(3).build();
-    f.switchover(target);
+    f.switchover_checkpointed(target);
     let a = f.tick(10);
     assert_eq!(f.status.phase, Some(Phase::SwitchingOver));
     assert!(has(&a, |a| *a
@@ -323,7 +324,7 @@ fn run_switchover(target: &str) -> Fixture {
 /// escalated with its WAL ending at `end`.
 fn stop_escalated(end: &str) -> Fixture {
     let mut f = cluster().instances(3).build();
-    f.switchover("main-1");
+    f.switchover_checkpointed("main-1");
     f.tick(10);
     f.ack_all();
     f.tick(10);
@@ -411,7 +412,7 @@ fn an_escalated_stop_whose_wal_the_target_lacks_rolls_back_and_loses_nothing() {
 #[test]
 fn an_unclean_stop_without_the_end_of_its_wal_rolls_back() {
     let mut f = cluster().instances(3).build();
-    f.switchover("main-1");
+    f.switchover_checkpointed("main-1");
     f.tick(10);
     f.ack_all();
     f.tick(10);
@@ -425,4 +426,44 @@ fn an_unclean_stop_without_the_end_of_its_wal_rolls_back() {
     let a = f.tick(10);
     assert!(promotes(&a).is_none());
     assert_eq!(f.step(), Some(("Switchover".into(), "RollBack".into())));
+}
+
+#[test]
+fn switchover_checkpoints_the_primary_before_it_drops_its_label() {
+    let mut f = cluster().instances(3).build();
+    f.switchover("main-1");
+    let a = f.tick(10);
+    let checkpoint = Action::Checkpoint {
+        instance: "main-0".into(),
+    };
+    assert!(has(&a, |x| *x == checkpoint), "{a:?}");
+    assert!(
+        !has(&a, |x| matches!(x, Action::SetRole { .. })),
+        "writes go on while it checkpoints: {a:?}"
+    );
+    // Still checkpointing: no label drop yet.
+    let a = f.tick(500);
+    assert_eq!(f.step(), Some(("Switchover".into(), "Checkpoint".into())));
+    assert!(!has(&a, |x| matches!(x, Action::SetRole { .. })));
+    // A failed checkpoint only costs a longer shutdown checkpoint.
+    f.fail(checkpoint, "could not write");
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x
+        == Action::SetRole {
+            instance: "main-0".into(),
+            role: RoleLabel::Fenced
+        }));
+}
+
+#[test]
+fn a_checkpoint_slower_than_the_shutdown_timeout_does_not_hold_the_switchover_up() {
+    let mut f = cluster().instances(3).build();
+    f.switchover("main-1");
+    f.tick(10);
+    let a = f.tick(61_000);
+    assert!(has(&a, |x| *x
+        == Action::SetRole {
+            instance: "main-0".into(),
+            role: RoleLabel::Fenced
+        }));
 }

@@ -116,10 +116,7 @@ fn switchover_refused_when_archive_backlog_critical_and_force_overrides_only_tha
     );
     f.request(to("main-1", true));
     f.tick(10);
-    assert_eq!(
-        f.step(),
-        Some(("Switchover".into(), "DropPrimaryLabel".into()))
-    );
+    assert_eq!(f.step(), Some(("Switchover".into(), "Checkpoint".into())));
 }
 
 #[test]
@@ -194,7 +191,7 @@ fn switchover_refused_while_another_transition_runs() {
     assert_refused(
         &mut f,
         to("main-2", false),
-        "a Switchover of main-1 is in progress (step DropPrimaryLabel)",
+        "a Switchover of main-1 is in progress (step Checkpoint)",
     );
 }
 
