@@ -13,6 +13,7 @@ mod ops;
 mod probe;
 mod standby;
 mod state;
+mod stopped;
 mod supervisor;
 
 use std::net::SocketAddr;

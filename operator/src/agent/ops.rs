@@ -43,26 +43,22 @@ pub async fn stop(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse,
         &mut steps,
         format!("stop postgres ({})", req.mode.as_str()),
     );
-    let used = agent
-        .stop_postgres(req.mode, step_timeout(&agent, &req))
+    let report = agent
+        .stop_and_account(req.mode, step_timeout(&agent, &req))
         .await?;
-    let message = match used {
-        None => "postgres was not running; it stays stopped".to_string(),
-        Some(m) if m == req.mode => format!("stopped ({})", m.as_str()),
-        Some(m) => format!(
-            "{} did not finish in time; escalated to {}",
-            req.mode.as_str(),
-            m.as_str()
-        ),
+    let message = match report.stopped {
+        None => format!("{}; it stays stopped", report.describe()),
+        Some(_) => report.describe(),
     };
     agent.step("stop", &mut steps, message.clone());
-    Ok(ActionResponse {
-        changed: used.is_some(),
+    let mut r = ActionResponse {
+        changed: report.stopped.is_some(),
         message,
         steps,
-        stopped_with: used,
         ..Default::default()
-    })
+    };
+    report.fill(&mut r);
+    Ok(r)
 }
 
 /// Start postgres (and clear the fence).
@@ -99,19 +95,21 @@ pub async fn restart(agent: Arc<Agent>, req: StopRequest) -> Result<ActionRespon
         &mut steps,
         format!("stop postgres ({})", req.mode.as_str()),
     );
-    let used = agent
-        .stop_postgres(req.mode, step_timeout(&agent, &req))
+    let report = agent
+        .stop_and_account(req.mode, step_timeout(&agent, &req))
         .await?;
+    agent.step("restart", &mut steps, report.describe());
     lock(&agent.pg).fenced = false;
     agent.step("restart", &mut steps, "start postgres");
     agent.start_postgres(agent.cfg.start_timeout).await?;
-    Ok(ActionResponse {
+    let mut r = ActionResponse {
         changed: true,
         message: "restarted".into(),
         steps,
-        stopped_with: used,
         ..Default::default()
-    })
+    };
+    report.fill(&mut r);
+    Ok(r)
 }
 
 fn sql_err(context: &str) -> impl FnOnce(tokio_postgres::Error) -> pg::Error + '_ {

@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 use crate::api::agent::{AgentStatus, LeaseState, Member};
 use crate::pg::{self, conf, process::PgChild, query, Runner};
 
+use super::stopped::StoppedCache;
 use super::{metrics::Metrics, AgentError, Config};
 
 /// Supervision state of the postgres child.
@@ -42,6 +43,8 @@ pub struct Agent {
     /// The long operation running now (bootstrap or an action); callers leave the instance alone meanwhile.
     pub operation: Mutex<Option<String>>,
     pub metrics: Metrics,
+    /// What the last stop left in the data directory (read once per stop).
+    pub stopped: tokio::sync::Mutex<Option<StoppedCache>>,
     /// Wakes the probe loop early (after an action).
     pub probe_now: tokio::sync::Notify,
     /// Generations of children that crashed and should be restarted.
@@ -115,6 +118,7 @@ impl Agent {
             activity: Mutex::new(None),
             // Bootstrap starts with the agent.
             operation: Mutex::new(Some("bootstrap".into())),
+            stopped: tokio::sync::Mutex::new(None),
             probe_now: tokio::sync::Notify::new(),
             crashed,
         })
