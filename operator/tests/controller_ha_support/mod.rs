@@ -165,6 +165,7 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
         name: n.into(),
         host: format!("{n}.main-pods.ns.svc"),
         port: 5432,
+        agent_url: None,
     };
     let mut st = AgentStatus {
         instance: name.into(),
