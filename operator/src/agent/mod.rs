@@ -5,7 +5,9 @@ mod actions;
 mod bootstrap;
 pub mod client;
 mod config;
+mod epoch;
 mod error;
+mod fence;
 mod http;
 mod lease;
 mod metrics;
@@ -141,7 +143,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tokio::spawn(probe::run(agent.clone()));
     tokio::spawn(supervisor::restarter(agent.clone(), crashed_rx));
     tokio::spawn(bootstrap::run(agent.clone()));
-    tokio::spawn(lease::run(agent.clone()));
+    tokio::spawn(fence::run(agent.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::api::agent::*;
 use crate::pg::{self, query};
 
+use super::lease;
 use super::state::{lock, Agent};
 use super::{AgentError, BadRequest, Conflict, Unavailable};
 
@@ -205,15 +206,42 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
     })
 }
 
-/// Record the primary lease (enforcement comes with the HA work).
+/// Renew the primary lease (the rules are in `lease`, the argument in
+/// docs/agent.md): refused whole when malformed, from the future or of an
+/// older epoch; a higher epoch is kept on disk before the lease changes.
 pub async fn lease(agent: Arc<Agent>, req: LeaseRequest) -> Result<ActionResponse, AgentError> {
-    if req.ttl_ms == 0 {
-        return Err(BadRequest::ZeroLeaseTtl.into());
+    let arrived = Instant::now();
+    let _epoch = agent.epoch_writes.lock().await;
+    let known = *lock(&agent.known_epoch);
+    lease::check(&req, known, agent.started, arrived)?;
+    agent.raise_known_epoch(req.epoch).await?;
+    let r = lock(&agent.lease).renew(&req, agent.started, arrived);
+    let from = match req.challenge {
+        Some(c) => format!("from challenge {c}"),
+        None => "from its arrival".to_string(),
+    };
+    let mut message = if r.remaining_ms == 0 {
+        format!(
+            "the renewal ({}ms {from}) had run out on arrival; the lease is not held",
+            req.ttl_ms
+        )
+    } else if r.extended {
+        format!(
+            "lease renewed for {}ms {from}: {}ms left",
+            req.ttl_ms, r.remaining_ms
+        )
+    } else {
+        format!(
+            "lease not extended: it runs longer than {}ms {from} ({}ms left)",
+            req.ttl_ms, r.remaining_ms
+        )
+    };
+    if !r.newest {
+        message.push_str("; a newer renewal was taken already: its epoch and peers stay");
     }
-    *lock(&agent.lease) = Some((Instant::now(), req.ttl_ms));
     Ok(ActionResponse {
-        changed: true,
-        message: format!("lease renewed for {}ms", req.ttl_ms),
+        changed: r.extended,
+        message,
         ..Default::default()
     })
 }
