@@ -299,3 +299,48 @@ async fn a_standby_vouches_only_for_its_primary_and_never_again_after_stop_vouch
     assert!(!r.changed, "{r:?}");
     assert_eq!(s.status().await.lease.known_epoch, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_solo_primary_keeps_its_lease_by_itself_and_one_with_no_peers_does_not() {
+    let mut c = Cluster::new("solo");
+    c.add("solo-0", None, &[]);
+    let a = &c.agents[0];
+    a.wait_ready("primary", T).await;
+    let ttl = Duration::from_millis(1500);
+    let renew = |solo: bool| async move {
+        let challenge = Some(a.status().await.lease.challenge);
+        a.client
+            .lease(&LeaseRequest {
+                ttl_ms: 1500,
+                challenge,
+                epoch: 1,
+                solo,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+    };
+    renew(true).await;
+    let renewed = Instant::now();
+    // Watched all along: a solo lease must hold at every look.
+    while renewed.elapsed() < 3 * ttl {
+        let st = a.status().await;
+        assert!(
+            st.lease.held && st.postgres_running,
+            "a solo lease ran out: {st:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(a.status().await.lease.extended_by, Some(LeaseSource::Peers));
+    // The same primary told it has no peers (and is not solo): nobody vouches.
+    renew(false).await;
+    let sent = Instant::now();
+    let fenced = wait_fenced(a, T).await;
+    assert!(
+        fenced.duration_since(sent) < ttl + Duration::from_millis(1500),
+        "fenced only {:?} after its lease stopped being solo\n{}",
+        fenced.duration_since(sent),
+        c.logs()
+    );
+}
