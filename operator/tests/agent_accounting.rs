@@ -184,3 +184,61 @@ async fn a_rewind_reports_where_histories_diverged_and_where_its_wal_ended() {
     old.wait_ready("standby", T).await;
     wait_rows(old, "t", &[1, 2]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_followed_a_promotion_reports_its_wal_end_on_the_new_timeline() {
+    let c = cluster_with("tlw", 2).await;
+    let (old, new, sib) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1]).await;
+    wait_rows(new, "t", &[1]).await;
+    old.client.stop(&StopRequest::default()).await.unwrap();
+    new.client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap();
+    new.wait_ready("primary", T).await;
+    sib.client
+        .follow(&FollowRequest {
+            primary: new.member(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("follow: {e}\n{}", c.logs()));
+    // Written on timeline 2 only; the sibling's last restartpoint is still on
+    // timeline 1, so its WAL must be read on the newer one.
+    let db = new.sql().await;
+    db.execute("INSERT INTO t SELECT generate_series(2, 500)", &[])
+        .await
+        .unwrap();
+    let written = lsn(&db, "SELECT pg_current_wal_lsn()::text").await;
+    let want: Vec<i32> = (1..=500).collect();
+    wait_rows(sib, "t", &want).await;
+    let r = sib
+        .client
+        .stop(&StopRequest {
+            mode: StopMode::Immediate,
+            timeout: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.stopped_with, r.escalated),
+        (Some(StopMode::Immediate), Some(false)),
+        "{r:?}"
+    );
+    let end = r
+        .end_of_wal
+        .unwrap_or_else(|| panic!("no end of WAL: {r:?}\n{}", c.logs()));
+    assert!(
+        end >= written,
+        "end of WAL {end} before {written}, written on timeline 2"
+    );
+    assert!(
+        end.bytes_after(written) < 64 << 10,
+        "end of WAL {end}, written {written}"
+    );
+}
