@@ -265,12 +265,12 @@ impl AgentClient {
         self.post(PATH_LEASE, req).await
     }
 
-    /// `POST /vouch`.
+    /// `POST /vouch`: does this member still follow the asking primary?
     pub async fn vouch(&self, req: &VouchRequest) -> Result<VouchResponse, ClientError> {
         self.post(PATH_VOUCH, req).await
     }
 
-    /// `POST /stop-vouching`.
+    /// `POST /stop-vouching`: vouch for no primary below `epoch` from now on.
     pub async fn stop_vouching(
         &self,
         req: &StopVouchingRequest,

@@ -40,8 +40,13 @@ impl AgentProc {
             name: self.name.clone(),
             host: "127.0.0.1".into(),
             port: self.pg_port,
-            agent_url: None,
+            agent_url: Some(self.url()),
         }
+    }
+
+    /// The agent API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
