@@ -425,6 +425,10 @@ impl Driver {
                 dry_run,
             },
             LocalRequest::Reclone { name } => engine::Request::Reclone { instance: name },
+            LocalRequest::Promote { name, force } => engine::Request::Promote {
+                instance: name,
+                force,
+            },
             LocalRequest::Restart { name } => {
                 let target = if name == keys::ALL {
                     engine::RestartTarget::All
