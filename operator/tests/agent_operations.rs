@@ -314,6 +314,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         name: "ghost".into(),
         host: "127.0.0.1".into(),
         port: free_port(),
+        agent_url: None,
     };
     let err = p
         .client
@@ -355,7 +356,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(err.code(), Some(ERR_CONFLICT), "{err}");
     let err = p
         .client
-        .lease(&LeaseRequest { ttl_ms: 0 })
+        .lease(&LeaseRequest {
+            ttl_ms: 0,
+            ..LeaseRequest::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ERR_BAD_REQUEST));
@@ -370,7 +374,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
 
     // The lease is recorded and visible.
     p.client
-        .lease(&LeaseRequest { ttl_ms: 60_000 })
+        .lease(&LeaseRequest {
+            ttl_ms: 60_000,
+            ..LeaseRequest::default()
+        })
         .await
         .unwrap();
     let l = p.status().await.lease;

@@ -333,6 +333,7 @@ async fn sibling_follows_promoted_standby_with_a_reload() {
                 name: "fol-0".into(),
                 host: "127.0.0.1".into(),
                 port: old.pg_port,
+                agent_url: None,
             },
         })
         .await

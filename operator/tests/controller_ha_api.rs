@@ -304,10 +304,10 @@ impl AgentOps for PrimaryAgent {
         t: &AgentTarget,
         action: &Action,
         _: &BTreeMap<String, Member>,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<tandem::engine::Answer, String> {
         let mut calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
         calls.push(format!("{} {action:?}", t.instance));
-        Ok(None)
+        Ok(tandem::engine::Answer::default())
     }
 }
 

@@ -313,6 +313,28 @@ pub struct VouchResponse {
     pub reason: String,
 }
 
+/// Answer of `POST /stop-vouching`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StopVouchingResponse {
+    /// The epoch it now knows.
+    pub known_epoch: u64,
+    /// How long ago it last vouched for any primary, or since the agent
+    /// started if it has not since (it may have just before): the primary it
+    /// vouched for can hold no lease from it beyond that instant + TTL.
+    pub last_vouched_ago_ms: u64,
+}
+
+/// The last vouch a standby gave, as `/status` reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VouchedState {
+    /// The primary it vouched for.
+    pub primary: String,
+    /// How long ago.
+    pub ago_ms: u64,
+}
+
 /// Body of `POST /stop-vouching`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -559,6 +581,11 @@ pub struct AgentStatus {
     /// The primary lease.
     #[serde(default)]
     pub lease: LeaseState,
+    /// Standby: the last time it vouched for a primary (a primary asks its
+    /// peers every quarter of its lease TTL, so a fresh vouch says the primary
+    /// is alive and reaches this member).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouched: Option<VouchedState>,
     /// When this was observed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_at: Option<String>,

@@ -73,16 +73,27 @@ pub struct DbClusterStatus {
     pub sync: Option<SyncStatus>,
 }
 
-/// The primary's fencing lease, as renewed by the operator.
+/// The primary's fencing lease, as the operator grants it: the longest the
+/// holder may write without the operator is TTL past `renewedAt`, or TTL past
+/// the moment a member of `peers` stopped vouching for it.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseStatus {
     /// The instance holding the lease.
     pub holder: String,
-    /// When a renewal was last confirmed by the holder's agent (RFC 3339).
+    /// When the last renewal was sent (RFC 3339): it runs from the holder's
+    /// status answer before it, so the holder's lease never outlasts this + TTL.
     pub renewed_at: String,
     /// The lease's time-to-live in milliseconds.
     pub ttl_ms: i64,
+    /// The lease epoch: it grows before every promotion, and no member
+    /// vouches for a primary of a lower one once told of it.
+    #[serde(default)]
+    pub epoch: u64,
+    /// The members named as peers in every renewal sent to this holder: the
+    /// peer list the holder has is one of those, so it contains all of these.
+    #[serde(default)]
+    pub peers: Vec<String>,
 }
 
 /// A synchronous standby set confirmed on the primary.

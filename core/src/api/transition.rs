@@ -311,6 +311,20 @@ pub struct FailoverData {
     /// The promoted candidate's timeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_timeline: Option<i64>,
+    /// The lease epoch this failover promotes under (peers are told to vouch
+    /// for no primary of a lower one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouch_epoch: Option<u64>,
+    /// A peer of the old primary that acknowledged it stopped vouching…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouching_stopped_by: Option<String>,
+    /// …and when it last vouched before that (RFC 3339): the old primary
+    /// holds no lease beyond TTL after the later of this and its last renewal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_vouch_at: Option<String>,
+    /// The platform was asked once to fence the old primary (delete its pod).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fence_issued: bool,
 }
 
 /// What a switchover keeps between steps.
@@ -399,6 +413,12 @@ impl<'de> Deserialize<'de> for TransitionData {
                 candidate_lsn: take("candidateLsn").and_then(lsn),
                 old_timeline: take("oldTimeline").and_then(int),
                 promoted_timeline: take("promotedTimeline").and_then(int),
+                vouch_epoch: take("vouchEpoch")
+                    .and_then(int)
+                    .and_then(|e| u64::try_from(e).ok()),
+                vouching_stopped_by: take("vouchingStoppedBy").and_then(text),
+                last_vouch_at: take("lastVouchAt").and_then(text),
+                fence_issued: take("fenceIssued").is_some_and(flag),
             },
             switchover: SwitchoverData {
                 stop_mode: take("stopMode").and_then(stop_mode),

@@ -92,8 +92,18 @@ pub enum Action {
         sync_names: Vec<String>,
         parameters: BTreeMap<String, String>,
     },
-    /// Agent `POST /lease {ttlMs}`.
-    RenewLease { instance: String, ttl_ms: u64 },
+    /// Agent `POST /lease {ttlMs, challenge, epoch, peers}`.
+    RenewLease {
+        instance: String,
+        ttl_ms: u64,
+        /// The challenge of the status answer this renewal was decided from.
+        challenge: Option<u64>,
+        epoch: u64,
+        /// The members that may vouch for it (instance names).
+        peers: Vec<String>,
+    },
+    /// Agent `POST /stop-vouching {epoch}`: vouch for no primary of a lower epoch.
+    StopVouching { instance: String, epoch: u64 },
     /// Platform: set the role label (Kubernetes) / repoint the local endpoints.
     SetRole { instance: String, role: RoleLabel },
     /// Platform: make sure the instance cannot write although its agent cannot be
@@ -129,6 +139,7 @@ impl Action {
             Self::Restart { .. } => "restart",
             Self::Config { .. } => "config",
             Self::RenewLease { .. } => "renew_lease",
+            Self::StopVouching { .. } => "stop_vouching",
             Self::SetRole { .. } => "set_role",
             Self::FenceInstance { .. } => "fence",
             Self::Recreate { .. } => "recreate",
@@ -150,6 +161,7 @@ impl Action {
             | Self::Restart { instance, .. }
             | Self::Config { instance, .. }
             | Self::RenewLease { instance, .. }
+            | Self::StopVouching { instance, .. }
             | Self::SetRole { instance, .. }
             | Self::FenceInstance { instance }
             | Self::Recreate { instance } => Some(instance),

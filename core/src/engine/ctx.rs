@@ -83,10 +83,17 @@ impl<'a> Ctx<'a> {
             .map_or("", |u| u.explain())
     }
 
-    /// The platform knows the pod / process is dead.
+    /// The platform saw its processes end: proof that it cannot write.
     pub fn gone(&self, name: &str) -> bool {
         self.obs(name)
             .is_some_and(|o| o.platform == PlatformState::Gone)
+    }
+
+    /// The platform no longer has it, with or without proof that its
+    /// processes ended: enough to start a failover at once, not to promote.
+    pub fn vanished(&self, name: &str) -> bool {
+        self.obs(name)
+            .is_some_and(|o| matches!(o.platform, PlatformState::Gone | PlatformState::Vanished))
     }
 
     /// postgres answers through its agent.

@@ -13,7 +13,7 @@ use super::{
 
 /// Why the current primary counts as failed, or `None` while it is healthy.
 pub(crate) fn primary_problem(ctx: &Ctx, primary: &str) -> Option<String> {
-    if ctx.gone(primary) {
+    if ctx.vanished(primary) {
         Some(format!("the platform reports {primary} gone"))
     } else if !ctx.reachable(primary) {
         Some(ctx.unanswered(primary))
@@ -34,6 +34,9 @@ pub(crate) fn failed_for_long_enough(
     primary: &str,
 ) -> Option<Result<String, String>> {
     let problem = primary_problem(ctx, primary)?;
+    if let Some(alive) = super::lease::kept_by_peers(ctx, st, primary) {
+        return Some(Err(alive));
+    }
     let since = st
         .instances
         .iter()
@@ -41,7 +44,7 @@ pub(crate) fn failed_for_long_enough(
         .and_then(|i| i.unhealthy_since.as_deref());
     let elapsed = ctx.since(since);
     // A platform that knows the process is dead needs no detection window.
-    let wait = if ctx.gone(primary) {
+    let wait = if ctx.vanished(primary) {
         ctx.delay_ms()
     } else {
         ctx.detection_ms() + ctx.delay_ms()
@@ -161,29 +164,20 @@ pub(crate) fn fenced(
             return Ok(format!("{old} runs in recovery"));
         }
     }
-    let ttl = ctx.ttl_ms();
-    let renewed = match &st.lease {
-        Some(l) if l.holder == old => Some(l.renewed_at.as_str()),
-        // Never renewed in this status: count from the failover's start.
-        _ => Some(tr.started_at.as_str()),
-    };
-    let elapsed = ctx.since(renewed);
-    if elapsed >= ttl {
-        return Ok(format!(
-            "{old}'s lease ran out ({} since its last renewal, TTL {})",
-            secs(elapsed),
-            secs(ttl)
-        ));
-    }
-    Err(format!(
-        "waiting for {old} to be fenced: {}; its lease runs out in {}",
-        if ctx.reachable(old) {
-            "its agent has not confirmed postgres stopped"
-        } else {
-            "its agent does not answer"
-        },
-        secs(ttl - elapsed)
-    ))
+    // Neither a deleted pod nor a lost node proves the old postgres stopped:
+    // only its lease running out does.
+    super::lease::ran_out(ctx, st, tr, old).map_err(|lease| {
+        format!(
+            "waiting for {old} to be fenced: {}; {lease}",
+            if ctx.reachable(old) {
+                "its agent has not confirmed postgres stopped"
+            } else if ctx.vanished(old) {
+                "the platform no longer shows it, which does not prove its postgres stopped"
+            } else {
+                "its agent does not answer"
+            },
+        )
+    })
 }
 
 /// Step `Fence`: drop the old primary's label, make sure it cannot write, choose the candidate.
@@ -217,15 +211,21 @@ pub(crate) fn fence(
     if ctx.succeeded(&stop) {
         set(st, |d| d.stop_confirmed = true);
     }
+    if !ctx.gone(old) && !tr.data.failover.stop_confirmed {
+        super::lease::stop_vouching(ctx, st, tr, old, out);
+    }
     let tr_now = st.transition.clone().unwrap_or_else(|| tr.clone());
     let fenced = fenced(ctx, st, &tr_now, old);
     if fenced.is_err() && !ctx.gone(old) {
         if ctx.reachable(old) {
             out.push(stop);
-        } else {
+        } else if !tr_now.data.failover.fence_issued {
+            // Once: on a partitioned node deleting the pod stops nothing, and
+            // the recreated pod must not be deleted again and again.
             out.push(Action::FenceInstance {
                 instance: old.to_string(),
             });
+            set(st, |d| d.fence_issued = true);
         }
     }
     match (label_gone, fenced) {
@@ -332,10 +332,7 @@ pub(crate) fn promote(
     if !ctx.running(&c) {
         // Stopped (crashed, or back after a promotion it may have done): start
         // it in whatever role its data directory has, then go on.
-        out.push(Action::RenewLease {
-            instance: c.clone(),
-            ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-        });
+        out.push(super::lease::renew(ctx, st, &c));
         out.push(Action::Start {
             instance: c.clone(),
         });
@@ -344,10 +341,7 @@ pub(crate) fn promote(
     }
     // Durability settings first: they take effect the moment it leaves recovery.
     out.push(super::durability::config_for(ctx, &c));
-    out.push(Action::RenewLease {
-        instance: c.clone(),
-        ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-    });
+    out.push(super::lease::renew(ctx, st, &c));
     set(st, |d| d.promote_issued = true);
     out.push(promote);
     Step::Wait

@@ -38,6 +38,7 @@ mod action;
 mod ctx;
 mod durability;
 mod failover;
+mod lease;
 mod plan;
 mod prechecks;
 mod rejoin;
@@ -53,18 +54,17 @@ mod tests;
 
 pub use action::{reasons, Action, EventType, RoleLabel, StopMode};
 pub use durability::sync_standby_names;
+pub use lease::margin_ms as lease_margin_ms;
 pub use types::{
-    ActionResult, AgentReport, ConnectedStandby, InstanceObs, LeaseReport, Observations, Outcome,
-    PlatformState, Request, RestartTarget, SwitchoverTarget, SyncState,
+    ActionFacts, ActionResult, AgentReport, Answer, ConnectedStandby, InstanceObs, LeaseReport,
+    Observations, Outcome, PlatformState, Request, RestartTarget, SwitchoverTarget, SyncState,
 };
 
 use jiff::Timestamp;
 
 pub use crate::api::{HistoryKind, HistoryOutcome, TransitionKind, TransitionStep};
 
-use crate::api::{
-    DbClusterSpec, DbClusterStatus, HistoryEntry, LeaseStatus, Transition, TransitionData,
-};
+use crate::api::{DbClusterSpec, DbClusterStatus, HistoryEntry, Transition, TransitionData};
 
 use ctx::Ctx;
 
@@ -100,7 +100,6 @@ pub fn decide(
     }
     let mut out = Vec::new();
 
-    absorb_results(&ctx, &mut st);
     report::refresh_instances(&ctx, &mut st);
 
     if st.current_primary.is_none() && st.transition.is_none() {
@@ -145,23 +144,6 @@ pub fn decide(
         keep_instances: ctx.keep_instances(&st),
         status: st,
         actions: out,
-    }
-}
-
-/// Record what finished actions tell us (lease renewals).
-fn absorb_results(ctx: &Ctx, st: &mut DbClusterStatus) {
-    for r in &ctx.obs.results {
-        if let (Action::RenewLease { instance, ttl_ms }, Outcome::Succeeded { .. }) =
-            (&r.action, &r.outcome)
-        {
-            // "now" is no earlier than when the agent took the renewal, so a
-            // lease counted from here never ends before the agent's own.
-            st.lease = Some(LeaseStatus {
-                holder: instance.clone(),
-                renewed_at: ctx.stamp(),
-                ttl_ms: i64::try_from(*ttl_ms).unwrap_or(i64::MAX),
-            });
-        }
     }
 }
 
@@ -362,10 +344,7 @@ fn adopt_existing_data(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action
     st.blocked_by = Some(format!(
         "adopting existing data: starting {best}, the most advanced copy (timeline {timeline}, {lsn})"
     ));
-    out.push(Action::RenewLease {
-        instance: (*best).clone(),
-        ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-    });
+    out.push(lease::renew(ctx, st, best));
     out.push(Action::Start {
         instance: (*best).clone(),
     });

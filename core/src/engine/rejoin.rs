@@ -376,7 +376,7 @@ pub(crate) fn rewind_check(
         dry_run: true,
     };
     match ctx.result(&check) {
-        Some(Outcome::Succeeded { detail }) => {
+        Some(Outcome::Succeeded { detail, .. }) => {
             let message = format!(
                 "rejoin dry-run of {name} to {primary}: {}",
                 detail

@@ -33,10 +33,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
             ) =>
         {
             if t.target.as_deref() == Some(primary.as_str()) && ctx.runs_as_primary(&primary) {
-                out.push(Action::RenewLease {
-                    instance: primary.clone(),
-                    ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-                });
+                out.push(super::lease::renew(ctx, st, &primary));
             }
             return;
         }
@@ -53,10 +50,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
             if a.fenced || ctx.since(since) >= ctx.detection_ms() {
                 // Nobody else was promoted: the primary it still is may start again
                 // (its agent will not start a primary on its own without a lease).
-                out.push(Action::RenewLease {
-                    instance: primary.clone(),
-                    ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-                });
+                out.push(super::lease::renew(ctx, st, &primary));
                 out.push(Action::Start {
                     instance: primary.clone(),
                 });
@@ -64,10 +58,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
         }
     }
     if ctx.runs_as_primary(&primary) {
-        out.push(Action::RenewLease {
-            instance: primary.clone(),
-            ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-        });
+        out.push(super::lease::renew(ctx, st, &primary));
         label(ctx, &primary, RoleLabel::Primary, out);
         let want = durability::desired(ctx, &primary);
         durability::record(ctx, st, &primary, &want);

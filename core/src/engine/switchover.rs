@@ -45,7 +45,7 @@ pub(crate) fn step(
             | TransitionStep::WaitShutdownCheckpoint
     );
     if before_promotion
-        && (ctx.gone(&old) || (!ctx.reachable(&old) && elapsed >= ctx.detection_ms()))
+        && (ctx.vanished(&old) || (!ctx.reachable(&old) && elapsed >= ctx.detection_ms()))
     {
         // The old primary failed mid-way: leave it to failover, which fences it first.
         let message = format!("switchover to {target} abandoned: {old} stopped answering before it shut down cleanly; failover takes over");
@@ -222,10 +222,7 @@ pub(crate) fn promote(
     }
     // Durability settings first: they take effect the moment it leaves recovery.
     out.push(super::durability::config_for(ctx, target));
-    out.push(Action::RenewLease {
-        instance: target.clone(),
-        ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-    });
+    out.push(super::lease::renew(ctx, st, target));
     out.push(promote);
     Step::Wait
 }
@@ -374,17 +371,11 @@ pub(crate) fn rollback(
             ));
             return Step::finish(history(ctx, tr, HistoryOutcome::RolledBack, &message));
         }
-        out.push(Action::RenewLease {
-            instance: old.to_string(),
-            ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-        });
+        out.push(super::lease::renew(ctx, st, old));
         out.push(set);
         return Step::Wait;
     }
-    out.push(Action::RenewLease {
-        instance: old.to_string(),
-        ttl_ms: u64::try_from(ctx.ttl_ms()).unwrap_or(u64::MAX),
-    });
+    out.push(super::lease::renew(ctx, st, old));
     out.push(Action::Start {
         instance: old.to_string(),
     });

@@ -69,11 +69,18 @@ pub enum PlatformState {
     /// Running as far as the platform knows.
     #[default]
     Running,
-    /// Definitively dead: the pod is deleted or its node lost, the local process exited.
-    /// Its postgres cannot accept writes: failover need not wait for the detection timeout or the lease.
+    /// Definitively dead: the platform saw its processes end (the local
+    /// process exited; the kubelet reported its containers terminated). Its
+    /// postgres cannot accept writes: failover need not wait for the
+    /// detection timeout or the lease.
     Gone,
     /// Being created / restarted; not yet running.
     Starting,
+    /// No longer there as far as the platform's API says (pod deleted or
+    /// missing, replaced by a new pod, node lost), but nothing proves its
+    /// processes stopped: failover may start at once, promotion still waits
+    /// for the old primary's lease to run out.
+    Vanished,
 }
 
 /// The agent's `/status` answer, reduced to what the engine needs.
@@ -100,6 +107,12 @@ pub struct AgentReport {
     /// (after a clean shutdown this is the shutdown checkpoint).
     #[serde(default)]
     pub checkpoint_lsn: Option<Lsn>,
+    /// While stopped: whether it shut down cleanly (None when not known).
+    #[serde(default)]
+    pub clean_shutdown: Option<bool>,
+    /// While stopped after a stop that was not clean: where its WAL ends.
+    #[serde(default)]
+    pub end_of_wal: Option<Lsn>,
     /// The instance this standby's walreceiver streams from (application of primary_conninfo).
     #[serde(default)]
     pub upstream: Option<String>,
@@ -128,6 +141,9 @@ pub struct AgentReport {
     /// The agent's lease, when it holds or recently held one.
     #[serde(default)]
     pub lease: Option<LeaseReport>,
+    /// Standby: the primary it last vouched for, and how long ago (ms).
+    #[serde(default)]
+    pub vouched: Option<(String, i64)>,
     /// The agent fenced postgres (lease ran out) and will not start it as primary until told.
     #[serde(default)]
     pub fenced: bool,
@@ -178,6 +194,9 @@ pub struct LeaseReport {
     /// Milliseconds left on its own monotonic clock.
     #[serde(default)]
     pub remaining_ms: i64,
+    /// The answer's instant on the agent's clock: a renewal echoes it.
+    #[serde(default)]
+    pub challenge: Option<u64>,
 }
 
 /// The target of a switchover request.
@@ -228,12 +247,62 @@ pub enum Request {
     },
 }
 
+/// What an agent's answer established beyond success (stops and rewinds).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionFacts {
+    /// Stop: postgres needed a harsher mode than asked, or a SIGKILL.
+    #[serde(default)]
+    pub escalated: bool,
+    /// Stop that was not clean: where its WAL ends.
+    #[serde(default)]
+    pub end_of_wal: Option<Lsn>,
+    /// Rewind: where this server's history diverged from its source's.
+    #[serde(default)]
+    pub diverged_at: Option<Lsn>,
+    /// Rewind: the end of this server's WAL before the rewind.
+    #[serde(default)]
+    pub rewound_from: Option<Lsn>,
+    /// Stop-vouching: how long before its answer it last vouched for a primary.
+    #[serde(default)]
+    pub last_vouched_ago_ms: Option<u64>,
+}
+
+impl ActionFacts {
+    /// Nothing beyond success.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A successful action's answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// What the agent said, for people.
+    pub detail: Option<String>,
+    /// What it established.
+    pub facts: ActionFacts,
+}
+
+impl From<Option<String>> for Answer {
+    fn from(detail: Option<String>) -> Self {
+        Self {
+            detail,
+            facts: ActionFacts::default(),
+        }
+    }
+}
+
 /// How an issued action ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "outcome")]
 pub enum Outcome {
     /// Done; `detail` carries what the agent said (for example whether a rewind is needed).
-    Succeeded { detail: Option<String> },
+    Succeeded {
+        detail: Option<String>,
+        #[serde(default, skip_serializing_if = "ActionFacts::is_empty")]
+        facts: ActionFacts,
+    },
     /// Failed, with the agent's or platform's message.
     Failed { message: String },
 }
@@ -253,7 +322,21 @@ impl ActionResult {
     pub fn ok(action: Action) -> Self {
         Self {
             action,
-            outcome: Outcome::Succeeded { detail: None },
+            outcome: Outcome::Succeeded {
+                detail: None,
+                facts: ActionFacts::default(),
+            },
+        }
+    }
+
+    /// A successful result with the agent's answer.
+    pub fn answered(action: Action, answer: Answer) -> Self {
+        Self {
+            action,
+            outcome: Outcome::Succeeded {
+                detail: answer.detail,
+                facts: answer.facts,
+            },
         }
     }
 

@@ -264,4 +264,17 @@ impl AgentClient {
     pub async fn lease(&self, req: &LeaseRequest) -> Result<ActionResponse, ClientError> {
         self.post(PATH_LEASE, req).await
     }
+
+    /// `POST /vouch`.
+    pub async fn vouch(&self, req: &VouchRequest) -> Result<VouchResponse, ClientError> {
+        self.post(PATH_VOUCH, req).await
+    }
+
+    /// `POST /stop-vouching`.
+    pub async fn stop_vouching(
+        &self,
+        req: &StopVouchingRequest,
+    ) -> Result<StopVouchingResponse, ClientError> {
+        self.post(PATH_STOP_VOUCHING, req).await
+    }
 }

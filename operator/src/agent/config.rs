@@ -229,6 +229,7 @@ mod tests {
             name: name.into(),
             host: host.into(),
             port,
+            agent_url: None,
         };
         let me = |x: &Member| names_me("c-0", "c-0.c-pods.ns.svc", 5432, x);
         assert!(me(&m("c-0", "elsewhere", 1)));

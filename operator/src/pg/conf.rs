@@ -243,6 +243,7 @@ mod tests {
             name: "x".into(),
             host: "h'1".into(),
             port: 5,
+            agent_url: None,
         };
         let c = primary_conninfo(&m, "rep", "db-1", Some(Path::new("/p")));
         assert!(c.contains("host='h\\'1'"));

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use crate::agent::client::{AgentClient, ClientError};
 use crate::api::agent::{
-    self as proto, AgentStatus, ConfigRequest, DemoteRequest, FollowRequest, LeaseRequest, Member,
-    PromoteRequest, RecloneRequest, RewindRequest, StopRequest, SyncStandbys,
+    self as proto, ActionResponse, AgentStatus, ConfigRequest, DemoteRequest, FollowRequest,
+    LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest, RewindRequest, StopRequest,
+    StopVouchingRequest, SyncStandbys,
 };
 use crate::api::{DurationString, InstanceRole, WalReceiverState};
-use crate::engine::{Action, AgentReport, ConnectedStandby, LeaseReport};
+use crate::engine::{Action, ActionFacts, AgentReport, Answer, ConnectedStandby, LeaseReport};
 
 /// The engine's view of an agent's status answer.
 pub fn report(s: &AgentStatus) -> AgentReport {
@@ -51,7 +52,16 @@ pub fn report(s: &AgentStatus) -> AgentReport {
                 .remaining_ms
                 .and_then(|m| i64::try_from(m).ok())
                 .unwrap_or(0),
+            challenge: Some(s.lease.challenge),
         }),
+        vouched: s.vouched.as_ref().map(|v| {
+            (
+                v.primary.clone(),
+                i64::try_from(v.ago_ms).unwrap_or(i64::MAX),
+            )
+        }),
+        clean_shutdown: s.clean_shutdown,
+        end_of_wal: s.end_of_wal,
         fenced: s.fenced,
         pending_restart: !s.pending_restart.is_empty(),
         system_identifier: s.system_identifier.clone(),
@@ -83,18 +93,43 @@ pub fn describe(e: ClientError) -> String {
     }
 }
 
-/// Carry out one agent action on `c`; `Ok(detail)` or `Err(message)`.
-/// `members` gives every instance's postgres address.
+/// The peers of a renewal as agents reach them (members whose agent address is known).
+fn peers(names: &[String], members: &BTreeMap<String, Member>) -> Vec<Peer> {
+    names
+        .iter()
+        .filter_map(|n| {
+            let url = members.get(n)?.agent_url.clone()?;
+            Some(Peer {
+                name: n.clone(),
+                url,
+            })
+        })
+        .collect()
+}
+
+/// What an action's answer established.
+fn facts(r: &ActionResponse) -> ActionFacts {
+    ActionFacts {
+        escalated: r.escalated.unwrap_or(false),
+        end_of_wal: r.end_of_wal,
+        diverged_at: r.diverged_at,
+        rewound_from: r.rewound_from,
+        last_vouched_ago_ms: None,
+    }
+}
+
+/// Carry out one agent action on `c`: its answer, or `Err(message)`.
+/// `members` gives every instance's postgres and agent addresses.
 pub async fn call(
     a: &Action,
     c: &AgentClient,
     members: &BTreeMap<String, Member>,
-) -> Result<Option<String>, String> {
+) -> Result<Answer, String> {
     let resp = match a {
         Action::Promote { .. } => match c.promote(&PromoteRequest::default()).await {
             // Already primary: the promotion happened (idempotent).
             Err(e) if e.code() == Some(proto::ERR_ALREADY_PRIMARY) => {
-                return Ok(Some("already primary".into()))
+                return Ok(Some("already primary".to_string()).into())
             }
             other => other,
         },
@@ -167,34 +202,60 @@ pub async fn call(
                 .map(|r| {
                     (!r.pending_restart.is_empty())
                         .then(|| format!("pending restart: {}", r.pending_restart.join(", ")))
+                        .into()
                 })
                 .map_err(describe);
         }
-        Action::RenewLease { ttl_ms, .. } => {
-            return tokio::time::timeout(
-                Duration::from_secs(2),
-                c.lease(&LeaseRequest {
-                    ttl_ms: *ttl_ms,
-                    ..LeaseRequest::default()
-                }),
-            )
-            .await
-            .map_err(|_| "lease renewal timed out".to_string())?
-            .map(|_| None)
-            .map_err(describe)
+        Action::RenewLease {
+            ttl_ms,
+            challenge,
+            epoch,
+            peers: names,
+            ..
+        } => {
+            let req = LeaseRequest {
+                ttl_ms: *ttl_ms,
+                challenge: *challenge,
+                epoch: *epoch,
+                peers: peers(names, members),
+            };
+            return tokio::time::timeout(Duration::from_secs(2), c.lease(&req))
+                .await
+                .map_err(|_| "lease renewal timed out".to_string())?
+                .map(|_| Answer::default())
+                .map_err(describe);
+        }
+        Action::StopVouching { epoch, .. } => {
+            return c
+                .stop_vouching(&StopVouchingRequest { epoch: *epoch })
+                .await
+                .map(|r| Answer {
+                    detail: Some(format!(
+                        "vouches for no primary below epoch {}",
+                        r.known_epoch
+                    )),
+                    facts: ActionFacts {
+                        last_vouched_ago_ms: Some(r.last_vouched_ago_ms),
+                        ..ActionFacts::default()
+                    },
+                })
+                .map_err(describe);
         }
         Action::SetRole { .. }
         | Action::FenceInstance { .. }
         | Action::Recreate { .. }
         | Action::Event { .. }
-        | Action::RequestDone { .. } => return Ok(None),
+        | Action::RequestDone { .. } => return Ok(Answer::default()),
     };
     resp.map(|r| {
-        let mut detail = r.message;
+        let mut detail = r.message.clone();
         if let Some(n) = r.rewind_needed {
             detail = format!("{detail} (rewind needed: {n})");
         }
-        Some(detail)
+        Answer {
+            detail: Some(detail),
+            facts: facts(&r),
+        }
     })
     .map_err(describe)
 }

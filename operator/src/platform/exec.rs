@@ -11,10 +11,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::engine::{Action, ActionResult, Outcome};
+use crate::engine::{Action, ActionResult, Answer};
 
-/// One agent call as a platform makes it: `Ok(detail)` or `Err(message)`.
-pub type AgentCall = BoxFuture<'static, Result<Option<String>, String>>;
+/// One agent call as a platform makes it: the agent's answer or `Err(message)`.
+pub type AgentCall = BoxFuture<'static, Result<Answer, String>>;
 
 /// Runs agent calls in the background and collects their results.
 pub struct Executor {
@@ -93,16 +93,13 @@ impl Executor {
             let ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             let lease = matches!(action, Action::RenewLease { .. });
             let result = match call.await {
-                Ok(detail) => {
+                Ok(answer) => {
                     if lease {
                         debug!(call = %short(&action), "lease renewed");
                     } else {
-                        info!(call = %short(&action), ms = ms(), detail = detail.as_deref().unwrap_or(""), "action done");
+                        info!(call = %short(&action), ms = ms(), detail = answer.detail.as_deref().unwrap_or(""), "action done");
                     }
-                    ActionResult {
-                        action,
-                        outcome: Outcome::Succeeded { detail },
-                    }
+                    ActionResult::answered(action, answer)
                 }
                 Err(message) => {
                     warn!(call = %short(&action), ms = ms(), error = %message, "action failed");

@@ -57,6 +57,7 @@ impl AgentProc {
             name: self.name.clone(),
             host: "127.0.0.1".into(),
             port: self.pg_port,
+            agent_url: None,
         }
     }
 

@@ -18,7 +18,7 @@ use tandem::controller::ha::{
     AgentOps, AgentTarget, ClusterLoop, KubeOps, LoopConfig, Pass, Token,
 };
 use tandem::controller::validate::Defaults;
-use tandem::engine::{Action, EventType};
+use tandem::engine::{Action, Answer, EventType};
 
 /// 0/3000060.
 pub const LSN: Lsn = Lsn(0x3000060);
@@ -165,6 +165,7 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
         name: n.into(),
         host: format!("{n}.main-pods.ns.svc"),
         port: 5432,
+        agent_url: None,
     };
     let mut st = AgentStatus {
         instance: name.into(),
@@ -230,7 +231,7 @@ impl AgentOps for FakeAgents {
         t: &AgentTarget,
         action: &Action,
         _: &BTreeMap<String, Member>,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<tandem::engine::Answer, String> {
         let mut w = lock(&self.0);
         let name = t.instance.clone();
         if !w.sims.get(&name).is_some_and(|s| s.answers) {
@@ -238,7 +239,7 @@ impl AgentOps for FakeAgents {
         }
         let tl = |w: &World, n: &str| w.sims.get(n).map_or(1, |s| s.timeline);
         match action {
-            Action::RenewLease { .. } | Action::Config { .. } => return Ok(None),
+            Action::RenewLease { .. } | Action::Config { .. } => return Ok(Answer::default()),
             Action::Promote { .. } => {
                 let s = w.sims.get_mut(&name).ok_or("no sim")?;
                 if !s.primary {
@@ -270,7 +271,7 @@ impl AgentOps for FakeAgents {
             _ => {}
         }
         w.journal.push(format!("agent {name} {}", verb(action)));
-        Ok(Some("done".into()))
+        Ok(Some("done".to_string()).into())
     }
 }
 

@@ -12,7 +12,10 @@ fn healthy_cluster_only_renews_the_primary_lease() {
         actions,
         vec![Action::RenewLease {
             instance: "main-0".into(),
-            ttl_ms: 10_000
+            ttl_ms: 10_000,
+            challenge: None,
+            epoch: 0,
+            peers: vec!["main-1".into(), "main-2".into()],
         }]
     );
     assert_eq!(f.status.phase, Some(Phase::Healthy));
@@ -75,16 +78,44 @@ fn failover_fences_and_waits_for_the_lease_before_promoting_an_unreachable_prima
             instance: "main-0".into()
         }));
     assert!(promotes(&actions).is_none());
+    // Its peers are told to vouch for it no more, under a higher epoch.
+    for peer in ["main-1", "main-2"] {
+        assert!(
+            has(&actions, |a| *a
+                == Action::StopVouching {
+                    instance: peer.into(),
+                    epoch: 1
+                }),
+            "{actions:#?}"
+        );
+    }
+    // They last vouched for it at its last renewal (6.1 s before the next decision reads the answers).
     f.ack_all();
+    f.obs
+        .results
+        .retain(|r| !matches!(r.action, Action::StopVouching { .. }));
+    for a in f.last.clone() {
+        if matches!(a, Action::StopVouching { .. }) {
+            f.obs.results.push(ActionResult::answered(
+                a,
+                crate::engine::Answer {
+                    detail: None,
+                    facts: crate::engine::ActionFacts {
+                        last_vouched_ago_ms: Some(6100),
+                        ..Default::default()
+                    },
+                },
+            ));
+        }
+    }
     let actions = f.tick(1000);
     assert!(promotes(&actions).is_none());
-    assert!(f
-        .status
-        .blocked_by
-        .as_deref()
-        .unwrap()
-        .contains("lease runs out in"));
-    let actions = f.tick(4000); // 10.1 s since the last renewal
+    let why = f.status.blocked_by.clone().unwrap_or_default();
+    assert!(why.contains("lease runs out in"), "{why}");
+    let actions = f.tick(4000); // 10.1 s since the last renewal: within the margin
+    assert!(promotes(&actions).is_none(), "{actions:#?}");
+    // TTL 10 s + margin 0.45 s after the last renewal and the last vouch.
+    let actions = f.tick(400);
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
     assert_eq!(f.step(), Some(("Failover".into(), "Promote".into())));
 }
@@ -544,4 +575,134 @@ fn a_cluster_is_healthy_only_once_every_role_label_is_in_place() {
     f.ack_all();
     f.tick(1000);
     assert_eq!(f.status.phase, Some(Phase::Healthy));
+}
+
+fn answer_stop_vouching(f: &mut Fixture, ago_ms: u64) {
+    f.ack_all();
+    f.obs
+        .results
+        .retain(|r| !matches!(r.action, Action::StopVouching { .. }));
+    for a in f.last.clone() {
+        if matches!(a, Action::StopVouching { .. }) {
+            f.obs.results.push(ActionResult::answered(
+                a,
+                crate::engine::Answer {
+                    detail: None,
+                    facts: crate::engine::ActionFacts {
+                        last_vouched_ago_ms: Some(ago_ms),
+                        ..Default::default()
+                    },
+                },
+            ));
+        }
+    }
+}
+
+#[test]
+fn a_vanished_primary_fails_over_at_once_but_is_promoted_over_only_after_its_lease() {
+    let mut f = cluster().instances(3).build();
+    f.tick(0); // renewal sent at t
+    f.vanished("main-0");
+    let actions = f.tick(100);
+    assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
+    assert!(
+        promotes(&actions).is_none(),
+        "a deleted pod proves nothing: {actions:#?}"
+    );
+    let fences = |a: &[Action]| {
+        a.iter()
+            .filter(|x| matches!(x, Action::FenceInstance { .. }))
+            .count()
+    };
+    assert_eq!(fences(&actions), 1);
+    answer_stop_vouching(&mut f, 1100); // last vouched at t
+    let actions = f.tick(1000);
+    assert_eq!(
+        fences(&actions),
+        0,
+        "the pod is deleted once, not on every pass"
+    );
+    assert!(promotes(&actions).is_none());
+    let actions = f.tick(5000);
+    assert_eq!(fences(&actions), 0);
+    assert!(promotes(&actions).is_none());
+    // t + 10.45 s: TTL and margin after the last renewal.
+    let actions = f.tick(4400);
+    assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
+}
+
+#[test]
+fn a_primary_only_the_operator_cannot_reach_is_kept_while_its_peers_vouch_for_it() {
+    let mut f = cluster().instances(3).build();
+    f.tick(0);
+    f.unreachable("main-0");
+    for _ in 0..20 {
+        for s in ["main-1", "main-2"] {
+            f.agent(s).vouched = Some(("main-0".into(), 1200));
+        }
+        let actions = f.tick(1000);
+        assert!(f.status.transition.is_none(), "{:?}", f.status.transition);
+        assert!(!has(&actions, |a| matches!(a, Action::StopVouching { .. })));
+    }
+    let why = f.status.blocked_by.clone().unwrap_or_default();
+    assert!(
+        why.contains("vouched for it") && why.contains("no failover"),
+        "{why}"
+    );
+    // One peer no longer hears from it: it cannot extend its lease: fail over.
+    f.agent("main-2").vouched = Some(("main-0".into(), 7000));
+    f.tick(1000);
+    f.tick(5000);
+    assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
+}
+
+#[test]
+fn the_recorded_peers_are_those_of_every_renewal_sent_to_the_holder() {
+    let mut f = cluster().instances(3).build();
+    f.tick(1000);
+    let peers = |f: &Fixture| f.status.lease.as_ref().map(|l| l.peers.clone()).unwrap();
+    assert_eq!(peers(&f), ["main-1", "main-2"]);
+    // main-2 becomes a learner: it is no peer any more…
+    f.spec
+        .instance_overrides
+        .push(crate::api::InstanceOverride {
+            ordinal: 2,
+            priority: Some(0),
+        });
+    let actions = f.tick(1000);
+    assert!(has(
+        &actions,
+        |a| matches!(a, Action::RenewLease { peers, .. } if peers == &["main-1".to_string()])
+    ));
+    assert_eq!(peers(&f), ["main-1"]);
+    // …and back: main-0 may still hold the list without it, so it is not counted.
+    f.spec.instance_overrides.clear();
+    f.tick(1000);
+    assert_eq!(peers(&f), ["main-1"]);
+}
+
+#[test]
+fn renewals_echo_the_challenge_and_are_counted_from_when_they_are_sent() {
+    let mut f = cluster().instances(3).build();
+    f.agent("main-0").lease = Some(crate::engine::LeaseReport {
+        held: true,
+        remaining_ms: 9000,
+        challenge: Some(4242),
+    });
+    let actions = f.tick(1000);
+    assert!(
+        has(&actions, |a| matches!(
+            a,
+            Action::RenewLease {
+                challenge: Some(4242),
+                ..
+            }
+        )),
+        "{actions:#?}"
+    );
+    let sent = f.status.lease.clone().unwrap();
+    assert_eq!(sent.holder, "main-0");
+    assert_eq!(sent.peers, vec!["main-1".to_string(), "main-2".to_string()]);
+    // No result came back: the renewal still counts as sent (it may have arrived).
+    assert_eq!(crate::engine::ctx::parse_ms(&sent.renewed_at), Some(f.now));
 }

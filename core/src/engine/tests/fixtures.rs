@@ -255,6 +255,14 @@ impl Fixture {
         i.platform = PlatformState::Gone;
     }
 
+    /// The platform no longer shows it (pod deleted, node lost), with no
+    /// proof that its processes ended.
+    pub fn vanished(&mut self, n: &str) {
+        let i = self.inst(n);
+        i.agent = None;
+        i.platform = PlatformState::Vanished;
+    }
+
     pub fn request(&mut self, r: Request) {
         self.obs.requests.push(r);
     }

@@ -23,6 +23,10 @@ enum Ev {
     Reclone(usize),
     Restart(Option<usize>),
     OperatorRestart(usize),
+    /// The operator cannot reach this agent; the agents still reach each other.
+    CutFromOperator(usize),
+    /// The operator is down for this long: time passes, no decision is made.
+    OperatorDown(i64),
     Wait(i64),
 }
 
@@ -42,6 +46,8 @@ fn ev() -> impl Strategy<Value = Ev> {
         1 => i.clone().prop_map(Ev::Reclone),
         1 => proptest::option::of(i.clone()).prop_map(Ev::Restart),
         2 => (0usize..4).prop_map(Ev::OperatorRestart),
+        2 => i.clone().prop_map(Ev::CutFromOperator),
+        1 => (1000i64..60_000).prop_map(Ev::OperatorDown),
         3 => (100i64..4000).prop_map(Ev::Wait),
     ]
 }
@@ -107,6 +113,17 @@ fn apply_fault(sim: &mut Sim, e: &Ev) {
             m.crash_restart_at = None;
         }
         Ev::Partition(k) if k < n => sim.insts[k].partitioned = true,
+        Ev::CutFromOperator(k) if k < n => sim.insts[k].cut_from_operator = true,
+        Ev::OperatorDown(ms) => {
+            sim.results.clear();
+            let mut left = ms;
+            while left > 0 {
+                let step = left.min(1000);
+                sim.advance(step);
+                sim.check("while the operator is down");
+                left -= step;
+            }
+        }
         Ev::CrashPg(k, t) if k < n => {
             let m = &mut sim.insts[k];
             m.pg = false;
@@ -141,6 +158,7 @@ fn heal(sim: &mut Sim, k: usize) {
         }
     }
     m.partitioned = false;
+    m.cut_from_operator = false;
     m.repl_blocked = false;
     if m.crash_restart_at.take().is_some()
         && !m.held_stopped
@@ -296,4 +314,74 @@ fn simulation_fails_over_after_node_loss_and_rejoins_the_old_primary() {
         .history
         .iter()
         .any(|h| h.kind == "Rejoin" && h.outcome == "Succeeded"));
+}
+
+fn settled(instances: i32, mode: u8) -> Sim {
+    let mut sim = Sim::new(spec_of(instances, mode, None));
+    for _ in 0..3 {
+        sim.round();
+        sim.advance(200);
+    }
+    sim
+}
+
+#[test]
+fn an_operator_outage_leaves_the_primary_writable() {
+    for instances in 1..=3 {
+        let mut sim = settled(instances, 2);
+        apply_fault(&mut sim, &Ev::OperatorDown(60_000));
+        let p = &sim.insts[0];
+        assert!(
+            p.pg && !p.fenced && p.lease_until > sim.now,
+            "{instances} instances: the primary was fenced during the outage: {p:?}"
+        );
+        sim.round();
+        assert!(sim.promotions.is_empty());
+        assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+    }
+}
+
+#[test]
+fn a_primary_cut_off_from_the_operator_only_is_not_failed_over() {
+    let mut sim = settled(3, 2);
+    apply_fault(&mut sim, &Ev::CutFromOperator(0));
+    for _ in 0..60 {
+        sim.round();
+        sim.advance(500);
+    }
+    assert!(sim.promotions.is_empty(), "{:?}", sim.status.history);
+    assert!(sim.insts[0].lease_until > sim.now, "{:?}", sim.insts[0]);
+    assert!(sim.violations.is_empty(), "{:?}", sim.violations);
+}
+
+/// The checks catch a broken vouching rule: standbys that acknowledge
+/// `/stop-vouching` and go on vouching keep an old primary writable next to
+/// the promoted one once it is cut off from the operator and one peer.
+#[test]
+fn standbys_that_go_on_vouching_after_stop_vouching_break_the_invariant() {
+    let run = |broken: bool| {
+        let mut sim = settled(3, 0);
+        sim.ignore_stop_vouching = broken;
+        // main-0 no longer reaches the operator, and main-1 stops following
+        // it for a while: main-0 cannot extend its lease, the engine fails over.
+        sim.insts[0].cut_from_operator = true;
+        sim.insts[1].upstream = None;
+        for _ in 0..80 {
+            sim.round();
+            if sim.status.transition.is_some() && sim.insts[1].upstream.is_none() {
+                // main-1 follows it again while the failover waits for its lease.
+                sim.insts[1].upstream = Some("main-0".into());
+            }
+            sim.advance(300);
+        }
+        (sim.promotions.clone(), sim.violations.clone())
+    };
+    let (promotions, violations) = run(false);
+    assert!(violations.is_empty(), "{violations:?}");
+    assert!(!promotions.is_empty(), "the failover must happen");
+    let (promotions, violations) = run(true);
+    assert!(
+        !violations.is_empty(),
+        "a broken vouching rule went unnoticed (promotions {promotions:?})"
+    );
 }

@@ -181,6 +181,7 @@ fn rejoin_dry_run_reports_whether_a_rewind_is_needed_and_changes_nothing() {
         action: check,
         outcome: Outcome::Succeeded {
             detail: Some("no rewind needed".into()),
+            facts: Default::default(),
         },
     });
     f.tick(10);

@@ -18,6 +18,8 @@ pub struct Inst {
     pub name: String,
     pub agent_up: bool,
     pub partitioned: bool,
+    /// The operator cannot reach this agent, but the other agents can.
+    pub cut_from_operator: bool,
     pub gone_known: bool,
     pub pg: bool,
     pub primary: bool,
@@ -26,6 +28,13 @@ pub struct Inst {
     pub upstream: Option<String>,
     pub label: Option<RoleLabel>,
     pub lease_until: i64,
+    /// The epoch and peers of the last renewal it accepted.
+    pub lease_epoch: u64,
+    pub lease_peers: Vec<String>,
+    /// The highest epoch it was told of (kept on disk: survives a restart).
+    pub known_epoch: u64,
+    /// Standby: the primary it last vouched for, and when.
+    pub vouched: Option<(String, i64)>,
     pub fenced: bool,
     pub held_stopped: bool,
     pub crash_restart_at: Option<i64>,
@@ -52,6 +61,9 @@ pub struct Sim {
     /// The operator dies in the next round after persisting status, having
     /// carried out only this many of its actions.
     pub crash_next_round: Option<usize>,
+    /// A broken agent, for the test that shows the checks catch it: standbys
+    /// acknowledge `/stop-vouching` and go on vouching.
+    pub ignore_stop_vouching: bool,
 }
 
 impl Sim {
@@ -62,6 +74,7 @@ impl Sim {
                 name: format!("main-{i}"),
                 agent_up: true,
                 partitioned: false,
+                cut_from_operator: false,
                 gone_known: false,
                 pg: true,
                 primary: i == 0,
@@ -70,6 +83,10 @@ impl Sim {
                 upstream: (i != 0).then(|| "main-0".to_string()),
                 label: None,
                 lease_until: if i == 0 { 10_000 } else { 0 },
+                lease_epoch: 0,
+                lease_peers: Vec::new(),
+                known_epoch: 0,
+                vouched: None,
                 fenced: false,
                 held_stopped: false,
                 crash_restart_at: None,
@@ -92,6 +109,7 @@ impl Sim {
             violations: Vec::new(),
             promotions: Vec::new(),
             crash_next_round: None,
+            ignore_stop_vouching: false,
         }
     }
 
@@ -145,7 +163,7 @@ impl Sim {
             ..Observations::default()
         };
         for (k, i) in self.insts.iter().enumerate() {
-            let reachable = i.agent_up && !i.partitioned;
+            let reachable = i.agent_up && !i.partitioned && !i.cut_from_operator;
             let agent = reachable.then(|| {
                 let standbys = self
                     .insts
@@ -182,6 +200,12 @@ impl Sim {
                     system_identifier: Some("7000".into()),
                     synchronous_standby_names: Some(i.sync_names.clone()),
                     synchronous_commit: Some(i.sync_commit.clone()),
+                    vouched: i.vouched.as_ref().map(|(p, at)| (p.clone(), self.now - at)),
+                    lease: Some(crate::engine::LeaseReport {
+                        held: i.lease_until > self.now,
+                        remaining_ms: (i.lease_until - self.now).max(0),
+                        challenge: Some(u64::try_from(self.now).unwrap()),
+                    }),
                     ..AgentReport::default()
                 }
             });
@@ -239,7 +263,10 @@ impl Sim {
     }
 
     fn ok() -> Outcome {
-        Outcome::Succeeded { detail: None }
+        Outcome::Succeeded {
+            detail: None,
+            facts: Default::default(),
+        }
     }
 
     fn fail(m: &str) -> Outcome {
@@ -250,7 +277,8 @@ impl Sim {
         let Some(k) = a.instance().and_then(|n| self.idx(n)) else {
             return Self::ok();
         };
-        if a.is_agent_call() && (!self.insts[k].agent_up || self.insts[k].partitioned) {
+        let cut = self.insts[k].partitioned || self.insts[k].cut_from_operator;
+        if a.is_agent_call() && (!self.insts[k].agent_up || cut) {
             return Self::fail("agent unreachable");
         }
         let now = self.now;
@@ -325,6 +353,7 @@ impl Sim {
             }
             Action::Rewind { .. } => Outcome::Succeeded {
                 detail: Some("checked".into()),
+                facts: Default::default(),
             },
             Action::Reclone { source, instance } => {
                 let Some(p) = self.idx(source) else {
@@ -388,9 +417,38 @@ impl Sim {
                 m.sync_commit = synchronous_commit.clone();
                 Self::ok()
             }
-            Action::RenewLease { ttl_ms, .. } => {
-                self.insts[k].lease_until = now + i64::try_from(*ttl_ms).unwrap();
+            Action::RenewLease {
+                ttl_ms,
+                challenge,
+                epoch,
+                peers,
+                ..
+            } => {
+                let m = &mut self.insts[k];
+                if *epoch < m.known_epoch {
+                    return Self::fail("renewal of a lower epoch");
+                }
+                // The challenge is this round's status answer: the lease runs from it.
+                let from = challenge.map_or(now, |c| i64::try_from(c).unwrap());
+                m.lease_until = m.lease_until.max(from + i64::try_from(*ttl_ms).unwrap());
+                m.lease_epoch = *epoch;
+                m.lease_peers = peers.clone();
                 Self::ok()
+            }
+            Action::StopVouching { epoch, .. } => {
+                let m = &mut self.insts[k];
+                if !self.ignore_stop_vouching {
+                    m.known_epoch = m.known_epoch.max(*epoch);
+                }
+                // Never vouched since the simulation began: as if just before it.
+                let ago = m.vouched.as_ref().map_or(now, |(_, at)| now - at);
+                Outcome::Succeeded {
+                    detail: None,
+                    facts: crate::engine::ActionFacts {
+                        last_vouched_ago_ms: Some(u64::try_from(ago).unwrap()),
+                        ..Default::default()
+                    },
+                }
             }
             Action::SetRole { role, .. } => {
                 self.insts[k].label = Some(*role);
@@ -398,6 +456,10 @@ impl Sim {
             }
             Action::FenceInstance { .. } => {
                 let m = &mut self.insts[k];
+                if m.partitioned || m.cut_from_operator {
+                    // As on a partitioned node: deleting the pod stops nothing there.
+                    return Self::ok();
+                }
                 m.agent_up = false;
                 m.pg = false;
                 m.gone_known = true;
@@ -413,7 +475,45 @@ impl Sim {
     }
 
     /// Let `ms` pass: agents enforce leases, restart crashed postgres, the primary writes.
+    /// Primaries holding a lease ask their peers to vouch (every quarter
+    /// TTL; once per step here); when every peer does, the lease runs a TTL
+    /// from now.
+    fn vouch(&mut self) {
+        let ttl = self.spec.failover.lease_ttl.duration().as_millis() as i64;
+        let now = self.now;
+        for k in 0..self.insts.len() {
+            let m = self.insts[k].clone();
+            let asks = m.agent_up && m.pg && m.primary && !m.partitioned;
+            if !asks || m.lease_until <= now {
+                continue;
+            }
+            let mut all = true;
+            for p in &m.lease_peers {
+                let Some(j) = self.idx(p) else {
+                    all = false;
+                    continue;
+                };
+                let s = &mut self.insts[j];
+                let yes = s.agent_up
+                    && !s.partitioned
+                    && !s.primary
+                    && s.upstream.as_deref() == Some(m.name.as_str())
+                    && s.tli == m.tli
+                    && m.lease_epoch >= s.known_epoch;
+                if yes {
+                    s.vouched = Some((m.name.clone(), now));
+                }
+                all &= yes;
+            }
+            if all {
+                self.insts[k].lease_until = self.insts[k].lease_until.max(now + ttl);
+            }
+        }
+    }
+
     pub fn advance(&mut self, ms: i64) {
+        // Vouching runs all the time; once per step of at most TTL/2 is enough here.
+        self.vouch();
         self.now += ms;
         let now = self.now;
         for m in &mut self.insts {

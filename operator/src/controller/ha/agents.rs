@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::agent::client::AgentClient;
 use crate::api::agent::{AgentStatus, Member};
 use crate::api::AgentUnanswered;
-use crate::engine::Action;
+use crate::engine::{Action, Answer};
 
 /// The bearer token of a cluster's agents; never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -53,14 +53,14 @@ pub trait AgentOps: Send + Sync + 'static {
         async move { self.status(target, timeout).await.ok_or(None) }
     }
 
-    /// Carry out one agent action; `Ok(detail)` or `Err(message)`.
+    /// Carry out one agent action: the agent's answer or `Err(message)`.
     /// `members` gives every instance's postgres address.
     fn call(
         &self,
         target: &AgentTarget,
         action: &Action,
         members: &BTreeMap<String, Member>,
-    ) -> impl Future<Output = Result<Option<String>, String>> + Send;
+    ) -> impl Future<Output = Result<Answer, String>> + Send;
 }
 
 /// The agents over HTTP, with one cached client per address and token.
@@ -111,7 +111,7 @@ impl AgentOps for HttpAgents {
         target: &AgentTarget,
         action: &Action,
         members: &BTreeMap<String, Member>,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Answer, String> {
         let c = self.client(target)?;
         crate::platform::call(action, &c, members).await
     }

@@ -311,7 +311,9 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
                 .insert(name.clone(), uid.clone())
                 .is_some_and(|before| before != uid);
             let platform = if replaced {
-                PlatformState::Gone
+                // A new pod proves nothing about the old one's postgres (a
+                // force-deleted pod on a partitioned node still runs).
+                PlatformState::Vanished
             } else {
                 pods::platform_state(
                     pod,
@@ -336,7 +338,8 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
                 },
             ));
         }
-        // An instance of the spec without a pod is gone (deleted, not yet recreated).
+        // An instance of the spec without a pod has vanished (deleted, not yet
+        // recreated): without the kubelet's word its postgres may still run.
         let want = u32::try_from(dc.spec.instances).unwrap_or(0);
         for ordinal in 0..want {
             if !out.iter().any(|(o, _)| *o == ordinal) {
@@ -344,7 +347,7 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
                     ordinal,
                     InstanceObs {
                         name: keys::instance_name(&self.name, ordinal),
-                        platform: PlatformState::Gone,
+                        platform: PlatformState::Vanished,
                         ..InstanceObs::default()
                     },
                 ));

@@ -1,5 +1,5 @@
 //! What the Kubernetes platform knows about each instance from its pod:
-//! platform state (Running / Starting / Gone), the role label, the pod IP.
+//! platform state (Running / Starting / Vanished / Gone), the role label, the pod IP.
 //! Pure functions over `Pod` objects.
 
 use std::time::Duration;
@@ -38,18 +38,34 @@ pub fn pod_ended(pod: &Pod) -> bool {
     )
 }
 
+/// Whether the kubelet reported every container of the pod terminated.
+pub fn containers_terminated(pod: &Pod) -> bool {
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    !statuses.is_empty()
+        && statuses
+            .iter()
+            .all(|c| c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+}
+
 /// The pod's platform state. `answered` says whether this pod (by uid) has
 /// ever answered a poll; a pod that has not, and is younger than `grace`, is
 /// still starting. `serving` says whether its agent reports postgres running
 /// in this poll.
 ///
-/// A pod in its deletion grace period whose postgres still serves is not
-/// `Gone` yet: `Gone` lets the engine promote at once, and the old primary
-/// could still accept writes until its container stops.
+/// `Gone` (the engine may promote at once) only when the kubelet reported
+/// the pod's containers ended: its phase is Failed/Succeeded, or every
+/// container status is terminated. A pod being deleted whose postgres no
+/// longer answers is `Vanished`: on a partitioned node deletion stops
+/// nothing, so the engine waits for the fencing lease. A pod in its deletion
+/// grace period whose postgres still serves is still `Running`.
 ///
-/// A pod on a lost node (phase `Unknown`) is deliberately NOT `Gone`: on a
-/// network partition its postgres may still be running, so the engine must
-/// wait for the fencing lease, as for any unreachable agent.
+/// A pod on a lost node (phase `Unknown`) is deliberately NOT `Gone` either:
+/// its postgres may still be running, so the engine must wait for the
+/// fencing lease, as for any unreachable agent.
 pub fn platform_state(
     pod: &Pod,
     answered: bool,
@@ -63,8 +79,10 @@ pub fn platform_state(
     if pod.metadata.deletion_timestamp.is_some() {
         return if serving {
             PlatformState::Running
-        } else {
+        } else if containers_terminated(pod) {
             PlatformState::Gone
+        } else {
+            PlatformState::Vanished
         };
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -141,11 +159,27 @@ mod tests {
     }
 
     #[test]
-    fn deleted_or_failed_pod_is_gone_but_lost_node_is_not() {
+    fn only_a_pod_whose_containers_ended_is_gone() {
         let mut deleting = pod("Running", Some("10.0.0.1"), 300);
         deleting.metadata.deletion_timestamp = Some(Time(now()));
+        // Deleted, its postgres silent, no word from the kubelet: it may still run.
         assert_eq!(
             platform_state(&deleting, true, false, now(), GRACE),
+            PlatformState::Vanished
+        );
+        let mut ended = deleting.clone();
+        if let Some(s) = ended.status.as_mut() {
+            s.container_statuses = Some(vec![k8s_openapi::api::core::v1::ContainerStatus {
+                name: "postgres".into(),
+                state: Some(k8s_openapi::api::core::v1::ContainerState {
+                    terminated: Some(Default::default()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]);
+        }
+        assert_eq!(
+            platform_state(&ended, true, false, now(), GRACE),
             PlatformState::Gone
         );
         let failed = pod("Failed", Some("10.0.0.1"), 300);
