@@ -1,7 +1,8 @@
 //! The real command-line tools, as a user runs them: `kubectl` (the one the
 //! test cluster built, or `KUBECTL`) and `helm` (`HELM`), against the cluster
 //! in KUBECONFIG; and the failure dump a failed test prints (pods, Events,
-//! DbCluster status, operator and agent logs). Does I/O.
+//! DbCluster status, operator and agent logs, and the previous run's logs of
+//! a container that restarted). Does I/O.
 
 use std::process::Stdio;
 
@@ -116,33 +117,63 @@ pub async fn dump(ns: &str) {
         ],
     )
     .await;
-    if let Ok(pods) = kubectl_ok(&["get", "-n", ns, "pods", "-o", "name"]).await {
-        for pod in pods.lines().filter(|l| !l.is_empty()) {
-            section(
-                &format!("logs of {pod}"),
-                &["logs", "-n", ns, pod, "--all-containers", "--tail=60"],
-            )
-            .await;
-        }
-    }
+    dump_pod_logs(ns, None, 60).await;
     let op_ns = operator_namespace();
     section(
         "operator pods",
         &["get", "-n", &op_ns, "pods", "-o", "wide"],
     )
     .await;
-    section(
-        "operator logs",
-        &[
-            "logs",
-            "-n",
-            &op_ns,
-            "-l",
-            "app.kubernetes.io/name=tandem-operator",
-            "--prefix",
-            "--tail=150",
-        ],
-    )
-    .await;
+    dump_pod_logs(&op_ns, Some(OPERATOR_SELECTOR), 150).await;
     eprintln!("===== end of failure dump of namespace {ns}");
+}
+
+/// Label of the chart's operator pods.
+const OPERATOR_SELECTOR: &str = "app.kubernetes.io/name=tandem-operator";
+
+/// The last `tail` lines of every container of the pods in `ns` (matching
+/// `selector`), and of the previous run of any container that restarted:
+/// a crashed agent (PID 1 of its container) or an operator that lost the
+/// lease says why only there.
+async fn dump_pod_logs(ns: &str, selector: Option<&str>, tail: usize) {
+    let mut args = vec!["get", "-n", ns, "pods", "-o", RESTARTS];
+    if let Some(s) = selector {
+        args.extend(["-l", s]);
+    }
+    let Ok(pods) = kubectl_ok(&args).await else {
+        return;
+    };
+    let tail = format!("--tail={tail}");
+    for (pod, restarts) in pods.lines().filter_map(restarts_of) {
+        let target = format!("pod/{pod}");
+        let mut args = vec!["logs", "-n", ns, &target, "--all-containers", &tail];
+        section(&format!("logs of {target}"), &args).await;
+        if restarts > 0 {
+            args.push("--previous");
+            let title = format!("logs of {target} before its last restart ({restarts} restarts)");
+            section(&title, &args).await;
+        }
+    }
+}
+
+/// Each pod as `name restartCount restartCount…` (one count per container).
+const RESTARTS: &str = "jsonpath={range .items[*]}{.metadata.name}{' '}{.status.containerStatuses[*].restartCount}{'\\n'}{end}";
+
+/// A line of [`RESTARTS`]: the pod and its containers' total restarts.
+fn restarts_of(line: &str) -> Option<(&str, u64)> {
+    let mut fields = line.split_whitespace();
+    let pod = fields.next()?;
+    Some((pod, fields.filter_map(|n| n.parse::<u64>().ok()).sum()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_are_summed_over_containers_and_a_pod_without_status_has_none() {
+        assert_eq!(restarts_of("main-0 0 2 1"), Some(("main-0", 3)));
+        assert_eq!(restarts_of("main-1"), Some(("main-1", 0)));
+        assert_eq!(restarts_of(""), None);
+    }
 }

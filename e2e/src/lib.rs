@@ -1,8 +1,8 @@
 //! End-to-end suite for tandem against the Kubernetes cluster in KUBECONFIG.
 //! The suite itself lives in `tests/` (every test `#[ignore]`d: `make e2e`
 //! runs them with `--ignored` on kind); this crate holds the shared helpers:
-//! temporary namespaces, waiting on conditions with timeouts (never bare
-//! sleeps), applying the examples, SQL through `<name>-rw` from a pod, and
+//! temporary namespaces, waiting on conditions with timeouts (the testkit's
+//! bounded waits, never bare sleeps), applying the examples, SQL through `<name>-rw` from a pod, and
 //! reading Services' endpoints and Events. Does I/O against the cluster.
 
 use std::collections::BTreeMap;
@@ -20,6 +20,7 @@ use kube::runtime::wait::{await_condition as kube_await, Condition};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tandem::api::{keys, DbCluster, DbClusterStatus, Phase};
+use tandem_testkit::poll_until_async;
 
 pub mod kubectl;
 pub mod sql;
@@ -165,6 +166,9 @@ pub async fn client() -> Result<Client> {
         .map_err(kube_err("connecting (KUBECONFIG)"))
 }
 
+/// How often [`eventually`] probes, and how soon a watch ended by the API server is started again.
+pub const POLL: Duration = Duration::from_millis(500);
+
 /// Wait until `cond` holds for object `name`, at most `timeout`. A watch the
 /// API server ends (for example "too old resource version") is started again.
 pub async fn await_condition<K>(
@@ -178,51 +182,48 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_error = String::new();
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, kube_await(api.clone(), name, cond.clone())).await {
-            Ok(Ok(Some(obj))) => return Ok(obj),
-            Ok(Ok(None)) => {
-                return Err(E2eError::Timeout {
-                    what: format!("{what} (object {name} deleted)"),
-                    secs: timeout.as_secs(),
-                })
-            }
-            Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
-                last_error = format!(" (last watch error: {e})");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Ok(Err(_)) | Err(_) => {
-                return Err(E2eError::Timeout {
-                    what: format!("{what}{last_error}"),
-                    secs: timeout.as_secs(),
-                })
+    let last_error = std::cell::RefCell::new(String::new());
+    let outcome = poll_until_async(timeout, POLL, || {
+        let (api, cond, last_error) = (api.clone(), cond.clone(), &last_error);
+        async move {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, kube_await(api, name, cond)).await {
+                Ok(Ok(found)) => Some(found),
+                Ok(Err(e)) => {
+                    *last_error.borrow_mut() = format!(" (last watch error: {e})");
+                    None
+                }
+                Err(_) => None,
             }
         }
+    })
+    .await;
+    match outcome {
+        Some(Some(obj)) => Ok(obj),
+        Some(None) => Err(E2eError::Timeout {
+            what: format!("{what} (object {name} deleted)"),
+            secs: timeout.as_secs(),
+        }),
+        None => Err(E2eError::Timeout {
+            what: format!("{what}{}", last_error.borrow()),
+            secs: timeout.as_secs(),
+        }),
     }
 }
 
-/// Poll `probe` every 500 ms until it returns `Some`, at most `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+/// Poll `probe` every [`POLL`] until it returns `Some`, at most `timeout`
+/// (the testkit's bounded wait, failing with [`E2eError::Timeout`]).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tick.tick().await;
-        if let Some(v) = probe().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(E2eError::Timeout {
-                what: what.into(),
-                secs: timeout.as_secs(),
-            });
-        }
-    }
+    poll_until_async(timeout, POLL, probe)
+        .await
+        .ok_or_else(|| E2eError::Timeout {
+            what: what.into(),
+            secs: timeout.as_secs(),
+        })
 }
 
 /// Run `test` in a fresh namespace that is deleted afterwards, even when the test panics.

@@ -1,6 +1,7 @@
 //! SQL through `<name>-rw` from a short-lived pod in the cluster (the
 //! postgres image's psql, credentials from the superuser Secret): a writer
-//! that prints each acknowledged row, and reading the rows back. Does I/O.
+//! that prints each acknowledged row, and reading the rows back; which
+//! acknowledged rows are lost is the testkit's check. Does I/O.
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{LogParams, PostParams};
 use kube::{Api, Client};
 use tandem::api::keys;
+use tandem_testkit::writer::missing;
 
 use crate::{await_condition, kube_err, postgres_image, E2eError, Result};
 
@@ -126,22 +128,23 @@ pub async fn run_sql(
 }
 
 /// Once writer pod `writer` has finished (at most `timeout`): the rows it saw
-/// acknowledged that `<cluster>-rw` no longer has.
+/// acknowledged that `<cluster>-rw` no longer has (the testkit's check).
 pub async fn lost_acknowledged(
     client: &Client,
     ns: &str,
     cluster: &str,
     writer: &str,
     timeout: Duration,
-) -> Result<Vec<u64>> {
+) -> Result<Vec<i64>> {
     wait_finished(client, ns, writer, timeout).await?;
     let acked = acknowledged(&pod_logs(client, ns, writer).await?);
     let stored = rows(client, ns, cluster, &format!("{writer}-read")).await?;
-    Ok(acked.into_iter().filter(|n| !stored.contains(n)).collect())
+    Ok(missing(acked, &stored.into_iter().collect()))
 }
 
-/// Numbers of the lines `ack <n>` a writer printed: the rows the server acknowledged.
-pub fn acknowledged(logs: &str) -> Vec<u64> {
+/// Numbers of the lines `ack <n>` a [`writer_script`] printed: the rows the
+/// server acknowledged.
+pub fn acknowledged(logs: &str) -> Vec<i64> {
     logs.lines()
         .filter_map(|l| l.strip_prefix("ack "))
         .filter_map(|n| n.trim().parse().ok())
@@ -165,7 +168,7 @@ pub fn writer_script(count: u64, deadline_secs: u64) -> String {
 }
 
 /// Every row number in `e2e_rows`, read through `<name>-rw`.
-pub async fn rows(client: &Client, ns: &str, cluster: &str, pod: &str) -> Result<Vec<u64>> {
+pub async fn rows(client: &Client, ns: &str, cluster: &str, pod: &str) -> Result<Vec<i64>> {
     let out = run_sql(
         client,
         ns,

@@ -17,7 +17,7 @@ const MOVE: Duration = Duration::from_secs(180);
 
 /// Write `yaml` to a temporary file and `kubectl apply` it in `ns`.
 async fn apply_yaml(ns: &str, yaml: &str) -> Output {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = tandem_testkit::TestDir::new("e2e-manifest");
     let path = dir.path().join("manifest.yaml");
     std::fs::write(&path, yaml).expect("write manifest");
     let path = path.to_string_lossy().into_owned();
@@ -300,7 +300,7 @@ async fn a_deleted_and_reapplied_cluster_adopts_its_data() {
         let rows = rows(&client, &ns, &name, "read-1").await.expect("rows");
         assert_eq!(
             rows,
-            (1..=10).collect::<Vec<u64>>(),
+            (1..=10).collect::<Vec<i64>>(),
             "data of the deleted cluster"
         );
     })

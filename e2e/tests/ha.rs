@@ -128,7 +128,7 @@ async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
             .expect("rows after");
         assert_eq!(
             rows,
-            (1..=20).collect::<Vec<u64>>(),
+            (1..=20).collect::<Vec<i64>>(),
             "rows survive a switchover"
         );
         let labels = role_labels(&client, &ns, &name).await.expect("labels");
@@ -315,7 +315,7 @@ async fn reclone_annotation_reclones_a_standby_and_keeps_the_data() {
             .await
             .expect("get"));
         let rows = rows(&client, &ns, &name, "read-1").await.expect("rows");
-        assert_eq!(rows, (1..=20).collect::<Vec<u64>>());
+        assert_eq!(rows, (1..=20).collect::<Vec<i64>>());
     })
     .await;
 }

@@ -9,6 +9,7 @@ mod ha_support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tandem_testkit::{poll_until_async, signal};
 
 use ha_support::cluster::{show, LocalCluster};
 use ha_support::ops::{healthy_with_writer, wait_ack_after, BOOT, FAILOVER, WRITE_EVERY};
@@ -60,22 +61,17 @@ impl Series {
 /// The first acknowledgement, at or after `t`, of a write issued after `t`
 /// (a write in flight at `t` may be acknowledged a moment later: it does not count).
 async fn first_new_ack(w: &Writer, t: Instant, in_flight_below: i64) -> Duration {
-    let deadline = Instant::now() + FAILOVER;
-    loop {
+    let acked = poll_until_async(FAILOVER, Duration::from_millis(5), || {
         let log = w.snapshot();
-        if let Some((_, at)) = log
+        let at = log
             .acked
             .iter()
             .find(|(id, at)| *at >= t && *id > in_flight_below)
-        {
-            return at.duration_since(t);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no write acknowledged within {FAILOVER:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+            .map(|(_, at)| at.duration_since(t));
+        async move { at }
+    })
+    .await;
+    acked.unwrap_or_else(|| panic!("no write acknowledged within {FAILOVER:?}"))
 }
 
 /// Ids up to this one may be in flight now.
@@ -101,9 +97,9 @@ async fn node_loss(c: &LocalCluster, w: &Writer, s: &mut Series) {
     let pg = c.postgres_pid(&old);
     let bound = in_flight_bound(w);
     let t = Instant::now();
-    LocalCluster::signal(agent, Signal::SIGKILL);
+    signal(agent, Signal::SIGKILL);
     if let Some(pid) = pg {
-        LocalCluster::signal(pid, Signal::SIGKILL);
+        signal(pid, Signal::SIGKILL);
     }
     let took = first_new_ack(w, t, bound).await;
     s.samples.push(took);
@@ -124,7 +120,7 @@ async fn crash(c: &LocalCluster, w: &Writer, s: &mut Series) {
     };
     let bound = in_flight_bound(w);
     let t = Instant::now();
-    LocalCluster::signal(pid, Signal::SIGKILL);
+    signal(pid, Signal::SIGKILL);
     let took = first_new_ack(w, t, bound).await;
     s.samples.push(took);
     let now = c.wait_healthy(BOOT);

@@ -391,11 +391,10 @@ async fn crashed_postgres_is_restarted_and_counted() {
     let a = &c.agents[0];
     let st = a.wait_ready("primary", T).await;
     let pid = st.postgres_pid.unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    assert!(tandem_testkit::signal(
+        pid,
+        nix::sys::signal::Signal::SIGKILL
+    ));
     let st = wait_for("postgres restarted after the crash", T, || async {
         let st = a.status().await;
         (st.ready && st.postgres_pid.is_some_and(|p| p != pid) && st.crash_count == 1).then_some(st)

@@ -12,6 +12,7 @@ use controller_ha_support::*;
 use tandem::api::keys;
 use tandem::controller::ha::{HaConfig, Registry};
 use tandem::engine::EventType;
+use tandem_testkit::poll_until_async;
 
 #[tokio::test]
 async fn bootstrap_labels_the_running_primary_and_its_standbys() {
@@ -320,22 +321,18 @@ async fn a_hanging_cluster_does_not_hold_up_the_others() {
     );
     registry.ensure("stuck", "main");
     registry.ensure("ns", "main");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        {
-            let w = lock(&f.world);
-            if status(&w).current_primary.as_deref() == Some("main-0")
-                && label(&w, "main-0") == Some("primary")
-            {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the healthy cluster made no progress beside a stuck one"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let world = &f.world;
+    let progressed = poll_until_async(Duration::from_secs(20), Duration::from_millis(20), || {
+        let w = lock(world);
+        let done = status(&w).current_primary.as_deref() == Some("main-0")
+            && label(&w, "main-0") == Some("primary");
+        async move { done.then_some(()) }
+    })
+    .await;
+    assert!(
+        progressed.is_some(),
+        "the healthy cluster made no progress beside a stuck one"
+    );
     assert!(
         registry.drives("stuck", "main"),
         "the stuck loop keeps trying"

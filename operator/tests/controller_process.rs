@@ -10,7 +10,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tandem_testkit::{free_port, terminate, TestDir};
 
 /// Kills the operator if the test fails before it exits.
 struct Guard(Child);
@@ -20,14 +22,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A plain HTTP/1.0 GET; returns the whole response.
@@ -46,7 +40,7 @@ fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) ->
 
 #[test]
 fn operator_serves_health_and_metrics_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = TestDir::new("operator");
     let kubeconfig = dir.path().join("kubeconfig");
     // Port 9 (discard) on loopback: connections are refused at once.
     let config = "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'http://127.0.0.1:9'}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\ncurrent-context: c\nusers:\n- name: u\n  user: {token: t}\n";
@@ -74,12 +68,8 @@ fn operator_serves_health_and_metrics_and_stops_on_sigterm() {
     let metrics = get(addr, "/metrics").unwrap_or_default();
     assert!(metrics.contains("tandem_operator_leader 0"), "{metrics}");
 
-    let pid = nix::unistd::Pid::from_raw(guard.0.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-        .unwrap_or_else(|e| panic!("SIGTERM: {e}"));
-    let status = wait_until("exit after SIGTERM", Duration::from_secs(10), || {
-        guard.0.try_wait().ok().flatten()
-    });
+    let status = terminate(&mut guard.0, Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("still running 10s after SIGTERM"));
     assert!(status.success(), "exit status {status}");
 
     let mut stdout = String::new();
@@ -177,21 +167,8 @@ impl Operator {
 
     /// SIGTERM, then the exit status within `timeout`.
     fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.guard.0.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-            .unwrap_or_else(|e| panic!("SIGTERM: {e}"));
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.guard.0.try_wait().ok().flatten() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "still running {timeout:?} after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        terminate(&mut self.guard.0, timeout)
+            .unwrap_or_else(|| panic!("still running {timeout:?} after SIGTERM:\n{}", self.log()))
     }
 }
 
@@ -366,7 +343,7 @@ fn an_unreadable_dbcluster_is_reported_and_the_others_are_still_reconciled() {
         ],
     });
     let api = FakeApi::start(Some(list));
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let dir = TestDir::new("operator");
     let mut op = Operator::start(&kubeconfig(dir.path(), &format!("http://{}", api.addr)));
 
     let unreadable = op.wait_log("the WARN line for bad", Duration::from_secs(30), |l| {
@@ -407,7 +384,7 @@ fn operator_stops_on_sigterm_while_its_first_dbcluster_list_never_succeeds() {
     // No CRD (every request 404), then no API server at all.
     let api = FakeApi::start(None);
     for server in [format!("http://{}", api.addr), "http://127.0.0.1:9".into()] {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let dir = TestDir::new("operator");
         let mut op = Operator::start(&kubeconfig(dir.path(), &server));
         let failed = op.wait_log(
             "the WARN line of the failed list",

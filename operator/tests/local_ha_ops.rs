@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tandem_testkit::{poll_until_async, postmaster_pid, signal, POLL};
 
 use ha_support::cluster::LocalCluster;
 use ha_support::faults::{
@@ -82,7 +83,7 @@ async fn switchover_refused_when_the_candidate_lags_and_nothing_changes() {
     let w = healthy_with_writer(&c).await;
     let log = w.stop().await;
     let receiver = wait_walreceiver(&c, "lg-1", Duration::from_secs(20));
-    LocalCluster::signal(receiver, Signal::SIGSTOP);
+    signal(receiver, Signal::SIGSTOP);
     let client = c.rw().connect().await.expect("rw");
     client
         .execute(
@@ -111,7 +112,7 @@ async fn switchover_refused_when_the_candidate_lags_and_nothing_changes() {
     assert_eq!(last["outcome"], "Refused");
 
     // Once it catches up, the same switchover goes through.
-    LocalCluster::signal(receiver, Signal::SIGCONT);
+    signal(receiver, Signal::SIGCONT);
     c.wait_for("lg-1 to catch up", Duration::from_secs(60), |s| {
         instance(s, "lg-1")["lagBytes"]
             .as_i64()
@@ -295,18 +296,13 @@ async fn reclone_of_a_standby_moves_its_data_aside_and_refuses_the_primary() {
         "{}",
         s["history"]
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let on = stored_ids(&c.direct("rc-1")).await.unwrap_or_default();
-        if before.iter().all(|i| on.contains(i)) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "re-cloned rc-1 lacks acknowledged rows"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let rc1 = c.direct("rc-1");
+    let complete = poll_until_async(Duration::from_secs(30), POLL, || async {
+        let on = stored_ids(&rc1).await.ok()?;
+        before.iter().all(|i| on.contains(i)).then_some(())
+    })
+    .await;
+    assert!(complete.is_some(), "re-cloned rc-1 lacks acknowledged rows");
     assert_nothing_lost(&c, "rc-0", &log).await;
 }
 
@@ -405,7 +401,7 @@ async fn restarted_local_up_finishes_an_interrupted_switchover_and_failover() {
 
     // Failover: node loss of the primary, then kill `local up` mid-failover.
     let old = c.primary().expect("primary");
-    LocalCluster::signal(c.agent_pid(&old), Signal::SIGKILL);
+    signal(c.agent_pid(&old), Signal::SIGKILL);
     let tr = wait_persisted_transition(&c, "Failover", FAILOVER);
     c.kill_up();
     eprintln!("killed local up during failover step {}", tr["step"]);
@@ -458,10 +454,7 @@ async fn restart_one_then_all_standbys_first_and_bad_input_exit_codes() {
         let mut changed: BTreeMap<String, Instant> = BTreeMap::new();
         while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
             for (n, p) in &initial {
-                let now = std::fs::read_to_string(watch_dir.join(n).join("pgdata/postmaster.pid"))
-                    .ok()
-                    .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
-                if now != Some(*p) {
+                if postmaster_pid(&watch_dir.join(n).join("pgdata")) != Some(*p) {
                     changed.entry(n.clone()).or_insert_with(Instant::now);
                 }
             }

@@ -481,7 +481,7 @@ fn kubectl_reads(file: &Path) -> Result<Vec<Value>, String> {
 /// Chart.yaml, kustomization's own files) as helm reads them: through its
 /// `fromYaml`, the YAML 1.1 reader it uses for values too.
 fn helm_reads(files: &[String]) -> Vec<(String, Value)> {
-    let chart = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+    let chart = tandem_testkit::TestDir::new("helm-reads");
     let dir = chart.path();
     std::fs::create_dir_all(dir.join("templates")).unwrap_or_else(|e| panic!("{e}"));
     std::fs::create_dir_all(dir.join("files")).unwrap_or_else(|e| panic!("{e}"));

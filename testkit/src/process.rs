@@ -1,8 +1,16 @@
-//! Processes by pid: whether one is alive (a zombie is not), whether it is a
-//! postgres, and sending it a signal. Reads /proc, sends signals.
+//! Processes: whether a pid is alive (a zombie is not), whether it is a
+//! postgres, the postmaster of a data directory, signalling a process or its
+//! whole group, and bounded waits for a child to exit. Reads /proc and
+//! postmaster.pid, sends signals.
+
+use std::path::Path;
+use std::process::{Child, ExitStatus};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+
+use crate::wait::poll_until;
 
 /// Whether `pid` names a live process. A zombie (exited, not yet reaped) is
 /// dead: it runs nothing and holds no port, so a test must not wait on it.
@@ -32,6 +40,34 @@ pub fn signal(pid: i32, sig: Signal) -> bool {
     pid > 0 && nix::sys::signal::kill(Pid::from_raw(pid), sig).is_ok()
 }
 
+/// Send `sig` to the process group `pid` leads (a postmaster leads its
+/// server's); whether it was delivered.
+pub fn signal_group(pid: i32, sig: Signal) -> bool {
+    pid > 0 && nix::sys::signal::killpg(Pid::from_raw(pid), sig).is_ok()
+}
+
+/// The pid on the first line of `data_dir/postmaster.pid`, alive or not;
+/// `None` when the file is absent or unreadable.
+pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    text.lines().next()?.trim().parse().ok()
+}
+
+/// Poll `child` until it exits, at most `timeout`: its status, or `None`
+/// while it still runs (the caller decides whether to kill it).
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    poll_until(timeout, Duration::from_millis(20), || {
+        child.try_wait().ok().flatten()
+    })
+}
+
+/// SIGTERM `child`, then [`wait_exit`].
+pub fn terminate(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let pid = i32::try_from(child.id()).unwrap_or(0);
+    signal(pid, Signal::SIGTERM);
+    wait_exit(child, timeout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +89,30 @@ mod tests {
         );
         child.wait().expect("reap");
         assert!(!pid_alive(pid));
+    }
+
+    #[test]
+    fn terminate_stops_a_child_and_reports_its_exit() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let status =
+            terminate(&mut child, Duration::from_secs(10)).expect("sleep exits on SIGTERM");
+        assert!(!status.success());
+        assert_eq!(wait_exit(&mut child, Duration::ZERO), Some(status));
+    }
+
+    #[test]
+    fn postmaster_pid_reads_the_first_line_only() {
+        let dir = crate::TestDir::new("kit-pm");
+        assert_eq!(postmaster_pid(dir.path()), None);
+        std::fs::write(
+            dir.path().join("postmaster.pid"),
+            "4242\n/data\n1700000000\n5432\n",
+        )
+        .expect("write postmaster.pid");
+        assert_eq!(postmaster_pid(dir.path()), Some(4242));
     }
 
     #[test]

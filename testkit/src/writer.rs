@@ -220,5 +220,40 @@ pub async fn stored_ids(target: &Target) -> Result<BTreeSet<i64>, tokio_postgres
 
 /// Acknowledged ids missing from `stored`.
 pub fn lost(log: &WriteLog, stored: &BTreeSet<i64>) -> Vec<i64> {
-    log.acked_ids().difference(stored).copied().collect()
+    missing(log.acked_ids(), stored)
+}
+
+/// The acknowledged ids that are not among the rows read back, in the order
+/// acknowledged, each once: the check every suite makes after a failover,
+/// whatever wrote the rows (this writer, or the e2e suite's psql pod).
+pub fn missing(acked: impl IntoIterator<Item = i64>, stored: &BTreeSet<i64>) -> Vec<i64> {
+    let mut seen = BTreeSet::new();
+    acked
+        .into_iter()
+        .filter(|id| !stored.contains(id) && seen.insert(*id))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_lists_each_acknowledged_id_not_read_back_once_in_order() {
+        let stored = BTreeSet::from([1, 2, 4, 99]);
+        assert_eq!(missing([5, 1, 3, 3, 2, 4], &stored), vec![5, 3]);
+        assert!(missing([1, 2], &stored).is_empty());
+        assert!(missing([], &stored).is_empty());
+    }
+
+    #[test]
+    fn lost_is_missing_of_the_logs_acknowledgements() {
+        let now = Instant::now();
+        let log = WriteLog {
+            acked: vec![(1, now), (2, now), (3, now)],
+            failed: vec![4],
+        };
+        // A failed write that did land is not a loss, nor is one that did not.
+        assert_eq!(lost(&log, &BTreeSet::from([1, 3, 4])), vec![2]);
+    }
 }

@@ -315,9 +315,19 @@ pub struct HistoryEntry {
     /// Failover only: LSN of the promoted standby when it was promoted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub promoted_lsn: Option<Lsn>,
-    /// Failover only: bytes that may have been lost (0 under sync with dataDurability required).
+    /// Failover only: bytes that may have been lost (0 under sync with dataDurability
+    /// required), from the last LSN polled: a lower bound of what the old primary wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_possibly_lost: Option<i64>,
+    /// Failover only, once the old primary rejoined: the WAL its rewind
+    /// actually discarded (from where its history diverged to its end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_discarded: Option<i64>,
+    /// Failover only: the longest the old primary may have accepted writes
+    /// after it was first seen failing (until its agent confirmed the stop,
+    /// the platform saw it end, or its lease provably ran out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_window_ms: Option<i64>,
     /// Switchover and dry-run: every precheck with its figure.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<HealthCheck>,
@@ -371,6 +381,8 @@ impl HistoryEntry {
             old_primary_lsn: None,
             promoted_lsn: None,
             bytes_possibly_lost: None,
+            bytes_discarded: None,
+            write_window_ms: None,
             checks: Vec::new(),
         }
     }

@@ -325,6 +325,9 @@ pub struct FailoverData {
     /// The platform was asked once to fence the old primary (delete its pod).
     #[serde(default, skip_serializing_if = "is_false")]
     pub fence_issued: bool,
+    /// When the old primary was known to accept writes no more (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fenced_at: Option<String>,
 }
 
 /// What a switchover keeps between steps.
@@ -343,6 +346,11 @@ pub struct SwitchoverData {
     /// Why the switchover is rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_reason: Option<String>,
+    /// The old primary did not shut down cleanly (the stop escalated past
+    /// its mode, or to a SIGKILL): `checkpointLsn` is then the end of its
+    /// WAL, which the target must have received whole.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stop_escalated: bool,
 }
 
 /// What a rejoin or re-clone keeps between steps.
@@ -419,12 +427,14 @@ impl<'de> Deserialize<'de> for TransitionData {
                 vouching_stopped_by: take("vouchingStoppedBy").and_then(text),
                 last_vouch_at: take("lastVouchAt").and_then(text),
                 fence_issued: take("fenceIssued").is_some_and(flag),
+                fenced_at: take("fencedAt").and_then(text),
             },
             switchover: SwitchoverData {
                 stop_mode: take("stopMode").and_then(stop_mode),
                 checkpoint_lsn: take("checkpointLsn").and_then(lsn),
                 promoted_lsn: take("promotedLsn").and_then(lsn),
                 rollback_reason: take("rollbackReason").and_then(text),
+                stop_escalated: take("stopEscalated").is_some_and(flag),
             },
             rejoin: RejoinData {
                 issued: take("issued").is_some_and(flag),

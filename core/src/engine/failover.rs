@@ -4,7 +4,7 @@
 
 use crate::api::{DbClusterStatus, FailoverData, Transition};
 
-use super::ctx::{secs, Ctx};
+use super::ctx::{parse_ms, secs, Ctx};
 use super::prechecks::failover_candidate;
 use super::{
     event, history, new_transition, reasons, Action, EventType, HistoryOutcome, RoleLabel, Step,
@@ -241,6 +241,9 @@ pub(crate) fn fence(
                         t.target = Some(c.clone());
                         let d = &mut t.data.failover;
                         d.fenced_by = Some(how);
+                        if d.fenced_at.is_none() {
+                            d.fenced_at = Some(ctx.stamp());
+                        }
                         d.promote_issued = false;
                         if let Some(lsn) = ctx.lsn(&c) {
                             d.candidate_lsn = Some(lsn);
@@ -409,5 +412,18 @@ pub(crate) fn label(
     entry.old_primary_lsn = old_lsn;
     entry.promoted_lsn = promoted;
     entry.bytes_possibly_lost = lost;
+    entry.write_window_ms = write_window(st, tr, old);
     Step::finish(entry)
+}
+
+/// From the old primary's first failed poll to when it was known fenced.
+fn write_window(st: &DbClusterStatus, tr: &Transition, old: &str) -> Option<i64> {
+    let failing = st
+        .instances
+        .iter()
+        .find(|i| i.name == old)
+        .and_then(|i| i.unhealthy_since.as_deref())
+        .unwrap_or(&tr.started_at);
+    let fenced = parse_ms(tr.data.failover.fenced_at.as_deref()?)?;
+    Some(fenced.saturating_sub(parse_ms(failing)?).max(0))
 }

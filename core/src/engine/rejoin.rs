@@ -8,8 +8,8 @@ use crate::api::{DbClusterStatus, RejoinData, Transition};
 use super::ctx::Ctx;
 use super::{
     busy_reason, event, history, instant_history, new_transition, reasons, refuse, Action,
-    EventType, HistoryKind, HistoryOutcome, Outcome, Request, RoleLabel, Step, TransitionKind,
-    TransitionStep,
+    ActionFacts, EventType, HistoryKind, HistoryOutcome, Outcome, Request, RoleLabel, Step,
+    TransitionKind, TransitionStep,
 };
 
 /// Why re-cloning `name` from `primary` would destroy the most advanced copy, if it would.
@@ -429,7 +429,12 @@ pub(crate) fn demote(
         primary: primary.clone(),
     };
     if ctx.succeeded(&demote) || (ctx.streams_from(name, primary) && tr.data.rejoin.issued) {
-        let message = format!("{name} rejoined {primary} as a standby ({})", tr.reason);
+        let mut message = format!("{name} rejoined {primary} as a standby ({})", tr.reason);
+        if let Some(Outcome::Succeeded { facts, .. }) = ctx.result(&demote) {
+            if let Some(note) = account_rewind(st, name, facts, out) {
+                message = format!("{message}; {note}");
+            }
+        }
         out.push(event(
             Some(name),
             EventType::Normal,
@@ -444,6 +449,45 @@ pub(crate) fn demote(
     set(st, |d| d.issued = true);
     out.push(demote);
     Step::Wait
+}
+
+/// What the rewind of `name` discarded, from the agent's figures: recorded in
+/// the history entry of the failover away from it (its RPO made exact) and
+/// in an Event. Returns the note for the rejoin's own entry.
+fn account_rewind(
+    st: &mut DbClusterStatus,
+    name: &str,
+    facts: &ActionFacts,
+    out: &mut Vec<Action>,
+) -> Option<String> {
+    let (Some(diverged), Some(end)) = (facts.diverged_at, facts.rewound_from) else {
+        return None;
+    };
+    let bytes = i64::try_from(end.bytes_after(diverged)).unwrap_or(i64::MAX);
+    let note = format!(
+        "its rewind discarded {bytes} bytes of WAL (from {diverged}, where its history diverged, to {end})"
+    );
+    let failover = st.history.iter_mut().rev().find(|h| {
+        h.kind == HistoryKind::Failover
+            && h.from.as_deref() == Some(name)
+            && h.bytes_discarded.is_none()
+    });
+    if let Some(h) = failover {
+        h.bytes_discarded = Some(bytes);
+        h.message = format!("{}; when {name} rejoined, {note}", h.message);
+    }
+    let type_ = if bytes > 0 {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    out.push(event(
+        Some(name),
+        type_,
+        reasons::REWIND_DISCARDED,
+        &format!("{name}: {note}"),
+    ));
+    Some(note)
 }
 
 /// The rewind of a rejoin failed: re-clone when allowed and safe, or end the rejoin.

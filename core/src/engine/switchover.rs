@@ -5,6 +5,7 @@
 use crate::api::{DbClusterStatus, Lsn, SwitchoverData, Transition};
 
 use super::ctx::{secs, Ctx};
+use super::Outcome;
 use super::{
     event, history, reasons, Action, EventType, HistoryOutcome, RoleLabel, Step, StopMode,
     TransitionStep,
@@ -125,7 +126,28 @@ pub(crate) fn stop(
     };
     // Only the agent's answer counts: a postgres merely seen down (a
     // crash) may be restarted by its agent; a stopped one is held down.
-    if ctx.succeeded(&stop) {
+    if let Some(Outcome::Succeeded { facts, .. }) = ctx.result(&stop) {
+        let unclean = facts.escalated
+            || mode == StopMode::Immediate
+            || ctx.agent(old).and_then(|a| a.clean_shutdown) == Some(false);
+        if unclean {
+            // Its latest checkpoint is no shutdown checkpoint: WAL written
+            // after it may never have reached the target.
+            let end = facts
+                .end_of_wal
+                .or_else(|| ctx.agent(old).and_then(|a| a.end_of_wal));
+            let Some(end) = end else {
+                return roll_back(
+                    st,
+                    format!("{old} did not shut down cleanly and where its WAL ends is not known, so nothing proves {} has all of it", e.target),
+                );
+            };
+            set(st, |d| {
+                d.stop_escalated = true;
+                d.checkpoint_lsn = Some(end);
+            });
+            return Step::Goto(TransitionStep::WaitShutdownCheckpoint);
+        }
         // Without the agent's checkpoint location, the last position seen
         // before the stop is the best lower bound there is.
         let last_seen: Option<Lsn> = st
@@ -169,14 +191,30 @@ pub(crate) fn wait_checkpoint(
 ) -> Step {
     let (old, target) = (&e.old, &e.target);
     let checkpoint = tr.data.switchover.checkpoint_lsn;
+    let escalated = tr.data.switchover.stop_escalated;
     let received = ctx.agent(target).and_then(|a| a.received_lsn);
     let caught_up = match (checkpoint, received) {
+        // The end of its WAL: everything up to there.
+        (Some(c), Some(r)) if escalated => r >= c,
+        // A shutdown checkpoint record starts at c: past it.
         (Some(c), Some(r)) => r > c,
-        (None, Some(_)) => true,
+        (None, Some(_)) => !escalated,
         _ => false,
     };
     if caught_up {
         return Step::Goto(TransitionStep::Promote);
+    }
+    if escalated && e.elapsed >= ctx.shutdown_ms() {
+        // What it wrote after its last send can no longer reach the target:
+        // promoting would lose it. Abort; the old primary starts again.
+        return roll_back(
+            st,
+            format!(
+                "{old} did not shut down cleanly and {target} lacks WAL from {} to {}, the end of {old}'s WAL: promoting it would lose that",
+                fmt(received),
+                fmt(checkpoint)
+            ),
+        );
     }
     if e.elapsed >= ctx.shutdown_ms() {
         return roll_back(
@@ -311,6 +349,12 @@ pub(crate) fn follow(
         notes.push(format!(
             "{p} had not followed within {}",
             secs(ctx.shutdown_ms())
+        ));
+    }
+    if tr.data.switchover.stop_escalated {
+        notes.push(format!(
+            "{old} did not shut down cleanly; {target} had received all of its WAL (to {}) before it was promoted",
+            fmt(tr.data.switchover.checkpoint_lsn)
         ));
     }
     let mut message = format!("switched over from {old} to {target} ({})", tr.reason);

@@ -2,8 +2,9 @@
 //! reconcile pipeline, leader election, metrics and shutdown. Does I/O.
 //!
 //! Reconcile is a pipeline, one module per step: [`observe`] → [`validate`] →
-//! [`build`] (pure) → [`apply`] (server-side apply, one field manager) →
-//! [`status`].
+//! [`build`] (pure) → [`apply`] (server-side apply, one field manager) → the
+//! cluster's [`ha`] loop, which writes its status. A refused spec stops at
+//! validate: a Warning Event and the [`status`] Ready=False, InvalidSpec.
 
 pub mod apply;
 pub mod build;
@@ -213,18 +214,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             )
             .with_metrics(metrics.clone()),
         );
-        let ctx = Arc::new(
-            Context::new(
-                client.clone(),
-                recorder,
-                metrics.clone(),
-                ReconcileConfig {
-                    defaults,
-                    requeue: args.requeue_interval.duration(),
-                },
-            )
-            .with_ha(ha.clone()),
-        );
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            recorder,
+            metrics.clone(),
+            ReconcileConfig {
+                defaults,
+                requeue: args.requeue_interval.duration(),
+            },
+            ha.clone(),
+        ));
         let stop = {
             let shutdown = shutdown_rx.clone();
             let leader = leader_rx.clone();
@@ -337,7 +336,8 @@ async fn run_controller(
         .owns(api::<ConfigMap>(&client, namespace), managed.clone())
         .owns_stream(streams.secrets)
         .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
-        // Pods belong to the StatefulSet; their readiness feeds status.instances.
+        // Pods belong to the StatefulSet; a new one gets its instance label,
+        // and the HA loops read their readiness from this watch's store.
         .watches_stream(streams.pods, |pod: Pod| {
             let cluster = pod.labels().get(keys::LABEL_CLUSTER)?.clone();
             let ns = pod.namespace()?;

@@ -1,5 +1,6 @@
-//! The reconcile pipeline (observe → validate → build → apply → status) and
-//! the error policy. Does I/O through the steps that need it.
+//! The reconcile pipeline (observe → validate → build → apply, then the HA
+//! loop of the cluster, or the status of a refused spec) and the error
+//! policy. Does I/O through the steps that need it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,7 @@ use kube::{Client, Resource, ResourceExt};
 use super::build::build_children;
 use super::error::{backoff, Category, Error, Invalid};
 use super::metrics::Metrics;
-use super::status::{desired_status, patch_status, Outcome};
+use super::status::{patch_status, refused_status};
 use super::validate::{validate, Defaults};
 use super::watched::WatchedDbCluster;
 use super::{apply, observe};
@@ -43,20 +44,21 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Consecutive transient failures per cluster (namespace/name), for backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// The HA loops; when set, each valid cluster gets one and it owns the status.
-    pub ha: Option<Arc<HaRegistry>>,
+    /// The HA loops: each valid cluster gets one, and it owns the status.
+    pub ha: Arc<HaRegistry>,
 }
 
 /// The HA loops of the running operator.
 pub type HaRegistry = super::ha::Registry<super::ha::KubeClient, super::ha::HttpAgents>;
 
 impl Context {
-    /// A context with no failures recorded.
+    /// A context with no failures recorded, starting an HA loop in `ha` per valid cluster.
     pub fn new(
         client: Client,
         recorder: Recorder,
         metrics: Arc<Metrics>,
         config: ReconcileConfig,
+        ha: Arc<HaRegistry>,
     ) -> Self {
         Self {
             client,
@@ -64,14 +66,8 @@ impl Context {
             metrics,
             config,
             failures: Mutex::new(HashMap::new()),
-            ha: None,
+            ha,
         }
-    }
-
-    /// The same context, starting an HA loop per valid cluster.
-    pub fn with_ha(mut self, ha: Arc<HaRegistry>) -> Self {
-        self.ha = Some(ha);
-        self
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -208,34 +204,24 @@ async fn run_pipeline(dc: &DbCluster, ctx: &Context) -> Result<Action, Error> {
     let namespace = dc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let name = dc.name_any();
     let observed = observe::observe(&ctx.client, &namespace, &name).await?;
-    let now = Timestamp::now().to_string();
     let mut cluster = match validate(dc, &ctx.config.defaults) {
         Ok(cluster) => cluster,
         Err(Error::InvalidSpec(invalid)) => {
-            refuse(dc, ctx, &invalid, &now).await?;
+            refuse(dc, ctx, &invalid).await?;
             return Err(Error::InvalidSpec(invalid));
         }
         Err(e) => return Err(e),
     };
-    let keep = ctx
-        .ha
-        .as_ref()
-        .and_then(|ha| ha.keep_instances(&namespace, &name));
+    let keep = ctx.ha.keep_instances(&namespace, &name);
     cluster.spec.instances = replicas(dc, keep);
     let children = build_children(&cluster, &observed.missing_secrets(), &mut rand::rng());
     let applied = apply::apply(&ctx.client, &cluster, children, &observed.pods).await;
-    if let Some(ha) = &ctx.ha {
-        // The HA loop is the single writer of this cluster's status from now
-        // on, and it runs whatever the apply did: a child the API server
-        // refuses (an immutable StatefulSet field, RBAC, a webhook) must not
-        // leave a running primary unfenced and without failover.
-        ha.ensure(&namespace, &name);
-        applied?;
-        return Ok(Action::requeue(ctx.config.requeue));
-    }
+    // The HA loop is the single writer of this cluster's status, and it runs
+    // whatever the apply did: a child the API server refuses (an immutable
+    // StatefulSet field, RBAC, a webhook) must not leave a running primary
+    // unfenced and without failover.
+    ctx.ha.ensure(&namespace, &name);
     applied?;
-    let status = desired_status(dc, Outcome::Applied(&cluster), &observed.pods, &now);
-    patch_status(&ctx.client, dc, status).await?;
     Ok(Action::requeue(ctx.config.requeue))
 }
 
@@ -255,10 +241,10 @@ pub fn replicas(dc: &DbCluster, keep: Option<u32>) -> i32 {
 }
 
 /// A refused spec: a Warning Event and Ready=False; no child is touched.
-async fn refuse(dc: &DbCluster, ctx: &Context, invalid: &Invalid, now: &str) -> Result<(), Error> {
+async fn refuse(dc: &DbCluster, ctx: &Context, invalid: &Invalid) -> Result<(), Error> {
     let reason = Category::InvalidSpec.event_reason();
     warn(dc, ctx, reason, "Validate", invalid.to_string()).await;
-    let status = desired_status(dc, Outcome::Invalid(invalid), &[], now);
+    let status = refused_status(dc, invalid, &Timestamp::now().to_string());
     patch_status(&ctx.client, dc, status).await
 }
 

@@ -1,35 +1,8 @@
-//! Unit tests of status computation.
-
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
-use kube::api::ObjectMeta;
+//! Unit tests of the status a refused spec gets.
 
 use super::*;
-use crate::controller::build::fixtures::{cluster, Fixture};
-
-fn pod(name: &str, ready: bool, role: Option<&str>) -> Pod {
-    let mut labels = BTreeMap::from([("tandem.dev/cluster".to_string(), "main".to_string())]);
-    if let Some(role) = role {
-        labels.insert("tandem.dev/role".into(), role.into());
-    }
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels),
-            ..ObjectMeta::default()
-        },
-        status: Some(PodStatus {
-            conditions: Some(vec![PodCondition {
-                type_: "Ready".into(),
-                status: if ready { "True" } else { "False" }.into(),
-                ..PodCondition::default()
-            }]),
-            ..PodStatus::default()
-        }),
-        ..Pod::default()
-    }
-}
+use crate::api::{InstanceStatus, COND_PAUSED};
+use crate::controller::build::fixtures::cluster;
 
 fn ready_condition(s: &DbClusterStatus) -> Condition {
     match s.condition(COND_READY) {
@@ -38,106 +11,75 @@ fn ready_condition(s: &DbClusterStatus) -> Condition {
     }
 }
 
-#[test]
-fn new_cluster_without_pods_is_creating() {
-    let f = cluster();
-    let v = Fixture(f.0.clone()).valid();
-    let s = desired_status(&f.0, Outcome::Applied(&v), &[], "2026-01-01T00:00:00Z");
-    assert_eq!(s.phase, Some(Phase::Creating));
-    assert_eq!(s.ready_instances.as_deref(), Some("0/3"));
-    assert_eq!(s.observed_generation, Some(1));
-    let ready = ready_condition(&s);
-    assert_eq!(ready.status, "False");
-    assert_eq!(ready.reason, REASON_NOT_READY);
+fn port_refused() -> Invalid {
+    Invalid {
+        problems: vec!["postgres.parameters.port is managed by tandem and cannot be set".into()],
+    }
 }
 
-#[test]
-fn phase_stays_creating_until_every_pod_is_ready() {
-    let f = cluster();
-    let v = Fixture(f.0.clone()).valid();
-    let pods = [
-        pod("main-1", true, Some("standby")),
-        pod("main-0", true, Some("primary")),
-        pod("main-2", false, None),
-    ];
-    let s = desired_status(&f.0, Outcome::Applied(&v), &pods, "t1");
-    assert_eq!(s.phase, Some(Phase::Creating));
-    assert_eq!(s.ready_instances.as_deref(), Some("2/3"));
-    let names: Vec<&str> = s.instances.iter().map(|i| i.name.as_str()).collect();
-    assert_eq!(names, vec!["main-0", "main-1", "main-2"]);
-    assert_eq!(s.instances[0].role, InstanceRole::Primary);
-    assert_eq!(s.instances[1].role, InstanceRole::Standby);
-    assert_eq!(s.instances[2].role, InstanceRole::Unknown);
-}
-
-#[test]
-fn all_ready_makes_the_cluster_healthy_and_ready() {
-    let mut f = cluster().priority(2, 0);
-    let v = Fixture(f.0.clone()).valid();
-    let pods = [
-        pod("main-0", true, Some("primary")),
-        pod("main-1", true, Some("standby")),
-        pod("main-2", true, Some("standby")),
-    ];
-    f.0.status = Some(desired_status(&f.0, Outcome::Applied(&v), &[], "t0"));
-    let s = desired_status(&f.0, Outcome::Applied(&v), &pods, "t1");
-    assert_eq!(s.phase, Some(Phase::Healthy));
-    assert_eq!(s.ready_instances.as_deref(), Some("3/3"));
-    assert_eq!(s.instances[2].role, InstanceRole::Learner);
-    assert_eq!(s.instances[2].priority, 0);
-    let ready = ready_condition(&s);
-    assert_eq!(ready.status, "True");
-    assert_eq!(ready.last_transition_time.as_deref(), Some("t1"));
-}
-
-#[test]
-fn unchanged_condition_keeps_its_transition_time() {
-    let mut f = cluster();
-    let v = Fixture(f.0.clone()).valid();
-    f.0.status = Some(desired_status(&f.0, Outcome::Applied(&v), &[], "t0"));
-    let s = desired_status(&f.0, Outcome::Applied(&v), &[], "t1");
-    assert_eq!(
-        ready_condition(&s).last_transition_time.as_deref(),
-        Some("t0")
-    );
+fn condition(type_: &str, status: &str, reason: &str, at: &str) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: String::new(),
+        last_transition_time: Some(at.into()),
+        observed_generation: Some(1),
+    }
 }
 
 #[test]
 fn invalid_spec_sets_ready_false_with_the_reason() {
     let f = cluster();
-    let invalid = Invalid {
-        problems: vec!["postgres.parameters.port is managed by tandem and cannot be set".into()],
-    };
-    let s = desired_status(&f.0, Outcome::Invalid(&invalid), &[], "t0");
+    let s = refused_status(&f.0, &port_refused(), "t0");
     let ready = ready_condition(&s);
     assert_eq!(ready.status, "False");
     assert_eq!(ready.reason, REASON_INVALID_SPEC);
     assert!(ready.message.contains("postgres.parameters.port"));
+    assert_eq!(ready.last_transition_time.as_deref(), Some("t0"));
     assert_eq!(s.phase, Some(Phase::Failed));
+    assert_eq!(s.observed_generation, Some(1));
 }
 
 #[test]
-fn paused_cluster_reports_paused() {
+fn a_refused_spec_keeps_what_the_ha_loop_wrote() {
     let mut f = cluster();
-    f.0.spec.paused = true;
-    let v = Fixture(f.0.clone()).valid();
-    let s = desired_status(&f.0, Outcome::Applied(&v), &[], "t0");
-    assert_eq!(s.phase, Some(Phase::Paused));
-    assert!(s.paused);
+    f.0.status = Some(DbClusterStatus {
+        phase: Some(Phase::SwitchingOver),
+        current_primary: Some("main-0".into()),
+        instances: vec![InstanceStatus {
+            name: "main-0".into(),
+            ..InstanceStatus::default()
+        }],
+        conditions: vec![condition(COND_PAUSED, "False", "AutomationActive", "t0")],
+        ..DbClusterStatus::default()
+    });
+    let s = refused_status(&f.0, &port_refused(), "t1");
+    assert_eq!(s.phase, Some(Phase::SwitchingOver));
+    assert_eq!(s.current_primary.as_deref(), Some("main-0"));
+    assert_eq!(s.instances.len(), 1);
     assert_eq!(
-        s.condition(COND_PAUSED).map(|c| c.status.as_str()),
-        Some("True")
+        s.condition(COND_PAUSED).map(|c| c.reason.as_str()),
+        Some("AutomationActive")
     );
 }
 
 #[test]
-fn engine_transition_phase_is_left_alone() {
+fn ready_turning_false_is_a_transition_and_a_repeated_refusal_is_not() {
     let mut f = cluster();
     f.0.status = Some(DbClusterStatus {
-        phase: Some(Phase::SwitchingOver),
+        conditions: vec![condition(COND_READY, "True", "AllInstancesReady", "t0")],
         ..DbClusterStatus::default()
     });
-    let v = Fixture(f.0.clone()).valid();
-    let s = desired_status(&f.0, Outcome::Applied(&v), &[], "t0");
-    assert_eq!(s.phase, Some(Phase::SwitchingOver));
+    let refused = refused_status(&f.0, &port_refused(), "t1");
+    assert_eq!(
+        ready_condition(&refused).last_transition_time.as_deref(),
+        Some("t1")
+    );
+    f.0.status = Some(refused);
+    let again = refused_status(&f.0, &port_refused(), "t2");
+    assert_eq!(
+        ready_condition(&again).last_transition_time.as_deref(),
+        Some("t1")
+    );
 }

@@ -1,43 +1,26 @@
-//! Test support for the agent's integration tests: free ports, agents as
+//! Test support for the agent's integration tests: agents as
 //! separate `tandem agent` processes (killed with their directories on
-//! drop) and SQL helpers; temp directories, process checks and bounded waits
-//! come from the testkit. Does I/O.
+//! drop) and SQL helpers; free ports, temp directories, process checks and
+//! signals, log tails and bounded waits come from the testkit. Does I/O.
 #![allow(dead_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
+
+use nix::sys::signal::Signal;
 
 use tandem::agent::client::AgentClient;
 use tandem::api::agent::{AgentStatus, Member};
 use tandem::api::WalReceiverState;
-pub use tandem_testkit::{is_postgres, pid_alive, wait_for, TestDir};
-use tandem_testkit::{poll_until, poll_until_async, POLL};
+pub use tandem_testkit::{free_port, is_postgres, pid_alive, wait_for, TestDir};
+use tandem_testkit::{last_lines, poll_until_async, signal, terminate, POLL};
 use tokio_postgres::{Client, NoTls};
 
 pub const TOKEN: &str = "test-token-0123456789";
 pub const SUPERUSER_PASSWORD: &str = "su:pa\\ss'word";
 pub const REPLICATION_PASSWORD: &str = "repl-secret";
-
-/// A port below 32768 that is free now (probed by binding).
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20000 + (std::process::id() % 1000) as u16 * 12,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = if p >= 32700 { 20000 + p % 1000 } else { p };
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
-}
 
 /// One `tandem agent` process.
 pub struct AgentProc {
@@ -67,8 +50,7 @@ impl AgentProc {
 
     /// The postmaster pid from postmaster.pid, if the file is there.
     pub fn postmaster_pid(&self) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
-        text.lines().next()?.trim().parse().ok()
+        tandem_testkit::postmaster_pid(&self.data_dir)
     }
 
     /// SQL connection to this instance's postgres as the superuser.
@@ -80,11 +62,11 @@ impl AgentProc {
 
     pub fn log_text(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(6000);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        format!("--- last log of {} ---\n{}", self.name, &text[start..])
+        format!(
+            "--- last log of {} ---\n{}",
+            self.name,
+            last_lines(&text, 100)
+        )
     }
 
     pub async fn status(&self) -> AgentStatus {
@@ -133,22 +115,13 @@ impl AgentProc {
     /// Stop the agent (SIGTERM, then SIGKILL), and make sure its postgres is gone.
     pub fn shutdown(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            poll_until(Duration::from_secs(20), Duration::from_millis(50), || {
-                c.try_wait().ok().flatten()
-            });
+            terminate(&mut c, Duration::from_secs(20));
             let _ = c.kill();
             let _ = c.wait();
         }
         if let Some(pid) = self.postmaster_pid() {
             if pid_alive(pid) && is_postgres(pid) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                signal(pid, Signal::SIGKILL);
             }
         }
     }

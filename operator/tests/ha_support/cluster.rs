@@ -1,6 +1,7 @@
 //! A local cluster under test: `tandem local up` in a temporary directory,
-//! the other verbs as the CLI runs them, status polling with timeouts, and a
-//! cleanup that leaves no process or directory behind, even on failure.
+//! the other verbs as the CLI runs them, status polling with timeouts, a
+//! failure dump when the test panics, and a cleanup that leaves no process
+//! or directory behind, even on failure.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -8,7 +9,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tandem_testkit::{pid_alive, poll_until, signal, TestDir, POLL};
+use tandem_testkit::{
+    pid_alive, poll_until, postmaster_pid, signal, signal_group, wait_exit, TestDir, POLL,
+};
 
 use super::writer::Target;
 
@@ -118,11 +121,11 @@ impl LocalCluster {
         if let Some(s) = found {
             return s;
         }
+        // The logs follow in the failure dump.
         panic!(
-            "timed out after {timeout:?} waiting for {what}; last status:\n{}\nup.log tail:\n{}",
+            "timed out after {timeout:?} waiting for {what}; last status:\n{}",
             last.map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
                 .unwrap_or_else(|| "none".into()),
-            self.log_tail(60)
         );
     }
 
@@ -197,35 +200,7 @@ impl LocalCluster {
 
     /// The postmaster pid of `name`, if it runs.
     pub fn postgres_pid(&self, name: &str) -> Option<i32> {
-        let text =
-            std::fs::read_to_string(self.dir.join(name).join("pgdata/postmaster.pid")).ok()?;
-        let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-        pid_alive(pid).then_some(pid)
-    }
-
-    /// Send a signal to a process.
-    pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
-    }
-
-    /// The last lines of up.log and each agent log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        let mut out = String::new();
-        let mut files = vec![self.dir.with_file_name("up.log")];
-        if let Ok(rd) = std::fs::read_dir(self.dir.join("logs")) {
-            files.extend(rd.filter_map(|e| e.ok()).map(|e| e.path()));
-        }
-        for f in files {
-            let text = std::fs::read_to_string(&f).unwrap_or_default();
-            let all: Vec<&str> = text.lines().collect();
-            let from = all.len().saturating_sub(lines);
-            out.push_str(&format!(
-                "==> {} <==\n{}\n",
-                f.display(),
-                all[from..].join("\n")
-            ));
-        }
-        out
+        postmaster_pid(&self.dir.join(name).join("pgdata")).filter(|p| pid_alive(*p))
     }
 
     fn cleanup(&mut self) {
@@ -238,9 +213,7 @@ impl LocalCluster {
                 .status();
         }
         if let Some(mut c) = self.up.take() {
-            poll_until(Duration::from_secs(60), Duration::from_millis(100), || {
-                c.try_wait().ok().flatten()
-            });
+            wait_exit(&mut c, Duration::from_secs(60));
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -258,18 +231,14 @@ impl LocalCluster {
         }
         if let Ok(rd) = std::fs::read_dir(&self.dir) {
             for e in rd.filter_map(|e| e.ok()) {
-                if let Some(pid) = std::fs::read_to_string(e.path().join("pgdata/postmaster.pid"))
-                    .ok()
-                    .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+                if let Some(pid) =
+                    postmaster_pid(&e.path().join("pgdata")).filter(|p| pid_alive(*p))
                 {
-                    if pid_alive(pid) {
-                        // The whole server: a frozen child would outlive its postmaster.
-                        let group = nix::unistd::Pid::from_raw(pid);
-                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGCONT);
-                        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-                        signal(pid, Signal::SIGCONT);
-                        signal(pid, Signal::SIGKILL);
-                    }
+                    // The whole server: a frozen child would outlive its postmaster.
+                    signal_group(pid, Signal::SIGCONT);
+                    signal_group(pid, Signal::SIGKILL);
+                    signal(pid, Signal::SIGCONT);
+                    signal(pid, Signal::SIGKILL);
                 }
             }
         }
@@ -284,11 +253,7 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "test failed; logs of {}:\n{}",
-                self.dir.display(),
-                self.log_tail(40)
-            );
+            eprintln!("{}", super::dump::failure_dump(&self.dir));
         }
         self.cleanup();
     }

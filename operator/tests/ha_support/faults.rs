@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tandem_testkit::{poll_until_async, POLL};
+use tandem_testkit::{poll_until_async, signal, signal_group, POLL};
 
 use super::cluster::{show, LocalCluster};
 use super::ops::{expect_exit, instance, server_children, wait_persisted_transition, FAILOVER};
@@ -69,7 +69,7 @@ pub async fn diverge(c: &LocalCluster) -> (String, String, Vec<i64>) {
     let senders = server_children(c, &old, "walsender");
     assert_eq!(senders.len(), 2, "walsenders of {old}: {senders:?}");
     for pid in &senders {
-        LocalCluster::signal(*pid, Signal::SIGSTOP);
+        signal(*pid, Signal::SIGSTOP);
     }
     let direct = c.direct(&old).connect().await.expect("connect to primary");
     let ids: Vec<i64> = (10_000_000..10_000_500).collect();
@@ -87,9 +87,11 @@ pub async fn diverge(c: &LocalCluster) -> (String, String, Vec<i64>) {
     // may fence the server before it is frozen.
     let postmaster = c.postgres_pid(&old).expect("postgres of the primary runs");
     let agent = c.agent_pid(&old);
-    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(postmaster), Signal::SIGSTOP)
-        .expect("freeze the old primary's postgres");
-    LocalCluster::signal(agent, Signal::SIGSTOP);
+    assert!(
+        signal_group(postmaster, Signal::SIGSTOP),
+        "freeze the old primary's postgres"
+    );
+    signal(agent, Signal::SIGSTOP);
     // Pause as soon as the failover starts: it finishes, but the old primary
     // is then left alone (no automatic rejoin) until the test unpauses.
     wait_persisted_transition(c, "Failover", FAILOVER);

@@ -108,10 +108,8 @@ pub fn wait_persisted_transition(c: &LocalCluster, kind: &str, timeout: Duration
     if let Some(t) = found {
         return t;
     }
-    panic!(
-        "no {kind} transition was persisted within {timeout:?}\n{}",
-        c.log_tail(40)
-    );
+    // The logs follow in the failure dump.
+    panic!("no {kind} transition was persisted within {timeout:?}");
 }
 
 /// History entries of `kind`.

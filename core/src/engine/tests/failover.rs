@@ -90,24 +90,7 @@ fn failover_fences_and_waits_for_the_lease_before_promoting_an_unreachable_prima
         );
     }
     // They last vouched for it at its last renewal (6.1 s before the next decision reads the answers).
-    f.ack_all();
-    f.obs
-        .results
-        .retain(|r| !matches!(r.action, Action::StopVouching { .. }));
-    for a in f.last.clone() {
-        if matches!(a, Action::StopVouching { .. }) {
-            f.obs.results.push(ActionResult::answered(
-                a,
-                crate::engine::Answer {
-                    detail: None,
-                    facts: crate::engine::ActionFacts {
-                        last_vouched_ago_ms: Some(6100),
-                        ..Default::default()
-                    },
-                },
-            ));
-        }
-    }
+    answer_stop_vouching(&mut f, 6100);
     let actions = f.tick(1000);
     assert!(promotes(&actions).is_none());
     let why = f.status.blocked_by.clone().unwrap_or_default();

@@ -349,3 +349,41 @@ fn reclone_refused_while_paused() {
         .message
         .contains("re-clone refused: automation is paused"));
 }
+
+#[test]
+fn what_the_rewind_discarded_is_recorded_in_the_failover_entry_and_an_event() {
+    let mut f = after_failover();
+    let failover = f
+        .status
+        .history
+        .iter()
+        .rposition(|h| h.kind == crate::api::HistoryKind::Failover)
+        .expect("a failover entry");
+    assert!(f.status.history[failover].write_window_ms.is_some());
+    old_primary_returns(&mut f, false);
+    f.tick(10);
+    assert_eq!(f.step(), Some(("Rejoin".into(), "Demote".into())));
+    let demote = Action::Demote {
+        instance: "main-0".into(),
+        primary: "main-1".into(),
+    };
+    f.obs.results.push(crate::engine::ActionResult::answered(
+        demote,
+        crate::engine::Answer {
+            detail: Some("rewound".into()),
+            facts: crate::engine::ActionFacts {
+                diverged_at: Some(lsn("0/5000000")),
+                rewound_from: Some(lsn("0/5000800")),
+                ..Default::default()
+            },
+        },
+    ));
+    let a = f.tick(10);
+    let entry = &f.status.history[failover];
+    assert_eq!(entry.bytes_discarded, Some(0x800));
+    assert!(entry.message.contains("discarded 2048 bytes"), "{}", entry.message);
+    assert!(has(&a, |x| matches!(x, crate::engine::Action::Event { reason, .. } if reason == crate::engine::reasons::REWIND_DISCARDED)));
+    let rejoin = f.last_history();
+    assert_eq!(rejoin.kind, crate::api::HistoryKind::Rejoin);
+    assert!(rejoin.message.contains("discarded 2048 bytes"), "{}", rejoin.message);
+}

@@ -318,3 +318,111 @@ fn run_switchover(target: &str) -> Fixture {
     f.tick(10);
     f
 }
+
+/// Drive a switchover to main-1 up to the old primary's stop, answered as
+/// escalated with its WAL ending at `end`.
+fn stop_escalated(end: &str) -> Fixture {
+    let mut f = cluster().instances(3).build();
+    f.switchover("main-1");
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    let stop = Action::Stop {
+        instance: "main-0".into(),
+        mode: StopMode::Fast,
+        timeout_ms: 60_000,
+    };
+    assert!(has(&f.last, |x| *x == stop));
+    f.agent("main-0").postgres_running = false;
+    // Its latest checkpoint is an old one, below what main-1 has.
+    f.agent("main-0").checkpoint_lsn = Some(lsn("0/4000000"));
+    f.agent("main-0").clean_shutdown = Some(false);
+    f.obs.results.push(crate::engine::ActionResult::answered(
+        stop,
+        crate::engine::Answer {
+            detail: Some("stopped with immediate".into()),
+            facts: crate::engine::ActionFacts {
+                escalated: true,
+                end_of_wal: Some(lsn(end)),
+                ..Default::default()
+            },
+        },
+    ));
+    f.tick(10);
+    assert_eq!(
+        f.step(),
+        Some(("Switchover".into(), "WaitShutdownCheckpoint".into()))
+    );
+    f
+}
+
+#[test]
+fn an_escalated_stop_is_not_trusted_the_target_must_have_all_the_wal() {
+    let mut f = stop_escalated("0/5000100");
+    // main-1 is past the old checkpoint but short of the end of the WAL: no promotion.
+    f.agent("main-1").received_lsn = Some(lsn("0/5000050"));
+    let a = f.tick(10);
+    assert!(promotes(&a).is_none(), "{a:#?}");
+    let why = f.status.blocked_by.clone().unwrap_or_default();
+    assert!(why.contains("0/5000100"), "{why}");
+    // It has it all: promoted, and the history says how it was verified.
+    f.agent("main-1").received_lsn = Some(lsn("0/5000100"));
+    let a = f.tick(10);
+    assert_eq!(promotes(&a).as_deref(), Some("main-1"));
+    f.promoted("main-1", 2);
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    f.ack_all();
+    f.tick(70_000);
+    let h = f
+        .status
+        .history
+        .iter()
+        .rev()
+        .find(|h| h.kind.as_str() == "Switchover")
+        .expect("a switchover entry");
+    assert_eq!(h.outcome.as_str(), "Succeeded");
+    assert!(
+        h.message.contains("did not shut down cleanly"),
+        "{}",
+        h.message
+    );
+}
+
+#[test]
+fn an_escalated_stop_whose_wal_the_target_lacks_rolls_back_and_loses_nothing() {
+    let mut f = stop_escalated("0/5000100");
+    f.agent("main-1").received_lsn = Some(lsn("0/5000050"));
+    f.tick(10);
+    let a = f.tick(61_000);
+    assert!(promotes(&a).is_none());
+    assert_eq!(f.step(), Some(("Switchover".into(), "RollBack".into())));
+    f.agent("main-0").postgres_running = true;
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    let h = f.last_history();
+    assert_eq!(h.outcome, "RolledBack");
+    assert!(h.message.contains("lacks WAL"), "{}", h.message);
+    assert_eq!(f.status.current_primary.as_deref(), Some("main-0"));
+}
+
+#[test]
+fn an_unclean_stop_without_the_end_of_its_wal_rolls_back() {
+    let mut f = cluster().instances(3).build();
+    f.switchover("main-1");
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    f.agent("main-0").postgres_running = false;
+    f.agent("main-0").clean_shutdown = Some(false);
+    f.ok(Action::Stop {
+        instance: "main-0".into(),
+        mode: StopMode::Fast,
+        timeout_ms: 60_000,
+    });
+    let a = f.tick(10);
+    assert!(promotes(&a).is_none());
+    assert_eq!(f.step(), Some(("Switchover".into(), "RollBack".into())));
+}
