@@ -9,10 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
-use tandem_testkit::{pid_alive, signal};
+use tandem_testkit::{pid_alive, signal, signal_group};
 
 use crate::ha_support::cluster::LocalCluster;
 use crate::ha_support::ops::persisted;
@@ -126,7 +125,7 @@ impl Frozen {
     /// Freeze `pids`, and whole process groups led by `groups`.
     pub fn new(what: &str, pids: Vec<i32>, groups: Vec<i32>) -> Self {
         for g in &groups {
-            let _ = killpg(Pid::from_raw(*g), Signal::SIGSTOP);
+            signal_group(*g, Signal::SIGSTOP);
         }
         for p in &pids {
             assert!(signal(*p, Signal::SIGSTOP), "cannot SIGSTOP {what} ({p})");
@@ -148,7 +147,7 @@ impl Frozen {
             signal(p, Signal::SIGCONT);
         }
         for g in self.groups.drain(..) {
-            let _ = killpg(Pid::from_raw(g), Signal::SIGCONT);
+            signal_group(g, Signal::SIGCONT);
         }
     }
 }
@@ -182,7 +181,7 @@ pub fn freeze_instance(c: &LocalCluster, name: &str) -> Frozen {
 /// driver (which may be frozen): node loss.
 pub fn kill_instance(c: &LocalCluster, name: &str) {
     if let Some(pm) = c.postgres_pid(name) {
-        let _ = killpg(Pid::from_raw(pm), Signal::SIGKILL);
+        signal_group(pm, Signal::SIGKILL);
     }
     let agent = c.agent_pid(name);
     assert!(signal(agent, Signal::SIGKILL), "cannot kill {name}'s agent");
