@@ -237,8 +237,14 @@ pub(crate) fn fence(
             let pick = match (requested, tr_now.target.clone()) {
                 // A person chose it: that one or none.
                 (true, Some(c)) if failed.contains(&c) => {
-                    let message = format!("promotion of {c} failed; {old} stays fenced, promote another one");
-                    out.push(event(Some(&c), EventType::Warning, reasons::FAILOVER_FAILED, &message));
+                    let message =
+                        format!("promotion of {c} failed; {old} stays fenced, promote another one");
+                    out.push(event(
+                        Some(&c),
+                        EventType::Warning,
+                        reasons::FAILOVER_FAILED,
+                        &message,
+                    ));
                     st.target_primary = st.current_primary.clone();
                     return Step::finish(history(ctx, &tr_now, HistoryOutcome::Failed, &message));
                 }

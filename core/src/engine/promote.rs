@@ -10,8 +10,7 @@ use crate::api::DbClusterStatus;
 
 use super::ctx::Ctx;
 use super::{
-    event, new_transition, reasons, refuse, Action, EventType, HistoryKind, Request,
-    TransitionKind,
+    event, new_transition, reasons, refuse, Action, EventType, HistoryKind, Request, TransitionKind,
 };
 
 /// Why `candidate` may not be promoted (None when it may), and what a forced
@@ -81,7 +80,15 @@ pub(crate) fn request(
     out: &mut Vec<Action>,
 ) {
     let no = |st: &mut DbClusterStatus, out: &mut Vec<Action>, why: String| {
-        refuse(ctx, st, request, HistoryKind::Request, Some(candidate), &why, out)
+        refuse(
+            ctx,
+            st,
+            request,
+            HistoryKind::Request,
+            Some(candidate),
+            &why,
+            out,
+        )
     };
     if let Some(tr) = &st.transition {
         let why = format!(
@@ -98,10 +105,18 @@ pub(crate) fn request(
         return no(st, out, why);
     }
     let Some(primary) = st.current_primary.clone() else {
-        return no(st, out, "promotion refused: the cluster has no primary yet".into());
+        return no(
+            st,
+            out,
+            "promotion refused: the cluster has no primary yet".into(),
+        );
     };
     if primary == candidate {
-        return no(st, out, format!("promotion refused: {candidate} is already the primary"));
+        return no(
+            st,
+            out,
+            format!("promotion refused: {candidate} is already the primary"),
+        );
     }
     if ctx.reachable(&primary) && ctx.runs_as_primary(&primary) {
         let why = format!(
@@ -110,16 +125,16 @@ pub(crate) fn request(
         return no(st, out, why);
     }
     if !ctx.reachable(candidate) || !ctx.runs_as_standby(candidate) {
-        let why = format!(
-            "promotion of {candidate} refused: it does not run as a standby that answers"
-        );
+        let why =
+            format!("promotion of {candidate} refused: it does not run as a standby that answers");
         return no(st, out, why);
     }
     let v = verdict(ctx, st, candidate, force);
     if let Some(why) = v.refusal {
         return no(st, out, why);
     }
-    let mut reason = format!("manual promotion of {candidate} requested ({primary} is down or unreachable)");
+    let mut reason =
+        format!("manual promotion of {candidate} requested ({primary} is down or unreachable)");
     if let Some(risk) = &v.risk {
         reason = format!("{reason}; forced: {risk}");
     }
@@ -142,7 +157,12 @@ pub(crate) fn request(
     } else {
         EventType::Normal
     };
-    out.push(event(Some(candidate), type_, reasons::PROMOTION_REQUESTED, &reason));
+    out.push(event(
+        Some(candidate),
+        type_,
+        reasons::PROMOTION_REQUESTED,
+        &reason,
+    ));
     out.push(Action::RequestDone {
         request: request.clone(),
     });

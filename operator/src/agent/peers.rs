@@ -99,7 +99,11 @@ fn client_for(
     if let Some(c) = clients.get(&p.url) {
         return Ok(c.clone());
     }
-    let c = AgentClient::new(p.url.clone(), agent.cfg.token.clone()).map_err(|e| e.to_string())?;
+    // From the address this agent serves on, as a pod's own address would be.
+    let ip = agent.cfg.listen.ip();
+    let local = (!ip.is_unspecified()).then_some(ip);
+    let c = AgentClient::from_address(p.url.clone(), agent.cfg.token.clone(), local)
+        .map_err(|e| e.to_string())?;
     clients.insert(p.url.clone(), c.clone());
     Ok(c)
 }

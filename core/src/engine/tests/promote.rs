@@ -19,7 +19,11 @@ fn refused_with(f: &mut Fixture, r: Request, words: &str) {
     f.request(r.clone());
     let a = f.tick(10);
     let h = f.last_history();
-    assert_eq!((h.kind, h.outcome), (HistoryKind::Request, HistoryOutcome::Refused), "{h:?}");
+    assert_eq!(
+        (h.kind, h.outcome),
+        (HistoryKind::Request, HistoryOutcome::Refused),
+        "{h:?}"
+    );
     assert!(h.message.contains(words), "{}", h.message);
     assert!(has(&a, |x| *x == Action::RequestDone { request: r.clone() }));
     assert_eq!(f.status.transition, before.transition);
@@ -52,7 +56,12 @@ fn a_paused_cluster_promotes_the_chosen_standby_after_fencing_the_old_primary() 
         f.ack_all();
         f.tick(10);
     }
-    assert_eq!(promotes(&f.last).as_deref().or(f.status.target_primary.as_deref()), Some("main-2"));
+    assert_eq!(
+        promotes(&f.last)
+            .as_deref()
+            .or(f.status.target_primary.as_deref()),
+        Some("main-2")
+    );
     f.promoted("main-2", 2);
     f.tick(10);
     f.ack_all();
@@ -66,7 +75,11 @@ fn a_paused_cluster_promotes_the_chosen_standby_after_fencing_the_old_primary() 
         .find(|h| h.kind == HistoryKind::Failover)
         .unwrap();
     assert_eq!(h.outcome, HistoryOutcome::Succeeded);
-    assert!(h.message.contains("manual promotion of main-2"), "{}", h.message);
+    assert!(
+        h.message.contains("manual promotion of main-2"),
+        "{}",
+        h.message
+    );
     assert!(h.bytes_possibly_lost.is_some());
 }
 

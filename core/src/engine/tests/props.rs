@@ -175,10 +175,11 @@ fn heal(sim: &mut Sim, k: usize) {
 /// decides; the engine says why in history.
 fn keeps_a_copy_it_must_not_destroy(sim: &Sim) -> bool {
     sim.insts.iter().any(|i| i.rewind_broken)
-        && sim.status.history.iter().any(|h| {
-            h.message
-                .contains("has the most advanced copy of the data")
-        })
+        && sim
+            .status
+            .history
+            .iter()
+            .any(|h| h.message.contains("has the most advanced copy of the data"))
 }
 
 /// A refused request changes nothing but its history entry (and its Event / RequestDone).
@@ -398,4 +399,3 @@ fn standbys_that_go_on_vouching_after_stop_vouching_break_the_invariant() {
         "a broken vouching rule went unnoticed (promotions {promotions:?})"
     );
 }
-
