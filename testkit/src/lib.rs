@@ -20,6 +20,7 @@ pub use mock_api::{MockApiServer, Received};
 pub use net::free_port;
 pub use partition::{connect_from, Partition, PartitionError, Side};
 pub use process::{
-    is_postgres, pid_alive, postmaster_pid, signal, signal_group, terminate, wait_exit,
+    children_of, is_postgres, pid_alive, postmaster_pid, signal, signal_group, signal_server,
+    terminate, wait_exit,
 };
 pub use wait::{poll_until, poll_until_async, wait_for, wait_until, POLL};

@@ -46,6 +46,37 @@ pub fn signal_group(pid: i32, sig: Signal) -> bool {
     pid > 0 && nix::sys::signal::killpg(Pid::from_raw(pid), sig).is_ok()
 }
 
+/// The processes whose parent is `pid` (from /proc).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            // Field 4, after the parenthesised command, is the parent pid.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|pp| pp.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// Send `sig` to postmaster `pid` and to every one of its children: each
+/// postgres child calls setsid() and leads its own process group, so
+/// signalling the postmaster's group reaches the postmaster alone. The
+/// postmaster goes first (a stopped one forks nothing new); whether it was
+/// delivered to the postmaster.
+pub fn signal_server(pid: i32, sig: Signal) -> bool {
+    let delivered = signal(pid, sig);
+    for child in children_of(pid) {
+        signal(child, sig);
+    }
+    delivered
+}
+
 /// The pid on the first line of `data_dir/postmaster.pid`, alive or not;
 /// `None` when the file is absent or unreadable.
 pub fn postmaster_pid(data_dir: &Path) -> Option<i32> {
@@ -113,6 +144,31 @@ mod tests {
         )
         .expect("write postmaster.pid");
         assert_eq!(postmaster_pid(dir.path()), Some(4242));
+    }
+
+    #[test]
+    fn signal_server_reaches_the_children_of_a_process() {
+        let mut parent = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .expect("spawn sh");
+        let pid = parent.id() as i32;
+        let two = poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            let c = children_of(pid);
+            (c.len() == 2).then_some(c)
+        })
+        .expect("two children");
+        assert!(signal_server(pid, Signal::SIGKILL));
+        for c in two {
+            assert!(
+                poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+                    (!pid_alive(c)).then_some(())
+                })
+                .is_some(),
+                "child {c} still alive"
+            );
+        }
+        let _ = parent.wait();
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use tandem_testkit::{
-    pid_alive, poll_until, postmaster_pid, signal, signal_group, wait_exit, TestDir, POLL,
+    pid_alive, poll_until, postmaster_pid, signal, signal_server, wait_exit, TestDir, POLL,
 };
 
 use super::writer::Target;
@@ -235,10 +235,8 @@ impl LocalCluster {
                     postmaster_pid(&e.path().join("pgdata")).filter(|p| pid_alive(*p))
                 {
                     // The whole server: a frozen child would outlive its postmaster.
-                    signal_group(pid, Signal::SIGCONT);
-                    signal_group(pid, Signal::SIGKILL);
-                    signal(pid, Signal::SIGCONT);
-                    signal(pid, Signal::SIGKILL);
+                    signal_server(pid, Signal::SIGCONT);
+                    signal_server(pid, Signal::SIGKILL);
                 }
             }
         }

@@ -21,6 +21,11 @@ pub const WRITE_EVERY: Duration = Duration::from_millis(5);
 
 /// Wait until healthy, create the table through rw, and start a writer.
 pub async fn healthy_with_writer(c: &LocalCluster) -> Writer {
+    healthy_with_writer_every(c, WRITE_EVERY).await
+}
+
+/// [`healthy_with_writer`] with a writer committing every `every` (`make bench`: 20 ms).
+pub async fn healthy_with_writer_every(c: &LocalCluster, every: Duration) -> Writer {
     c.wait_healthy(BOOT);
     let rw = c.rw();
     let last = RefCell::new(None);
@@ -42,7 +47,7 @@ pub async fn healthy_with_writer(c: &LocalCluster) -> Writer {
     if ready.is_none() {
         panic!("rw endpoint never accepted writes: {:?}", last.into_inner());
     }
-    let w = Writer::start(rw, 0, WRITE_EVERY);
+    let w = Writer::start(rw, 0, every);
     wait_ack_after(&w, Instant::now(), Duration::from_secs(20)).await;
     w
 }
