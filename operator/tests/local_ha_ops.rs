@@ -169,6 +169,20 @@ async fn diverged_old_primary_is_rewound_when_it_rejoins() {
     eprintln!("failover accounting: {failover}");
     // The rows only the old primary had are gone from it: it follows the new history.
     let on_old = stored_ids(&c.direct(&old)).await.expect("rows on old");
+    // Once it rejoined, the entry says what its rewind really threw away: at
+    // least the WAL of the acknowledged rows it alone had (a heap insert of a
+    // bigint row is more than 50 bytes of WAL), and never less than the
+    // lower bound the failover recorded.
+    let discarded = failover["bytesDiscarded"].as_i64().unwrap_or_else(|| {
+        panic!("the failover entry does not say what the rewind discarded: {failover}")
+    });
+    let lower = failover["bytesPossiblyLost"].as_i64().unwrap_or(0);
+    let rows = i64::try_from(diverged.len()).unwrap_or(i64::MAX);
+    assert!(
+        discarded >= rows * 50 && discarded >= lower,
+        "{discarded} bytes discarded for {rows} acknowledged rows lost (lower bound {lower}): {failover}"
+    );
+    eprintln!("{rows} acknowledged rows lost on the old timeline: its rewind discarded {discarded} bytes (bytesPossiblyLost said {lower})");
     assert!(
         diverged.iter().all(|i| !on_old.contains(i)),
         "the rejoined instance still has rows of its abandoned timeline"

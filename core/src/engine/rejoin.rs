@@ -428,7 +428,13 @@ pub(crate) fn demote(
         instance: name.clone(),
         primary: primary.clone(),
     };
-    if ctx.succeeded(&demote) || (ctx.streams_from(name, primary) && tr.data.rejoin.issued) {
+    // Streaming already, the demote's answer (with what its rewind
+    // discarded) follows in a moment; without it (an operator restarted
+    // meanwhile) the rejoin is over all the same after a while.
+    let answer_lost = tr.data.rejoin.issued
+        && ctx.streams_from(name, primary)
+        && ctx.since(tr.data.step_started_at.as_deref()) >= ctx.shutdown_ms();
+    if ctx.succeeded(&demote) || answer_lost {
         let mut message = format!("{name} rejoined {primary} as a standby ({})", tr.reason);
         if let Some(Outcome::Succeeded { facts, .. }) = ctx.result(&demote) {
             if let Some(note) = account_rewind(st, name, facts, out) {
