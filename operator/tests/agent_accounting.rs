@@ -187,21 +187,8 @@ async fn a_rewind_reports_where_histories_diverged_and_where_its_wal_ended() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_followed_a_promotion_reports_its_wal_end_on_the_new_timeline() {
-    let c = cluster_with("tlw", 2).await;
-    let (old, new, sib) = (&c.agents[0], &c.agents[1], &c.agents[2]);
-    old.sql()
-        .await
-        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    wait_rows(sib, "t", &[1]).await;
-    wait_rows(new, "t", &[1]).await;
-    old.client.stop(&StopRequest::default()).await.unwrap();
-    new.client
-        .promote(&PromoteRequest::default())
-        .await
-        .unwrap();
-    new.wait_ready("primary", T).await;
+    let c = promoted_second("tlw").await;
+    let (new, sib) = (&c.agents[1], &c.agents[2]);
     sib.client
         .follow(&FollowRequest {
             primary: new.member(),
