@@ -115,6 +115,21 @@ pub(crate) fn config_for(ctx: &Ctx, instance: &str) -> super::Action {
     }
 }
 
+/// The Config action `instance` still needs before it may be promoted, or
+/// `None` when it already reports the synchronous settings (and parameters)
+/// it would have as primary: they are staged on every standby beforehand
+/// (`steady`), since a server in recovery ignores them.
+pub(crate) fn before_promotion(ctx: &Ctx, instance: &str) -> Option<super::Action> {
+    let want = desired(ctx, instance);
+    let a = ctx.agent(instance)?;
+    let staged = a.synchronous_standby_names.as_deref() == Some(want.names.as_str())
+        && a.synchronous_commit.as_deref() == Some(want.synchronous_commit.as_str())
+        && a.parameters
+            .as_ref()
+            .is_none_or(|p| *p == ctx.spec.postgres.parameters);
+    (!staged).then(|| config_for(ctx, instance))
+}
+
 /// Update status.sync before issuing `want` on `primary`: until the primary
 /// confirms the new set, keep a set that covers both (more members, lower
 /// quorum), so failover never trusts a set that was not in force.

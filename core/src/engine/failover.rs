@@ -359,12 +359,37 @@ pub(crate) fn promote(
         st.blocked_by = Some(format!("starting postgres on {c} before promoting it"));
         return Step::Wait;
     }
-    // Durability settings first: they take effect the moment it leaves recovery.
-    out.push(super::durability::config_for(ctx, &c));
+    if let Some(config) = super::durability::before_promotion(ctx, &c) {
+        if !config_first(ctx, st, &c, config, out) {
+            return Step::Wait;
+        }
+    }
     out.push(super::lease::renew(ctx, st, &c));
     set(st, |d| d.promote_issued = true);
     out.push(promote);
     Step::Wait
+}
+
+/// Durability settings first: they take effect the moment `c` leaves
+/// recovery. Under sync + required a commit acknowledged before they do
+/// would have waited for no standby, so the promotion waits for them
+/// (true: promote now, with `config` issued alongside when that is safe).
+pub(crate) fn config_first(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    c: &str,
+    config: Action,
+    out: &mut Vec<Action>,
+) -> bool {
+    if !ctx.sync_required() || ctx.succeeded(&config) {
+        out.push(config);
+        return true;
+    }
+    st.blocked_by = Some(format!(
+        "applying the synchronous settings on {c} before promoting it (dataDurability required)"
+    ));
+    out.push(config);
+    false
 }
 
 /// `candidate` did not promote: add it to the failed candidates.

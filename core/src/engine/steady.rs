@@ -101,7 +101,13 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 primary: primary.clone(),
             });
         }
-        if a.parameters.as_ref().is_some_and(|p| p != params) {
+        if ctx.priority(name) > 0 {
+            // What it will need as primary, staged now (ignored in recovery):
+            // a promotion need not wait for it.
+            if let Some(config) = durability::before_promotion(ctx, name) {
+                out.push(config);
+            }
+        } else if a.parameters.as_ref().is_some_and(|p| p != params) {
             out.push(Action::Config {
                 instance: name.clone(),
                 synchronous_commit: ctx.spec.replication.synchronous_commit.as_pg().to_string(),

@@ -258,8 +258,11 @@ pub(crate) fn promote(
             return roll_back(st, format!("promoting {target} failed: {message}"));
         }
     }
-    // Durability settings first: they take effect the moment it leaves recovery.
-    out.push(super::durability::config_for(ctx, target));
+    if let Some(config) = super::durability::before_promotion(ctx, target) {
+        if !super::failover::config_first(ctx, st, target, config, out) {
+            return Step::Wait;
+        }
+    }
     out.push(super::lease::renew(ctx, st, target));
     out.push(promote);
     Step::Wait

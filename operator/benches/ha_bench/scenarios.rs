@@ -131,13 +131,15 @@ impl Bench {
             panic!("a healthy cluster without a primary");
         };
         let target = self.c.direct(&primary);
+        // Taken before the rows are read: a write acknowledged after the read began is not missing.
+        let acked = self.w.snapshot();
         let stored = poll_until_async(Duration::from_secs(30), Duration::from_millis(250), || {
             let t = target.clone();
             async move { stored_ids(&t).await.ok() }
         })
         .await
         .unwrap_or_else(|| panic!("cannot read the rows of {primary}"));
-        let missing = lost(&self.w.snapshot(), &stored);
+        let missing = lost(&acked, &stored);
         let before = self.lost.len();
         self.lost.extend(missing);
         self.lost.len() - before

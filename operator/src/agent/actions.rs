@@ -14,6 +14,9 @@ use super::standby::STREAM_TIMEOUT;
 use super::state::Agent;
 use super::{AgentError, BadTarget, Conflict, Unavailable};
 
+/// How often a promotion in progress is checked.
+const PROMOTE_POLL: Duration = Duration::from_millis(5);
+
 fn timeout_or(t: &Option<crate::api::DurationString>, default: Duration) -> Duration {
     t.as_ref().map(|d| d.duration()).unwrap_or(default)
 }
@@ -39,38 +42,49 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
         });
     }
     let wait = timeout_or(&req.timeout, Duration::from_secs(60));
-    agent.step("promote", &mut steps, "pg_promote(wait => true)");
-    let row = client
-        .query_one(
-            "SELECT pg_promote(true, $1)",
-            &[&(wait.as_secs().max(1) as i32)],
-        )
-        .await
-        .map_err(|source| pg::Error::Sql {
-            context: "pg_promote".into(),
+    agent.step("promote", &mut steps, "pg_promote(wait => false)");
+    let sql = |context: &'static str| {
+        move |source| pg::Error::Sql {
+            context: context.into(),
             source,
-        })?;
-    let done: bool = row.try_get(0).map_err(|source| pg::Error::Sql {
-        context: "pg_promote".into(),
-        source,
-    })?;
-    if !done {
-        return Err(Conflict::PromotionTimeout {
-            seconds: wait.as_secs(),
         }
-        .into());
+    };
+    let row = client
+        .query_one("SELECT pg_promote(false)", &[])
+        .await
+        .map_err(sql("pg_promote"))?;
+    let signalled: bool = row.try_get(0).map_err(sql("pg_promote"))?;
+    if !signalled {
+        return Err(Conflict::PromoteNotSignalled.into());
     }
+    // pg_promote(wait => true) looks only every 100 ms: every moment between
+    // the end of recovery and this answer is a moment without writes.
     let deadline = Instant::now() + wait;
     let timeline = loop {
-        let o = query::observe(&client).await?;
-        if !o.in_recovery && o.timeline > before.timeline {
-            break o.timeline;
+        let row = client
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(sql("pg_is_in_recovery"))?;
+        let in_recovery: bool = row.try_get(0).map_err(sql("pg_is_in_recovery"))?;
+        if !in_recovery {
+            let o = query::observe(&client).await?;
+            if o.timeline > before.timeline {
+                break o.timeline;
+            }
         }
         if Instant::now() > deadline {
-            return Err(Conflict::NoNewTimeline.into());
+            return Err(if in_recovery {
+                Conflict::PromotionTimeout {
+                    seconds: wait.as_secs(),
+                }
+            } else {
+                Conflict::NoNewTimeline
+            }
+            .into());
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(PROMOTE_POLL).await;
     };
+    agent.probe_now.notify_one();
     agent.step(
         "promote",
         &mut steps,

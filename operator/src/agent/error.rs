@@ -200,6 +200,9 @@ pub enum Conflict {
         /// How long it was given.
         seconds: u64,
     },
+    /// pg_promote could not signal the postmaster.
+    #[error("pg_promote could not signal the postmaster to promote")]
+    PromoteNotSignalled,
     /// Promoted, but still in recovery or on the old timeline.
     #[error("postgres did not leave recovery onto a new timeline")]
     NoNewTimeline,

@@ -25,6 +25,9 @@ use super::{actions, ops, probe, vouch as vouching, AgentError, BadRequest};
 
 type Shared = Arc<Agent>;
 
+/// How long an action's answer may wait for the probe that shows its effect.
+const FRESH_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serve the API on `listener` until the process ends.
 pub async fn serve(agent: Shared, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     axum::serve(listener, router(agent)).await
@@ -158,7 +161,8 @@ where
                 agent.set_activity(Some(format!("{name} failed: {e}")));
             }
         }
-        agent.probe_now.notify_one();
+        // Answer with /status already showing the action's effect.
+        agent.fresh_probe(FRESH_PROBE).await;
         result
     });
     match task.await {

@@ -2,6 +2,7 @@
 //! with tokio-postgres, compute the health checks, publish /status and the
 //! metrics. Does I/O; the checks themselves are pure.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,11 +35,13 @@ pub async fn run(agent: Arc<Agent>) {
         upstream: None,
     };
     loop {
+        let count = agent.probes_started.fetch_add(1, Ordering::SeqCst) + 1;
         let st = probe_once(&agent, &mut conns).await;
         agent.metrics.observe(&st);
         if let Ok(mut s) = agent.status.write() {
             *s = st;
         }
+        agent.probed.send_replace(count);
         tokio::select! {
             _ = tokio::time::sleep(agent.cfg.probe_interval) => {}
             _ = agent.probe_now.notified() => {}

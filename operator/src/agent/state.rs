@@ -3,6 +3,7 @@
 //! Does I/O (connections, the run directory).
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,10 @@ pub struct Agent {
     pub stopped: tokio::sync::Mutex<Option<StoppedCache>>,
     /// Wakes the probe loop early (after an action).
     pub probe_now: tokio::sync::Notify,
+    /// Probes started so far (the probe loop counts them).
+    pub probes_started: AtomicU64,
+    /// The count of the latest probe whose result /status serves.
+    pub probed: tokio::sync::watch::Sender<u64>,
     /// Generations of children that crashed and should be restarted.
     pub crashed: tokio::sync::mpsc::UnboundedSender<u64>,
 }
@@ -141,6 +146,8 @@ impl Agent {
             operation: Mutex::new(Some("bootstrap".into())),
             stopped: tokio::sync::Mutex::new(None),
             probe_now: tokio::sync::Notify::new(),
+            probes_started: AtomicU64::new(0),
+            probed: tokio::sync::watch::Sender::new(0),
             crashed,
         })
     }
@@ -173,6 +180,16 @@ impl Agent {
             timeout,
         })
         .await
+    }
+
+    /// Probe now and wait (at most `timeout`) until /status serves a probe
+    /// that began after this call: what an action changed is then what the
+    /// next status poll sees, so its caller can take the next step at once.
+    pub async fn fresh_probe(&self, timeout: Duration) {
+        let want = self.probes_started.load(Ordering::SeqCst) + 1;
+        let mut probed = self.probed.subscribe();
+        self.probe_now.notify_one();
+        let _ = tokio::time::timeout(timeout, probed.wait_for(|done| *done >= want)).await;
     }
 
     /// Record what the agent is doing (shown in /status).

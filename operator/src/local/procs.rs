@@ -202,6 +202,22 @@ impl Agents {
         alive
     }
 
+    /// Whether an agent started here has exited since it was last looked at
+    /// (it is then forgotten, as [`Agents::pid`] does).
+    pub fn any_exited(&mut self) -> bool {
+        let started: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, h)| matches!(h, Handle::Child(_)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut exited = false;
+        for name in started {
+            exited |= self.pid(&name).is_none();
+        }
+        exited
+    }
+
     /// Send `sig` to the agent of `instance`.
     pub fn signal_agent(&mut self, instance: &str, sig: Signal) -> Result<(), ProcError> {
         let pid = self.pid(instance).ok_or_else(|| ProcError::NoAgent {

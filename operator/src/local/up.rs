@@ -217,6 +217,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    // An agent that exits (killed, crashed) is a child of this process: its
+    // SIGCHLD lets the loop see it gone now, as a kubelet reports a container's end.
+    let mut sigchld = signal(SignalKind::child())?;
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced = false;
@@ -236,6 +239,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             Some(sub) = req_rx.recv() => {
                 if ha.platform.submit(sub) {
                     break;
+                }
+                // A request is decided at once, not at the next tick.
+                tick(&mut ha).await;
+            }
+            _ = sigchld.recv() => {
+                // Other children (psql of the switchover precheck) end too: only an agent's end counts.
+                if ha.platform.agents.any_exited() {
+                    tick(&mut ha).await;
                 }
             }
             _ = sigint.recv() => { info!("interrupted: stopping the cluster"); break; }

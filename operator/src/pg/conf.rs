@@ -27,7 +27,11 @@ pub fn postgresql_conf(include: Option<&Path>) -> String {
          wal_keep_size = '128MB'\n\
          password_encryption = 'scram-sha-256'\n\
          hot_standby_feedback = on\n\
-         logging_collector = off\n",
+         logging_collector = off\n\
+         # A standby whose upstream went away (a crash restarted in place, a\n\
+         # switchover, a failover) connects again within this, not the 5s\n\
+         # default: under sync replication the primary's commits wait for it.\n\
+         wal_retrieve_retry_interval = '200ms'\n",
     );
     if let Some(p) = include {
         s.push_str(&format!(
@@ -249,6 +253,11 @@ mod tests {
         assert!(c.contains("host='h\\'1'"));
         assert!(c.contains("passfile='/p'"));
         assert!(!c.contains("password"));
+    }
+
+    #[test]
+    fn standbys_retry_their_upstream_within_a_fraction_of_a_second() {
+        assert!(postgresql_conf(None).contains("wal_retrieve_retry_interval = '200ms'"));
     }
 
     #[test]

@@ -143,8 +143,9 @@ impl<P: Platform> HaLoop<P> {
         self.exec.in_flight()
     }
 
-    /// Notified when an agent call other than a lease renewal finishes (the
-    /// next step of a transition need not wait for the next tick).
+    /// Notified when an agent call other than a lease renewal finishes, or a
+    /// platform action (role label, fencing) succeeded: the next step of a
+    /// transition need not wait for the next tick.
     pub fn finished(&self) -> Arc<tokio::sync::Notify> {
         self.exec.finished.clone()
     }
@@ -232,7 +233,12 @@ impl<P: Platform> HaLoop<P> {
             }
         };
         let result = match done {
-            Ok(()) => ActionResult::ok(action),
+            Ok(()) => {
+                // The next step waits for this result: a loop that passes on
+                // `finished` takes it now, not at its next tick.
+                self.exec.finished.notify_one();
+                ActionResult::ok(action)
+            }
             Err(why) => {
                 warn!(error = %why, "platform action failed");
                 ActionResult::failed(action, why)

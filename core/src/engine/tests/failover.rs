@@ -689,3 +689,57 @@ fn renewals_echo_the_challenge_and_are_counted_from_when_they_are_sent() {
     // No result came back: the renewal still counts as sent (it may have arrived).
     assert_eq!(crate::engine::ctx::parse_ms(&sent.renewed_at), Some(f.now));
 }
+
+#[test]
+fn standbys_carry_the_synchronous_settings_they_would_need_as_primary() {
+    let mut f = cluster().instances(3).required().build();
+    assert_eq!(
+        f.agent("main-1").synchronous_standby_names.as_deref(),
+        Some("ANY 1 (\"main-0\", \"main-2\")")
+    );
+    assert_eq!(
+        f.agent("main-2").synchronous_standby_names.as_deref(),
+        Some("ANY 1 (\"main-0\", \"main-1\")")
+    );
+    // Staged: a failover promotes at once, with no configuration in between.
+    let actions = fail_primary_and_fence(&mut f);
+    assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
+    assert!(!has(&actions, |a| matches!(a, Action::Config { .. })));
+}
+
+#[test]
+fn under_sync_required_a_candidate_is_promoted_only_once_its_synchronous_settings_apply() {
+    let mut f = cluster().instances(3).required().build();
+    f.agent("main-1").synchronous_standby_names = Some(String::new());
+    f.agent("main-2").synchronous_standby_names = Some(String::new());
+    let actions = fail_primary_and_fence(&mut f);
+    assert!(promotes(&actions).is_none(), "{actions:?}");
+    assert!(has(&actions, |a| matches!(
+        a,
+        Action::Config { instance, synchronous_standby_names, .. }
+            if instance == "main-1" && synchronous_standby_names == "ANY 1 (\"main-0\", \"main-2\")"
+    )));
+    assert!(
+        f.status
+            .blocked_by
+            .as_deref()
+            .is_some_and(|b| b.contains("before promoting")),
+        "{:?}",
+        f.status.blocked_by
+    );
+    f.ack_all();
+    let actions = f.tick(10);
+    assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
+}
+
+#[test]
+fn under_async_replication_the_settings_go_with_the_promotion() {
+    let mut f = cluster().instances(3).build();
+    f.agent("main-1").synchronous_commit = Some("on".into());
+    let actions = fail_primary_and_fence(&mut f);
+    assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
+    assert!(has(&actions, |a| matches!(
+        a,
+        Action::Config { instance, .. } if instance == "main-1"
+    )));
+}
