@@ -564,7 +564,14 @@ pub(crate) fn reclone(
         source: primary.clone(),
     };
     let issued = tr.data.rejoin.reclone_issued;
-    if ctx.succeeded(&reclone) || (ctx.streams_from(name, primary) && issued) {
+    // A standby re-cloned on request streams before and after: only the
+    // agent's answer says it is done, unless that answer was lost (an
+    // operator restarted meanwhile) and it streams with nothing under way.
+    let answer_lost = issued
+        && ctx.streams_from(name, primary)
+        && ctx.agent(name).is_some_and(|a| a.operation.is_none())
+        && ctx.since(tr.data.step_started_at.as_deref()) >= ctx.shutdown_ms();
+    if ctx.succeeded(&reclone) || answer_lost {
         let message = format!("{name} re-cloned from {primary} ({})", tr.reason);
         out.push(event(
             Some(name),
