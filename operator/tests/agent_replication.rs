@@ -120,6 +120,17 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
         .unwrap();
     assert!(r.changed);
     assert!(r.timeline.unwrap() > tl_before, "{r:?}");
+    // An action answers once /status shows its effect: a caller's next step
+    // sees the new primary at once, not after the next probe.
+    let st = new.status().await;
+    assert_eq!(
+        (st.role, st.timeline),
+        (tandem::api::InstanceRole::Primary, r.timeline),
+        "{st:?}"
+    );
+    assert!(!old.status().await.postgres_running);
+    let fresh = new.client.fresh_status().await.unwrap();
+    assert_eq!(fresh.role, tandem::api::InstanceRole::Primary);
     new.wait_ready("primary", T).await;
     new.sql()
         .await

@@ -43,6 +43,18 @@ pub const PATH_VOUCH: &str = "/vouch";
 /// Stop vouching for any primary of a lower epoch ([`StopVouchingRequest`]): asked before a promotion.
 pub const PATH_STOP_VOUCHING: &str = "/stop-vouching";
 
+/// The query of `GET /status`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusQuery {
+    /// Probe postgres first (for a bounded time) and answer with that probe,
+    /// so what an action or a fault changed a moment ago shows.
+    #[serde(default)]
+    pub fresh: bool,
+}
+
+/// The query string asking `GET /status` for a fresh probe ([`StatusQuery`]).
+pub const STATUS_FRESH: &str = "fresh=true";
+
 /// Most bytes a request body may have.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

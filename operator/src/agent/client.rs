@@ -227,6 +227,12 @@ impl AgentClient {
         self.send(self.http.get(&url), url).await
     }
 
+    /// `GET /status?fresh=true`: the answer of a probe begun after the call.
+    pub async fn fresh_status(&self) -> Result<AgentStatus, ClientError> {
+        let url = format!("{}?{STATUS_FRESH}", self.url(PATH_STATUS));
+        self.send(self.http.get(&url), url).await
+    }
+
     /// `POST /promote`.
     pub async fn promote(&self, req: &PromoteRequest) -> Result<ActionResponse, ClientError> {
         self.post(PATH_PROMOTE, req).await

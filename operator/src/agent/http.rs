@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,9 @@ use super::state::{lock, Agent};
 use super::{actions, ops, probe, vouch as vouching, AgentError, BadRequest};
 
 type Shared = Arc<Agent>;
+
+/// How long `GET /status?fresh=true` may wait for its probe (then it answers with the last one).
+const FRESH_STATUS: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// How long an action's answer may wait for the probe that shows its effect.
 const FRESH_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -115,7 +118,10 @@ async fn metrics(State(agent): State<Shared>) -> Response {
         .into_response()
 }
 
-async fn status(State(agent): State<Shared>) -> Response {
+async fn status(State(agent): State<Shared>, Query(q): Query<StatusQuery>) -> Response {
+    if q.fresh {
+        agent.fresh_probe(FRESH_STATUS).await;
+    }
     Json(snapshot(&agent)).into_response()
 }
 

@@ -194,11 +194,21 @@ impl Driver {
     }
 
     async fn instances(&mut self) -> Vec<InstanceObs> {
+        // During a transition each step waits on what the last one changed:
+        // ask for a probe begun now rather than the agent's latest.
+        let fresh = self.persisted.status.transition.is_some();
         let polls = self.members.iter().map(|(n, m)| {
             let c = m.client.clone();
             let n = n.clone();
             async move {
-                let answer = match tokio::time::timeout(POLL_TIMEOUT, c.status()).await {
+                let poll = async {
+                    if fresh {
+                        c.fresh_status().await
+                    } else {
+                        c.status().await
+                    }
+                };
+                let answer = match tokio::time::timeout(POLL_TIMEOUT, poll).await {
                     Err(_) => Err(AgentUnanswered::Timeout),
                     Ok(r) => r.map_err(|e| crate::agent::client::unanswered(&e)),
                 };
