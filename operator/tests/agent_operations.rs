@@ -143,7 +143,10 @@ async fn smart_stop_blocked_by_a_session_escalates_to_fast() {
         .await
         .unwrap();
     assert_eq!(r.stopped_with, Some(StopMode::Fast), "{r:?}");
+    assert_eq!(r.escalated, Some(true), "{r:?}");
     assert!(r.message.contains("escalated to fast"), "{r:?}");
+    // A fast stop is a clean shutdown: no end of WAL to account for.
+    assert_eq!(r.end_of_wal, None, "{r:?}");
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(
         held.execute("SELECT 1", &[]).await.is_err(),

@@ -320,21 +320,8 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sibling_follows_promoted_standby_with_a_reload() {
-    let c = cluster_with("fol", 2).await;
+    let c = promoted_second("fol").await;
     let (old, new, sib) = (&c.agents[0], &c.agents[1], &c.agents[2]);
-    old.sql()
-        .await
-        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
-    wait_rows(sib, "t", &[1]).await;
-    wait_rows(new, "t", &[1]).await;
-    old.client.stop(&StopRequest::default()).await.unwrap();
-    new.client
-        .promote(&PromoteRequest::default())
-        .await
-        .unwrap();
-    new.wait_ready("primary", T).await;
 
     // Following a standby is refused: only a primary can be followed.
     let err = sib

@@ -169,6 +169,20 @@ async fn diverged_old_primary_is_rewound_when_it_rejoins() {
     eprintln!("failover accounting: {failover}");
     // The rows only the old primary had are gone from it: it follows the new history.
     let on_old = stored_ids(&c.direct(&old)).await.expect("rows on old");
+    // Once it rejoined, the entry says what its rewind really threw away: at
+    // least the WAL of the acknowledged rows it alone had (a heap insert of a
+    // bigint row is more than 50 bytes of WAL), and never less than the
+    // lower bound the failover recorded.
+    let discarded = failover["bytesDiscarded"].as_i64().unwrap_or_else(|| {
+        panic!("the failover entry does not say what the rewind discarded: {failover}")
+    });
+    let lower = failover["bytesPossiblyLost"].as_i64().unwrap_or(0);
+    let rows = i64::try_from(diverged.len()).unwrap_or(i64::MAX);
+    assert!(
+        discarded >= rows * 50 && discarded >= lower,
+        "{discarded} bytes discarded for {rows} acknowledged rows lost (lower bound {lower}): {failover}"
+    );
+    eprintln!("{rows} acknowledged rows lost on the old timeline: its rewind discarded {discarded} bytes (bytesPossiblyLost said {lower})");
     assert!(
         diverged.iter().all(|i| !on_old.contains(i)),
         "the rejoined instance still has rows of its abandoned timeline"
@@ -515,4 +529,58 @@ async fn restart_one_then_all_standbys_first_and_bad_input_exit_codes() {
     let log = w.stop().await;
     let p = now["primary"].as_str().unwrap_or_default().to_string();
     assert_nothing_lost(&c, &p, &log).await;
+}
+
+/// `tandem local promote` (issue 9): refused while the primary runs (use a
+/// switchover) and for an unknown instance; with automation paused and the
+/// primary's agent and postgres frozen, promoting a chosen standby fences the
+/// old primary first, moves rw and loses no acknowledged write (sync +
+/// required), and the history says it was a manual promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_promotion_while_paused_fences_the_old_primary_and_moves_rw() {
+    let c = LocalCluster::start(
+        "mp",
+        &format!("{FAST}\n  replication: {{mode: sync, dataDurability: required}}"),
+    );
+    let w = healthy_with_writer(&c).await;
+    let old = c.primary().expect("primary");
+    let standby = ["mp-0", "mp-1", "mp-2"]
+        .into_iter()
+        .find(|n| *n != old)
+        .expect("a standby");
+    let out = expect_exit(&c, "promote", &[standby], 1);
+    assert!(out.contains("use a switchover"), "{out}");
+    let out = expect_exit(&c, "promote", &["mp-7"], 1);
+    assert!(out.contains("does not exist"), "{out}");
+
+    expect_exit(&c, "pause", &[], 0);
+    c.wait_for("paused", Duration::from_secs(10), |s| s["paused"] == true);
+    expect_exit(&c, "kill", &[&old, "--signal", "STOP", "--agent"], 0);
+    expect_exit(&c, "kill", &[&old, "--signal", "STOP"], 0);
+    // Paused: nothing happens by itself.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(c.status().expect("status")["primary"], old.as_str());
+
+    let t = Instant::now();
+    // The synchronous standby may be either one; force covers the other.
+    let out = expect_exit(&c, "promote", &[standby, "--force"], 0);
+    eprintln!("{out}");
+    let s = c.wait_for("the promoted standby as primary", FAILOVER, |s| {
+        s["primary"] == standby && s["transition"].is_null()
+    });
+    wait_ack_after(&w, t, FAILOVER).await;
+    let failover = history_of(&s, "Failover");
+    let entry = failover.last().expect("a failover entry");
+    assert_eq!(entry["outcome"], "Succeeded", "{entry}");
+    assert!(
+        entry["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("manual promotion of {standby}")),
+        "{entry}"
+    );
+    assert_eq!(s["paused"], true, "the promotion does not unpause");
+    wake(&c, &old);
+    let log = w.stop().await;
+    assert_nothing_lost(&c, standby, &log).await;
 }

@@ -70,8 +70,11 @@ pub fn children_of(pid: i32) -> Vec<i32> {
 /// postmaster goes first (a stopped one forks nothing new); whether it was
 /// delivered to the postmaster.
 pub fn signal_server(pid: i32, sig: Signal) -> bool {
+    // The children first read, then signalled after the parent: once a
+    // killed parent is gone its children are someone else's and no longer listed.
+    let children = children_of(pid);
     let delivered = signal(pid, sig);
-    for child in children_of(pid) {
+    for child in children {
         signal(child, sig);
     }
     delivered

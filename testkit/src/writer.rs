@@ -3,6 +3,7 @@
 //! that every acknowledged row survived. Used by the HA tests and `make bench`.
 
 use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,53 @@ impl Target {
         });
         Ok(client)
     }
+
+    /// Connect once from the local address `source` (a client of its own,
+    /// that packet-filter rules can tell apart); `host` must be an IPv4 address.
+    pub async fn connect_from(
+        &self,
+        source: Ipv4Addr,
+    ) -> Result<tokio_postgres::Client, ConnectError> {
+        let ip: Ipv4Addr = self
+            .host
+            .parse()
+            .map_err(|_| ConnectError::NotAnAddress(self.host.clone()))?;
+        let to = SocketAddr::from((ip, self.port));
+        let stream = crate::partition::connect_from(source, to, Duration::from_secs(1))
+            .await
+            .map_err(ConnectError::Tcp)?;
+        let (client, conn) = self
+            .config()
+            .connect_raw(stream, NoTls)
+            .await
+            .map_err(ConnectError::Postgres)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// Connect from `source` when given, else as the kernel chooses.
+    async fn connect_maybe_from(
+        &self,
+        source: Option<Ipv4Addr>,
+    ) -> Result<tokio_postgres::Client, ConnectError> {
+        match source {
+            Some(s) => self.connect_from(s).await,
+            None => self.connect().await.map_err(ConnectError::Postgres),
+        }
+    }
+}
+
+/// A connection from a chosen address failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{0} is not an IPv4 address (a bound connection needs one)")]
+    NotAnAddress(String),
+    #[error("TCP connection failed: {0}")]
+    Tcp(std::io::Error),
+    #[error("{0}")]
+    Postgres(tokio_postgres::Error),
 }
 
 /// What the writer saw.
@@ -96,6 +144,16 @@ pub async fn prepare(target: &Target) -> Result<(), tokio_postgres::Error> {
 impl Writer {
     /// Start writing numbered rows (starting after `start_after`) every `interval`.
     pub fn start(target: Target, start_after: i64, interval: Duration) -> Self {
+        Self::start_from(target, None, start_after, interval)
+    }
+
+    /// As [`Writer::start`], connecting from the local address `source` when given.
+    pub fn start_from(
+        target: Target,
+        source: Option<Ipv4Addr>,
+        start_after: i64,
+        interval: Duration,
+    ) -> Self {
         let log = Arc::new(Mutex::new(WriteLog::default()));
         let (stop, mut stopped) = watch::channel(false);
         let task_log = log.clone();
@@ -105,7 +163,7 @@ impl Writer {
             while !*stopped.borrow() {
                 if client.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
                     client = tokio::select! {
-                        c = target.connect() => c.ok(),
+                        c = target.connect_maybe_from(source) => c.ok(),
                         _ = stopped.changed() => break,
                     };
                     if client.is_none() {

@@ -82,6 +82,9 @@ pub const ERR_SELF_TARGET: &str = "self_target";
 pub const ERR_BAD_TARGET: &str = "bad_target";
 /// The action does not fit the instance's state (409).
 pub const ERR_CONFLICT: &str = "conflict";
+/// A lease renewal of a lower epoch than the agent knows (409): it comes from
+/// a deposed operator term and changed nothing.
+pub const ERR_STALE_EPOCH: &str = "stale_epoch";
 /// pg_rewind failed (500); detail has its message.
 pub const ERR_REWIND_FAILED: &str = "rewind_failed";
 /// An external tool or postgres failed (500); detail has its message.
@@ -291,6 +294,15 @@ pub struct LeaseRequest {
     /// when every one of them vouches.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// No other member can be promoted while this primary lives (a cluster of
+    /// one, or one whose other members are all learners), so with no peers to
+    /// ask the agent keeps its lease up by itself. The operator that says so
+    /// promotes no one on this lease running out, only once it has seen
+    /// postgres stop. Without it an empty peer list means nobody vouches: an
+    /// operator that does not know about vouching (and sends no peers) keeps
+    /// the lease it always had. Refused together with peers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub solo: bool,
 }
 
 /// A member's agent, as another agent reaches it.

@@ -31,7 +31,11 @@ pub const ROLE_UNKNOWN: &str = "unknown";
 pub const ANN_SWITCHOVER: &str = "tandem.dev/switchover";
 /// `tandem.dev/switchover-dry-run=<instance>|any`: run the switchover prechecks only.
 pub const ANN_SWITCHOVER_DRY_RUN: &str = "tandem.dev/switchover-dry-run";
-/// `tandem.dev/force=true`: override the archive-backlog precheck (and nothing else).
+/// `tandem.dev/promote=<instance>`: make this standby primary while the primary is down or unreachable.
+pub const ANN_PROMOTE: &str = "tandem.dev/promote";
+/// `tandem.dev/force=true`: with a switchover, override the archive-backlog
+/// precheck; with a promotion, promote a learner, a candidate behind others or,
+/// under sync+required, one that was not synchronous.
 pub const ANN_FORCE: &str = "tandem.dev/force";
 /// `tandem.dev/restart=<instance>|all`: restart instances (standbys first).
 pub const ANN_RESTART: &str = "tandem.dev/restart";
@@ -46,6 +50,7 @@ pub const ANN_PAUSED: &str = "tandem.dev/paused";
 pub const REQUEST_ANNOTATIONS: &[&str] = &[
     ANN_SWITCHOVER,
     ANN_SWITCHOVER_DRY_RUN,
+    ANN_PROMOTE,
     ANN_FORCE,
     ANN_RESTART,
     ANN_REJOIN,

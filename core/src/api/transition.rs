@@ -333,6 +333,12 @@ pub struct FailoverData {
     /// When the old primary was known to accept writes no more (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fenced_at: Option<String>,
+    /// A person asked for this promotion (the target is theirs, not chosen).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub requested: bool,
+    /// …and forced it past a refusal (learner, behind, not synchronous).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub forced: bool,
 }
 
 /// What a switchover keeps between steps.
@@ -433,6 +439,8 @@ impl<'de> Deserialize<'de> for TransitionData {
                 last_vouch_at: take("lastVouchAt").and_then(text),
                 fence_issued: take("fenceIssued").is_some_and(flag),
                 fenced_at: take("fencedAt").and_then(text),
+                requested: take("requested").is_some_and(flag),
+                forced: take("forced").is_some_and(flag),
             },
             switchover: SwitchoverData {
                 stop_mode: take("stopMode").and_then(stop_mode),

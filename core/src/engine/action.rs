@@ -211,6 +211,7 @@ pub mod reasons {
     pub const RESTART_COMPLETED: &str = "RestartCompleted";
     pub const RESTART_FAILED: &str = "RestartFailed";
     pub const ROLLING_UPDATE: &str = "RollingUpdate";
+    pub const PROMOTION_REQUESTED: &str = "PromotionRequested";
     pub const REWIND_DISCARDED: &str = "RewindDiscarded";
     pub const REQUEST_REFUSED: &str = "RequestRefused";
     pub const PRIMARY_ELECTED: &str = "PrimaryElected";

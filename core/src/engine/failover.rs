@@ -232,9 +232,26 @@ pub(crate) fn fence(
         (true, Ok(how)) => {
             // Choose with the freshest positions: standbys received until the end.
             let failed = tr_now.data.failover.failed_candidates.clone();
+            let requested = tr_now.data.failover.requested;
             // Candidates that failed once may be retried when nobody else is left.
-            let pick = failover_candidate(ctx, st, old, &failed)
-                .or_else(|_| failover_candidate(ctx, st, old, &[]));
+            let pick = match (requested, tr_now.target.clone()) {
+                // A person chose it: that one or none.
+                (true, Some(c)) if failed.contains(&c) => {
+                    let message =
+                        format!("promotion of {c} failed; {old} stays fenced, promote another one");
+                    out.push(event(
+                        Some(&c),
+                        EventType::Warning,
+                        reasons::FAILOVER_FAILED,
+                        &message,
+                    ));
+                    st.target_primary = st.current_primary.clone();
+                    return Step::finish(history(ctx, &tr_now, HistoryOutcome::Failed, &message));
+                }
+                (true, Some(c)) => Ok(c),
+                _ => failover_candidate(ctx, st, old, &failed)
+                    .or_else(|_| failover_candidate(ctx, st, old, &[])),
+            };
             match pick {
                 Ok(c) => {
                     if let Some(t) = st.transition.as_mut() {
@@ -411,7 +428,8 @@ pub(crate) fn label(
     let old_lsn = tr.data.old_primary_lsn;
     let promoted = tr.data.failover.candidate_lsn;
     let lost = match (old_lsn, promoted) {
-        _ if ctx.sync_required() => Some(0),
+        // Forced past the sync rule: the figure is what it is.
+        _ if ctx.sync_required() && !tr.data.failover.forced => Some(0),
         (Some(o), Some(p)) => Some(i64::try_from(o.bytes_after(p)).unwrap_or(i64::MAX)),
         _ => None,
     };
@@ -422,7 +440,7 @@ pub(crate) fn label(
         old_lsn.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
         promoted.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into()),
         match lost {
-            Some(0) if ctx.sync_required() => "no acknowledged commit lost (sync, dataDurability required)".to_string(),
+            Some(0) if ctx.sync_required() && !tr.data.failover.forced => "no acknowledged commit lost (sync, dataDurability required)".to_string(),
             Some(b) => format!("{b} bytes possibly lost"),
             None => "bytes possibly lost unknown".to_string(),
         }

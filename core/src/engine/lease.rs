@@ -14,9 +14,10 @@ use super::ctx::{parse_ms, secs, stamp, Ctx};
 use super::{Action, Outcome};
 
 /// Extra time on every lease bound: two clocks run at slightly different
-/// rates, and an answer takes time to arrive. 250 ms plus 2 % of the TTL.
+/// rates (1 % of the TTL), and the agent's watcher (100 ms), its SIGKILL and
+/// every backend's exit take time: 300 ms.
 pub fn margin_ms(ttl_ms: i64) -> i64 {
-    250 + ttl_ms / 50
+    300 + ttl_ms / 100
 }
 
 /// The members that may vouch for `holder`: every other member of the spec

@@ -41,6 +41,7 @@ mod failover;
 mod lease;
 mod plan;
 mod prechecks;
+mod promote;
 mod rejoin;
 mod report;
 mod restart;
@@ -363,6 +364,9 @@ fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &
         }
         Request::Reclone { instance } => rejoin::request_reclone(ctx, st, request, instance, out),
         Request::Restart { target } => restart::request(ctx, st, request, target, out),
+        Request::Promote { instance, force } => {
+            promote::request(ctx, st, request, instance, *force, out)
+        }
         Request::Unreadable { reason, .. } => {
             refuse(ctx, st, request, HistoryKind::Request, None, reason, out)
         }

@@ -428,7 +428,13 @@ pub(crate) fn demote(
         instance: name.clone(),
         primary: primary.clone(),
     };
-    if ctx.succeeded(&demote) || (ctx.streams_from(name, primary) && tr.data.rejoin.issued) {
+    // Streaming already, the demote's answer (with what its rewind
+    // discarded) follows in a moment; without it (an operator restarted
+    // meanwhile) the rejoin is over all the same after a while.
+    let answer_lost = tr.data.rejoin.issued
+        && ctx.streams_from(name, primary)
+        && ctx.since(tr.data.step_started_at.as_deref()) >= ctx.shutdown_ms();
+    if ctx.succeeded(&demote) || answer_lost {
         let mut message = format!("{name} rejoined {primary} as a standby ({})", tr.reason);
         if let Some(Outcome::Succeeded { facts, .. }) = ctx.result(&demote) {
             if let Some(note) = account_rewind(st, name, facts, out) {
@@ -558,7 +564,14 @@ pub(crate) fn reclone(
         source: primary.clone(),
     };
     let issued = tr.data.rejoin.reclone_issued;
-    if ctx.succeeded(&reclone) || (ctx.streams_from(name, primary) && issued) {
+    // A standby re-cloned on request streams before and after: only the
+    // agent's answer says it is done, unless that answer was lost (an
+    // operator restarted meanwhile) and it streams with nothing under way.
+    let answer_lost = issued
+        && ctx.streams_from(name, primary)
+        && ctx.agent(name).is_some_and(|a| a.operation.is_none())
+        && ctx.since(tr.data.step_started_at.as_deref()) >= ctx.shutdown_ms();
+    if ctx.succeeded(&reclone) || answer_lost {
         let message = format!("{name} re-cloned from {primary} ({})", tr.reason);
         out.push(event(
             Some(name),

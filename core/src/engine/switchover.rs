@@ -232,7 +232,7 @@ pub(crate) fn wait_checkpoint(
         return roll_back(
             st,
             format!(
-                "{old} did not shut down cleanly and {target} lacks WAL from {} to {}, the end of {old}'s WAL: promoting it would lose that",
+                "{old}'s stop escalated (it did not shut down cleanly) and {target} lacks WAL from {} to {}, the end of {old}'s WAL: promoting it would lose that",
                 fmt(received),
                 fmt(checkpoint)
             ),
@@ -378,7 +378,7 @@ pub(crate) fn follow(
     }
     if tr.data.switchover.stop_escalated {
         notes.push(format!(
-            "{old} did not shut down cleanly; {target} had received all of its WAL (to {}) before it was promoted",
+            "{old}'s stop escalated (it did not shut down cleanly); {target} had received all of its WAL (to {}) before it was promoted",
             fmt(tr.data.switchover.checkpoint_lsn)
         ));
     }

@@ -235,6 +235,9 @@ pub enum Request {
     Reclone { instance: String },
     /// `tandem.dev/restart=<instance>|all`.
     Restart { target: RestartTarget },
+    /// `tandem.dev/promote=<instance>` (with `tandem.dev/force`): make this
+    /// standby primary while the primary is down or unreachable.
+    Promote { instance: String, force: bool },
     /// A request the platform could not read (an annotation with a malformed
     /// value): the engine refuses it like any other, and the platform clears it.
     Unreadable {

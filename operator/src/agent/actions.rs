@@ -130,34 +130,46 @@ pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionRespo
     }
     let mut steps = Vec::new();
     let timeout = timeout_or(&req.timeout, agent.cfg.stop_timeout);
+    let last_lsn = agent.head_lsn().await;
     agent.step("demote", &mut steps, "stop postgres (fast)");
-    let stopped_with = agent.stop_postgres(StopMode::Fast, timeout).await?;
+    let report = agent.stop_and_account(StopMode::Fast, timeout).await?;
+    agent.step("demote", &mut steps, report.describe());
+    let rewound_from = agent.wal_end().await.or(last_lsn);
     agent.step("demote", &mut steps, "pg_rewind --dry-run");
-    let (needed, reason) = agent.pg_rewind(&req.primary, true).await?;
-    if needed {
+    let dry = agent.pg_rewind(&req.primary, true).await?;
+    let mut diverged_at = dry.diverged_at;
+    if dry.needed {
         agent.step(
             "demote",
             &mut steps,
-            format!("rewind needed ({reason}): pg_rewind"),
+            format!("rewind needed ({}): pg_rewind", dry.reason),
         );
-        agent.pg_rewind(&req.primary, false).await?;
+        let done = agent.pg_rewind(&req.primary, false).await?;
+        diverged_at = done.diverged_at.or(diverged_at);
     } else {
-        agent.step("demote", &mut steps, format!("no rewind needed ({reason})"));
+        agent.step(
+            "demote",
+            &mut steps,
+            format!("no rewind needed ({})", dry.reason),
+        );
     }
     agent
         .start_as_standby("demote", &req.primary, &mut steps)
         .await?;
-    Ok(ActionResponse {
+    let mut r = ActionResponse {
         changed: true,
         message: format!(
             "{} is a standby of {}",
             agent.cfg.instance, req.primary.name
         ),
         steps,
-        rewind_needed: Some(needed),
-        stopped_with,
+        rewind_needed: Some(dry.needed),
+        diverged_at,
+        rewound_from: rewound_from.filter(|_| dry.needed),
         ..Default::default()
-    })
+    };
+    report.fill(&mut r);
+    Ok(r)
 }
 
 /// Point this standby at `primary`: reload, restart only when needed.
@@ -256,17 +268,20 @@ pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionRespo
     agent.check_primary(&req.source, "source").await?;
     let mut steps = Vec::new();
     if req.dry_run {
+        let rewound_from = agent.wal_end().await;
         agent.step("rewind", &mut steps, "pg_rewind --dry-run");
-        let (needed, reason) = agent.pg_rewind(&req.source, true).await?;
+        let dry = agent.pg_rewind(&req.source, true).await?;
         return Ok(ActionResponse {
             changed: false,
-            message: if needed {
-                format!("a rewind is needed: {reason}")
+            message: if dry.needed {
+                format!("a rewind is needed: {}", dry.reason)
             } else {
-                format!("no rewind is needed: {reason}")
+                format!("no rewind is needed: {}", dry.reason)
             },
             steps,
-            rewind_needed: Some(needed),
+            rewind_needed: Some(dry.needed),
+            diverged_at: dry.diverged_at,
+            rewound_from: rewound_from.filter(|_| dry.needed),
             ..Default::default()
         });
     }
@@ -287,24 +302,34 @@ pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionRespo
             ..Default::default()
         });
     }
+    let last_lsn = agent.head_lsn().await;
     agent.step("rewind", &mut steps, "stop postgres (fast)");
-    let stopped_with = agent
-        .stop_postgres(StopMode::Fast, agent.cfg.stop_timeout)
+    let report = agent
+        .stop_and_account(StopMode::Fast, agent.cfg.stop_timeout)
         .await?;
+    agent.step("rewind", &mut steps, report.describe());
+    let rewound_from = agent.wal_end().await.or(last_lsn);
     agent.step("rewind", &mut steps, "pg_rewind");
-    let (needed, reason) = agent.pg_rewind(&req.source, false).await?;
-    agent.step("rewind", &mut steps, format!("pg_rewind done: {reason}"));
+    let done = agent.pg_rewind(&req.source, false).await?;
+    agent.step(
+        "rewind",
+        &mut steps,
+        format!("pg_rewind done: {}", done.reason),
+    );
     agent
         .start_as_standby("rewind", &req.source, &mut steps)
         .await?;
-    Ok(ActionResponse {
-        changed: needed,
+    let mut r = ActionResponse {
+        changed: done.needed,
         message: format!("rewound from {}; streaming", req.source.name),
         steps,
-        rewind_needed: Some(needed),
-        stopped_with,
+        rewind_needed: Some(done.needed),
+        diverged_at: done.diverged_at,
+        rewound_from: rewound_from.filter(|_| done.needed),
         ..Default::default()
-    })
+    };
+    report.fill(&mut r);
+    Ok(r)
 }
 
 /// Move the data directory aside (keeping one old copy), clone it again from `source`, start as its standby.
@@ -323,9 +348,10 @@ pub async fn reclone(agent: Arc<Agent>, req: RecloneRequest) -> Result<ActionRes
     let dir = agent.cfg.data_dir.clone();
     let mut steps = Vec::new();
     agent.step("reclone", &mut steps, "stop postgres (fast)");
-    let stopped_with = agent
-        .stop_postgres(StopMode::Fast, agent.cfg.stop_timeout)
+    let report = agent
+        .stop_and_account(StopMode::Fast, agent.cfg.stop_timeout)
         .await?;
+    agent.step("reclone", &mut steps, report.describe());
     let mut moved = None;
     if dir.exists() {
         let stamp = jiff::Timestamp::now()
@@ -351,14 +377,15 @@ pub async fn reclone(agent: Arc<Agent>, req: RecloneRequest) -> Result<ActionRes
     clone_into(&agent, &scratch, src).await?;
     install(&scratch, &dir)?;
     agent.start_as_standby("reclone", src, &mut steps).await?;
-    Ok(ActionResponse {
+    let mut r = ActionResponse {
         changed: true,
         message: format!("re-cloned from {}; streaming", src.name),
         steps,
-        stopped_with,
         moved_aside_to: moved,
         ..Default::default()
-    })
+    };
+    report.fill(&mut r);
+    Ok(r)
 }
 
 /// Delete every `<dir>.old-*` but `keep`.

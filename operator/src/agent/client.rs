@@ -114,10 +114,22 @@ pub struct AgentClient {
 impl AgentClient {
     /// A client for the agent at `base` (like `http://127.0.0.1:8000`) with its bearer token.
     pub fn new(base: impl Into<String>, token: impl Into<String>) -> Result<Self, ClientError> {
+        Self::from_address(base, token, None)
+    }
+
+    /// A client whose connections leave from `local` (an agent calling its
+    /// peers from the address it serves on, so that a partition of that
+    /// address cuts its calls too).
+    pub fn from_address(
+        base: impl Into<String>,
+        token: impl Into<String>,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, ClientError> {
         let base: String = base.into();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(3600))
+            .local_address(local)
             .build()
             .map_err(|source| ClientError::transport(base.clone(), source))?;
         Ok(AgentClient {
@@ -276,12 +288,12 @@ impl AgentClient {
         self.post(PATH_LEASE, req).await
     }
 
-    /// `POST /vouch`.
+    /// `POST /vouch`: does this member still follow the asking primary?
     pub async fn vouch(&self, req: &VouchRequest) -> Result<VouchResponse, ClientError> {
         self.post(PATH_VOUCH, req).await
     }
 
-    /// `POST /stop-vouching`.
+    /// `POST /stop-vouching`: vouch for no primary below `epoch` from now on.
     pub async fn stop_vouching(
         &self,
         req: &StopVouchingRequest,

@@ -56,6 +56,17 @@ pub enum AgentError {
     /// Startup configuration is unusable.
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
+    /// A lease renewal of a lower epoch than the agent knows.
+    #[error("lease epoch {epoch} is older than epoch {known}, which this agent knows; nothing was changed")]
+    StaleEpoch {
+        /// The renewal's epoch.
+        epoch: u64,
+        /// The highest epoch this agent knows.
+        known: u64,
+    },
+    /// The known lease epoch cannot be read or kept.
+    #[error(transparent)]
+    Epoch(#[from] super::epoch::EpochError),
     /// The task carrying out an action panicked or was cancelled.
     #[error("{action} task failed: {source}")]
     TaskFailed {
@@ -109,6 +120,17 @@ pub enum BadRequest {
     /// A lease of no time.
     #[error("ttlMs must be positive")]
     ZeroLeaseTtl,
+    /// A renewal echoing a status answer the agent has not given yet.
+    #[error("challenge {challenge} is from the future (the agent's clock is at {now}); nothing was changed")]
+    FutureChallenge {
+        /// The challenge sent.
+        challenge: u64,
+        /// The agent's clock now (ms since it started).
+        now: u64,
+    },
+    /// A renewal both solo and with peers.
+    #[error("a solo lease has no peers; nothing was changed")]
+    SoloWithPeers,
 }
 
 /// The primary or source named in a request cannot be used (422).
@@ -295,12 +317,13 @@ impl AgentError {
             AgentError::SelfTarget { .. } => (StatusCode::BAD_REQUEST, proto::ERR_SELF_TARGET),
             AgentError::BadTarget(_) => (StatusCode::UNPROCESSABLE_ENTITY, proto::ERR_BAD_TARGET),
             AgentError::Conflict(_) => (StatusCode::CONFLICT, proto::ERR_CONFLICT),
+            AgentError::StaleEpoch { .. } => (StatusCode::CONFLICT, proto::ERR_STALE_EPOCH),
             AgentError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, proto::ERR_UNAVAILABLE),
             AgentError::RewindFailed(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, proto::ERR_REWIND_FAILED)
             }
             AgentError::Pg(_) => (StatusCode::INTERNAL_SERVER_ERROR, proto::ERR_TOOL_FAILED),
-            AgentError::Config(_) | AgentError::TaskFailed { .. } => {
+            AgentError::Config(_) | AgentError::Epoch(_) | AgentError::TaskFailed { .. } => {
                 (StatusCode::INTERNAL_SERVER_ERROR, proto::ERR_INTERNAL)
             }
         }

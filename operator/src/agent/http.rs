@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::api::agent::*;
 
 use super::state::{lock, Agent};
-use super::{actions, ops, probe, AgentError, BadRequest};
+use super::{actions, ops, probe, vouch as vouching, AgentError, BadRequest};
 
 type Shared = Arc<Agent>;
 
@@ -51,6 +51,8 @@ pub fn router(agent: Shared) -> Router {
         .route(PATH_RESTART, post(restart))
         .route(PATH_CONFIG, post(config))
         .route(PATH_LEASE, post(lease))
+        .route(PATH_VOUCH, post(vouch))
+        .route(PATH_STOP_VOUCHING, post(stop_vouching))
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth));
     Router::new()
         .route(PATH_HEALTHZ, get(healthz))
@@ -230,6 +232,39 @@ async fn lease(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>)
         Err(e) => return e.into_response(),
     };
     match ops::lease(agent, req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /vouch` answers at once from the agent's state: a primary's vouch
+/// round must not wait behind an action here.
+async fn vouch(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return body_error(rej),
+    };
+    match parse::<VouchRequest>(&body) {
+        Ok(req) => Json(vouching::vouch(&agent, &req).await).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /stop-vouching` is not queued behind actions either: the engine
+/// asks it before a promotion and counts from its answer.
+async fn stop_vouching(
+    State(agent): State<Shared>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return body_error(rej),
+    };
+    let req: StopVouchingRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match vouching::stop_vouching(&agent, &req).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }

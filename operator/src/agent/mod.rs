@@ -5,15 +5,20 @@ mod actions;
 mod bootstrap;
 pub mod client;
 mod config;
+mod epoch;
 mod error;
+mod fence;
 mod http;
 mod lease;
 mod metrics;
 mod ops;
+mod peers;
 mod probe;
 mod standby;
 mod state;
+mod stopped;
 mod supervisor;
+mod vouch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -140,7 +145,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tokio::spawn(probe::run(agent.clone()));
     tokio::spawn(supervisor::restarter(agent.clone(), crashed_rx));
     tokio::spawn(bootstrap::run(agent.clone()));
-    tokio::spawn(lease::run(agent.clone()));
+    tokio::spawn(fence::run(agent.clone()));
+    tokio::spawn(peers::run(agent.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::api::agent::*;
 use crate::pg::{self, query};
 
+use super::lease;
 use super::state::{lock, Agent};
 use super::{AgentError, BadRequest, Conflict, Unavailable};
 
@@ -43,26 +44,22 @@ pub async fn stop(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse,
         &mut steps,
         format!("stop postgres ({})", req.mode.as_str()),
     );
-    let used = agent
-        .stop_postgres(req.mode, step_timeout(&agent, &req))
+    let report = agent
+        .stop_and_account(req.mode, step_timeout(&agent, &req))
         .await?;
-    let message = match used {
-        None => "postgres was not running; it stays stopped".to_string(),
-        Some(m) if m == req.mode => format!("stopped ({})", m.as_str()),
-        Some(m) => format!(
-            "{} did not finish in time; escalated to {}",
-            req.mode.as_str(),
-            m.as_str()
-        ),
+    let message = match report.stopped {
+        None => format!("{}; it stays stopped", report.describe()),
+        Some(_) => report.describe(),
     };
     agent.step("stop", &mut steps, message.clone());
-    Ok(ActionResponse {
-        changed: used.is_some(),
+    let mut r = ActionResponse {
+        changed: report.stopped.is_some(),
         message,
         steps,
-        stopped_with: used,
         ..Default::default()
-    })
+    };
+    report.fill(&mut r);
+    Ok(r)
 }
 
 /// `CHECKPOINT` now: before a planned stop, so that the shutdown checkpoint
@@ -126,19 +123,21 @@ pub async fn restart(agent: Arc<Agent>, req: StopRequest) -> Result<ActionRespon
         &mut steps,
         format!("stop postgres ({})", req.mode.as_str()),
     );
-    let used = agent
-        .stop_postgres(req.mode, step_timeout(&agent, &req))
+    let report = agent
+        .stop_and_account(req.mode, step_timeout(&agent, &req))
         .await?;
+    agent.step("restart", &mut steps, report.describe());
     lock(&agent.pg).fenced = false;
     agent.step("restart", &mut steps, "start postgres");
     agent.start_postgres(agent.cfg.start_timeout).await?;
-    Ok(ActionResponse {
+    let mut r = ActionResponse {
         changed: true,
         message: "restarted".into(),
         steps,
-        stopped_with: used,
         ..Default::default()
-    })
+    };
+    report.fill(&mut r);
+    Ok(r)
 }
 
 fn sql_err(context: &str) -> impl FnOnce(tokio_postgres::Error) -> pg::Error + '_ {
@@ -234,15 +233,42 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
     })
 }
 
-/// Record the primary lease (enforcement comes with the HA work).
+/// Renew the primary lease (the rules are in `lease`, the argument in
+/// docs/agent.md): refused whole when malformed, from the future or of an
+/// older epoch; a higher epoch is kept on disk before the lease changes.
 pub async fn lease(agent: Arc<Agent>, req: LeaseRequest) -> Result<ActionResponse, AgentError> {
-    if req.ttl_ms == 0 {
-        return Err(BadRequest::ZeroLeaseTtl.into());
+    let arrived = Instant::now();
+    let _epoch = agent.epoch_writes.lock().await;
+    let known = *lock(&agent.known_epoch);
+    lease::check(&req, known, agent.started, arrived)?;
+    agent.raise_known_epoch(req.epoch).await?;
+    let r = lock(&agent.lease).renew(&req, agent.started, arrived);
+    let from = match req.challenge {
+        Some(c) => format!("from challenge {c}"),
+        None => "from its arrival".to_string(),
+    };
+    let mut message = if r.remaining_ms == 0 {
+        format!(
+            "the renewal ({}ms {from}) had run out on arrival; the lease is not held",
+            req.ttl_ms
+        )
+    } else if r.extended {
+        format!(
+            "lease renewed for {}ms {from}: {}ms left",
+            req.ttl_ms, r.remaining_ms
+        )
+    } else {
+        format!(
+            "lease not extended: it runs longer than {}ms {from} ({}ms left)",
+            req.ttl_ms, r.remaining_ms
+        )
+    };
+    if !r.newest {
+        message.push_str("; a newer renewal was taken already: its epoch and peers stay");
     }
-    *lock(&agent.lease) = Some((Instant::now(), req.ttl_ms));
     Ok(ActionResponse {
-        changed: true,
-        message: format!("lease renewed for {}ms", req.ttl_ms),
+        changed: r.extended,
+        message,
         ..Default::default()
     })
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::api::agent::{slot_name, AgentStatus, Member};
+use crate::api::agent::{slot_name, AgentStatus, Member, VouchedState};
 use crate::api::{CheckState, HealthCheck, InstanceRole, Lsn, WalReceiverState};
 use crate::pg::{conf, query};
 
@@ -26,16 +26,6 @@ pub struct Thresholds {
 struct Conns {
     local: Option<Client>,
     upstream: Option<(String, Client)>,
-    /// pg_controldata of the stopped server, keyed by pg_control's mtime.
-    control: Option<(std::time::SystemTime, Control)>,
-}
-
-/// What pg_controldata says of a stopped server.
-#[derive(Clone, Default)]
-struct Control {
-    checkpoint_lsn: Option<Lsn>,
-    timeline: Option<i64>,
-    system_identifier: Option<String>,
 }
 
 /// Probe forever.
@@ -43,7 +33,6 @@ pub async fn run(agent: Arc<Agent>) {
     let mut conns = Conns {
         local: None,
         upstream: None,
-        control: None,
     };
     loop {
         let count = agent.probes_started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -125,8 +114,11 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
         }
     }
     if !running && conf::is_initialized(&cfg.data_dir) {
-        if let Some(c) = controldata(agent, conns).await {
+        if let Some(stopped) = agent.stopped_state().await {
+            let c = stopped.control;
             st.checkpoint_lsn = c.checkpoint_lsn;
+            st.clean_shutdown = c.clean_shutdown();
+            st.end_of_wal = stopped.end_of_wal;
             st.timeline = st.timeline.or(c.timeline);
             st.system_identifier = st.system_identifier.or(c.system_identifier);
         }
@@ -142,40 +134,6 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
     let known = lock(&agent.known_standbys).clone();
     st.checks = checks(&st, thresholds, &known, conf::is_initialized(&cfg.data_dir));
     st
-}
-
-/// pg_controldata of the stopped server (run again only when pg_control changed).
-async fn controldata(agent: &Agent, conns: &mut Conns) -> Option<Control> {
-    let file = agent.cfg.data_dir.join("global/pg_control");
-    let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok()?;
-    if let Some((t, c)) = &conns.control {
-        if *t == mtime {
-            return Some(c.clone());
-        }
-    }
-    let args: Vec<std::ffi::OsString> = vec!["-D".into(), agent.cfg.data_dir.clone().into()];
-    let out = agent
-        .runner
-        .run(
-            crate::pg::Tool::PgControldata,
-            &args,
-            None,
-            Duration::from_secs(10),
-        )
-        .await
-        .ok()?;
-    let field = |name: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-    };
-    let c = Control {
-        checkpoint_lsn: field("Latest checkpoint location:").and_then(|v| v.parse().ok()),
-        timeline: field("Latest checkpoint's TimeLineID:").and_then(|v| v.parse().ok()),
-        system_identifier: field("Database system identifier:"),
-    };
-    conns.control = Some((mtime, c.clone()));
-    Some(c)
 }
 
 /// Overlay what changes between probes: supervision, lease, activity.
@@ -200,6 +158,12 @@ pub fn overlay_live(agent: &Agent, st: &mut AgentStatus) {
     st.activity = lock(&agent.activity).clone();
     st.operation = lock(&agent.operation).clone();
     st.lease = agent.lease_state();
+    st.vouched = lock(&agent.last_vouch)
+        .as_ref()
+        .map(|(primary, at)| VouchedState {
+            primary: primary.clone(),
+            ago_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+        });
 }
 
 async fn upstream_head(agent: &Agent, conns: &mut Conns, up: &Member) -> Option<Lsn> {

@@ -7,12 +7,47 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::agent::*;
-use crate::api::WalReceiverState;
-use crate::pg::{self, conf, query, Tool};
+use crate::api::{Lsn, WalReceiverState};
+use crate::pg::{self, conf, control, query, Tool};
 
 use super::bootstrap::standby_files;
 use super::state::{lock, Agent};
 use super::{AgentError, BadRequest, BadTarget, Conflict, Unavailable};
+
+/// What pg_rewind said.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RewindOutcome {
+    /// A rewind is (dry run) or was needed.
+    pub needed: bool,
+    /// pg_rewind's lines about timelines and divergence, for people.
+    pub reason: String,
+    /// `servers diverged at WAL location X on timeline N`: where this
+    /// server's history left its source's (printed when the timelines differ).
+    pub diverged_at: Option<Lsn>,
+}
+
+impl RewindOutcome {
+    /// Read pg_rewind's output.
+    pub fn parse(out: &str) -> RewindOutcome {
+        let reason = out
+            .lines()
+            .filter(|l| {
+                l.contains("diverged") || l.contains("no rewind required") || l.contains("timeline")
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let diverged_at = out.lines().find_map(|l| {
+            let rest =
+                &l[l.find("diverged at WAL location ")? + "diverged at WAL location ".len()..];
+            rest.split_whitespace().next()?.parse().ok()
+        });
+        RewindOutcome {
+            needed: !out.contains("no rewind required"),
+            reason,
+            diverged_at,
+        }
+    }
+}
 
 /// How long a standby may take to stream after it was started.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -34,14 +69,9 @@ impl Agent {
 
     /// The system identifier of our data directory (pg_controldata works while stopped).
     pub async fn own_system_identifier(&self) -> Result<String, AgentError> {
-        let args: Vec<OsString> = vec!["-D".into(), self.cfg.data_dir.clone().into()];
-        let out = self
-            .runner
-            .run(Tool::PgControldata, &args, None, Duration::from_secs(30))
-            .await?;
-        out.lines()
-            .find_map(|l| l.strip_prefix("Database system identifier:"))
-            .map(|v| v.trim().to_string())
+        control::read(&self.runner, &self.cfg.data_dir)
+            .await?
+            .system_identifier
             .ok_or_else(|| Conflict::NoSystemIdentifier.into())
     }
 
@@ -111,6 +141,16 @@ impl Agent {
         false
     }
 
+    /// The newest WAL position of the running postgres (current on a
+    /// primary, received on a standby); None when it does not answer.
+    pub async fn head_lsn(&self) -> Option<Lsn> {
+        if !self.postgres_running() {
+            return None;
+        }
+        let c = self.local_client(Duration::from_secs(2)).await.ok()?;
+        query::head_lsn(&c).await.ok().flatten()
+    }
+
     pub async fn in_recovery(&self) -> Result<bool, AgentError> {
         let c = self
             .local_client(Duration::from_secs(5))
@@ -123,20 +163,12 @@ impl Agent {
     /// kill -9, a lost node), replay its WAL to the end in single-user mode
     /// so that it is: same timeline, nothing promoted.
     async fn finish_crash_recovery(&self) -> Result<(), pg::Error> {
-        let args: Vec<OsString> = vec!["-D".into(), self.cfg.data_dir.clone().into()];
-        let out = self
-            .runner
-            .run(Tool::PgControldata, &args, None, Duration::from_secs(30))
-            .await?;
-        let state = out
-            .lines()
-            .find_map(|l| l.strip_prefix("Database cluster state:"))
-            .map(str::trim)
-            .unwrap_or_default();
-        if state == "shut down" || state == "shut down in recovery" {
+        let c = control::read(&self.runner, &self.cfg.data_dir).await?;
+        if c.clean_shutdown() == Some(true) {
             return Ok(());
         }
-        tracing::info!(instance = %self.cfg.instance, state, "finishing crash recovery before pg_rewind");
+        let state = c.state.unwrap_or_default();
+        tracing::info!(instance = %self.cfg.instance, %state, "finishing crash recovery before pg_rewind");
         let args: Vec<OsString> = vec![
             "--single".into(),
             "-D".into(),
@@ -149,12 +181,13 @@ impl Agent {
         Ok(())
     }
 
-    /// pg_rewind from `source`; `dry_run` only asks. Whether a rewind is/was needed.
+    /// pg_rewind from `source`; `dry_run` only asks. Whether a rewind is/was
+    /// needed, and where the histories diverged.
     pub async fn pg_rewind(
         &self,
         source: &Member,
         dry_run: bool,
-    ) -> Result<(bool, String), AgentError> {
+    ) -> Result<RewindOutcome, AgentError> {
         // pg_rewind compares timelines from the source's pg_control, which a
         // fresh promotion only updates at its next checkpoint.
         let client = self
@@ -198,15 +231,7 @@ impl Agent {
             .run(Tool::PgRewind, &args, None, Duration::from_secs(3600))
             .await
             .map_err(AgentError::RewindFailed)?;
-        let needed = !out.contains("no rewind required");
-        let reason = out
-            .lines()
-            .filter(|l| {
-                l.contains("diverged") || l.contains("no rewind required") || l.contains("timeline")
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        Ok((needed, reason))
+        Ok(RewindOutcome::parse(&out))
     }
 
     /// Stopped data directory → standby of `primary`, started and streaming.
@@ -237,5 +262,35 @@ impl Agent {
         }
         self.step(action, steps, format!("streaming from {}", primary.name));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewind_output_says_whether_and_where_histories_diverged() {
+        let out = "pg_rewind: servers diverged at WAL location 0/3000148 on timeline 1\n\
+                   pg_rewind: rewinding from last common checkpoint at 0/2000060 on timeline 1\n\
+                   pg_rewind: Done!";
+        let r = RewindOutcome::parse(out);
+        assert!(r.needed);
+        assert_eq!(r.diverged_at, Some(Lsn(0x3000148)));
+        assert!(
+            r.reason.contains("diverged at WAL location 0/3000148"),
+            "{r:?}"
+        );
+        let r = RewindOutcome::parse(
+            "pg_rewind: servers diverged at WAL location 0/5000000 on timeline 2\n\
+             pg_rewind: no rewind required",
+        );
+        assert!(!r.needed);
+        assert_eq!(r.diverged_at, Some(Lsn(0x5000000)));
+        let r = RewindOutcome::parse(
+            "pg_rewind: source and target cluster are on the same timeline\n\
+             pg_rewind: no rewind required",
+        );
+        assert_eq!((r.needed, r.diverged_at), (false, None));
     }
 }

@@ -12,7 +12,9 @@ use tokio_postgres::Client;
 use crate::api::agent::{AgentStatus, LeaseState, Member};
 use crate::pg::{self, conf, process::PgChild, query, Runner};
 
-use super::{metrics::Metrics, AgentError, Config};
+use super::lease::Lease;
+use super::stopped::StoppedCache;
+use super::{epoch, metrics::Metrics, AgentError, Config};
 
 /// Supervision state of the postgres child.
 #[derive(Default)]
@@ -37,12 +39,27 @@ pub struct Agent {
     pub ops: tokio::sync::Mutex<()>,
     pub pg: Mutex<PgState>,
     pub status: RwLock<AgentStatus>,
-    pub lease: Mutex<Option<(Instant, u64)>>,
+    /// When the agent started: its challenges count from here.
+    pub started: Instant,
+    /// The primary lease.
+    pub lease: Mutex<Lease>,
+    /// The highest lease epoch this agent knows (kept in `epoch_file`).
+    pub known_epoch: Mutex<u64>,
+    /// Serialises the changes of `known_epoch` with what depends on it
+    /// (renewals, stop-vouching), so each is checked and kept as one step.
+    pub epoch_writes: tokio::sync::Mutex<()>,
+    pub epoch_file: std::path::PathBuf,
+    /// The last vouch this agent gave: the primary and when. Held while a
+    /// vouch is decided and recorded, so `/stop-vouching` reads it after
+    /// every vouch decided under the old epoch.
+    pub last_vouch: Mutex<Option<(String, Instant)>>,
     pub known_standbys: Mutex<Vec<String>>,
     pub activity: Mutex<Option<String>>,
     /// The long operation running now (bootstrap or an action); callers leave the instance alone meanwhile.
     pub operation: Mutex<Option<String>>,
     pub metrics: Metrics,
+    /// What the last stop left in the data directory (read once per stop).
+    pub stopped: tokio::sync::Mutex<Option<StoppedCache>>,
     /// Wakes the probe loop early (after an action).
     pub probe_now: tokio::sync::Notify,
     /// Probes started so far (the probe loop counts them).
@@ -103,6 +120,8 @@ impl Agent {
             &cfg.replication_password,
         ));
         conf::write_owned(&runner, &passfile, &text)?;
+        let epoch_file = epoch::path(&cfg.data_dir);
+        let known_epoch = epoch::load(&epoch_file)?;
         let status = AgentStatus {
             instance: cfg.instance.clone(),
             data_dir: cfg.data_dir.display().to_string(),
@@ -115,11 +134,17 @@ impl Agent {
             ops: tokio::sync::Mutex::new(()),
             pg: Mutex::new(PgState::default()),
             status: RwLock::new(status),
-            lease: Mutex::new(None),
+            started: Instant::now(),
+            lease: Mutex::new(Lease::default()),
+            known_epoch: Mutex::new(known_epoch),
+            epoch_writes: tokio::sync::Mutex::new(()),
+            epoch_file,
+            last_vouch: Mutex::new(None),
             known_standbys: Mutex::new(Vec::new()),
             activity: Mutex::new(None),
             // Bootstrap starts with the agent.
             operation: Mutex::new(Some("bootstrap".into())),
+            stopped: tokio::sync::Mutex::new(None),
             probe_now: tokio::sync::Notify::new(),
             probes_started: AtomicU64::new(0),
             probed: tokio::sync::watch::Sender::new(0),
@@ -180,21 +205,33 @@ impl Agent {
         steps.push(text);
     }
 
-    /// The lease as seen now.
+    /// The lease as seen now; its challenge is this instant.
     pub fn lease_state(&self) -> LeaseState {
-        match *lock(&self.lease) {
-            None => LeaseState::default(),
-            Some((at, ttl)) => {
-                let ago = at.elapsed().as_millis() as u64;
-                LeaseState {
-                    held: ago < ttl,
-                    ttl_ms: Some(ttl),
-                    remaining_ms: Some(ttl.saturating_sub(ago)),
-                    renewed_ago_ms: Some(ago),
-                    ..LeaseState::default()
-                }
+        let known = *lock(&self.known_epoch);
+        lock(&self.lease).state(self.started, Instant::now(), known)
+    }
+
+    /// Raise the known epoch to `epoch` (never lower it), kept on disk before
+    /// this returns; true when it rose. Hold `epoch_writes` around it.
+    pub async fn raise_known_epoch(&self, epoch: u64) -> Result<bool, AgentError> {
+        {
+            let mut known = lock(&self.known_epoch);
+            if epoch <= *known {
+                return Ok(false);
             }
+            // Raised in memory first: from now on nothing of a lower epoch is
+            // vouched for, even when keeping it on disk fails.
+            *known = epoch;
         }
+        let file = self.epoch_file.clone();
+        tokio::task::spawn_blocking(move || epoch::store(&file, epoch))
+            .await
+            .map_err(|source| AgentError::TaskFailed {
+                action: "keep the lease epoch",
+                source,
+            })??;
+        tracing::info!(instance = %self.cfg.instance, epoch, "known lease epoch raised");
+        Ok(true)
     }
 
     /// Stop postgres and remove the run directory; called once at exit.

@@ -15,6 +15,24 @@ use crate::pg::{conf, process, Tool};
 use super::state::{lock, Agent};
 use super::AgentError;
 
+/// How a stop of a running postgres went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    /// The mode asked for.
+    pub requested: StopMode,
+    /// The last mode signalled (immediate also when a SIGKILL followed it).
+    pub mode: StopMode,
+    /// No mode was enough: the whole process group was SIGKILLed.
+    pub killed: bool,
+}
+
+impl Stopped {
+    /// postgres needed a harsher mode than asked for, or a SIGKILL.
+    pub fn escalated(&self) -> bool {
+        self.killed || self.mode > self.requested
+    }
+}
+
 fn signal_for(mode: StopMode) -> Signal {
     match mode {
         StopMode::Smart => Signal::SIGTERM,
@@ -136,12 +154,12 @@ impl Agent {
     }
 
     /// Stop postgres, escalating smart → fast → immediate (then SIGKILL) after
-    /// `step_timeout` each; the mode that stopped it, None when it was not running.
+    /// `step_timeout` each; how it went, None when it was not running.
     pub async fn stop_postgres(
         &self,
         mode: StopMode,
         step_timeout: Duration,
-    ) -> Result<Option<StopMode>, AgentError> {
+    ) -> Result<Option<Stopped>, AgentError> {
         let Some(child) = lock(&self.pg).child.take() else {
             return Ok(None);
         };
@@ -153,7 +171,11 @@ impl Agent {
             child.signal(signal_for(m))?;
             if child.wait_timeout(step_timeout).await.is_some() {
                 tracing::info!(mode = m.as_str(), "postgres stopped");
-                return Ok(Some(m));
+                return Ok(Some(Stopped {
+                    requested: mode,
+                    mode: m,
+                    killed: false,
+                }));
             }
             tracing::warn!(
                 mode = m.as_str(),
@@ -161,9 +183,17 @@ impl Agent {
                 "postgres did not stop in time; escalating"
             );
         }
+        tracing::warn!(
+            pid = child.pid(),
+            "postgres ignored every stop mode: SIGKILL"
+        );
         child.signal_group(Signal::SIGKILL)?;
         child.wait_timeout(Duration::from_secs(30)).await;
-        Ok(Some(StopMode::Immediate))
+        Ok(Some(Stopped {
+            requested: mode,
+            mode: StopMode::Immediate,
+            killed: true,
+        }))
     }
 }
 
@@ -252,6 +282,19 @@ mod tests {
             first_restart_delay(Some(Duration::from_secs(3))),
             Duration::from_secs(1)
         );
+    }
+
+    #[test]
+    fn a_stop_escalated_when_it_needed_more_than_asked() {
+        let s = |requested, mode, killed| Stopped {
+            requested,
+            mode,
+            killed,
+        };
+        assert!(!s(StopMode::Fast, StopMode::Fast, false).escalated());
+        assert!(!s(StopMode::Immediate, StopMode::Immediate, false).escalated());
+        assert!(s(StopMode::Smart, StopMode::Fast, false).escalated());
+        assert!(s(StopMode::Immediate, StopMode::Immediate, true).escalated());
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub enum Verb {
         /// Instance name.
         name: String,
     },
+    /// Make a standby primary while the primary is down or unreachable
+    /// (also while paused); the old primary is fenced first.
+    Promote {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Instance name.
+        name: String,
+        /// Promote a learner, a standby behind others, or (sync, dataDurability
+        /// required) one that was not synchronous, accepting what may be lost.
+        #[arg(long)]
+        force: bool,
+    },
     /// Change the replication durability at runtime.
     Set {
         #[command(flatten)]
@@ -128,6 +140,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
             Ok(request(&dir.dir, LocalRequest::Rejoin { name, dry_run }).await)
         }
         Verb::Reclone { dir, name } => Ok(request(&dir.dir, LocalRequest::Reclone { name }).await),
+        Verb::Promote { dir, name, force } => {
+            Ok(request(&dir.dir, LocalRequest::Promote { name, force }).await)
+        }
         Verb::Set {
             dir,
             mode,

@@ -45,6 +45,8 @@ pub enum LocalRequest {
     Rejoin { name: String, dry_run: bool },
     /// Re-clone an instance.
     Reclone { name: String },
+    /// Promote a standby while the primary is down or unreachable.
+    Promote { name: String, force: bool },
     /// Change durability settings.
     #[serde(rename_all = "camelCase")]
     Set {

@@ -110,7 +110,7 @@ impl Driver {
                     n.clone(),
                     Member {
                         name: n.clone(),
-                        host: "127.0.0.1".into(),
+                        host: m.launch.address.to_string(),
                         port: m.launch.pg_port,
                         agent_url: Some(format!("http://{}", m.launch.agent)),
                     },
@@ -122,7 +122,7 @@ impl Driver {
     fn pg_addr(&self, name: &str) -> Option<SocketAddr> {
         self.members
             .get(name)
-            .map(|m| SocketAddr::from(([127, 0, 0, 1], m.launch.pg_port)))
+            .map(|m| SocketAddr::new(m.launch.address, m.launch.pg_port))
     }
 
     fn save(&mut self) {
@@ -172,7 +172,7 @@ impl Driver {
             let from = source.and_then(|s| {
                 self.members
                     .get(&s)
-                    .map(|sm| format!("127.0.0.1:{}", sm.launch.pg_port))
+                    .map(|sm| SocketAddr::new(sm.launch.address, sm.launch.pg_port).to_string())
             });
             let Some(m) = self.members.get_mut(&name) else {
                 continue;
@@ -269,9 +269,9 @@ impl Driver {
             if *name == primary {
                 continue;
             }
+            let host = m.launch.address.to_string();
             let ok =
-                super::replcheck::can_replicate("127.0.0.1", m.launch.pg_port, &user, &password)
-                    .await;
+                super::replcheck::can_replicate(&host, m.launch.pg_port, &user, &password).await;
             result.insert(name.clone(), ok);
         }
         if let Some(p) = obs.iter_mut().find(|o| o.name == primary) {
@@ -388,6 +388,7 @@ impl Driver {
                     last_seen_secs: m
                         .and_then(|m| m.last_seen)
                         .map(|t| t.elapsed().as_secs_f64()),
+                    address: self.pg_addr(&i.name),
                 }
             })
             .collect();
@@ -435,6 +436,10 @@ impl Driver {
                 dry_run,
             },
             LocalRequest::Reclone { name } => engine::Request::Reclone { instance: name },
+            LocalRequest::Promote { name, force } => engine::Request::Promote {
+                instance: name,
+                force,
+            },
             LocalRequest::Restart { name } => {
                 let target = if name == keys::ALL {
                     engine::RestartTarget::All

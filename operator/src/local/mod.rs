@@ -1,12 +1,13 @@
 //! The local platform (`tandem local …`): the instances of a DbCluster as
-//! local processes (one agent each, supervising a postgres on 127.0.0.1), the
-//! HA engine driving them, a control API, and TCP endpoints standing in for
-//! the rw / ro Services. Does I/O.
+//! local processes (one agent each, supervising a postgres, each instance on
+//! a loopback address of its own), the HA engine driving them, a control API,
+//! and TCP endpoints standing in for the rw / ro Services. Does I/O.
 
 pub mod args;
 pub mod cli;
 pub mod control;
 pub mod driver;
+pub mod hosts;
 pub mod ports;
 pub mod procs;
 pub mod proxy;

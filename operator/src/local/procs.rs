@@ -23,7 +23,9 @@ pub struct AgentLaunch {
     pub instance: String,
     /// PGDATA.
     pub data_dir: PathBuf,
-    /// postgres port on 127.0.0.1.
+    /// The loopback address its postgres and agent listen on and advertise.
+    pub address: std::net::IpAddr,
+    /// postgres port.
     pub pg_port: u16,
     /// Agent API address.
     pub agent: std::net::SocketAddr,
@@ -113,11 +115,11 @@ impl Agents {
             .arg("--pg-port")
             .arg(launch.pg_port.to_string())
             .arg("--pg-listen")
-            .arg("127.0.0.1")
+            .arg(pg_listen(launch.address))
             .arg("--listen")
             .arg(launch.agent.to_string())
             .arg("--advertise-host")
-            .arg("127.0.0.1")
+            .arg(launch.address.to_string())
             .arg("--token-file")
             .arg(&launch.token_file)
             .arg("--superuser-password-file")
@@ -250,6 +252,18 @@ impl Agents {
     }
 }
 
+/// postgres' listen_addresses: the instance's own address, and 127.0.0.1 on
+/// the same (unique) port for tools that know an instance by its port alone.
+/// Nothing of tandem connects there: members, endpoints and replication use
+/// the instance's address, the one packet-filter rules cut.
+fn pg_listen(address: std::net::IpAddr) -> String {
+    if address == super::hosts::SHARED {
+        address.to_string()
+    } else {
+        format!("{address},{}", super::hosts::SHARED)
+    }
+}
+
 /// Whether a process with this pid exists (and is not a zombie we own).
 pub fn pid_alive(pid: u32) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
@@ -306,6 +320,15 @@ pub fn signal_postgres(instance: &str, data_dir: &Path, sig: Signal) -> Result<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_listens_on_its_address_and_127_0_0_1() {
+        assert_eq!(
+            pg_listen("127.77.4.2".parse().unwrap()),
+            "127.77.4.2,127.0.0.1"
+        );
+        assert_eq!(pg_listen(super::super::hosts::SHARED), "127.0.0.1");
+    }
 
     #[test]
     fn dead_and_missing_pids_are_not_alive() {

@@ -1,8 +1,8 @@
 //! The switchover precheck "the demotion candidate can open a replication
 //! connection to the promotion candidate", on the local platform: every
-//! instance shares 127.0.0.1, so the platform opens the same replication
-//! connection the old primary would (psql in replication mode, IDENTIFY_SYSTEM).
-//! Runs a process.
+//! instance is on this machine's loopback, so the platform opens the same
+//! replication connection the old primary would, to the candidate's address
+//! (psql in replication mode, IDENTIFY_SYSTEM). Runs a process.
 
 use std::path::PathBuf;
 use std::process::Stdio;

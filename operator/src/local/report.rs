@@ -3,6 +3,7 @@
 //! Pure, apart from writing the table to the given writer.
 
 use std::io::Write;
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +59,9 @@ pub struct InstanceReport {
     /// Seconds since the agent last answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_secs: Option<f64>,
+    /// Where its postgres listens (the instance's own loopback address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<SocketAddr>,
 }
 
 fn human_bytes(b: i64) -> String {
@@ -110,8 +114,9 @@ pub fn print_table(r: &StatusReport, out: &mut dyn Write) {
         "Priority",
         "Paused",
         "Last seen",
+        "Address",
     ];
-    let rows: Vec<[String; 10]> = r
+    let rows: Vec<[String; 11]> = r
         .instances
         .iter()
         .map(|i| {
@@ -128,6 +133,7 @@ pub fn print_table(r: &StatusReport, out: &mut dyn Write) {
                 i.last_seen_secs
                     .map(|s| format!("{s:.1}s ago"))
                     .unwrap_or_else(|| "never".into()),
+                i.address.map(|a| a.to_string()).unwrap_or_default(),
             ]
         })
         .collect();
@@ -197,6 +203,7 @@ mod tests {
                     lag_bytes: Some(0),
                     priority: 5,
                     last_seen_secs: Some(0.3),
+                    address: Some("127.77.3.1:24001".parse().unwrap()),
                     ..Default::default()
                 },
                 InstanceReport {
@@ -224,11 +231,15 @@ mod tests {
             "Priority",
             "Paused",
             "Last seen",
+            "Address",
         ] {
             assert!(text.contains(needle), "missing column {needle}:\n{text}");
         }
         assert!(
-            text.contains("main-1") && text.contains("2.0 kB") && text.contains("0/3000060"),
+            text.contains("main-1")
+                && text.contains("2.0 kB")
+                && text.contains("0/3000060")
+                && text.contains("127.77.3.1:24001"),
             "{text}"
         );
         let json = serde_json::to_value(&r).unwrap();

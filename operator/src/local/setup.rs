@@ -1,6 +1,6 @@
 //! Preparing a local cluster's directory: the DbCluster file, secrets
-//! generated once, ports kept across restarts, per-instance directories, and
-//! ownership for the user that runs postgres. Does file I/O.
+//! generated once, addresses and ports kept across restarts, per-instance
+//! directories, and ownership for the user that runs postgres. Does file I/O.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
@@ -36,6 +36,8 @@ pub enum SetupError {
     },
     #[error("no free port left below 32768 on 127.0.0.1")]
     NoPorts,
+    #[error("no free loopback address block left: a socket is bound in each of 127.77.1.0/24 to 127.77.254.0/24")]
+    NoAddresses,
     #[error("port {port} is in use on 127.0.0.1 (given by {flag})")]
     PortInUse { port: u16, flag: &'static str },
     #[error("a cluster is already running in {dir} (tandem local up, pid {pid}); stop it with tandem local down --dir {dir}")]
@@ -175,7 +177,18 @@ pub fn secrets(dir: &Path) -> Result<(SecretFiles, String, String, String), Setu
     Ok((files, token, superuser, replication))
 }
 
-/// Ports and paths for every instance, keeping those of an earlier run of this directory.
+/// Where a local cluster listens: control API, endpoints, and each instance.
+#[derive(Debug)]
+pub struct Layout {
+    pub control: SocketAddr,
+    pub rw: SocketAddr,
+    pub ro: SocketAddr,
+    /// The block of the instances' addresses (None: all on 127.0.0.1).
+    pub address_block: Option<Ipv4Addr>,
+    pub instances: Vec<InstanceState>,
+}
+
+/// Addresses, ports and paths for every instance, keeping those of an earlier run of this directory.
 pub fn layout(
     dir: &Path,
     name: &str,
@@ -183,71 +196,92 @@ pub fn layout(
     previous: Option<&LocalState>,
     rw_port: Option<u16>,
     ro_port: Option<u16>,
-) -> Result<(SocketAddr, SocketAddr, SocketAddr, Vec<InstanceState>), SetupError> {
+) -> Result<Layout, SetupError> {
     let mut picker = PortPicker::new(std::process::id());
-    let local = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
-    let fixed = |given: Option<u16>,
-                 prev: Option<SocketAddr>,
-                 flag: &'static str,
-                 picker: &mut PortPicker| {
-        match (given, prev) {
-            (Some(p), _) => {
-                if !super::ports::is_free(p) {
-                    return Err(SetupError::PortInUse { port: p, flag });
-                }
-                picker.reserve(p);
-                Ok(local(p))
-            }
-            (None, Some(a)) if super::ports::is_free(a.port()) => {
-                picker.reserve(a.port());
-                Ok(a)
-            }
-            _ => picker.pick().map(local).ok_or(SetupError::NoPorts),
-        }
+    let rw = endpoint(rw_port, previous.map(|p| p.rw), "--rw-port", &mut picker)?;
+    let ro = endpoint(ro_port, previous.map(|p| p.ro), "--ro-port", &mut picker)?;
+    let control = endpoint(None, previous.map(|p| p.control), "control", &mut picker)?;
+    let address_block = match previous {
+        // A cluster keeps its addresses: its standbys' primary_conninfo names them.
+        Some(p) => p.address_block,
+        None => Some(super::hosts::pick_block(std::process::id()).ok_or(SetupError::NoAddresses)?),
     };
-    let rw = fixed(rw_port, previous.map(|p| p.rw), "--rw-port", &mut picker)?;
-    let ro = fixed(ro_port, previous.map(|p| p.ro), "--ro-port", &mut picker)?;
-    let control = fixed(None, previous.map(|p| p.control), "control", &mut picker)?;
     let mut out = Vec::new();
     for ordinal in 0..instances.max(0) as u32 {
         let iname = keys::instance_name(name, ordinal);
         let prev = previous.and_then(|p| p.instance(&iname));
-        // An agent that still runs keeps its ports; otherwise reuse them when free.
-        let still_running = prev
-            .map(|p| super::procs::pid_alive(p.agent_pid))
-            .unwrap_or(false);
-        let (pg_port, agent) = match prev {
-            Some(p) if still_running => {
-                picker.reserve(p.pg_port);
-                picker.reserve(p.agent.port());
-                (p.pg_port, p.agent)
-            }
-            Some(p)
-                if super::ports::is_free(p.pg_port) && super::ports::is_free(p.agent.port()) =>
-            {
-                picker.reserve(p.pg_port);
-                picker.reserve(p.agent.port());
-                (p.pg_port, p.agent)
-            }
-            _ => {
-                let pg = picker.pick().ok_or(SetupError::NoPorts)?;
-                let ag = picker.pick().ok_or(SetupError::NoPorts)?;
-                (pg, local(ag))
-            }
-        };
+        let address = super::hosts::instance_address(address_block, ordinal);
+        let (pg_port, agent_port) = instance_ports(prev, &mut picker)?;
         let idir = dir.join(&iname);
         std::fs::create_dir_all(&idir).map_err(io(&idir))?;
         std::fs::set_permissions(&idir, std::fs::Permissions::from_mode(0o755))
             .map_err(io(&idir))?;
         out.push(InstanceState {
             name: iname,
+            address,
             pg_port,
-            agent,
+            agent: SocketAddr::new(address, agent_port),
             data_dir: idir.join("pgdata"),
             agent_pid: prev.map(|p| p.agent_pid).unwrap_or(0),
         });
     }
-    Ok((control, rw, ro, out))
+    Ok(Layout {
+        control,
+        rw,
+        ro,
+        address_block,
+        instances: out,
+    })
+}
+
+/// An endpoint on 127.0.0.1: the port given by `flag`, else the previous one when free, else a new one.
+fn endpoint(
+    given: Option<u16>,
+    prev: Option<SocketAddr>,
+    flag: &'static str,
+    picker: &mut PortPicker,
+) -> Result<SocketAddr, SetupError> {
+    let local = |p: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+    match (given, prev) {
+        (Some(p), _) => {
+            if !super::ports::is_free(p) {
+                return Err(SetupError::PortInUse { port: p, flag });
+            }
+            picker.reserve(p);
+            Ok(local(p))
+        }
+        (None, Some(a)) if super::ports::is_free(a.port()) => {
+            picker.reserve(a.port());
+            Ok(a)
+        }
+        _ => picker.pick().map(local).ok_or(SetupError::NoPorts),
+    }
+}
+
+/// The postgres and agent ports of an instance: an agent that still runs
+/// keeps its ports; otherwise they are reused when free, or picked anew.
+fn instance_ports(
+    prev: Option<&InstanceState>,
+    picker: &mut PortPicker,
+) -> Result<(u16, u16), SetupError> {
+    let still_running = prev
+        .map(|p| super::procs::pid_alive(p.agent_pid))
+        .unwrap_or(false);
+    match prev {
+        Some(p)
+            if still_running
+                || (super::ports::is_free(p.pg_port) && super::ports::is_free(p.agent.port())) =>
+        {
+            picker.reserve(p.pg_port);
+            picker.reserve(p.agent.port());
+            Ok((p.pg_port, p.agent.port()))
+        }
+        _ => {
+            let pg = picker.pick().ok_or(SetupError::NoPorts)?;
+            let agent = picker.pick().ok_or(SetupError::NoPorts)?;
+            Ok((pg, agent))
+        }
+    }
 }
 
 /// Make DIR traversable for the user that runs postgres (it must reach its data directory).

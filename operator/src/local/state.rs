@@ -2,7 +2,7 @@
 //! tool (the other verbs, tests, scripts). Reads and writes files.
 
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +38,11 @@ pub struct LocalState {
     /// Replication user credentials.
     #[serde(default)]
     pub replication: Option<Credentials>,
+    /// The 127.77.X.0/24 block of the instances' addresses (instance N on
+    /// 127.77.X.(N+1)); absent in state files from before per-instance
+    /// addresses, whose instances keep sharing 127.0.0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address_block: Option<Ipv4Addr>,
 }
 
 /// A user name and password.
@@ -64,7 +69,10 @@ impl std::fmt::Debug for Credentials {
 pub struct InstanceState {
     /// Instance name (`<cluster>-<ordinal>`).
     pub name: String,
-    /// PostgreSQL port on 127.0.0.1.
+    /// The loopback address its postgres and its agent listen on and advertise.
+    #[serde(default = "shared_address")]
+    pub address: IpAddr,
+    /// PostgreSQL port (on `address`).
     pub pg_port: u16,
     /// Agent API address.
     pub agent: SocketAddr,
@@ -73,6 +81,18 @@ pub struct InstanceState {
     /// PID of the instance's agent process (0 while none runs).
     #[serde(default)]
     pub agent_pid: u32,
+}
+
+/// The address of instances in state files from before per-instance addresses.
+fn shared_address() -> IpAddr {
+    super::hosts::SHARED
+}
+
+impl InstanceState {
+    /// Where its postgres listens.
+    pub fn pg_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.address, self.pg_port)
+    }
 }
 
 /// Reading or writing the state file failed.
@@ -189,14 +209,16 @@ mod tests {
             database: "postgres".into(),
             instances: vec![InstanceState {
                 name: "main-0".into(),
+                address: "127.77.3.1".parse().unwrap(),
                 pg_port: 41010,
-                agent: "127.0.0.1:41011".parse().unwrap(),
+                agent: "127.77.3.1:41011".parse().unwrap(),
                 data_dir: "/tmp/x".into(),
                 agent_pid: 1234,
             }],
             pid: 1,
             token: "t".into(),
             replication: None,
+            address_block: Some(Ipv4Addr::new(127, 77, 3, 0)),
         };
         state.save(dir.path()).unwrap();
         let raw: serde_json::Value =
@@ -214,7 +236,8 @@ mod tests {
             assert!(raw.get(key).is_some(), "state.json lacks {key}");
         }
         assert_eq!(raw["superuser"]["user"], "postgres");
-        for key in ["name", "pgPort", "agent", "dataDir", "agentPid"] {
+        assert_eq!(raw["addressBlock"], "127.77.3.0");
+        for key in ["name", "address", "pgPort", "agent", "dataDir", "agentPid"] {
             assert!(
                 raw["instances"][0].get(key).is_some(),
                 "instance lacks {key}"
@@ -228,6 +251,21 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(LocalState::load(dir.path()).unwrap(), state);
         assert!(!format!("{state:?}").contains("secret"));
+    }
+
+    #[test]
+    fn state_from_before_instance_addresses_keeps_127_0_0_1() {
+        let old = r#"{"name": "main", "control": "127.0.0.1:41001",
+            "rw": "127.0.0.1:41002", "ro": "127.0.0.1:41003",
+            "superuser": {"user": "postgres", "password": "x"}, "database": "postgres",
+            "instances": [{"name": "main-0", "pgPort": 41010, "agent": "127.0.0.1:41011",
+                           "dataDir": "/tmp/x", "agentPid": 1234}]}"#;
+        let st: LocalState = serde_json::from_str(old).unwrap();
+        assert_eq!(st.address_block, None);
+        assert_eq!(
+            st.instances[0].pg_addr(),
+            "127.0.0.1:41010".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
-    let (control, rw_addr, ro_addr, instances) = match setup::layout(
+    let layout = match setup::layout(
         &dir,
         &name,
         spec.instances,
@@ -98,6 +98,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         Ok(v) => v,
         Err(e) => return fail(e),
     };
+    let setup::Layout {
+        control,
+        rw: rw_addr,
+        ro: ro_addr,
+        address_block,
+        instances,
+    } = layout;
     let logs = dir.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
         return fail(format!("cannot create {}: {e}", logs.display()));
@@ -114,6 +121,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
             cluster: name.clone(),
             instance: i.name.clone(),
             data_dir: i.data_dir.clone(),
+            address: i.address,
             pg_port: i.pg_port,
             agent: i.agent,
             token_file: files.token.clone(),
@@ -151,13 +159,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         pid: std::process::id(),
         token: token.clone(),
         replication: Some(setup::credentials(REPLICATION_USER, &replication_pw)),
+        address_block,
     };
     if let Err(e) = state.save(&dir) {
         return fail(e);
     }
     let pgpass = dir.join("pgpass");
-    let line = format!("127.0.0.1:*:*:{SUPERUSER}:{superuser_pw}\n");
-    if let Err(e) = write_private(&pgpass, line.as_bytes()) {
+    if let Err(e) = write_private(&pgpass, pgpass_lines(&state, &superuser_pw).as_bytes()) {
         warn!(error = %e, "cannot write pgpass");
     }
 
@@ -251,6 +259,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         dir.display()
     );
     Ok(EXIT_OK)
+}
+
+/// DIR/pgpass: the superuser's password for the endpoints (127.0.0.1) and each instance's address.
+fn pgpass_lines(state: &LocalState, password: &str) -> String {
+    let mut hosts = std::collections::BTreeSet::from([super::hosts::SHARED]);
+    hosts.extend(state.instances.iter().map(|i| i.address));
+    hosts
+        .iter()
+        .map(|h| format!("{h}:*:*:{SUPERUSER}:{password}\n"))
+        .collect()
 }
 
 fn banner(dir: &Path, report: &StatusReport, state: &LocalState) {

@@ -1,11 +1,14 @@
 //! PostgreSQL operations: queries, the pg_ctl / initdb / pg_rewind /
-//! pg_basebackup runner, configuration and signal files. Does I/O.
+//! pg_basebackup runner, pg_controldata and pg_waldump readings,
+//! configuration and signal files. Does I/O.
 
 pub mod bins;
 pub mod conf;
+pub mod control;
 pub mod process;
 pub mod query;
 pub mod runner;
+pub mod wal;
 
 use std::path::PathBuf;
 

@@ -20,6 +20,7 @@ pub enum Tool {
     PgRewind,
     PgBasebackup,
     PgControldata,
+    PgWaldump,
 }
 
 impl Tool {
@@ -31,6 +32,7 @@ impl Tool {
             Tool::PgRewind => "pg_rewind",
             Tool::PgBasebackup => "pg_basebackup",
             Tool::PgControldata => "pg_controldata",
+            Tool::PgWaldump => "pg_waldump",
         }
     }
 }
@@ -149,6 +151,29 @@ impl Runner {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<String, Error> {
+        let (status, text) = self.run_any(tool, args, stdin, timeout).await?;
+        if !status.success() {
+            tracing::warn!(tool = tool.name(), output = %text, "failed");
+            return Err(Error::ToolFailed {
+                tool: tool.name().into(),
+                status: status.to_string(),
+                output: text,
+            });
+        }
+        tracing::debug!(tool = tool.name(), output = %text, "output");
+        Ok(text)
+    }
+
+    /// Run `tool` like [`Runner::run`], but hand back its exit status and
+    /// output whatever the status: for tools whose failure is an answer
+    /// (pg_waldump ends every read of a live WAL stream with an error).
+    pub async fn run_any(
+        &self,
+        tool: Tool,
+        args: &[OsString],
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<(std::process::ExitStatus, String), Error> {
         let line = redact(&command_line(tool, args));
         tracing::info!(tool = tool.name(), command = %line, "running");
         let mut cmd = self.command(tool);
@@ -200,16 +225,7 @@ impl Runner {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "finished"
         );
-        if !out.status.success() {
-            tracing::warn!(tool = tool.name(), output = %text, "failed");
-            return Err(Error::ToolFailed {
-                tool: tool.name().into(),
-                status: out.status.to_string(),
-                output: text,
-            });
-        }
-        tracing::debug!(tool = tool.name(), output = %text, "output");
-        Ok(text)
+        Ok((out.status, text))
     }
 }
 

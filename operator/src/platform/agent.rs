@@ -93,16 +93,19 @@ pub fn describe(e: ClientError) -> String {
     }
 }
 
-/// The peers of a renewal as agents reach them (members whose agent address is known).
+/// The peers of a renewal as agents reach them. Every one is named, even one
+/// whose agent address is not known now (its empty address never answers):
+/// leaving it out would let the primary extend its lease without the very
+/// member the engine may tell to stop vouching.
 fn peers(names: &[String], members: &BTreeMap<String, Member>) -> Vec<Peer> {
     names
         .iter()
-        .filter_map(|n| {
-            let url = members.get(n)?.agent_url.clone()?;
-            Some(Peer {
-                name: n.clone(),
-                url,
-            })
+        .map(|n| Peer {
+            name: n.clone(),
+            url: members
+                .get(n)
+                .and_then(|m| m.agent_url.clone())
+                .unwrap_or_default(),
         })
         .collect()
 }
@@ -219,6 +222,9 @@ pub async fn call(
                 challenge: *challenge,
                 epoch: *epoch,
                 peers: peers(names, members),
+                // No member can be promoted: the engine never promotes over
+                // this lease running out, so the agent may keep it itself.
+                solo: names.is_empty(),
             };
             return tokio::time::timeout(Duration::from_secs(2), c.lease(&req))
                 .await

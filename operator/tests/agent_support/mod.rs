@@ -40,8 +40,13 @@ impl AgentProc {
             name: self.name.clone(),
             host: "127.0.0.1".into(),
             port: self.pg_port,
-            agent_url: None,
+            agent_url: Some(self.url()),
         }
+    }
+
+    /// The agent API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -310,5 +315,30 @@ pub async fn cluster_with(prefix: &str, standbys: usize) -> Cluster {
             .wait_ready("standby", Duration::from_secs(90))
             .await;
     }
+    c
+}
+
+/// A cluster of a primary and two standbys where, after one row in `t`
+/// reached both standbys, the primary is stopped and the first standby
+/// promoted: (old primary, promoted, sibling still following the old one).
+pub async fn promoted_second(prefix: &str) -> Cluster {
+    let c = cluster_with(prefix, 2).await;
+    let (old, new, sib) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1]).await;
+    wait_rows(new, "t", &[1]).await;
+    old.client
+        .stop(&tandem::api::agent::StopRequest::default())
+        .await
+        .unwrap();
+    new.client
+        .promote(&tandem::api::agent::PromoteRequest::default())
+        .await
+        .unwrap();
+    new.wait_ready("primary", Duration::from_secs(30)).await;
     c
 }

@@ -97,7 +97,7 @@ fn failover_fences_and_waits_for_the_lease_before_promoting_an_unreachable_prima
     assert!(why.contains("lease runs out in"), "{why}");
     let actions = f.tick(4000); // 10.1 s since the last renewal: within the margin
     assert!(promotes(&actions).is_none(), "{actions:#?}");
-    // TTL 10 s + margin 0.45 s after the last renewal and the last vouch.
+    // TTL 10 s + margin 0.4 s after the last renewal and the last vouch.
     let actions = f.tick(400);
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
     assert_eq!(f.step(), Some(("Failover".into(), "Promote".into())));
@@ -609,7 +609,7 @@ fn a_vanished_primary_fails_over_at_once_but_is_promoted_over_only_after_its_lea
     let actions = f.tick(5000);
     assert_eq!(fences(&actions), 0);
     assert!(promotes(&actions).is_none());
-    // t + 10.45 s: TTL and margin after the last renewal.
+    // t + 10.4 s: TTL and margin after the last renewal.
     let actions = f.tick(4400);
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
 }

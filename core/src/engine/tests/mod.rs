@@ -3,6 +3,7 @@
 mod failover;
 mod fixtures;
 mod operations;
+mod promote;
 mod props;
 mod purity;
 mod rejoin;

@@ -168,6 +168,20 @@ fn heal(sim: &mut Sim, k: usize) {
     }
 }
 
+/// The one case where faults stopping does not bring every instance back:
+/// an instance whose pg_rewind keeps failing holds a copy more advanced than
+/// the primary's (a candidate that promoted and was then cut off, while the
+/// old primary came back), and invariant 3 forbids re-cloning it. A person
+/// decides; the engine says why in history.
+fn keeps_a_copy_it_must_not_destroy(sim: &Sim) -> bool {
+    sim.insts.iter().any(|i| i.rewind_broken)
+        && sim
+            .status
+            .history
+            .iter()
+            .any(|h| h.message.contains("has the most advanced copy of the data"))
+}
+
 /// A refused request changes nothing but its history entry (and its Event / RequestDone).
 fn check_refusal_changes_nothing(sim: &Sim) -> Result<(), TestCaseError> {
     let with = sim.decide();
@@ -264,7 +278,7 @@ proptest! {
         }
         prop_assert!(sim.violations.is_empty(), "{:?}", sim.violations);
         prop_assert!(
-            converged(&sim),
+            converged(&sim) || keeps_a_copy_it_must_not_destroy(&sim),
             "not converged after faults stopped: status {:#?}\ninstances {:#?}",
             sim.status,
             sim.insts

@@ -381,9 +381,20 @@ fn what_the_rewind_discarded_is_recorded_in_the_failover_entry_and_an_event() {
     let a = f.tick(10);
     let entry = &f.status.history[failover];
     assert_eq!(entry.bytes_discarded, Some(0x800));
-    assert!(entry.message.contains("discarded 2048 bytes"), "{}", entry.message);
-    assert!(has(&a, |x| matches!(x, crate::engine::Action::Event { reason, .. } if reason == crate::engine::reasons::REWIND_DISCARDED)));
+    assert!(
+        entry.message.contains("discarded 2048 bytes"),
+        "{}",
+        entry.message
+    );
+    assert!(has(
+        &a,
+        |x| matches!(x, crate::engine::Action::Event { reason, .. } if reason == crate::engine::reasons::REWIND_DISCARDED)
+    ));
     let rejoin = f.last_history();
     assert_eq!(rejoin.kind, crate::api::HistoryKind::Rejoin);
-    assert!(rejoin.message.contains("discarded 2048 bytes"), "{}", rejoin.message);
+    assert!(
+        rejoin.message.contains("discarded 2048 bytes"),
+        "{}",
+        rejoin.message
+    );
 }

@@ -82,6 +82,13 @@ pub fn parse(cluster: &str, annotations: &BTreeMap<String, String>) -> Parsed {
             Err(r) => unread.push(r),
         }
     }
+    if let Some(v) = get(keys::ANN_PROMOTE) {
+        match instance_value(cluster, keys::ANN_PROMOTE, v, None) {
+            Ok(Some(instance)) => out.requests.push(Request::Promote { instance, force }),
+            Ok(None) => {}
+            Err(r) => unread.push(r),
+        }
+    }
     if let Some(v) = get(keys::ANN_REJOIN) {
         match instance_value(cluster, keys::ANN_REJOIN, v, None) {
             Ok(Some(instance)) => out.requests.push(Request::Rejoin {
@@ -122,6 +129,7 @@ pub fn annotations_of(request: &Request) -> &'static [&'static str] {
     match request {
         Request::Switchover { dry_run: false, .. } => &[keys::ANN_SWITCHOVER, keys::ANN_FORCE],
         Request::Switchover { dry_run: true, .. } => &[keys::ANN_SWITCHOVER_DRY_RUN],
+        Request::Promote { .. } => &[keys::ANN_PROMOTE, keys::ANN_FORCE],
         Request::Rejoin { .. } => &[keys::ANN_REJOIN],
         Request::Reclone { .. } => &[keys::ANN_RECLONE],
         Request::Restart { .. } => &[keys::ANN_RESTART],
