@@ -140,7 +140,11 @@ async fn diverged_old_primary_is_rewound_when_it_rejoins() {
 
     let t = Instant::now();
     expect_exit(&c, "unpause", &[], 0);
-    let s = wait_standby_of(&c, &old, &new, Duration::from_secs(120));
+    wait_standby_of(&c, &old, &new, Duration::from_secs(120));
+    // It streams before the demote's answer (what its rewind discarded) is recorded.
+    let s = c.wait_for("the rejoin to finish", Duration::from_secs(60), |s| {
+        s["transition"].is_null()
+    });
     wait_ack_after(&w, t, FAILOVER).await;
     assert!(
         moved_aside(&c, &old).is_empty(),
@@ -222,7 +226,11 @@ async fn failed_rewind_falls_back_to_reclone_and_keeps_the_old_data_aside() {
     }
     assert!(removed > 0, "no WAL segment found in {}", wal.display());
     expect_exit(&c, "unpause", &[], 0);
-    let s = wait_standby_of(&c, &old, &new, Duration::from_secs(180));
+    wait_standby_of(&c, &old, &new, Duration::from_secs(180));
+    // It streams before the re-clone's answer comes back and the rejoin is recorded.
+    let s = c.wait_for("the rejoin to finish", Duration::from_secs(60), |s| {
+        s["transition"].is_null()
+    });
     let aside = moved_aside(&c, &old);
     assert_eq!(
         aside.len(),

@@ -51,6 +51,8 @@ impl RewindOutcome {
 
 /// How long a standby may take to stream after it was started.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often [`Agent::wait_streaming`] looks.
+const STREAM_POLL: Duration = Duration::from_millis(20);
 
 impl Agent {
     pub fn validate_member(&self, m: &Member, what: &'static str) -> Result<(), AgentError> {
@@ -120,13 +122,22 @@ impl Agent {
         Ok(())
     }
 
-    /// Wait until the walreceiver streams from `m`.
+    /// Wait until the walreceiver streams from `m`, looking every
+    /// [`STREAM_POLL`] over one connection (each answer that waits on this
+    /// is on a failover's or switchover's path).
     pub async fn wait_streaming(&self, m: &Member, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
+        let mut client = None;
         while Instant::now() < deadline {
-            if let Ok(c) = self.local_client(Duration::from_secs(2)).await {
-                if let Ok(o) = query::observe(&c).await {
-                    if let Some(w) = o.wal_receiver {
+            if client
+                .as_ref()
+                .is_none_or(|c: &tokio_postgres::Client| c.is_closed())
+            {
+                client = self.local_client(Duration::from_secs(2)).await.ok();
+            }
+            if let Some(c) = &client {
+                match query::wal_receiver(c).await {
+                    Ok(Some(w)) => {
                         if w.status == WalReceiverState::Streaming
                             && w.sender_port == Some(i32::from(m.port))
                             && w.sender_host.as_deref() == Some(m.host.as_str())
@@ -134,9 +145,11 @@ impl Agent {
                             return true;
                         }
                     }
+                    Ok(None) => {}
+                    Err(_) => client = None,
                 }
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(STREAM_POLL).await;
         }
         false
     }

@@ -18,7 +18,6 @@ use std::convert::Infallible;
 
 use crate::agent::client::AgentClient;
 use crate::api::agent::{AgentStatus, Member};
-use crate::api::AgentUnanswered;
 use crate::api::{
     keys, DataDurability, DbClusterSpec, DbClusterStatus, HistoryEntry, ReplicationMode,
     SynchronousCommit, WalReceiverState,
@@ -36,8 +35,6 @@ use super::state::{write_private, LocalState};
 
 /// How often the loop runs.
 pub const TICK: Duration = Duration::from_millis(200);
-/// How long a status poll may take.
-const POLL_TIMEOUT: Duration = Duration::from_millis(600);
 /// How long after its process died an agent is started again.
 const RESPAWN_DELAY: Duration = Duration::from_secs(1);
 /// How long a freshly started agent counts as starting.
@@ -69,6 +66,8 @@ pub struct Tracked {
     pub last_seen: Option<Instant>,
     pub died_at: Option<Instant>,
     pub started_at: Option<Instant>,
+    /// Its status polls.
+    pub poll: super::poll::Poll,
 }
 
 /// The running local cluster.
@@ -197,26 +196,13 @@ impl Driver {
         // During a transition each step waits on what the last one changed:
         // ask for a probe begun now rather than the agent's latest.
         let fresh = self.persisted.status.transition.is_some();
-        let polls = self.members.iter().map(|(n, m)| {
-            let c = m.client.clone();
-            let n = n.clone();
-            async move {
-                let poll = async {
-                    if fresh {
-                        c.fresh_status().await
-                    } else {
-                        c.status().await
-                    }
-                };
-                let answer = match tokio::time::timeout(POLL_TIMEOUT, poll).await {
-                    Err(_) => Err(AgentUnanswered::Timeout),
-                    Ok(r) => r.map_err(|e| crate::agent::client::unanswered(&e)),
-                };
-                (n, answer)
-            }
-        });
-        let answers: Vec<(String, Result<AgentStatus, AgentUnanswered>)> =
-            futures::future::join_all(polls).await;
+        let answers = super::poll::poll_all(
+            self.members
+                .iter_mut()
+                .map(|(n, m)| (n.as_str(), &mut m.poll, &m.client)),
+            fresh,
+        )
+        .await;
         let mut out = Vec::new();
         for (name, polled) in answers {
             let unanswered = polled.as_ref().err().copied();

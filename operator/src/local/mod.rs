@@ -8,6 +8,7 @@ pub mod cli;
 pub mod control;
 pub mod driver;
 pub mod hosts;
+pub mod poll;
 pub mod ports;
 pub mod procs;
 pub mod proxy;

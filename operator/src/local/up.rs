@@ -144,6 +144,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
                 // Not adopted: start at the first tick.
                 died_at: (!adopted).then(|| Instant::now() - Duration::from_secs(60)),
                 started_at: None,
+                poll: super::poll::Poll::new(),
             },
         );
     }

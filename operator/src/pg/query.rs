@@ -140,25 +140,7 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
         o.replayed_lsn = lsn(r.try_get(1).map_err(sql("probe standby"))?);
         o.receive_replay_gap = r.try_get(2).map_err(sql("probe standby"))?;
         o.lag_seconds = r.try_get(3).map_err(sql("probe standby"))?;
-        let rows = client
-            .query(
-                "SELECT status, sender_host, sender_port, slot_name, received_tli::int8 \
-                 FROM pg_stat_wal_receiver",
-                &[],
-            )
-            .await
-            .map_err(sql("probe walreceiver"))?;
-        if let Some(r) = rows.first() {
-            let w = WalReceiver {
-                status: WalReceiverState::from(
-                    r.try_get::<_, String>(0)
-                        .map_err(sql("probe walreceiver"))?,
-                ),
-                sender_host: r.try_get(1).map_err(sql("probe walreceiver"))?,
-                sender_port: r.try_get(2).map_err(sql("probe walreceiver"))?,
-                slot_name: r.try_get(3).map_err(sql("probe walreceiver"))?,
-                received_tli: r.try_get(4).map_err(sql("probe walreceiver"))?,
-            };
+        if let Some(w) = wal_receiver(client).await? {
             if w.received_tli.is_some() {
                 o.timeline = w.received_tli;
             }
@@ -227,6 +209,31 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
         });
     }
     Ok(o)
+}
+
+/// The walreceiver of a standby (`pg_stat_wal_receiver`), if one runs.
+pub async fn wal_receiver(client: &Client) -> Result<Option<WalReceiver>, Error> {
+    let rows = client
+        .query(
+            "SELECT status, sender_host, sender_port, slot_name, received_tli::int8 \
+             FROM pg_stat_wal_receiver",
+            &[],
+        )
+        .await
+        .map_err(sql("probe walreceiver"))?;
+    let Some(r) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(WalReceiver {
+        status: WalReceiverState::from(
+            r.try_get::<_, String>(0)
+                .map_err(sql("probe walreceiver"))?,
+        ),
+        sender_host: r.try_get(1).map_err(sql("probe walreceiver"))?,
+        sender_port: r.try_get(2).map_err(sql("probe walreceiver"))?,
+        slot_name: r.try_get(3).map_err(sql("probe walreceiver"))?,
+        received_tli: r.try_get(4).map_err(sql("probe walreceiver"))?,
+    }))
 }
 
 /// The newest WAL position of a server: current on a primary, received on a standby.
