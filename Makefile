@@ -9,9 +9,10 @@ HELM ?= $(shell command -v helm 2>/dev/null || echo $(CACHE_DIR)/helm/helm)
 PG_MAJOR ?= 15
 BENCH_RUNS ?= 5
 BENCH_ARGS ?=
+BENCH_KUBE_ARGS ?=
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: help build test e2e-testcluster fmt lint crds chart-lint kustomize docker-build e2e bench bench-quick demo deps postgres helm
+.PHONY: help build test e2e-testcluster fmt lint crds chart-lint kustomize docker-build e2e bench bench-local bench-kube bench-quick demo deps postgres helm
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -72,8 +73,13 @@ docker-build: ## Build the operator and postgres images (needs a Docker engine)
 e2e: ## Create a kind cluster, load the images, install with Helm and run e2e/ (needs kind and Docker)
 	@HELM="$(HELM)" KUBECTL="$${KIND_KUBECTL:-kubectl}" CARGO="$(CARGO)" ./e2e/run.sh
 
-bench: postgres ## HA timings on local clusters: pgkill, node loss, unreachable, switchover x async/sync (release build; BENCH_RUNS=5, BENCH_ARGS)
+bench: bench-local bench-kube ## HA timings: bench-local, then bench-kube (BENCH_RUNS=5)
+
+bench-local: postgres ## HA timings on local clusters: pgkill, node loss, unreachable, switchover x async/sync (release build; BENCH_RUNS, BENCH_ARGS)
 	$(CARGO) bench --locked -p tandem --bench ha_bench -- --runs $(BENCH_RUNS) $(BENCH_ARGS)
+
+bench-kube: deps kube-deps kube ## HA timings on the test cluster: pod deleted, node frozen, switchover x async/sync; 50 DbClusters (BENCH_RUNS, BENCH_KUBE_ARGS)
+	HELM="$(HELM)" KUBE_BIN="$(KUBE_BIN)" KUBE_DIR="$(KUBE_DIR)" CARGO="$(CARGO)" ./e2e/bench.sh --runs $(BENCH_RUNS) $(BENCH_KUBE_ARGS)
 
 bench-quick: postgres ## make bench with one run of each scenario (development; BENCH_ARGS='--only switchover --modes sync')
 	$(CARGO) bench --locked -p tandem --bench ha_bench -- --quick $(BENCH_ARGS)

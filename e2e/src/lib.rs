@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
@@ -561,4 +562,18 @@ pub async fn kill_pod(client: &Client, ns: &str, pod: &str) -> Result<()> {
         .await
         .map_err(kube_err(format!("delete pod {pod}")))?;
     Ok(())
+}
+
+/// The chart's leader Lease (values `leaderElection.leaseName`).
+pub const LEADER_LEASE: &str = "tandem-operator";
+
+/// The operator replica holding the leader Lease.
+pub async fn operator_leader(client: &Client) -> Option<String> {
+    Api::<Lease>::namespaced(client.clone(), &operator_namespace())
+        .get(LEADER_LEASE)
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
 }

@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, Client};
 use tandem::api::keys;
@@ -17,8 +16,6 @@ use tandem_e2e::*;
 
 const READY: Duration = Duration::from_secs(600);
 const MOVE: Duration = Duration::from_secs(180);
-/// The chart's leader Lease (values `leaderElection.leaseName`).
-const LEADER_LEASE: &str = "tandem-operator";
 /// Rows the writer commits: enough to keep writing through the leader change
 /// (about 15 s) and the watch after it (it writes a few dozen a second).
 const ROWS: u64 = 4000;
@@ -27,15 +24,8 @@ const SETTLE: Duration = Duration::from_secs(30);
 /// The longest a writer may go without an acknowledgement (a fenced primary stalls it for good).
 const WRITE_STALL: Duration = Duration::from_secs(10);
 
-/// The operator replica holding the leader Lease.
 async fn leader(client: &Client) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), &operator_namespace())
-        .get(LEADER_LEASE)
-        .await
-        .ok()?
-        .spec?
-        .holder_identity
-        .filter(|h| !h.is_empty())
+    operator_leader(client).await
 }
 
 /// uid and container restarts of `pod`: a fenced primary's pod is deleted or its container restarted.

@@ -5,6 +5,7 @@
 //! addresses (iptables), and the writer that checks acknowledged writes
 //! survive. Does I/O (processes, files, sockets, SQL, packet-filter rules).
 
+pub mod bench;
 pub mod dir;
 pub mod logs;
 pub mod mock_api;

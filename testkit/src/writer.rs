@@ -125,7 +125,27 @@ impl WriteLog {
     pub fn first_ack_after(&self, t: Instant) -> Option<Instant> {
         self.acked.iter().map(|(_, at)| *at).find(|at| *at >= t)
     }
+
+    /// Ids up to this one may be in flight now: a write issued later has a higher id.
+    pub fn in_flight_bound(&self) -> i64 {
+        let acked = self.acked.iter().map(|(id, _)| *id).max().unwrap_or(0);
+        let failed = self.failed.iter().copied().max().unwrap_or(0);
+        acked.max(failed) + 1
+    }
+
+    /// How long after `t` the first write with an id above `in_flight_below`
+    /// was acknowledged (a write in flight at `t` may be acknowledged a moment
+    /// later: it does not count).
+    pub fn first_new_ack(&self, t: Instant, in_flight_below: i64) -> Option<Duration> {
+        self.acked
+            .iter()
+            .find(|(id, at)| *at >= t && *id > in_flight_below)
+            .map(|(_, at)| at.duration_since(t))
+    }
 }
+
+/// How long one connection attempt of the writer may take, start-up included.
+const CONNECT: Duration = Duration::from_secs(2);
 
 /// A running writer.
 pub struct Writer {
@@ -162,8 +182,10 @@ impl Writer {
             let mut client: Option<tokio_postgres::Client> = None;
             while !*stopped.borrow() {
                 if client.as_ref().map(|c| c.is_closed()).unwrap_or(true) {
+                    // Bounded as a whole: a frozen server completes the TCP
+                    // handshake (the kernel does) and then never answers.
                     client = tokio::select! {
-                        c = target.connect_maybe_from(source) => c.ok(),
+                        c = tokio::time::timeout(CONNECT, target.connect_maybe_from(source)) => c.ok().and_then(Result::ok),
                         _ = stopped.changed() => break,
                     };
                     if client.is_none() {
@@ -196,6 +218,20 @@ impl Writer {
             }
         });
         Self { log, stop, task }
+    }
+
+    /// Wait (at most `timeout`) for [`WriteLog::first_new_ack`].
+    pub async fn first_new_ack(
+        &self,
+        t: Instant,
+        in_flight_below: i64,
+        timeout: Duration,
+    ) -> Option<Duration> {
+        crate::poll_until_async(timeout, Duration::from_millis(5), || {
+            let at = self.snapshot().first_new_ack(t, in_flight_below);
+            async move { at }
+        })
+        .await
     }
 
     /// A copy of what was seen so far.

@@ -11,14 +11,13 @@
 #[path = "../../tests/ha_support/mod.rs"]
 mod ha_support;
 mod scenarios;
-mod table;
 
 use std::time::{Duration, Instant};
 
 use ha_support::cluster::LocalCluster;
 use ha_support::ops::healthy_with_writer_every;
 use scenarios::{Bench, Scenario};
-use table::{fmt_kib, load, memory_kib, Series};
+use tandem_testkit::bench::{self as table, fmt_kib, load, memory_kib, Series};
 
 /// The writer: one INSERT through rw every 20 ms.
 const WRITE_EVERY: Duration = Duration::from_millis(20);

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tandem_testkit::bench::fmt_duration;
 use tandem_testkit::{poll_until_async, signal, signal_server};
 use tokio::sync::watch;
 
@@ -167,7 +168,7 @@ impl Bench {
         let moved = now["primary"].as_str() != Some(old.as_str());
         eprintln!(
             "  pgkill {old}: first new write after {}{}",
-            crate::table::fmt_duration(took),
+            fmt_duration(took),
             if moved {
                 " (failed over)"
             } else {
@@ -197,7 +198,7 @@ impl Bench {
         });
         eprintln!(
             "  node loss of {old}: first new write after {}, new primary {}",
-            crate::table::fmt_duration(took),
+            fmt_duration(took),
             st["primary"]
         );
         Ok(Measured {
@@ -245,7 +246,7 @@ impl Bench {
         });
         eprintln!(
             "  unreachable {old}: first write on the new primary after {}; old primary's last direct ack {}, refusing after {}, engine writeWindowMs {}",
-            crate::table::fmt_duration(took),
+            fmt_duration(took),
             fmt_opt(last_direct_ack),
             fmt_opt(refused),
             engine_ms.map(|m| m.to_string()).unwrap_or_else(|| "-".into())
@@ -274,8 +275,8 @@ impl Bench {
         let gap = self.w.snapshot().longest_gap_after(t);
         eprintln!(
             "  switchover from {old}: longest write gap {} (command took {})",
-            crate::table::fmt_duration(gap),
-            crate::table::fmt_duration(done.duration_since(t))
+            fmt_duration(gap),
+            fmt_duration(done.duration_since(t))
         );
         Ok(Measured {
             took: gap,
@@ -286,32 +287,19 @@ impl Bench {
 }
 
 fn fmt_opt(d: Option<Duration>) -> String {
-    d.map(crate::table::fmt_duration)
-        .unwrap_or_else(|| "none".into())
+    d.map(fmt_duration).unwrap_or_else(|| "none".into())
 }
 
-/// The first acknowledgement, at or after `t`, of a write issued after `t`
-/// (a write in flight at `t` may be acknowledged a moment later: it does not count).
+/// The first acknowledgement, at or after `t`, of a write issued after `t`.
 async fn first_new_ack(w: &Writer, t: Instant, in_flight_below: i64) -> Duration {
-    let acked = poll_until_async(FAILOVER, Duration::from_millis(5), || {
-        let log = w.snapshot();
-        let at = log
-            .acked
-            .iter()
-            .find(|(id, at)| *at >= t && *id > in_flight_below)
-            .map(|(_, at)| at.duration_since(t));
-        async move { at }
-    })
-    .await;
-    acked.unwrap_or_else(|| panic!("no write acknowledged within {FAILOVER:?}"))
+    w.first_new_ack(t, in_flight_below, FAILOVER)
+        .await
+        .unwrap_or_else(|| panic!("no write acknowledged within {FAILOVER:?}"))
 }
 
 /// Ids up to this one may be in flight now.
 fn in_flight_bound(w: &Writer) -> i64 {
-    let log = w.snapshot();
-    let acked = log.acked.iter().map(|(id, _)| *id).max().unwrap_or(0);
-    let failed = log.failed.iter().copied().max().unwrap_or(0);
-    acked.max(failed) + 1
+    w.snapshot().in_flight_bound()
 }
 
 /// What the direct writer saw: acknowledgements and definite refusals.

@@ -1,4 +1,5 @@
-//! The bench's figures and the one table it prints: a series of samples per
+//! The benches' figures and the table they print (`make bench`: the local
+//! HA bench and the one on the test cluster): a series of samples per
 //! (measurement, cluster setup) with min / median / max, its goal, the lost
 //! acknowledged writes of each run; memory figures read from /proc; the
 //! machine's load. Pure but for reading /proc.
