@@ -4,7 +4,9 @@
 
 use tokio::sync::oneshot;
 
-use crate::api::{CheckState, DbClusterStatus, HistoryEntry, HistoryOutcome, TransitionKind};
+use crate::api::{
+    CheckState, DbClusterStatus, HistoryEntry, HistoryKind, HistoryOutcome, TransitionKind,
+};
 use crate::engine::Request;
 
 use super::control::{Outcome, Refusal};
@@ -25,11 +27,23 @@ pub struct Waiting {
     pub reply: Reply,
 }
 
+/// A change made outside the engine's requests (pause, unpause, a new
+/// replication setting) waiting for the history entry the engine writes for
+/// it: answered with that entry.
+pub struct Recorded {
+    /// The kinds of entry that answer it.
+    pub kinds: Vec<HistoryKind>,
+    /// The history when the change was made.
+    pub before: Vec<HistoryEntry>,
+    pub reply: Reply,
+}
+
 /// Requests in flight.
 #[derive(Default)]
 pub struct Requests {
     pub pending: Vec<Pending>,
     pub waiting: Vec<Waiting>,
+    pub recorded: Vec<Recorded>,
 }
 
 /// Entries of `after` that are not in `before` (history only grows at the end).
@@ -130,8 +144,26 @@ impl Requests {
         }
     }
 
+    /// Answer the changes whose history entry has been written.
+    fn finish_recorded(&mut self, status: &DbClusterStatus) {
+        let mut still = Vec::new();
+        for r in self.recorded.drain(..) {
+            let entry = new_entries(&r.before, &status.history)
+                .iter()
+                .find(|e| r.kinds.contains(&e.kind) && e.outcome != HistoryOutcome::Started);
+            match entry {
+                Some(e) => {
+                    let _ = r.reply.send(answer(e));
+                }
+                None => still.push(r),
+            }
+        }
+        self.recorded = still;
+    }
+
     /// Answer the waiters whose transition is over.
     pub fn finish(&mut self, status: &DbClusterStatus) {
+        self.finish_recorded(status);
         let current = status
             .transition
             .as_ref()
@@ -178,13 +210,19 @@ impl Requests {
                 detail: vec![],
             }));
         }
+        for r in self.recorded.drain(..) {
+            let _ = r.reply.send(Err(Refusal {
+                error: why.to_string(),
+                detail: vec![],
+            }));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{HistoryKind, Transition, TransitionData, TransitionStep};
+    use crate::api::{Transition, TransitionData, TransitionStep};
 
     fn entry(
         kind: HistoryKind,
