@@ -82,7 +82,7 @@ pub struct DbClusterSpec {
     #[serde(default)]
     pub archive: ArchiveSpec,
 
-    /// Pause automation: no automatic failover and no automatic rejoin while true (same as the annotation tandem.dev/paused=true).
+    /// Pause automation: no automatic failover, rejoin, rolling restart or rolling update while true (same as the annotation tandem.dev/paused=true). Requests (switchover, restart, rejoin, re-clone, promote) and spec changes still run.
     #[serde(default)]
     pub paused: bool,
 
