@@ -278,9 +278,10 @@ pub(crate) fn step(
         note_failed(st, &name, "its agent does not answer");
         return advance(ctx, st, tr, out);
     }
-    if name == primary {
+    if name == primary && !ctx.runs_as_primary(&name) {
         // Nobody else is promoted while it restarts: its lease must not run
         // out in the middle (a smart stop may take longer than the TTL).
+        // While it still runs as primary the steady state renews it.
         out.push(super::lease::renew(ctx, st, &name));
     }
     let plan = ctx.restart_stop();

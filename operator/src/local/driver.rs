@@ -280,7 +280,7 @@ impl Driver {
     }
 
     /// Answer `reply` once the engine has recorded a history entry of one of `kinds`.
-    fn answer_when_recorded(&mut self, kinds: Vec<HistoryKind>, reply: Reply) {
+    pub fn answer_when_recorded(&mut self, kinds: Vec<HistoryKind>, reply: Reply) {
         self.requests.recorded.push(Recorded {
             kinds,
             before: self.persisted.status.history.clone(),
@@ -546,6 +546,18 @@ impl Driver {
                 r.sync_standbys
             ));
         }
+        self.change_replication(r)
+    }
+
+    /// Make `r` the replication settings of the spec in force (over the
+    /// manifest's): the engine then runs a DurabilityChange to them, or
+    /// refuses it. `Ok(None)`: answer with the engine's DurabilityChange
+    /// history entry ([`Self::answer_when_recorded`]); `Ok(Some(_))`:
+    /// nothing to change; `Err`: asked again for a change already refused.
+    pub fn change_replication(
+        &mut self,
+        r: crate::api::ReplicationSpec,
+    ) -> Result<Option<Outcome>, Refusal> {
         let before = self.spec().replication;
         let in_force = self
             .persisted
