@@ -136,6 +136,56 @@ async fn a_replication_mode_change_of_the_spec_runs_as_a_durability_change_with_
 }
 
 #[tokio::test]
+async fn an_unmeetable_replication_change_is_refused_by_the_engine_and_the_cluster_stays_driven() {
+    let mut f = fixture();
+    {
+        let mut w = lock(&f.world);
+        let c = w.cluster.as_mut().expect("cluster");
+        c.spec.instance_overrides = vec![tandem::api::InstanceOverride {
+            ordinal: 2,
+            priority: Some(0),
+        }];
+    }
+    f.settled().await;
+    {
+        let mut w = lock(&f.world);
+        let c = w.cluster.as_mut().expect("cluster");
+        c.spec.replication.mode = tandem::api::ReplicationMode::Sync;
+        c.spec.replication.sync_standbys = 2;
+        c.metadata.generation = Some(2);
+    }
+    f.until(5, "the change refused", |w| {
+        status(w)
+            .history
+            .iter()
+            .any(|e| e.kind == "DurabilityChange" && e.outcome == "Refused")
+    })
+    .await;
+    let w = lock(&f.world);
+    let st = status(&w);
+    assert_eq!(st.observed_generation, Some(2), "the new spec was driven");
+    assert!(
+        has_event(&w, EventType::Warning, "DurabilityRefused"),
+        "{:?}",
+        w.events
+    );
+    assert_eq!(
+        st.durability.as_ref().map(|d| d.applied.mode),
+        Some(tandem::api::ReplicationMode::Async),
+        "nothing changed"
+    );
+    assert!(
+        !w.journal.iter().any(|e| e == "agent main-0 config"),
+        "{:?}",
+        w.journal
+    );
+    assert!(st
+        .blocked_by
+        .as_deref()
+        .is_some_and(|b| b.contains("only 1 standbys can be synchronous")));
+}
+
+#[tokio::test]
 async fn pausing_by_annotation_is_recorded_and_a_restart_request_still_runs() {
     let mut f = fixture();
     f.settled().await;
