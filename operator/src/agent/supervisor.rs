@@ -338,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stop_escalated_when_it_needed_more_than_asked() {
+    fn a_stop_escalated_when_it_needed_more_than_a_clean_shutdown() {
         let s = |requested, mode, killed| Stopped {
             requested,
             mode,
@@ -346,7 +346,10 @@ mod tests {
         };
         assert!(!s(StopMode::Fast, StopMode::Fast, false).escalated());
         assert!(!s(StopMode::Immediate, StopMode::Immediate, false).escalated());
-        assert!(s(StopMode::Smart, StopMode::Fast, false).escalated());
+        // Smart → fast still writes a shutdown checkpoint.
+        assert!(!s(StopMode::Smart, StopMode::Fast, false).escalated());
+        assert!(s(StopMode::Smart, StopMode::Immediate, false).escalated());
+        assert!(s(StopMode::Fast, StopMode::Immediate, false).escalated());
         assert!(s(StopMode::Immediate, StopMode::Immediate, true).escalated());
     }
 
