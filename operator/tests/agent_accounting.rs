@@ -68,6 +68,7 @@ async fn a_stop_that_escalates_reports_it_and_where_its_wal_ends() {
         .stop(&StopRequest {
             mode: StopMode::Fast,
             timeout: Some("1s".parse().unwrap()),
+            smart_timeout: None,
         })
         .await
         .unwrap_or_else(|e| panic!("stop: {e}\n{}", c.logs()));
@@ -209,6 +210,7 @@ async fn a_standby_that_followed_a_promotion_reports_its_wal_end_on_the_new_time
         .stop(&StopRequest {
             mode: StopMode::Immediate,
             timeout: None,
+            smart_timeout: None,
         })
         .await
         .unwrap();

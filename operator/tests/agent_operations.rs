@@ -139,11 +139,13 @@ async fn smart_stop_blocked_by_a_session_escalates_to_fast() {
         .stop(&StopRequest {
             mode: StopMode::Smart,
             timeout: Some("2s".parse().unwrap()),
+            smart_timeout: None,
         })
         .await
         .unwrap();
     assert_eq!(r.stopped_with, Some(StopMode::Fast), "{r:?}");
-    assert_eq!(r.escalated, Some(true), "{r:?}");
+    // Smart escalating to fast still shuts down cleanly: no escalation past a clean stop.
+    assert_eq!(r.escalated, Some(false), "{r:?}");
     assert!(r.message.contains("escalated to fast"), "{r:?}");
     // A fast stop is a clean shutdown: no end of WAL to account for.
     assert_eq!(r.end_of_wal, None, "{r:?}");
@@ -169,12 +171,79 @@ async fn smart_stop_blocked_by_a_session_escalates_to_fast() {
         .restart(&StopRequest {
             mode: StopMode::Fast,
             timeout: None,
+            smart_timeout: None,
         })
         .await
         .unwrap();
     assert_eq!(r.stopped_with, Some(StopMode::Fast));
     let st2 = a.wait_ready("primary", T).await;
     assert_ne!(st2.postgres_pid, st.postgres_pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smart_restart_waits_for_client_sessions_within_its_own_bound_but_not_for_the_agents() {
+    // A primary and a standby: the standby's agent keeps a session on the
+    // primary (its upstream probe), the primary's agent one of its own.
+    let c = cluster_with("smart", 1).await;
+    let p = &c.agents[0];
+    p.wait_ready("primary", T).await;
+    wait_for("the standby's agent session on the primary", T, || async {
+        let rows = p
+            .sql()
+            .await
+            .query(
+                "SELECT 1 FROM pg_stat_activity WHERE application_name = 'tandem-agent' AND client_addr IS NOT NULL",
+                &[],
+            )
+            .await
+            .ok()?;
+        (!rows.is_empty()).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let r = p
+        .client
+        .restart(&StopRequest {
+            mode: StopMode::Smart,
+            timeout: Some("30s".parse().unwrap()),
+            smart_timeout: Some("20s".parse().unwrap()),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.stopped_with,
+        Some(StopMode::Smart),
+        "only the agents' sessions were open: {r:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "{r:?}");
+    p.wait_ready("primary", T).await;
+
+    // A client session: smart waits for it only as long as its own bound.
+    let held = p.sql().await;
+    held.execute("SELECT 1", &[]).await.unwrap();
+    let started = Instant::now();
+    let r = p
+        .client
+        .restart(&StopRequest {
+            mode: StopMode::Smart,
+            timeout: Some("30s".parse().unwrap()),
+            smart_timeout: Some("2s".parse().unwrap()),
+        })
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.stopped_with, Some(StopMode::Fast), "{r:?}");
+    assert_eq!(r.escalated, Some(false), "{r:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "smart did not wait: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "the smart bound was not used: {took:?}"
+    );
+    assert!(held.execute("SELECT 1", &[]).await.is_err());
+    p.wait_ready("primary", T).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

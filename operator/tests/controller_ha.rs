@@ -84,6 +84,138 @@ async fn switchover_annotation_moves_the_primary_label_and_is_cleared() {
 }
 
 #[tokio::test]
+async fn a_replication_mode_change_of_the_spec_runs_as_a_durability_change_with_an_event() {
+    let mut f = fixture();
+    f.settled().await;
+    {
+        let mut w = lock(&f.world);
+        let c = w.cluster.as_mut().expect("cluster");
+        c.spec.replication.mode = tandem::api::ReplicationMode::Sync;
+        c.metadata.generation = Some(2);
+    }
+    f.until(20, "the durability change finished", |w| {
+        status(w).transition.is_none()
+            && status(w)
+                .history
+                .iter()
+                .any(|e| e.kind == "DurabilityChange")
+    })
+    .await;
+    let w = lock(&f.world);
+    let st = status(&w);
+    let e = st
+        .history
+        .iter()
+        .rev()
+        .find(|e| e.kind == "DurabilityChange")
+        .expect("history entry");
+    assert_eq!(e.outcome, "Succeeded", "{e:?}");
+    assert!(
+        e.message
+            .contains("sync state main-1 quorum, main-2 quorum"),
+        "{e:?}"
+    );
+    assert_eq!(
+        st.durability.as_ref().map(|d| d.applied.mode),
+        Some(tandem::api::ReplicationMode::Sync)
+    );
+    assert!(
+        has_event(&w, EventType::Normal, "DurabilityChanged"),
+        "{:?}",
+        w.events
+    );
+    // The step is in status before the primary is told.
+    let j = &w.journal;
+    let step = position(j, "status DurabilityChange/ApplyDurability");
+    let config = position(j, "agent main-0 config");
+    assert!(step < config, "{j:#?}");
+    assert_eq!(
+        w.sims["main-0"].sync.as_ref().map(|s| s.names.as_str()),
+        Some("ANY 1 (\"main-1\", \"main-2\")")
+    );
+}
+
+#[tokio::test]
+async fn an_unmeetable_replication_change_is_refused_by_the_engine_and_the_cluster_stays_driven() {
+    let mut f = fixture();
+    {
+        let mut w = lock(&f.world);
+        let c = w.cluster.as_mut().expect("cluster");
+        c.spec.instance_overrides = vec![tandem::api::InstanceOverride {
+            ordinal: 2,
+            priority: Some(0),
+        }];
+    }
+    f.settled().await;
+    {
+        let mut w = lock(&f.world);
+        let c = w.cluster.as_mut().expect("cluster");
+        c.spec.replication.mode = tandem::api::ReplicationMode::Sync;
+        c.spec.replication.sync_standbys = 2;
+        c.metadata.generation = Some(2);
+    }
+    f.until(5, "the change refused", |w| {
+        status(w)
+            .history
+            .iter()
+            .any(|e| e.kind == "DurabilityChange" && e.outcome == "Refused")
+    })
+    .await;
+    let w = lock(&f.world);
+    let st = status(&w);
+    assert_eq!(st.observed_generation, Some(2), "the new spec was driven");
+    assert!(
+        has_event(&w, EventType::Warning, "DurabilityRefused"),
+        "{:?}",
+        w.events
+    );
+    assert_eq!(
+        st.durability.as_ref().map(|d| d.applied.mode),
+        Some(tandem::api::ReplicationMode::Async),
+        "nothing changed"
+    );
+    assert!(
+        !w.journal.iter().any(|e| e == "agent main-0 config"),
+        "{:?}",
+        w.journal
+    );
+    assert!(st
+        .blocked_by
+        .as_deref()
+        .is_some_and(|b| b.contains("only 1 standbys can be synchronous")));
+}
+
+#[tokio::test]
+async fn pausing_by_annotation_is_recorded_and_a_restart_request_still_runs() {
+    let mut f = fixture();
+    f.settled().await;
+    f.annotate(keys::ANN_PAUSED, "true");
+    f.pass().await;
+    f.annotate(keys::ANN_RESTART, "main-1");
+    f.until(20, "the restart of main-1 finished", |w| {
+        status(w)
+            .history
+            .iter()
+            .any(|e| e.kind == "Restart" && e.outcome == "Succeeded")
+    })
+    .await;
+    let w = lock(&f.world);
+    let st = status(&w);
+    assert!(st.paused);
+    let pause = st
+        .history
+        .iter()
+        .find(|e| e.kind == "Pause")
+        .expect("pause in history");
+    assert!(
+        pause.message.contains("annotation tandem.dev/paused=true"),
+        "{pause:?}"
+    );
+    assert!(has_event(&w, EventType::Normal, "Paused"), "{:?}", w.events);
+    assert!(w.journal.iter().any(|e| e == "agent main-1 restart"));
+}
+
+#[tokio::test]
 async fn unreachable_primary_agent_leads_to_pod_deletion_and_promotion() {
     let mut f = fixture();
     f.settled().await;
@@ -426,6 +558,7 @@ async fn template_change_rolls_standbys_first_then_the_primary_after_a_switchove
                     primary: false,
                     timeline,
                     upstream: Some(primary),
+                    sync: None,
                 };
             }
             deleted.push(name);

@@ -211,6 +211,9 @@ pub struct StopRequest {
     /// Timeout of each stop step, and of the start (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationString>,
+    /// With mode smart: how long the smart step may take before fast (default: `timeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart_timeout: Option<DurationString>,
 }
 
 /// `synchronous_standby_names` as a quorum: `ANY n (names…)`; empty names = `*`.

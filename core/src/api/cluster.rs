@@ -65,6 +65,10 @@ pub struct DbClusterSpec {
     #[serde(default)]
     pub rejoin: RejoinSpec,
 
+    /// How an instance is stopped when it is restarted (on request or for a parameter change).
+    #[serde(default)]
+    pub restart: RestartSpec,
+
     /// How the primary is restarted when a change needs a restart: `switchover` (default) promotes a standby first; `restart` restarts it in place.
     #[serde(default)]
     pub primary_update_method: PrimaryUpdateMethod,
@@ -78,7 +82,7 @@ pub struct DbClusterSpec {
     #[serde(default)]
     pub archive: ArchiveSpec,
 
-    /// Pause automation: no automatic failover and no automatic rejoin while true (same as the annotation tandem.dev/paused=true).
+    /// Pause automation: no automatic failover, rejoin, rolling restart or rolling update while true (same as the annotation tandem.dev/paused=true). Requests (switchover, restart, rejoin, re-clone, promote) and spec changes still run.
     #[serde(default)]
     pub paused: bool,
 
@@ -102,6 +106,7 @@ impl Default for DbClusterSpec {
             failover: FailoverSpec::default(),
             switchover: SwitchoverSpec::default(),
             rejoin: RejoinSpec::default(),
+            restart: RestartSpec::default(),
             primary_update_method: PrimaryUpdateMethod::default(),
             instance_overrides: Vec::new(),
             archive: ArchiveSpec::default(),
@@ -315,9 +320,13 @@ pub struct SwitchoverSpec {
     #[schemars(range(min = 1, max = 2147483647))]
     pub archive_ready_warning: i32,
 
-    /// How long the old primary may take to shut down during a switchover before the stop escalates (smart, fast, immediate).
+    /// How long the old primary may take to shut down in fast mode during a switchover before the stop escalates to immediate.
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: DurationString,
+
+    /// How long the switchover's stop of the old primary first waits in smart mode for client sessions to end, before the fast stop (which rolls back open transactions). 0s (the default) starts at fast: writes pause for as short a time as possible.
+    #[serde(default = "default_zero_duration")]
+    pub smart_shutdown_timeout: DurationString,
 }
 
 fn default_max_lag() -> ByteSize {
@@ -338,6 +347,34 @@ impl Default for SwitchoverSpec {
             max_lag_bytes: default_max_lag(),
             archive_ready_critical: default_archive_ready_critical(),
             archive_ready_warning: default_archive_ready_warning(),
+            shutdown_timeout: default_shutdown_timeout(),
+            smart_shutdown_timeout: default_zero_duration(),
+        }
+    }
+}
+
+/// How a restart stops postgres: smart (client sessions may finish), then
+/// fast (open transactions rolled back), then immediate, each bounded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartSpec {
+    /// How long a restart waits in smart mode for client sessions to end before the fast stop; 0s starts at fast.
+    #[serde(default = "default_smart_shutdown_timeout")]
+    pub smart_shutdown_timeout: DurationString,
+
+    /// How long the fast stop may take before it escalates to immediate.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: DurationString,
+}
+
+fn default_smart_shutdown_timeout() -> DurationString {
+    duration("10s")
+}
+
+impl Default for RestartSpec {
+    fn default() -> Self {
+        Self {
+            smart_shutdown_timeout: default_smart_shutdown_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
         }
     }

@@ -43,7 +43,7 @@ pub const ANN_RESTART: &str = "tandem.dev/restart";
 pub const ANN_REJOIN: &str = "tandem.dev/rejoin";
 /// `tandem.dev/reclone=<instance>`: re-clone an instance from the primary.
 pub const ANN_RECLONE: &str = "tandem.dev/reclone";
-/// `tandem.dev/paused=true`: no automatic failover or rejoin (same as `spec.paused`).
+/// `tandem.dev/paused=true`: no automatic failover, rejoin or rolling restart; requests still run (same as `spec.paused`).
 pub const ANN_PAUSED: &str = "tandem.dev/paused";
 
 /// Every request annotation the operator acts on.

@@ -14,7 +14,7 @@ pub use cluster::*;
 pub use replication::{SyncState, WalReceiverState, WalSenderState};
 pub use status::*;
 pub use transition::{
-    FailoverData, HistoryKind, HistoryOutcome, RejoinData, RestartData, SwitchoverData,
-    TransitionData, TransitionKind, TransitionStep,
+    DurabilityData, FailoverData, HistoryKind, HistoryOutcome, RejoinData, RestartData,
+    SwitchoverData, TransitionData, TransitionKind, TransitionStep,
 };
 pub use units::{ByteSize, DurationString, Lsn};

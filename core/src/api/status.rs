@@ -4,6 +4,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::cluster::ReplicationSpec;
 use super::transition::{
     HistoryKind, HistoryOutcome, TransitionData, TransitionKind, TransitionStep,
 };
@@ -71,6 +72,27 @@ pub struct DbClusterStatus {
     /// The synchronous standby set last confirmed on the primary (sync mode); failover under dataDurability required promotes only from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,
+
+    /// The replication settings in force, and a change of spec.replication that was refused or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<DurabilityStatus>,
+}
+
+/// The replication settings the engine runs the primary with. A change of
+/// spec.replication becomes `applied` once the primary confirmed it (a
+/// DurabilityChange transition); a change that cannot be met is refused and
+/// changes nothing.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DurabilityStatus {
+    /// The replication settings in force.
+    pub applied: ReplicationSpec,
+    /// spec.replication as last refused (it cannot be met with these instances); tried again whenever it could be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<ReplicationSpec>,
+    /// spec.replication as last failed (the primary did not take it); tried again once spec.replication changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<ReplicationSpec>,
 }
 
 /// The primary's fencing lease, as the operator grants it: the longest the

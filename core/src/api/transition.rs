@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use super::agent::StopMode;
+use super::cluster::ReplicationSpec;
 use super::units::Lsn;
 
 /// Implements `as_str`, `Display` and comparison with text for a unit enum
@@ -69,6 +70,9 @@ pub enum TransitionKind {
     Reclone,
     /// A rolling restart, standbys first.
     Restart,
+    /// spec.replication changed: the primary gets the new synchronous settings
+    /// and the standbys' sync state is confirmed.
+    DurabilityChange,
 }
 
 named!(TransitionKind {
@@ -78,7 +82,8 @@ named!(TransitionKind {
     Rejoin,
     RejoinDryRun,
     Reclone,
-    Restart
+    Restart,
+    DurabilityChange
 });
 
 /// The step a transition is carrying out (`status.transition.step`); which
@@ -116,6 +121,11 @@ pub enum TransitionStep {
     RewindCheck,
     /// Restart: restart the first queued instance.
     RestartInstance,
+    /// Durability change: apply the new synchronous settings on the primary (a reload).
+    ApplyDurability,
+    /// Durability change: until the primary reports them and its standbys the
+    /// sync state they imply (pg_stat_replication.sync_state).
+    ConfirmSync,
 }
 
 named!(TransitionStep {
@@ -132,7 +142,9 @@ named!(TransitionStep {
     Demote,
     Reclone,
     RewindCheck,
-    RestartInstance
+    RestartInstance,
+    ApplyDurability,
+    ConfirmSync
 });
 
 impl TransitionKind {
@@ -156,6 +168,7 @@ impl TransitionKind {
             Self::RejoinDryRun => &[S::RewindCheck],
             Self::Reclone => &[S::Reclone],
             Self::Restart => &[S::RestartInstance],
+            Self::DurabilityChange => &[S::ApplyDurability, S::ConfirmSync],
         }
     }
 
@@ -169,6 +182,7 @@ impl TransitionKind {
             Self::RejoinDryRun => TransitionStep::RewindCheck,
             Self::Reclone => TransitionStep::Reclone,
             Self::Restart => TransitionStep::RestartInstance,
+            Self::DurabilityChange => TransitionStep::ApplyDurability,
         }
     }
 
@@ -202,6 +216,12 @@ pub enum HistoryKind {
     Restart,
     /// A request the operator could not read (a malformed annotation).
     Request,
+    /// A change of spec.replication (applied, refused or failed).
+    DurabilityChange,
+    /// Automation was paused (spec.paused or the annotation tandem.dev/paused=true).
+    Pause,
+    /// Automation was resumed.
+    Unpause,
 }
 
 named!(HistoryKind {
@@ -213,7 +233,10 @@ named!(HistoryKind {
     RejoinDryRun,
     Reclone,
     Restart,
-    Request
+    Request,
+    DurabilityChange,
+    Pause,
+    Unpause
 });
 
 impl From<TransitionKind> for HistoryKind {
@@ -226,6 +249,7 @@ impl From<TransitionKind> for HistoryKind {
             TransitionKind::RejoinDryRun => Self::RejoinDryRun,
             TransitionKind::Reclone => Self::Reclone,
             TransitionKind::Restart => Self::Restart,
+            TransitionKind::DurabilityChange => Self::DurabilityChange,
         }
     }
 }
@@ -286,6 +310,9 @@ pub struct TransitionData {
     /// Rolling restart facts.
     #[serde(flatten)]
     pub restart: RestartData,
+    /// Durability change facts.
+    #[serde(flatten)]
+    pub durability: DurabilityData,
 }
 
 /// What a failover keeps between steps.
@@ -357,6 +384,9 @@ pub struct SwitchoverData {
     /// Why the switchover is rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_reason: Option<String>,
+    /// The mode that finally stopped the old primary (smart, fast or immediate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_with: Option<StopMode>,
     /// The old primary did not shut down cleanly (the stop escalated past
     /// its mode, or to a SIGKILL): `checkpointLsn` is then the end of its
     /// WAL, which the target must have received whole.
@@ -398,6 +428,18 @@ pub struct RestartData {
     /// The primary is restarted in place (no switchover).
     #[serde(default, skip_serializing_if = "is_false")]
     pub in_place: bool,
+}
+
+/// What a durability change keeps between steps.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DurabilityData {
+    /// The replication settings being applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability_target: Option<ReplicationSpec>,
+    /// The replication settings in force before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability_from: Option<ReplicationSpec>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -447,6 +489,7 @@ impl<'de> Deserialize<'de> for TransitionData {
                 checkpoint_lsn: take("checkpointLsn").and_then(lsn),
                 promoted_lsn: take("promotedLsn").and_then(lsn),
                 rollback_reason: take("rollbackReason").and_then(text),
+                stopped_with: take("stoppedWith").and_then(stop_mode),
                 stop_escalated: take("stopEscalated").is_some_and(flag),
             },
             rejoin: RejoinData {
@@ -461,6 +504,10 @@ impl<'de> Deserialize<'de> for TransitionData {
                 take("mode"),
                 take("inPlace"),
             ),
+            durability: DurabilityData {
+                durability_target: take("durabilityTarget").and_then(replication),
+                durability_from: take("durabilityFrom").and_then(replication),
+            },
         })
     }
 }
@@ -534,6 +581,10 @@ fn lsn(v: Value) -> Option<Lsn> {
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
+}
+
+fn replication(v: Value) -> Option<ReplicationSpec> {
+    serde_json::from_value(v).ok()
 }
 
 fn stop_mode(v: Value) -> Option<StopMode> {

@@ -68,19 +68,26 @@ pub enum Action {
     Reclone { instance: String, source: String },
     /// Agent `POST /checkpoint`: `CHECKPOINT` now (before a planned stop).
     Checkpoint { instance: String },
-    /// Agent `POST /stop {mode, timeout}`; the agent keeps postgres stopped until told to start.
+    /// Agent `POST /stop {mode, timeout, smartTimeout}`; the agent keeps
+    /// postgres stopped until told to start. The stop starts at `mode` and
+    /// escalates smart → fast → immediate: the smart step waits at most
+    /// `smart_timeout_ms`, each other step `timeout_ms`.
     Stop {
         instance: String,
         mode: StopMode,
         timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        smart_timeout_ms: Option<u64>,
     },
     /// Agent `POST /start` (in the role its data directory has).
     Start { instance: String },
-    /// Agent `POST /restart {mode, timeout}`.
+    /// Agent `POST /restart {mode, timeout, smartTimeout}` (the stop escalates as for `Stop`).
     Restart {
         instance: String,
         mode: StopMode,
         timeout_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        smart_timeout_ms: Option<u64>,
     },
     /// Agent `POST /config`: synchronous settings and parameters, applied with a reload.
     Config {
@@ -216,4 +223,8 @@ pub mod reasons {
     pub const REQUEST_REFUSED: &str = "RequestRefused";
     pub const PRIMARY_ELECTED: &str = "PrimaryElected";
     pub const DURABILITY_CHANGED: &str = "DurabilityChanged";
+    pub const DURABILITY_REFUSED: &str = "DurabilityRefused";
+    pub const DURABILITY_CHANGE_FAILED: &str = "DurabilityChangeFailed";
+    pub const PAUSED: &str = "Paused";
+    pub const UNPAUSED: &str = "Unpaused";
 }

@@ -4,10 +4,13 @@
 use jiff::Timestamp;
 
 use crate::api::keys::{instance_name, instance_ordinal};
-use crate::api::{DataDurability, DbClusterSpec, DbClusterStatus, Lsn, ReplicationMode};
+use crate::api::{
+    DataDurability, DbClusterSpec, DbClusterStatus, DurationString, Lsn, ReplicationMode,
+    ReplicationSpec, TransitionKind,
+};
 
 use super::types::{AgentReport, InstanceObs, Observations, Outcome, PlatformState};
-use super::Action;
+use super::{Action, StopMode};
 
 /// Inputs of one decision.
 pub(crate) struct Ctx<'a> {
@@ -17,6 +20,11 @@ pub(crate) struct Ctx<'a> {
     /// Instances of the spec, by ordinal.
     pub names: Vec<String>,
     pub paused: bool,
+    /// The replication settings the primary is run with now: those in force
+    /// (status.durability.applied), or the target of a durability change in progress.
+    pub replication: ReplicationSpec,
+    /// The replication settings last confirmed on the primary.
+    pub applied: ReplicationSpec,
 }
 
 impl<'a> Ctx<'a> {
@@ -36,12 +44,24 @@ impl<'a> Ctx<'a> {
         let names = (0..count.max(primary_end))
             .map(|o| instance_name(&obs.cluster, o))
             .collect();
+        let applied = status
+            .durability
+            .as_ref()
+            .map_or_else(|| spec.replication.clone(), |d| d.applied.clone());
+        let replication = status
+            .transition
+            .as_ref()
+            .filter(|t| t.kind == TransitionKind::DurabilityChange)
+            .and_then(|t| t.data.durability.durability_target.clone())
+            .unwrap_or_else(|| applied.clone());
         Ctx {
             spec,
             obs,
             now: now.as_millisecond(),
             names,
             paused: spec.paused || obs.paused_annotation,
+            replication,
+            applied,
         }
     }
 
@@ -197,9 +217,9 @@ impl<'a> Ctx<'a> {
         )
     }
 
+    /// Sync with dataDurability required: in force, or being put in force (the stricter rule holds while either does).
     pub fn sync_required(&self) -> bool {
-        self.spec.replication.mode == ReplicationMode::Sync
-            && self.spec.replication.data_durability == DataDurability::Required
+        required(&self.replication) || required(&self.applied)
     }
 
     pub fn detection_ms(&self) -> i64 {
@@ -213,6 +233,23 @@ impl<'a> Ctx<'a> {
     }
     pub fn shutdown_ms(&self) -> i64 {
         ms_of(self.spec.switchover.shutdown_timeout.duration()).max(1)
+    }
+
+    /// How a switchover stops the old primary (smart first only when
+    /// spec.switchover.smartShutdownTimeout is set: it lengthens the write pause).
+    pub fn switchover_stop(&self) -> StopPlan {
+        StopPlan::new(
+            &self.spec.switchover.smart_shutdown_timeout,
+            &self.spec.switchover.shutdown_timeout,
+        )
+    }
+
+    /// How a restart stops an instance (spec.restart).
+    pub fn restart_stop(&self) -> StopPlan {
+        StopPlan::new(
+            &self.spec.restart.smart_shutdown_timeout,
+            &self.spec.restart.shutdown_timeout,
+        )
     }
 
     /// The outcome of `action` reported in this poll's results.
@@ -248,6 +285,62 @@ impl<'a> Ctx<'a> {
             .map(|t| (self.now - t).max(0))
             .unwrap_or(0)
     }
+}
+
+/// A stop's escalation: its first mode (smart when it has a smart step)
+/// and the bound of each step, as the agent applies them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StopPlan {
+    pub first: StopMode,
+    pub smart_ms: u64,
+    pub fast_ms: u64,
+}
+
+impl StopPlan {
+    fn new(smart: &DurationString, fast: &DurationString) -> Self {
+        let smart_ms = u64::try_from(smart.duration().as_millis()).unwrap_or(u64::MAX);
+        let fast_ms = u64::try_from(fast.duration().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        StopPlan {
+            first: if smart_ms > 0 {
+                StopMode::Smart
+            } else {
+                StopMode::Fast
+            },
+            smart_ms,
+            fast_ms,
+        }
+    }
+
+    fn smart(&self, mode: StopMode) -> Option<u64> {
+        (mode == StopMode::Smart).then_some(self.smart_ms)
+    }
+
+    /// The stop of `instance` starting at `mode`.
+    pub fn stop(&self, instance: &str, mode: StopMode) -> Action {
+        Action::Stop {
+            instance: instance.to_string(),
+            mode,
+            timeout_ms: self.fast_ms,
+            smart_timeout_ms: self.smart(mode),
+        }
+    }
+
+    /// The restart of `instance` starting at `mode`.
+    pub fn restart(&self, instance: &str, mode: StopMode) -> Action {
+        Action::Restart {
+            instance: instance.to_string(),
+            mode,
+            timeout_ms: self.fast_ms,
+            smart_timeout_ms: self.smart(mode),
+        }
+    }
+}
+
+/// Sync mode with dataDurability required.
+pub(crate) fn required(r: &ReplicationSpec) -> bool {
+    r.mode == ReplicationMode::Sync && r.data_durability == DataDurability::Required
 }
 
 fn ms_of(d: std::time::Duration) -> i64 {

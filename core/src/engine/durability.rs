@@ -2,7 +2,7 @@
 //! sync ANY n over non-learner standbys, preferred vs required), and the
 //! synchronous set failover under sync+required may promote from. Pure.
 
-use crate::api::{DataDurability, DbClusterStatus, ReplicationMode, SyncStatus};
+use crate::api::{DataDurability, DbClusterStatus, ReplicationMode, ReplicationSpec, SyncStatus};
 
 use super::ctx::Ctx;
 
@@ -37,7 +37,11 @@ pub(crate) fn eligible_standbys(ctx: &Ctx, primary: &str) -> Vec<String> {
 
 /// What synchronous settings `primary` should run with now.
 pub(crate) fn desired(ctx: &Ctx, primary: &str) -> SyncSettings {
-    let spec = &ctx.spec.replication;
+    desired_for(ctx, &ctx.replication, primary)
+}
+
+/// The synchronous settings `primary` would run with under `spec`.
+pub(crate) fn desired_for(ctx: &Ctx, spec: &ReplicationSpec, primary: &str) -> SyncSettings {
     if spec.mode == ReplicationMode::Async {
         return SyncSettings {
             synchronous_commit: "local".into(),
@@ -104,7 +108,12 @@ pub(crate) fn desired(ctx: &Ctx, primary: &str) -> SyncSettings {
 
 /// The Config action giving `instance` the settings it needs as primary.
 pub(crate) fn config_for(ctx: &Ctx, instance: &str) -> super::Action {
-    let want = desired(ctx, instance);
+    config_with(ctx, instance, &desired(ctx, instance))
+}
+
+/// The Config action giving `instance` the synchronous settings `want`.
+pub(crate) fn config_with(ctx: &Ctx, instance: &str, want: &SyncSettings) -> super::Action {
+    let want = want.clone();
     super::Action::Config {
         instance: instance.to_string(),
         synchronous_commit: want.synchronous_commit,

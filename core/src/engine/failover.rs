@@ -34,6 +34,9 @@ pub(crate) fn failed_for_long_enough(
     primary: &str,
 ) -> Option<Result<String, String>> {
     let problem = primary_problem(ctx, primary)?;
+    if let Some(restarting) = super::restart::in_place(ctx, st, primary) {
+        return Some(Err(restarting));
+    }
     if let Some(alive) = super::lease::kept_by_peers(ctx, st, primary) {
         return Some(Err(alive));
     }
@@ -207,6 +210,7 @@ pub(crate) fn fence(
         instance: old.to_string(),
         mode: StopMode::Immediate,
         timeout_ms: u64::try_from(ctx.detection_ms().max(1000)).unwrap_or(1000),
+        smart_timeout_ms: None,
     };
     if ctx.succeeded(&stop) {
         set(st, |d| d.stop_confirmed = true);

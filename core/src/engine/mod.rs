@@ -29,6 +29,12 @@
 //! - `Reclone`: `Reclone`. `RejoinDryRun`: `RewindCheck`.
 //! - `Restart`: `RestartInstance` per queued instance (the primary last, by
 //!   switchover unless `primaryUpdateMethod: restart`).
+//! - `DurabilityChange`: `ApplyDurability` → `ConfirmSync` (spec.replication
+//!   changed on a running cluster).
+//!
+//! Pausing (spec.paused, annotation tandem.dev/paused) stops only what the
+//! engine does on its own (failover, rejoin, rolling restarts and updates);
+//! requests and spec changes still run.
 //!
 //! Besides transitions, the engine decides the rolling update of instances
 //! the platform reports as outdated (`rollout`), and refuses requests the
@@ -37,6 +43,7 @@
 mod action;
 mod ctx;
 mod durability;
+mod durability_change;
 mod failover;
 mod lease;
 mod plan;
@@ -94,12 +101,15 @@ pub fn decide(
 ) -> Decision {
     let ctx = Ctx::new(spec, obs, status, now);
     let mut st = status.clone();
+    let mut out = Vec::new();
     st.blocked_by = None;
+    if status.paused != ctx.paused {
+        record_pause(&ctx, &mut st, &mut out);
+    }
     st.paused = ctx.paused;
     if obs.generation.is_some() {
         st.observed_generation = obs.generation;
     }
-    let mut out = Vec::new();
 
     report::refresh_instances(&ctx, &mut st);
 
@@ -131,6 +141,11 @@ pub fn decide(
         drive(&ctx, &mut st, &mut out);
     }
 
+    // A person changed spec.replication: not automation, so also while paused.
+    if st.transition.is_none() && durability_change::check(&ctx, &mut st, &mut out) {
+        drive(&ctx, &mut st, &mut out);
+    }
+
     if st.transition.is_none() && automatic(&ctx, &mut st, &mut out) {
         drive(&ctx, &mut st, &mut out);
     }
@@ -146,6 +161,35 @@ pub fn decide(
         status: st,
         actions: out,
     }
+}
+
+/// Automation was paused or resumed since the last decision: a history entry and an Event.
+fn record_pause(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
+    let (kind, reason, message) = if ctx.paused {
+        (
+            HistoryKind::Pause,
+            reasons::PAUSED,
+            format!(
+                "automation paused ({}): no automatic failover, rejoin or rolling restart; requests (switchover, restart, rejoin, re-clone, promote) still run",
+                ctx.paused_by()
+            ),
+        )
+    } else {
+        (
+            HistoryKind::Unpause,
+            reasons::UNPAUSED,
+            "automation resumed: automatic failover, rejoin and rolling restarts are on again"
+                .to_string(),
+        )
+    };
+    st.push_history(instant_history(
+        ctx,
+        kind,
+        None,
+        HistoryOutcome::Succeeded,
+        &message,
+    ));
+    out.push(event(None, EventType::Normal, reason, &message));
 }
 
 /// What a step decided.
@@ -178,6 +222,7 @@ fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 | TransitionKind::RejoinDryRun
                 | TransitionKind::Reclone
                 | TransitionKind::Restart
+                | TransitionKind::DurabilityChange
         );
         let primary_failed = st.current_primary.as_deref().is_some_and(|p| {
             failover::failed_for_long_enough(ctx, st, p).is_some_and(|r| r.is_ok())
@@ -250,6 +295,8 @@ fn run_step(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<
         (K::Rejoin | K::Reclone, S::Reclone) => rejoin::step(ctx, st, tr, out, rejoin::reclone),
         (K::RejoinDryRun, S::RewindCheck) => rejoin::step(ctx, st, tr, out, rejoin::rewind_check),
         (K::Restart, S::RestartInstance) => restart::step(ctx, st, tr, out),
+        (K::DurabilityChange, S::ApplyDurability) => durability_change::apply(ctx, st, tr, out),
+        (K::DurabilityChange, S::ConfirmSync) => durability_change::confirm(ctx, st, tr, out),
         (kind, step) => {
             debug_assert!(!kind.has_step(step), "{kind} {step} is in the table");
             let message = format!(
@@ -479,8 +526,10 @@ pub(crate) fn event(
     }
 }
 
-/// Why a request needing automation cannot run now (paused, busy), if it cannot.
-pub(crate) fn busy_reason(ctx: &Ctx, st: &DbClusterStatus, what: &str) -> Option<String> {
+/// Why a request cannot run now (another transition is in progress), if it
+/// cannot. Pausing does not stop requests: a person asked for them; it
+/// stops only what the engine would do on its own.
+pub(crate) fn busy_reason(st: &DbClusterStatus, what: &str) -> Option<String> {
     if let Some(tr) = &st.transition {
         let on = tr
             .target
@@ -490,12 +539,6 @@ pub(crate) fn busy_reason(ctx: &Ctx, st: &DbClusterStatus, what: &str) -> Option
         return Some(format!(
             "{what} refused: a {}{on} is in progress (step {}); try again when it finishes",
             tr.kind, tr.step
-        ));
-    }
-    if ctx.paused {
-        return Some(format!(
-            "{what} refused: automation is paused ({}); unpause first",
-            ctx.paused_by()
         ));
     }
     None

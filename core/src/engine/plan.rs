@@ -116,7 +116,7 @@ pub(crate) fn request(
                 return;
             }
         }
-        if let Some(why) = busy_reason(ctx, st, "switchover") {
+        if let Some(why) = busy_reason(st, "switchover") {
             let to_name = match to {
                 SwitchoverTarget::Instance(n) => Some(n.as_str()),
                 SwitchoverTarget::Any => None,
@@ -226,7 +226,7 @@ pub(crate) fn scale_down(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Acti
     }
     if ctx.paused {
         st.blocked_by = Some(format!(
-            "scale down waits: {primary} is the primary and must be switched over first, but automation is paused ({})",
+            "scale down waits: {primary} is the primary and must be switched over first, but automation is paused ({}): request the switchover (tandem.dev/switchover=any) or unpause",
             ctx.paused_by()
         ));
         return false;

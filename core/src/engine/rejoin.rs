@@ -162,28 +162,15 @@ fn start_reclone(
 }
 
 /// Common validation of rejoin / re-clone requests.
-fn validate(
-    ctx: &Ctx,
-    st: &DbClusterStatus,
-    what: &str,
-    name: &str,
-    needs_automation: bool,
-) -> Result<String, String> {
+fn validate(ctx: &Ctx, st: &DbClusterStatus, what: &str, name: &str) -> Result<String, String> {
     if !ctx.exists(name) {
         return Err(format!(
             "instance {name} does not exist (instances: {})",
             ctx.name_list()
         ));
     }
-    if needs_automation {
-        if let Some(why) = busy_reason(ctx, st, what) {
-            return Err(why);
-        }
-    } else if let Some(tr) = &st.transition {
-        return Err(format!(
-            "{what} refused: a {} is in progress (step {}); try again when it finishes",
-            tr.kind, tr.step
-        ));
+    if let Some(why) = busy_reason(st, what) {
+        return Err(why);
     }
     let Some(primary) = st.current_primary.clone() else {
         return Err(format!("{what} refused: the cluster has no primary"));
@@ -233,7 +220,6 @@ pub(crate) fn request_rejoin(
         st,
         if dry_run { "rejoin dry-run" } else { "rejoin" },
         name,
-        !dry_run,
     ) {
         Err(why) => refuse(ctx, st, req, kind.into(), Some(name), &why, out),
         Ok(primary) => {
@@ -282,13 +268,12 @@ pub(crate) fn request_reclone(
         });
         return;
     }
-    let checked =
-        validate(ctx, st, "re-clone", name, true).and_then(|primary| {
-            match reclone_unsafe(ctx, name, &primary) {
-                Some(why) => Err(format!("re-clone refused: {why}")),
-                None => Ok(primary),
-            }
-        });
+    let checked = validate(ctx, st, "re-clone", name).and_then(|primary| {
+        match reclone_unsafe(ctx, name, &primary) {
+            Some(why) => Err(format!("re-clone refused: {why}")),
+            None => Ok(primary),
+        }
+    });
     match checked {
         Err(why) => refuse(ctx, st, req, HistoryKind::Reclone, Some(name), &why, out),
         Ok(primary) => {

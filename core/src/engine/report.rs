@@ -156,7 +156,9 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
         Some(TransitionKind::Switchover) => Phase::SwitchingOver,
         Some(TransitionKind::Rejoin | TransitionKind::RejoinDryRun) => Phase::Rejoining,
         Some(TransitionKind::Reclone) => Phase::Recloning,
-        Some(TransitionKind::Restart) | None if ctx.paused => Phase::Paused,
+        Some(TransitionKind::Restart | TransitionKind::DurabilityChange) | None if ctx.paused => {
+            Phase::Paused
+        }
         // Within the detection window the primary may still come back.
         _ if !primary_ok && !waiting_for_detection => Phase::Failed,
         _ if replication_ok && ready == total && labels_ok => Phase::Healthy,
@@ -221,9 +223,12 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
             "AutomationActive"
         },
         if paused {
-            format!("no automatic failover or rejoin ({})", ctx.paused_by())
+            format!(
+                "no automatic failover, rejoin or rolling restart ({}); requests still run",
+                ctx.paused_by()
+            )
         } else {
-            "automatic failover and rejoin are active".into()
+            "automatic failover, rejoin and rolling restarts are active".into()
         },
     );
 }

@@ -1,6 +1,8 @@
 //! Rolling restart: on request or when a parameter change needs one;
 //! standbys first, then the primary by switchover or in place
-//! (spec.primaryUpdateMethod); each stop escalates fast → immediate. Pure.
+//! (spec.primaryUpdateMethod); each stop escalates smart → fast → immediate
+//! with the bounds of spec.restart. A request runs while automation is
+//! paused (a person asked); the restart a parameter change needs waits. Pure.
 
 use crate::api::{DbClusterStatus, PrimaryUpdateMethod, RestartData, Transition};
 
@@ -8,8 +10,8 @@ use super::ctx::Ctx;
 use super::plan::{self, Plan};
 use super::{
     busy_reason, event, history, new_transition, reasons, refuse, Action, EventType, HistoryKind,
-    HistoryOutcome, Request, RestartTarget, Step, StopMode, SwitchoverTarget, TransitionKind,
-    TransitionStep,
+    HistoryOutcome, Outcome, Request, RestartTarget, Step, StopMode, SwitchoverTarget,
+    TransitionKind, TransitionStep,
 };
 
 /// Restart order: standbys by ordinal, the primary last.
@@ -70,7 +72,7 @@ pub(crate) fn request(
             return;
         }
     }
-    if let Some(why) = busy_reason(ctx, st, "restart") {
+    if let Some(why) = busy_reason(st, "restart") {
         refuse(ctx, st, req, HistoryKind::Restart, to, &why, out);
         return;
     }
@@ -122,6 +124,40 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
     );
     true
 }
+
+/// While the engine itself restarts the primary in place and its agent
+/// answers, the primary being down is that restart, not a failure: why, or
+/// `None`. Bounded by the longest the agent's stop can take (every step of
+/// its escalation) plus a start, so a restart that never ends is a failure.
+pub(crate) fn in_place(ctx: &Ctx, st: &DbClusterStatus, primary: &str) -> Option<String> {
+    let tr = st.transition.as_ref()?;
+    if tr.kind != TransitionKind::Restart
+        || tr.step != TransitionStep::RestartInstance
+        || tr.target.as_deref() != Some(primary)
+        || !ctx.reachable(primary)
+    {
+        return None;
+    }
+    let plan = ctx.restart_stop();
+    let bound = i64::try_from(
+        plan.smart_ms
+            .saturating_add(plan.fast_ms.saturating_mul(2))
+            .saturating_add(RESTART_START_MS),
+    )
+    .unwrap_or(i64::MAX)
+    .saturating_add(ctx.detection_ms());
+    let elapsed = ctx.since(tr.data.step_started_at.as_deref());
+    (elapsed < bound).then(|| {
+        format!(
+            "{primary} is being restarted in place (for {}, at most {} before it counts as failed)",
+            super::ctx::secs(elapsed),
+            super::ctx::secs(bound)
+        )
+    })
+}
+
+/// What a restart's start may take besides its stop (the agent's start timeout and a SIGKILL's wait).
+const RESTART_START_MS: u64 = 90_000;
 
 /// Record a fact of the restart in progress.
 fn set(st: &mut DbClusterStatus, f: impl FnOnce(&mut RestartData)) {
@@ -242,28 +278,35 @@ pub(crate) fn step(
         note_failed(st, &name, "its agent does not answer");
         return advance(ctx, st, tr, out);
     }
-    let mode = tr.data.restart.mode.unwrap_or(StopMode::Fast);
-    let restart = Action::Restart {
-        instance: name.clone(),
-        mode,
-        timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
-    };
-    if ctx.succeeded(&restart) {
-        note(st, format!("{name} restarted"));
+    if name == primary && !ctx.runs_as_primary(&name) {
+        // Nobody else is promoted while it restarts: its lease must not run
+        // out in the middle (a smart stop may take longer than the TTL).
+        // While it still runs as primary the steady state renews it.
+        out.push(super::lease::renew(ctx, st, &name));
+    }
+    let plan = ctx.restart_stop();
+    let mode = tr.data.restart.mode.unwrap_or(plan.first);
+    let restart = plan.restart(&name, mode);
+    if let Some(Outcome::Succeeded { facts, .. }) = ctx.result(&restart) {
+        let how = facts
+            .stopped_with
+            .map(|m| format!(" (stopped {})", super::switchover::stop_note(mode, m)))
+            .unwrap_or_default();
+        note(st, format!("{name} restarted{how}"));
         return advance(ctx, st, tr, out);
     }
     if let Some(message) = ctx.failure(&restart) {
-        if mode == StopMode::Fast {
+        if mode != StopMode::Immediate {
             set(st, |d| d.mode = Some(StopMode::Immediate));
-            out.push(Action::Restart {
-                instance: name.clone(),
-                mode: StopMode::Immediate,
-                timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
-            });
+            out.push(plan.restart(&name, StopMode::Immediate));
             return Step::Wait;
         }
         note_failed(st, &name, message);
         return advance(ctx, st, tr, out);
+    }
+    if name == primary && !ctx.runs_as_primary(&name) {
+        // Why no failover although the primary is down.
+        st.blocked_by = in_place(ctx, st, &name).map(|why| format!("no failover: {why}"));
     }
     out.push(restart);
     Step::Wait

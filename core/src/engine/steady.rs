@@ -57,9 +57,16 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
             }
         }
     }
+    // A durability change owns the primary's synchronous settings until it ends.
+    let changing = st
+        .transition
+        .as_ref()
+        .is_some_and(|t| t.kind == TransitionKind::DurabilityChange);
     if ctx.runs_as_primary(&primary) {
         out.push(super::lease::renew(ctx, st, &primary));
         label(ctx, &primary, RoleLabel::Primary, out);
+    }
+    if ctx.runs_as_primary(&primary) && !changing {
         let want = durability::desired(ctx, &primary);
         durability::record(ctx, st, &primary, &want);
         if let Some(a) = ctx.agent(&primary) {
@@ -110,7 +117,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
         } else if a.parameters.as_ref().is_some_and(|p| p != params) {
             out.push(Action::Config {
                 instance: name.clone(),
-                synchronous_commit: ctx.spec.replication.synchronous_commit.as_pg().to_string(),
+                synchronous_commit: ctx.replication.synchronous_commit.as_pg().to_string(),
                 synchronous_standby_names: String::new(),
                 sync_quorum: 0,
                 sync_names: Vec::new(),

@@ -140,17 +140,17 @@ pub(crate) fn stop(
     out: &mut Vec<Action>,
 ) -> Step {
     let old = &e.old;
-    let mode = tr.data.switchover.stop_mode.unwrap_or(StopMode::Fast);
-    let stop = Action::Stop {
-        instance: old.clone(),
-        mode,
-        timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
-    };
+    let plan = ctx.switchover_stop();
+    let mode = tr.data.switchover.stop_mode.unwrap_or(plan.first);
+    let stop = plan.stop(old, mode);
     // Only the agent's answer counts: a postgres merely seen down (a
     // crash) may be restarted by its agent; a stopped one is held down.
     if let Some(Outcome::Succeeded { facts, .. }) = ctx.result(&stop) {
+        let stopped_with = facts.stopped_with.unwrap_or(mode);
+        set(st, |d| d.stopped_with = Some(stopped_with));
         let unclean = facts.escalated
             || mode == StopMode::Immediate
+            || stopped_with == StopMode::Immediate
             || ctx.agent(old).and_then(|a| a.clean_shutdown) == Some(false);
         if unclean {
             // Its latest checkpoint is no shutdown checkpoint: WAL written
@@ -188,13 +188,9 @@ pub(crate) fn stop(
         return Step::Goto(TransitionStep::WaitShutdownCheckpoint);
     }
     if let Some(message) = ctx.failure(&stop) {
-        if mode == StopMode::Fast {
+        if mode != StopMode::Immediate {
             set(st, |d| d.stop_mode = Some(StopMode::Immediate));
-            out.push(Action::Stop {
-                instance: old.clone(),
-                mode: StopMode::Immediate,
-                timeout_ms: u64::try_from(ctx.shutdown_ms()).unwrap_or(u64::MAX),
-            });
+            out.push(plan.stop(old, StopMode::Immediate));
             return Step::Wait;
         }
         return roll_back(st, format!("{old} did not stop: {message}"));
@@ -315,6 +311,15 @@ pub(crate) fn label(
     Step::Wait
 }
 
+/// "fast", or "fast (smart timed out)" when the stop escalated to it.
+pub(crate) fn stop_note(first: StopMode, ended: StopMode) -> String {
+    if ended > first {
+        format!("{} ({} timed out)", ended.as_str(), first.as_str())
+    } else {
+        ended.as_str().to_string()
+    }
+}
+
 fn fmt(l: Option<Lsn>) -> String {
     l.map(|l| l.to_string()).unwrap_or_else(|| "unknown".into())
 }
@@ -374,6 +379,12 @@ pub(crate) fn follow(
         notes.push(format!(
             "{p} had not followed within {}",
             secs(ctx.shutdown_ms())
+        ));
+    }
+    if let Some(m) = tr.data.switchover.stopped_with {
+        notes.push(format!(
+            "{old} stopped {}",
+            stop_note(ctx.switchover_stop().first, m)
         ));
     }
     if tr.data.switchover.stop_escalated {

@@ -257,6 +257,9 @@ pub struct ActionFacts {
     /// Stop: postgres needed a harsher mode than asked, or a SIGKILL.
     #[serde(default)]
     pub escalated: bool,
+    /// Stop, restart: the mode that finally stopped postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_with: Option<crate::api::agent::StopMode>,
     /// Stop that was not clean: where its WAL ends.
     #[serde(default)]
     pub end_of_wal: Option<Lsn>,

@@ -31,6 +31,13 @@ fn step_timeout(agent: &Agent, req: &StopRequest) -> Duration {
         .unwrap_or(agent.cfg.stop_timeout)
 }
 
+fn smart_timeout(agent: &Agent, req: &StopRequest) -> Duration {
+    req.smart_timeout
+        .as_ref()
+        .map(|d| d.duration())
+        .unwrap_or_else(|| step_timeout(agent, req))
+}
+
 /// Stop postgres and keep it stopped (fenced) until started.
 pub async fn stop(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse, AgentError> {
     let mut steps = Vec::new();
@@ -45,7 +52,11 @@ pub async fn stop(agent: Arc<Agent>, req: StopRequest) -> Result<ActionResponse,
         format!("stop postgres ({})", req.mode.as_str()),
     );
     let report = agent
-        .stop_and_account(req.mode, step_timeout(&agent, &req))
+        .stop_and_account_from(
+            req.mode,
+            smart_timeout(&agent, &req),
+            step_timeout(&agent, &req),
+        )
         .await?;
     let message = match report.stopped {
         None => format!("{}; it stays stopped", report.describe()),
@@ -124,7 +135,11 @@ pub async fn restart(agent: Arc<Agent>, req: StopRequest) -> Result<ActionRespon
         format!("stop postgres ({})", req.mode.as_str()),
     );
     let report = agent
-        .stop_and_account(req.mode, step_timeout(&agent, &req))
+        .stop_and_account_from(
+            req.mode,
+            smart_timeout(&agent, &req),
+            step_timeout(&agent, &req),
+        )
         .await?;
     agent.step("restart", &mut steps, report.describe());
     lock(&agent.pg).fenced = false;

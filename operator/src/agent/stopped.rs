@@ -70,7 +70,7 @@ impl StopReport {
                 "{} did not finish in time; escalated to immediate, then SIGKILL",
                 s.requested.as_str()
             ),
-            Some(s) if s.escalated() => format!(
+            Some(s) if s.mode > s.requested => format!(
                 "{} did not finish in time; escalated to {}",
                 s.requested.as_str(),
                 s.mode.as_str()
@@ -92,7 +92,20 @@ impl Agent {
         mode: StopMode,
         step_timeout: std::time::Duration,
     ) -> Result<StopReport, AgentError> {
-        let stopped = self.stop_postgres(mode, step_timeout).await?;
+        self.stop_and_account_from(mode, step_timeout, step_timeout)
+            .await
+    }
+
+    /// As [`Self::stop_and_account`], the smart step bounded by `smart_timeout`.
+    pub async fn stop_and_account_from(
+        &self,
+        mode: StopMode,
+        smart_timeout: std::time::Duration,
+        step_timeout: std::time::Duration,
+    ) -> Result<StopReport, AgentError> {
+        let stopped = self
+            .stop_postgres_from(mode, smart_timeout, step_timeout)
+            .await?;
         Ok(StopReport {
             stopped,
             state: self.stopped_state().await,

@@ -28,8 +28,9 @@ pub struct Stopped {
 
 impl Stopped {
     /// postgres needed a harsher mode than asked for, or a SIGKILL.
+    /// (Smart escalating to fast still shuts down cleanly: that is no escalation here.)
     pub fn escalated(&self) -> bool {
-        self.killed || self.mode > self.requested
+        self.killed || (self.mode == StopMode::Immediate && self.requested != StopMode::Immediate)
     }
 }
 
@@ -160,6 +161,23 @@ impl Agent {
         mode: StopMode,
         step_timeout: Duration,
     ) -> Result<Option<Stopped>, AgentError> {
+        self.stop_postgres_from(mode, step_timeout, step_timeout)
+            .await
+    }
+
+    /// As [`Self::stop_postgres`], the smart step (when `mode` is smart)
+    /// bounded by `smart_timeout`. A smart stop first ends the sessions of
+    /// tandem's own agents (this one's probe, the standbys' upstream probes):
+    /// smart waits for client sessions, and those are not the clients'.
+    pub async fn stop_postgres_from(
+        &self,
+        mode: StopMode,
+        smart_timeout: Duration,
+        step_timeout: Duration,
+    ) -> Result<Option<Stopped>, AgentError> {
+        if mode == StopMode::Smart && self.postgres_running() {
+            self.end_agent_sessions().await;
+        }
         let Some(child) = lock(&self.pg).child.take() else {
             return Ok(None);
         };
@@ -169,7 +187,12 @@ impl Agent {
         for m in escalation(mode) {
             tracing::info!(pid = child.pid(), mode = m.as_str(), "stopping postgres");
             child.signal(signal_for(m))?;
-            if child.wait_timeout(step_timeout).await.is_some() {
+            let timeout = if m == StopMode::Smart {
+                smart_timeout
+            } else {
+                step_timeout
+            };
+            if child.wait_timeout(timeout).await.is_some() {
                 tracing::info!(mode = m.as_str(), "postgres stopped");
                 return Ok(Some(Stopped {
                     requested: mode,
@@ -179,7 +202,7 @@ impl Agent {
             }
             tracing::warn!(
                 mode = m.as_str(),
-                timeout_s = step_timeout.as_secs_f64(),
+                timeout_s = timeout.as_secs_f64(),
                 "postgres did not stop in time; escalating"
             );
         }
@@ -194,6 +217,36 @@ impl Agent {
             mode: StopMode::Immediate,
             killed: true,
         }))
+    }
+}
+
+impl Agent {
+    /// End the sessions of tandem's agents on this server (best effort),
+    /// before a smart stop that would wait for them.
+    async fn end_agent_sessions(&self) {
+        let Ok(client) = self.local_client(Duration::from_secs(1)).await else {
+            return;
+        };
+        let ended = client
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid() \
+                 AND backend_type = 'client backend'",
+                &[&crate::pg::query::APPLICATION_NAME],
+            )
+            .await;
+        match ended {
+            Ok(row) => {
+                let n: i64 = row.try_get(0).unwrap_or(0);
+                tracing::debug!(
+                    sessions = n,
+                    "ended the agents' sessions before a smart stop"
+                );
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "could not end the agents' sessions before a smart stop")
+            }
+        }
     }
 }
 
@@ -285,7 +338,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stop_escalated_when_it_needed_more_than_asked() {
+    fn a_stop_escalated_when_it_needed_more_than_a_clean_shutdown() {
         let s = |requested, mode, killed| Stopped {
             requested,
             mode,
@@ -293,7 +346,10 @@ mod tests {
         };
         assert!(!s(StopMode::Fast, StopMode::Fast, false).escalated());
         assert!(!s(StopMode::Immediate, StopMode::Immediate, false).escalated());
-        assert!(s(StopMode::Smart, StopMode::Fast, false).escalated());
+        // Smart → fast still writes a shutdown checkpoint.
+        assert!(!s(StopMode::Smart, StopMode::Fast, false).escalated());
+        assert!(s(StopMode::Smart, StopMode::Immediate, false).escalated());
+        assert!(s(StopMode::Fast, StopMode::Immediate, false).escalated());
         assert!(s(StopMode::Immediate, StopMode::Immediate, true).escalated());
     }
 

@@ -49,7 +49,15 @@ pub fn validate(dc: &DbCluster, defaults: &Defaults) -> Result<ValidCluster, Err
 
     check_name(&name, &mut problems);
     check_parameters(spec, &mut problems);
-    check_instances(spec, &mut problems);
+    // On a running cluster a change of spec.replication that cannot be met
+    // is the engine's to refuse (history, Event, the settings in force kept),
+    // while the cluster stays driven; only a new cluster's is invalid here.
+    let replication_change = dc
+        .status
+        .as_ref()
+        .and_then(|s| s.durability.as_ref())
+        .is_some_and(|d| d.applied != spec.replication);
+    check_instances(spec, !replication_change, &mut problems);
 
     if spec.switchover.archive_ready_warning > spec.switchover.archive_ready_critical {
         problems.push(format!(
@@ -136,7 +144,7 @@ fn is_parameter_name(key: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
 }
 
-fn check_instances(spec: &DbClusterSpec, problems: &mut Vec<String>) {
+fn check_instances(spec: &DbClusterSpec, sync_standbys: bool, problems: &mut Vec<String>) {
     let instances = spec.instances;
     if !(1..=crate::api::MAX_INSTANCES).contains(&instances) {
         problems.push(format!(
@@ -177,7 +185,7 @@ fn check_instances(spec: &DbClusterSpec, problems: &mut Vec<String>) {
             "every instance has priority 0: at least one must be able to be primary".to_string(),
         );
     }
-    if spec.replication.mode == ReplicationMode::Sync {
+    if sync_standbys && spec.replication.mode == ReplicationMode::Sync {
         // One promotable instance is the primary; learners are never synchronous.
         let sync_capable = (promotable - 1).max(0);
         if spec.replication.sync_standbys > sync_capable {

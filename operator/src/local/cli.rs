@@ -48,7 +48,7 @@ pub enum Verb {
         #[arg(long)]
         force: bool,
     },
-    /// Pause automation: no automatic failover or rejoin.
+    /// Pause automation: no automatic failover, rejoin or rolling restart (requests still run).
     Pause(DirArg),
     /// Resume automation.
     Unpause(DirArg),
@@ -88,7 +88,7 @@ pub enum Verb {
         #[arg(long)]
         force: bool,
     },
-    /// Change the replication durability at runtime.
+    /// Change the replication durability at runtime (a DurabilityChange; answers with its outcome).
     Set {
         #[command(flatten)]
         dir: DirArg,

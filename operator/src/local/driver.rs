@@ -19,8 +19,8 @@ use std::convert::Infallible;
 use crate::agent::client::AgentClient;
 use crate::api::agent::{AgentStatus, Member};
 use crate::api::{
-    keys, DataDurability, DbClusterSpec, DbClusterStatus, HistoryEntry, ReplicationMode,
-    SynchronousCommit, WalReceiverState,
+    keys, DataDurability, DbClusterSpec, DbClusterStatus, HistoryEntry, HistoryKind,
+    ReplicationMode, SynchronousCommit, WalReceiverState,
 };
 use crate::engine::{
     self, Action, EventType, InstanceObs, Observations, PlatformState, Request, RoleLabel,
@@ -30,7 +30,7 @@ use crate::platform::{self as shared, AgentCall, HaLoop, Observe, Observed, Plat
 use super::control::{KillSignal, LocalRequest, Outcome, Refusal, Submission};
 use super::procs::{self, AgentLaunch, Agents};
 use super::report::{InstanceReport, StatusReport};
-use super::requests::{Pending, Requests};
+use super::requests::{Pending, Recorded, Reply, Requests};
 use super::state::{write_private, LocalState};
 
 /// How often the loop runs.
@@ -271,10 +271,21 @@ impl Driver {
     /// transition ended, point the endpoints, publish the status report.
     fn after_pass(&mut self) {
         self.save();
-        self.requests.finish(&self.persisted.status);
         self.route();
         let spec = self.spec();
+        // Published before any answer: a request's effect shows in
+        // `tandem local status` by the time its command returns.
         self.publish(&spec);
+        self.requests.finish(&self.persisted.status);
+    }
+
+    /// Answer `reply` once the engine has recorded a history entry of one of `kinds`.
+    pub fn answer_when_recorded(&mut self, kinds: Vec<HistoryKind>, reply: Reply) {
+        self.requests.recorded.push(Recorded {
+            kinds,
+            before: self.persisted.status.history.clone(),
+            reply,
+        });
     }
 
     /// Point the endpoints: rw at the instance labelled primary, ro at a streaming standby.
@@ -386,7 +397,12 @@ impl Driver {
                 .unwrap_or_else(|| "Creating".into()),
             primary: st.current_primary.clone(),
             paused: st.paused,
-            mode: match spec.replication.mode {
+            // The mode in force (a refused or pending change is not).
+            mode: match st
+                .durability
+                .as_ref()
+                .map_or(spec.replication.mode, |d| d.applied.mode)
+            {
                 ReplicationMode::Async => "async".into(),
                 ReplicationMode::Sync => "sync".into(),
             },
@@ -434,18 +450,25 @@ impl Driver {
                 };
                 engine::Request::Restart { target }
             }
-            LocalRequest::Pause => {
-                self.persisted.paused = Some(true);
+            LocalRequest::Pause | LocalRequest::Unpause => {
+                let pause = matches!(req, LocalRequest::Pause);
+                self.persisted.paused = Some(pause);
                 self.save();
-                let _ = reply.send(ok(
-                    "paused: no automatic failover or rejoin until tandem local unpause".into(),
-                ));
-                return false;
-            }
-            LocalRequest::Unpause => {
-                self.persisted.paused = Some(false);
-                self.save();
-                let _ = reply.send(ok("unpaused: automatic failover and rejoin are on".into()));
+                if self.persisted.status.paused == pause {
+                    let _ = reply.send(ok(if pause {
+                        "already paused: no automatic failover, rejoin or rolling restart".into()
+                    } else {
+                        "not paused: automatic failover, rejoin and rolling restarts are on".into()
+                    }));
+                } else {
+                    // Answered by the engine's history entry, the status showing it.
+                    let kind = if pause {
+                        HistoryKind::Pause
+                    } else {
+                        HistoryKind::Unpause
+                    };
+                    self.answer_when_recorded(vec![kind], reply);
+                }
                 return false;
             }
             LocalRequest::Set {
@@ -454,8 +477,17 @@ impl Driver {
                 data_durability,
                 sync_standbys,
             } => {
-                let _ =
-                    reply.send(self.set(mode, synchronous_commit, data_durability, sync_standbys));
+                match self.set(mode, synchronous_commit, data_durability, sync_standbys) {
+                    Ok(Some(answer)) => {
+                        let _ = reply.send(Ok(answer));
+                    }
+                    Ok(None) => {
+                        self.answer_when_recorded(vec![HistoryKind::DurabilityChange], reply)
+                    }
+                    Err(refusal) => {
+                        let _ = reply.send(Err(refusal));
+                    }
+                }
                 return false;
             }
             LocalRequest::Kill {
@@ -478,13 +510,16 @@ impl Driver {
         false
     }
 
+    /// Change the replication settings in force: the engine runs the change
+    /// as a DurabilityChange transition (or refuses it), whose history entry
+    /// answers (`Ok(None)`); `Ok(Some(_))` when there is nothing to change.
     fn set(
         &mut self,
         mode: Option<ReplicationMode>,
         synchronous_commit: Option<SynchronousCommit>,
         durability: Option<DataDurability>,
         sync_standbys: Option<i32>,
-    ) -> Result<Outcome, Refusal> {
+    ) -> Result<Option<Outcome>, Refusal> {
         let refuse = |e: String| {
             Err(Refusal {
                 error: e,
@@ -511,25 +546,48 @@ impl Driver {
                 r.sync_standbys
             ));
         }
-        let message = format!(
-            "replication: mode {}, synchronous_commit {}, syncStandbys {}, dataDurability {}",
-            serde_json::to_value(r.mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-            r.synchronous_commit.as_pg(),
-            r.sync_standbys,
-            serde_json::to_value(r.data_durability)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
-        );
-        self.persisted.replication = Some(r);
+        self.change_replication(r)
+    }
+
+    /// Make `r` the replication settings of the spec in force (over the
+    /// manifest's): the engine then runs a DurabilityChange to them, or
+    /// refuses it. `Ok(None)`: answer with the engine's DurabilityChange
+    /// history entry ([`Self::answer_when_recorded`]); `Ok(Some(_))`:
+    /// nothing to change; `Err`: asked again for a change already refused.
+    pub fn change_replication(
+        &mut self,
+        r: crate::api::ReplicationSpec,
+    ) -> Result<Option<Outcome>, Refusal> {
+        let before = self.spec().replication;
+        let in_force = self
+            .persisted
+            .status
+            .durability
+            .as_ref()
+            .map(|d| d.applied.clone());
+        self.persisted.replication = Some(r.clone());
         self.save();
-        Ok(Outcome {
-            message,
-            detail: vec!["applied to the primary with a reload (no restart)".into()],
-        })
+        if in_force.as_ref() == Some(&r) {
+            // Nothing to change (a pending refused change is withdrawn).
+            return Ok(Some(Outcome {
+                message: "replication settings unchanged: they are in force".into(),
+                detail: vec![],
+            }));
+        }
+        if before == r {
+            // Asked again: the engine has answered already (blockedBy says how).
+            return match &self.persisted.status.blocked_by {
+                Some(why) => Err(Refusal {
+                    error: why.clone(),
+                    detail: vec![],
+                }),
+                None => Ok(Some(Outcome {
+                    message: "replication change already under way".into(),
+                    detail: vec![],
+                })),
+            };
+        }
+        Ok(None)
     }
 
     fn kill(&mut self, name: &str, signal: KillSignal, agent: bool) -> Result<Outcome, Refusal> {

@@ -4,7 +4,9 @@
 
 use tokio::sync::oneshot;
 
-use crate::api::{CheckState, DbClusterStatus, HistoryEntry, HistoryOutcome, TransitionKind};
+use crate::api::{
+    CheckState, DbClusterStatus, HistoryEntry, HistoryKind, HistoryOutcome, TransitionKind,
+};
 use crate::engine::Request;
 
 use super::control::{Outcome, Refusal};
@@ -25,12 +27,31 @@ pub struct Waiting {
     pub reply: Reply,
 }
 
+/// A change made outside the engine's requests (pause, unpause, a new
+/// replication setting) waiting for the history entry the engine writes for
+/// it: answered with that entry.
+pub struct Recorded {
+    /// The kinds of entry that answer it.
+    pub kinds: Vec<HistoryKind>,
+    /// The history when the change was made.
+    pub before: Vec<HistoryEntry>,
+    pub reply: Reply,
+}
+
 /// Requests in flight.
 #[derive(Default)]
 pub struct Requests {
     pub pending: Vec<Pending>,
     pub waiting: Vec<Waiting>,
+    pub recorded: Vec<Recorded>,
 }
+
+/// History kinds the engine writes for changes, not for requests.
+const NOT_REQUESTED: [HistoryKind; 3] = [
+    HistoryKind::DurabilityChange,
+    HistoryKind::Pause,
+    HistoryKind::Unpause,
+];
 
 /// Entries of `after` that are not in `before` (history only grows at the end).
 pub fn new_entries<'a>(before: &[HistoryEntry], after: &'a [HistoryEntry]) -> &'a [HistoryEntry] {
@@ -102,7 +123,9 @@ impl Requests {
         // Refused or reported at once (a "Started" entry only marks the
         // beginning of a transition, e.g. a re-clone: its answer comes later).
         if let Some(e) = fresh.iter().rev().find(|e| {
-            e.outcome != HistoryOutcome::Succeeded
+            // Entries no request writes (a refused durability change) answer none.
+            !NOT_REQUESTED.contains(&e.kind)
+                && e.outcome != HistoryOutcome::Succeeded
                 && e.outcome != HistoryOutcome::Started
                 && e.duration_ms == 0
         }) {
@@ -117,7 +140,11 @@ impl Requests {
             });
             return;
         }
-        match fresh.last() {
+        match fresh
+            .iter()
+            .rev()
+            .find(|e| !NOT_REQUESTED.contains(&e.kind))
+        {
             Some(e) => {
                 let _ = reply.send(answer(e));
             }
@@ -130,8 +157,26 @@ impl Requests {
         }
     }
 
+    /// Answer the changes whose history entry has been written.
+    fn finish_recorded(&mut self, status: &DbClusterStatus) {
+        let mut still = Vec::new();
+        for r in self.recorded.drain(..) {
+            let entry = new_entries(&r.before, &status.history)
+                .iter()
+                .find(|e| r.kinds.contains(&e.kind) && e.outcome != HistoryOutcome::Started);
+            match entry {
+                Some(e) => {
+                    let _ = r.reply.send(answer(e));
+                }
+                None => still.push(r),
+            }
+        }
+        self.recorded = still;
+    }
+
     /// Answer the waiters whose transition is over.
     pub fn finish(&mut self, status: &DbClusterStatus) {
+        self.finish_recorded(status);
         let current = status
             .transition
             .as_ref()
@@ -178,13 +223,19 @@ impl Requests {
                 detail: vec![],
             }));
         }
+        for r in self.recorded.drain(..) {
+            let _ = r.reply.send(Err(Refusal {
+                error: why.to_string(),
+                detail: vec![],
+            }));
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{HistoryKind, Transition, TransitionData, TransitionStep};
+    use crate::api::{Transition, TransitionData, TransitionStep};
 
     fn entry(
         kind: HistoryKind,
@@ -251,5 +302,48 @@ mod tests {
         r.finish(&status);
         let answer = rx.try_recv().expect("answered once finished");
         assert!(answer.is_ok(), "{answer:?}");
+    }
+
+    #[test]
+    fn a_change_waits_for_its_own_entry_and_a_refused_durability_change_answers_no_request() {
+        let mut r = Requests::default();
+        let (tx, mut rx) = oneshot::channel();
+        r.recorded.push(Recorded {
+            kinds: vec![HistoryKind::DurabilityChange],
+            before: vec![],
+            reply: tx,
+        });
+        let request = Request::Restart {
+            target: crate::engine::RestartTarget::All,
+        };
+        let (rtx, mut rrx) = oneshot::channel();
+        r.pending.push(Pending {
+            request: request.clone(),
+            reply: Some(rtx),
+        });
+        let mut status = DbClusterStatus::default();
+        status.history.push(entry(
+            HistoryKind::Pause,
+            HistoryOutcome::Succeeded,
+            "t0",
+            0,
+        ));
+        r.finish(&status);
+        assert!(rx.try_recv().is_err(), "a pause entry answers no set");
+        status.history.push(entry(
+            HistoryKind::DurabilityChange,
+            HistoryOutcome::Refused,
+            "t1",
+            0,
+        ));
+        r.done(&request, &[], &status);
+        let answer = rrx.try_recv().expect("answered");
+        assert!(
+            answer.is_ok(),
+            "the restart is not answered by the durability refusal: {answer:?}"
+        );
+        r.finish(&status);
+        let answer = rx.try_recv().expect("the set is answered");
+        assert!(answer.is_err(), "refused: {answer:?}");
     }
 }

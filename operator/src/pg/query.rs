@@ -24,6 +24,9 @@ pub struct ConnectOpts<'a> {
 }
 
 /// Connect to database `postgres`; the connection is driven by a spawned task.
+/// The application_name of every connection tandem's agents open.
+pub const APPLICATION_NAME: &str = "tandem-agent";
+
 pub async fn connect(opts: &ConnectOpts<'_>) -> Result<Client, Error> {
     let mut cfg = tokio_postgres::Config::new();
     if opts.host.starts_with('/') {
@@ -34,7 +37,7 @@ pub async fn connect(opts: &ConnectOpts<'_>) -> Result<Client, Error> {
     cfg.port(opts.port)
         .user(opts.user)
         .dbname("postgres")
-        .application_name("tandem-agent")
+        .application_name(APPLICATION_NAME)
         .connect_timeout(opts.timeout);
     if let Some(p) = opts.password {
         cfg.password(p);

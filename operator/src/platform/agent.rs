@@ -114,6 +114,7 @@ fn peers(names: &[String], members: &BTreeMap<String, Member>) -> Vec<Peer> {
 fn facts(r: &ActionResponse) -> ActionFacts {
     ActionFacts {
         escalated: r.escalated.unwrap_or(false),
+        stopped_with: r.stopped_with,
         end_of_wal: r.end_of_wal,
         diverged_at: r.diverged_at,
         rewound_from: r.rewound_from,
@@ -166,21 +167,29 @@ pub async fn call(
         }
         Action::Checkpoint { .. } => c.checkpoint().await,
         Action::Stop {
-            mode, timeout_ms, ..
+            mode,
+            timeout_ms,
+            smart_timeout_ms,
+            ..
         } => {
             c.stop(&StopRequest {
                 mode: *mode,
                 timeout: duration_ms(*timeout_ms),
+                smart_timeout: smart_timeout_ms.and_then(duration_ms),
             })
             .await
         }
         Action::Start { .. } => c.start(&StopRequest::default()).await,
         Action::Restart {
-            mode, timeout_ms, ..
+            mode,
+            timeout_ms,
+            smart_timeout_ms,
+            ..
         } => {
             c.restart(&StopRequest {
                 mode: *mode,
                 timeout: duration_ms(*timeout_ms),
+                smart_timeout: smart_timeout_ms.and_then(duration_ms),
             })
             .await
         }

@@ -33,6 +33,18 @@ pub struct Sim {
     pub primary: bool,
     pub timeline: i64,
     pub upstream: Option<String>,
+    /// synchronous_commit, synchronous_standby_names, the quorum and its
+    /// members as the last Config set them.
+    pub sync: Option<SimSync>,
+}
+
+/// The synchronous settings a fake primary runs with.
+#[derive(Clone, Debug, Default)]
+pub struct SimSync {
+    pub commit: String,
+    pub names: String,
+    pub quorum: u32,
+    pub members: Vec<String>,
 }
 
 #[derive(Default)]
@@ -179,6 +191,10 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
         data_dir: "/var/lib/postgresql/data/pgdata".into(),
         ..AgentStatus::default()
     };
+    if s.running {
+        st.synchronous_commit = s.sync.as_ref().map(|y| y.commit.clone());
+        st.synchronous_standby_names = s.sync.as_ref().map(|y| y.names.clone());
+    }
     if !s.running {
         st.role = InstanceRole::Fenced;
         st.fenced = true;
@@ -191,13 +207,18 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
             remaining_ms: Some(5000),
             ..LeaseState::default()
         };
+        let member = |n: &String| {
+            s.sync
+                .as_ref()
+                .is_some_and(|y| y.quorum > 0 && y.members.contains(n))
+        };
         st.downstreams = sims
             .iter()
             .filter(|(_, o)| o.answers && o.running && o.upstream.as_deref() == Some(name))
             .map(|(n, _)| Downstream {
                 name: n.clone(),
                 state: "streaming".into(),
-                sync_state: "async".into(),
+                sync_state: if member(n) { "quorum" } else { "async" }.into(),
                 flush_lsn: Some(LSN),
                 ..Downstream::default()
             })
@@ -239,7 +260,24 @@ impl AgentOps for FakeAgents {
         }
         let tl = |w: &World, n: &str| w.sims.get(n).map_or(1, |s| s.timeline);
         match action {
-            Action::RenewLease { .. } | Action::Config { .. } => return Ok(Answer::default()),
+            Action::RenewLease { .. } => return Ok(Answer::default()),
+            Action::Config {
+                synchronous_commit,
+                synchronous_standby_names,
+                sync_quorum,
+                sync_names,
+                ..
+            } => {
+                let s = w.sims.get_mut(&name).ok_or("no sim")?;
+                s.sync = Some(SimSync {
+                    commit: synchronous_commit.clone(),
+                    names: synchronous_standby_names.clone(),
+                    quorum: *sync_quorum,
+                    members: sync_names.clone(),
+                });
+                w.journal.push(format!("agent {name} config"));
+                return Ok(Answer::default());
+            }
             Action::Promote { .. } => {
                 let s = w.sims.get_mut(&name).ok_or("no sim")?;
                 if !s.primary {
@@ -344,6 +382,7 @@ pub fn fixture() -> Fixture {
                 primary: i == 0,
                 timeline: 1,
                 upstream: (i != 0).then(|| "main-0".to_string()),
+                sync: None,
             },
         );
     }

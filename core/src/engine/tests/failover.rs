@@ -305,6 +305,7 @@ fn crash_loop_longer_than_detection_timeout_fails_over_after_stopping_postgres()
         instance: "main-0".into(),
         mode: StopMode::Immediate,
         timeout_ms: 5000,
+        smart_timeout_ms: None,
     };
     assert!(has(&actions, |a| *a == stop), "{actions:?}");
     f.ack_all();

@@ -333,6 +333,16 @@ impl Fixture {
     }
 }
 
+/// The primary main-0 reports `standby` with this sync state (pg_stat_replication).
+pub fn set_sync_state(f: &mut Fixture, standby: &str, state: SyncState) {
+    let primary = f.status.current_primary.clone().unwrap();
+    for c in f.agent(&primary).standbys.iter_mut() {
+        if c.name == standby {
+            c.sync_state = state.clone();
+        }
+    }
+}
+
 pub fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
     actions.iter().any(f)
 }

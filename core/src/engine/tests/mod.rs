@@ -1,8 +1,10 @@
 //! Engine tests: fixtures, unit tests per behaviour, a simulated cluster and property tests.
 
+mod durability;
 mod failover;
 mod fixtures;
 mod operations;
+mod pause;
 mod promote;
 mod props;
 mod purity;

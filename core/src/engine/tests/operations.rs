@@ -12,11 +12,13 @@ fn restart_all() -> Request {
     }
 }
 
+/// A restart as spec.restart has it by default: smart for 10s, then fast for 60s.
 fn restart_of(name: &str) -> Action {
     Action::Restart {
         instance: name.into(),
-        mode: StopMode::Fast,
+        mode: StopMode::Smart,
         timeout_ms: 60_000,
+        smart_timeout_ms: Some(10_000),
     }
 }
 
@@ -66,7 +68,7 @@ fn rolling_restart_restarts_the_primary_in_place_when_asked() {
 }
 
 #[test]
-fn restart_escalates_to_immediate_when_the_fast_stop_fails() {
+fn restart_escalates_to_immediate_when_the_stop_fails() {
     let mut f = cluster().instances(2).build();
     f.request(Request::Restart {
         target: RestartTarget::Instance("main-1".into()),
@@ -78,7 +80,8 @@ fn restart_escalates_to_immediate_when_the_fast_stop_fails() {
         == Action::Restart {
             instance: "main-1".into(),
             mode: StopMode::Immediate,
-            timeout_ms: 60_000
+            timeout_ms: 60_000,
+            smart_timeout_ms: None,
         }));
 }
 
@@ -100,7 +103,7 @@ fn pending_restart_starts_a_rolling_restart_unless_paused() {
 }
 
 #[test]
-fn restart_refused_for_unknown_instance_and_while_paused() {
+fn restart_refused_for_unknown_instance_and_runs_while_paused() {
     let mut f = cluster().instances(3).build();
     f.request(Request::Restart {
         target: RestartTarget::Instance("main-9".into()),
@@ -112,11 +115,9 @@ fn restart_refused_for_unknown_instance_and_while_paused() {
         .contains("instance main-9 does not exist"));
     f.spec.paused = true;
     f.request(restart_all());
-    f.tick(10);
-    assert!(f
-        .last_history()
-        .message
-        .contains("restart refused: automation is paused"));
+    let a = f.tick(10);
+    assert_eq!(f.step(), Some(("Restart".into(), "RestartInstance".into())));
+    assert!(has(&a, |x| *x == restart_of("main-1")));
 }
 
 fn config_of(a: &[Action], name: &str) -> Option<(String, String)> {
@@ -144,11 +145,15 @@ fn sync_mode_sets_any_n_over_non_learner_standbys() {
         Some(("on".into(), "ANY 1 (\"main-1\", \"main-2\")".into()))
     );
     f.ack_all();
+    for s in ["main-1", "main-2"] {
+        set_sync_state(&mut f, s, crate::engine::SyncState::Quorum);
+    }
     let a = f.tick(10);
     assert!(
         config_of(&a, "main-0").is_none(),
         "applied settings are not re-sent"
     );
+    assert!(f.status.transition.is_none(), "{:?}", f.status.transition);
     f.spec.replication.mode = crate::api::ReplicationMode::Async;
     let a = f.tick(10);
     assert_eq!(

@@ -194,7 +194,7 @@ fn rejoin_dry_run_reports_whether_a_rewind_is_needed_and_changes_nothing() {
 }
 
 #[test]
-fn rejoin_refused_for_the_primary_unknown_instances_and_while_paused() {
+fn rejoin_refused_for_the_primary_and_unknown_instances_and_runs_while_paused() {
     let mut f = cluster().instances(3).build();
     f.request(rejoin("main-0", false));
     f.tick(10);
@@ -210,9 +210,12 @@ fn rejoin_refused_for_the_primary_unknown_instances_and_while_paused() {
         .contains("instance main-7 does not exist (instances: main-0, main-1, main-2)"));
     f.obs.paused_annotation = true;
     f.request(rejoin("main-1", false));
-    f.tick(10);
-    assert!(f.last_history().message.contains("automation is paused"));
-    assert!(f.status.transition.is_none());
+    let a = f.tick(10);
+    assert_eq!(f.step(), Some(("Rejoin".into(), "Demote".into())));
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Demote { instance, .. } if instance == "main-1")
+    ));
 }
 
 #[test]
@@ -339,15 +342,15 @@ fn rejoin_refused_when_the_instance_agent_does_not_answer() {
 }
 
 #[test]
-fn reclone_refused_while_paused() {
+fn reclone_runs_while_paused() {
     let mut f = cluster().instances(3).paused().build();
     f.request(reclone("main-2"));
     let a = f.tick(10);
-    assert!(!has(&a, |x| matches!(x, Action::Reclone { .. })));
-    assert!(f
-        .last_history()
-        .message
-        .contains("re-clone refused: automation is paused"));
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Reclone { instance, .. } if instance == "main-2")
+    ));
+    assert_eq!(f.step(), Some(("Reclone".into(), "Reclone".into())));
 }
 
 #[test]

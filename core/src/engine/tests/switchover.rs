@@ -69,6 +69,7 @@ fn switchover_escalates_to_an_immediate_stop_when_the_fast_stop_fails() {
             instance: "main-0".into(),
             mode: StopMode::Fast,
             timeout_ms: 60_000,
+            smart_timeout_ms: None,
         },
         "timed out",
     );
@@ -77,7 +78,8 @@ fn switchover_escalates_to_an_immediate_stop_when_the_fast_stop_fails() {
         == Action::Stop {
             instance: "main-0".into(),
             mode: StopMode::Immediate,
-            timeout_ms: 60_000
+            timeout_ms: 60_000,
+            smart_timeout_ms: None,
         }));
 }
 
@@ -261,6 +263,7 @@ fn run_switchover(target: &str) -> Fixture {
         instance: "main-0".into(),
         mode: StopMode::Fast,
         timeout_ms: 60_000,
+        smart_timeout_ms: None,
     };
     assert!(has(&a, |x| *x == stop));
     f.agent("main-0").postgres_running = false;
@@ -332,6 +335,7 @@ fn stop_escalated(end: &str) -> Fixture {
         instance: "main-0".into(),
         mode: StopMode::Fast,
         timeout_ms: 60_000,
+        smart_timeout_ms: None,
     };
     assert!(has(&f.last, |x| *x == stop));
     f.agent("main-0").postgres_running = false;
@@ -422,6 +426,7 @@ fn an_unclean_stop_without_the_end_of_its_wal_rolls_back() {
         instance: "main-0".into(),
         mode: StopMode::Fast,
         timeout_ms: 60_000,
+        smart_timeout_ms: None,
     });
     let a = f.tick(10);
     assert!(promotes(&a).is_none());

@@ -174,12 +174,17 @@ fn a_switchover_refusal_says_why_the_candidate_does_not_answer() {
 }
 
 #[test]
-fn switchover_refused_while_paused() {
+fn switchover_runs_while_paused_but_its_prechecks_still_refuse() {
     let mut f = cluster().instances(3).paused().build();
-    assert_refused(
-        &mut f,
-        to("main-1", false),
-        "automation is paused (spec.paused); unpause first",
+    f.agent("main-1").streaming = false;
+    assert_refused(&mut f, to("main-1", false), "main-1 does not stream");
+    f.streams("main-1", "main-0");
+    f.request(to("main-1", false));
+    f.tick(10);
+    assert_eq!(
+        f.step(),
+        Some(("Switchover".into(), "Checkpoint".into())),
+        "a requested switchover runs while paused"
     );
 }
 
