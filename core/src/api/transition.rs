@@ -69,6 +69,10 @@ pub enum TransitionKind {
     Reclone,
     /// A rolling restart, standbys first.
     Restart,
+    /// Changed parameters (spec.postgres.parameters, the archive settings)
+    /// are applied to every instance with a reload; a rolling restart
+    /// follows for those that need one.
+    Reconfigure,
 }
 
 named!(TransitionKind {
@@ -78,7 +82,8 @@ named!(TransitionKind {
     Rejoin,
     RejoinDryRun,
     Reclone,
-    Restart
+    Restart,
+    Reconfigure
 });
 
 /// The step a transition is carrying out (`status.transition.step`); which
@@ -116,6 +121,8 @@ pub enum TransitionStep {
     RewindCheck,
     /// Restart: restart the first queued instance.
     RestartInstance,
+    /// Reconfigure: apply the parameters on every instance (ALTER SYSTEM, reload).
+    ApplyParameters,
 }
 
 named!(TransitionStep {
@@ -132,7 +139,8 @@ named!(TransitionStep {
     Demote,
     Reclone,
     RewindCheck,
-    RestartInstance
+    RestartInstance,
+    ApplyParameters
 });
 
 impl TransitionKind {
@@ -156,6 +164,7 @@ impl TransitionKind {
             Self::RejoinDryRun => &[S::RewindCheck],
             Self::Reclone => &[S::Reclone],
             Self::Restart => &[S::RestartInstance],
+            Self::Reconfigure => &[S::ApplyParameters],
         }
     }
 
@@ -169,6 +178,7 @@ impl TransitionKind {
             Self::RejoinDryRun => TransitionStep::RewindCheck,
             Self::Reclone => TransitionStep::Reclone,
             Self::Restart => TransitionStep::RestartInstance,
+            Self::Reconfigure => TransitionStep::ApplyParameters,
         }
     }
 
@@ -200,6 +210,8 @@ pub enum HistoryKind {
     Reclone,
     /// A rolling restart.
     Restart,
+    /// Parameters applied with a reload.
+    Reconfigure,
     /// A request the operator could not read (a malformed annotation).
     Request,
 }
@@ -213,6 +225,7 @@ named!(HistoryKind {
     RejoinDryRun,
     Reclone,
     Restart,
+    Reconfigure,
     Request
 });
 
@@ -226,6 +239,7 @@ impl From<TransitionKind> for HistoryKind {
             TransitionKind::RejoinDryRun => Self::RejoinDryRun,
             TransitionKind::Reclone => Self::Reclone,
             TransitionKind::Restart => Self::Restart,
+            TransitionKind::Reconfigure => Self::Reconfigure,
         }
     }
 }
@@ -283,7 +297,7 @@ pub struct TransitionData {
     /// Rejoin and re-clone facts.
     #[serde(flatten)]
     pub rejoin: RejoinData,
-    /// Rolling restart facts.
+    /// Rolling restart (and reconfigure: `done`, `failed`) facts.
     #[serde(flatten)]
     pub restart: RestartData,
 }

@@ -106,6 +106,13 @@ pub enum Action {
     },
     /// Agent `POST /stop-vouching {epoch}`: vouch for no primary of a lower epoch.
     StopVouching { instance: String, epoch: u64 },
+    /// Agent `POST /drop-slots {slots}`: drop these physical replication
+    /// slots of members that no longer stream from this instance; the agent
+    /// keeps any that is active when it looks.
+    DropSlots {
+        instance: String,
+        slots: Vec<String>,
+    },
     /// Platform: set the role label (Kubernetes) / repoint the local endpoints.
     SetRole { instance: String, role: RoleLabel },
     /// Platform: make sure the instance cannot write although its agent cannot be
@@ -143,6 +150,7 @@ impl Action {
             Self::Config { .. } => "config",
             Self::RenewLease { .. } => "renew_lease",
             Self::StopVouching { .. } => "stop_vouching",
+            Self::DropSlots { .. } => "drop_slots",
             Self::SetRole { .. } => "set_role",
             Self::FenceInstance { .. } => "fence",
             Self::Recreate { .. } => "recreate",
@@ -166,6 +174,7 @@ impl Action {
             | Self::Config { instance, .. }
             | Self::RenewLease { instance, .. }
             | Self::StopVouching { instance, .. }
+            | Self::DropSlots { instance, .. }
             | Self::SetRole { instance, .. }
             | Self::FenceInstance { instance }
             | Self::Recreate { instance } => Some(instance),
@@ -216,4 +225,8 @@ pub mod reasons {
     pub const REQUEST_REFUSED: &str = "RequestRefused";
     pub const PRIMARY_ELECTED: &str = "PrimaryElected";
     pub const DURABILITY_CHANGED: &str = "DurabilityChanged";
+    pub const RECONFIGURE_STARTED: &str = "ReconfigureStarted";
+    pub const RECONFIGURE_COMPLETED: &str = "ReconfigureCompleted";
+    pub const RECONFIGURE_FAILED: &str = "ReconfigureFailed";
+    pub const SLOTS_DROPPED: &str = "SlotsDropped";
 }

@@ -29,6 +29,8 @@
 //! - `Reclone`: `Reclone`. `RejoinDryRun`: `RewindCheck`.
 //! - `Restart`: `RestartInstance` per queued instance (the primary last, by
 //!   switchover unless `primaryUpdateMethod: restart`).
+//! - `Reconfigure`: `ApplyParameters` (every instance; a `Restart` follows
+//!   for those that report `pending_restart`).
 //!
 //! Besides transitions, the engine decides the rolling update of instances
 //! the platform reports as outdated (`rollout`), and refuses requests the
@@ -42,10 +44,12 @@ mod lease;
 mod plan;
 mod prechecks;
 mod promote;
+mod reconfigure;
 mod rejoin;
 mod report;
 mod restart;
 mod rollout;
+mod slots;
 mod steady;
 mod switchover;
 mod types;
@@ -56,9 +60,11 @@ mod tests;
 pub use action::{reasons, Action, EventType, RoleLabel, StopMode};
 pub use durability::sync_standby_names;
 pub use lease::margin_ms as lease_margin_ms;
+pub use reconfigure::{changed as changed_parameters, parameters as desired_parameters};
 pub use types::{
     ActionFacts, ActionResult, AgentReport, Answer, ConnectedStandby, InstanceObs, LeaseReport,
-    Observations, Outcome, PlatformState, Request, RestartTarget, SwitchoverTarget, SyncState,
+    Observations, Outcome, PlatformState, Request, RestartTarget, SlotReport, SwitchoverTarget,
+    SyncState,
 };
 
 use jiff::Timestamp;
@@ -136,6 +142,7 @@ pub fn decide(
     }
 
     steady::run(&ctx, &mut st, &mut out);
+    slots::run(&ctx, &st, &mut out);
     if st.transition.is_none() {
         rollout::recreate(&rollout, &mut out);
     }
@@ -178,6 +185,7 @@ fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 | TransitionKind::RejoinDryRun
                 | TransitionKind::Reclone
                 | TransitionKind::Restart
+                | TransitionKind::Reconfigure
         );
         let primary_failed = st.current_primary.as_deref().is_some_and(|p| {
             failover::failed_for_long_enough(ctx, st, p).is_some_and(|r| r.is_ok())
@@ -250,6 +258,7 @@ fn run_step(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<
         (K::Rejoin | K::Reclone, S::Reclone) => rejoin::step(ctx, st, tr, out, rejoin::reclone),
         (K::RejoinDryRun, S::RewindCheck) => rejoin::step(ctx, st, tr, out, rejoin::rewind_check),
         (K::Restart, S::RestartInstance) => restart::step(ctx, st, tr, out),
+        (K::Reconfigure, S::ApplyParameters) => reconfigure::step(ctx, st, tr, out),
         (kind, step) => {
             debug_assert!(!kind.has_step(step), "{kind} {step} is in the table");
             let message = format!(
@@ -378,6 +387,7 @@ fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool
     failover::detect(ctx, st, out)
         || plan::scale_down(ctx, st, out)
         || rejoin::automatic(ctx, st, out)
+        || reconfigure::automatic(ctx, st, out)
         || restart::automatic(ctx, st, out)
 }
 
