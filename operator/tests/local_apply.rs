@@ -214,7 +214,7 @@ async fn applied_parameters_reload_everywhere_then_restart_rolls_with_the_primar
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apply_refuses_bad_manifests_whole_and_scales_in_and_out() {
-    let c = LocalCluster::start("sc", BASE);
+    let mut c = LocalCluster::start("sc", BASE);
     c.wait_healthy(BOOT);
     let before = c.status().expect("status");
     let primary = c.primary().expect("primary");
@@ -314,4 +314,30 @@ async fn apply_refuses_bad_manifests_whole_and_scales_in_and_out() {
     })
     .await;
     assert!(active.is_some(), "slots not all active again: {back:?}");
+
+    // Scaled out to 4 by apply, then `local up` started again from its
+    // 3-instance file: the 4th agent is stopped, not left unsupervised.
+    let m = manifest(
+        &c,
+        "four.yaml",
+        "sc",
+        &BASE.replace("instances: 3", "instances: 4"),
+    );
+    apply(&c, &m, 0);
+    c.wait_for("sc-3 streaming", ROLL, |s| {
+        s["instances"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|i| i["name"] == "sc-3" && i["role"] == "standby" && i["status"] == "running")
+        })
+    });
+    let pid = c.agent_pid("sc-3");
+    assert!(pid > 0);
+    c.kill_up();
+    c.spawn_up();
+    tandem_testkit::poll_until(Duration::from_secs(60), POLL, || {
+        (!tandem_testkit::pid_alive(pid)).then_some(())
+    })
+    .expect("sc-3's agent still runs after local up started from the 3-instance file");
+    let s = c.wait_healthy(BOOT);
+    assert_eq!(names(&s), ["sc-0", "sc-1", "sc-2"]);
 }
