@@ -26,13 +26,17 @@ pub const LSN: Lsn = Lsn(0x3000060);
 pub const CHECKPOINT: Lsn = Lsn(0x3000028);
 
 /// One postgres as the fake agent simulates it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Sim {
     pub answers: bool,
     pub running: bool,
     pub primary: bool,
     pub timeline: i64,
     pub upstream: Option<String>,
+    /// The parameters the last complete POST /config gave it.
+    pub parameters: BTreeMap<String, String>,
+    /// Parameters it was given that wait for a restart (max_connections).
+    pub pending_restart: Vec<String>,
 }
 
 #[derive(Default)]
@@ -177,6 +181,8 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
         max_replication_slots: Some(10),
         archive_ready: Some(0),
         data_dir: "/var/lib/postgresql/data/pgdata".into(),
+        parameters: Some(s.parameters.clone()),
+        pending_restart: s.pending_restart.clone(),
         ..AgentStatus::default()
     };
     if !s.running {
@@ -239,7 +245,18 @@ impl AgentOps for FakeAgents {
         }
         let tl = |w: &World, n: &str| w.sims.get(n).map_or(1, |s| s.timeline);
         match action {
-            Action::RenewLease { .. } | Action::Config { .. } => return Ok(Answer::default()),
+            Action::RenewLease { .. } => return Ok(Answer::default()),
+            Action::Config { parameters, .. } => {
+                let s = w.sims.get_mut(&name).ok_or("no sim")?;
+                if s.parameters != *parameters {
+                    if s.parameters.get("max_connections") != parameters.get("max_connections") {
+                        s.pending_restart = vec!["max_connections".into()];
+                    }
+                    s.parameters = parameters.clone();
+                    w.journal.push(format!("agent {name} config"));
+                }
+                return Ok(Answer::default());
+            }
             Action::Promote { .. } => {
                 let s = w.sims.get_mut(&name).ok_or("no sim")?;
                 if !s.primary {
@@ -251,7 +268,9 @@ impl AgentOps for FakeAgents {
                 w.sims.get_mut(&name).ok_or("no sim")?.running = false;
             }
             Action::Start { .. } | Action::Restart { .. } => {
-                w.sims.get_mut(&name).ok_or("no sim")?.running = true;
+                let s = w.sims.get_mut(&name).ok_or("no sim")?;
+                s.running = true;
+                s.pending_restart.clear();
             }
             Action::Demote { primary, .. }
             | Action::Rewind {
@@ -264,6 +283,7 @@ impl AgentOps for FakeAgents {
                 let s = w.sims.get_mut(&name).ok_or("no sim")?;
                 (s.primary, s.running, s.timeline) = (false, true, timeline);
                 s.upstream = Some(primary.clone());
+                s.pending_restart.clear();
             }
             Action::Follow { primary, .. } => {
                 w.sims.get_mut(&name).ok_or("no sim")?.upstream = Some(primary.clone());
@@ -344,6 +364,7 @@ pub fn fixture() -> Fixture {
                 primary: i == 0,
                 timeline: 1,
                 upstream: (i != 0).then(|| "main-0".to_string()),
+                ..Sim::default()
             },
         );
     }
