@@ -154,13 +154,22 @@ async fn applied_parameters_reload_everywhere_then_restart_rolls_with_the_primar
     let out = apply(&c, &m, 0);
     assert!(out.contains("unchanged"), "{out}");
 
-    // A parameter that needs a restart: a rolling restart, the primary last by switchover.
+    // Parameters that need a restart (max_connections, and archive_mode with
+    // the archive command): a rolling restart, the primary last by switchover.
+    let archive = c.manifest.with_file_name("archive");
+    std::fs::create_dir_all(&archive).expect("archive dir");
+    std::fs::set_permissions(
+        &archive,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod archive dir");
     let m = manifest(
         &c,
         "restart.yaml",
         "pa",
         &format!(
-            "{BASE}\n  postgres:\n    parameters: {{log_min_duration_statement: \"250\", max_connections: \"150\"}}"
+            "{BASE}\n  postgres:\n    parameters: {{log_min_duration_statement: \"250\", max_connections: \"150\"}}\n  archive: {{command: \"cp %p {}/%f\"}}",
+            archive.display()
         ),
     );
     apply(&c, &m, 0);
@@ -176,7 +185,10 @@ async fn applied_parameters_reload_everywhere_then_restart_rolls_with_the_primar
     let reconf = history_of(&s, "Reconfigure");
     let last = reconf.last().expect("second Reconfigure");
     let msg = last["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("parameters changed: max_connections"), "{msg}");
+    assert!(
+        msg.contains("parameters changed: archive_command, archive_mode, max_connections"),
+        "{msg}"
+    );
     assert!(msg.contains("a restart is pending on"), "{msg}");
     let restart = &history_of(&s, "Restart")[0];
     let msg = restart["message"].as_str().unwrap_or_default();
@@ -190,7 +202,23 @@ async fn applied_parameters_reload_everywhere_then_restart_rolls_with_the_primar
         "not standbys first, primary last: {msg}"
     );
     wait_show_everywhere(&c, &all, "max_connections", "150").await;
+    wait_show_everywhere(&c, &all, "archive_mode", "on").await;
     let new = c.primary().expect("primary after the restart");
+    // The new primary archives: a switched WAL segment lands in the archive.
+    let db = c.direct(&new).connect().await.expect("new primary");
+    let seg: String = db
+        .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+        .await
+        .expect("pg_switch_wal")
+        .get(0);
+    let archived = tandem_testkit::poll_until(Duration::from_secs(60), POLL, || {
+        archive.join(&seg).exists().then_some(())
+    });
+    assert!(
+        archived.is_some(),
+        "{seg} never reached {}",
+        archive.display()
+    );
     assert_ne!(new, old, "the primary was switched over");
     let s = c.wait_healthy(ROLL);
     assert!(
