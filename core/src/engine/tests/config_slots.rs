@@ -261,3 +261,48 @@ fn the_slot_of_a_member_scaled_away_is_dropped_on_the_primary_once_inactive() {
         |x| matches!(x, Action::Event { reason, .. } if reason == "SlotsDropped")
     ));
 }
+
+#[test]
+fn a_reconfigure_resumes_from_its_persisted_status_with_its_failures() {
+    let mut f = reporting();
+    f.spec.postgres.parameters = params(&[("work_mem", "8MB")]);
+    let a = f.tick(10);
+    let to_main_2 = a
+        .iter()
+        .find(|x| matches!(x, Action::Config { instance, .. } if instance == "main-2"))
+        .cloned()
+        .unwrap();
+    f.fail(to_main_2, "disk full");
+    f.tick(10);
+    assert_eq!(
+        f.step(),
+        Some(("Reconfigure".into(), "ApplyParameters".into()))
+    );
+    // The operator restarts: only the persisted status survives.
+    let text = serde_json::to_string(&f.status).unwrap();
+    f.status = serde_json::from_str(&text).unwrap();
+    f.agent("main-0").parameters = Some(params(&[("work_mem", "8MB")]));
+    f.agent("main-1").parameters = Some(params(&[("work_mem", "8MB")]));
+    let a = f.tick(10);
+    assert!(f.status.transition.is_none(), "{:?}", f.status.transition);
+    assert!(
+        !configs(&a).contains(&"main-2".to_string()),
+        "retried at once: {a:?}"
+    );
+    let h = f.last_history();
+    assert_eq!(
+        (h.kind.as_str(), h.outcome.as_str()),
+        ("Reconfigure", "Failed")
+    );
+    assert!(
+        h.message.contains("main-2 failed: disk full"),
+        "{}",
+        h.message
+    );
+    assert!(
+        h.message
+            .contains("applied with a reload on main-0, main-1"),
+        "{}",
+        h.message
+    );
+}
