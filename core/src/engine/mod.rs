@@ -33,8 +33,9 @@
 //!   for those that report `pending_restart`).
 //!
 //! Besides transitions, the engine decides the rolling update of instances
-//! the platform reports as outdated (`rollout`), and refuses requests the
-//! platform could not read (`Request::Unreadable`): platforms only translate.
+//! the platform reports as outdated (`rollout`), drops the replication slots
+//! no member needs any more (`slots`), and refuses requests the platform
+//! could not read (`Request::Unreadable`): platforms only translate.
 
 mod action;
 mod ctx;
