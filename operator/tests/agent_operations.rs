@@ -526,3 +526,98 @@ async fn sigkilled_agent_takes_its_postgres_down_and_restart_keeps_the_data() {
         .log_text()
         .contains("data directory of a primary"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_parameter_sets_are_recorded_and_parameters_left_out_are_reset() {
+    let c = cluster_with("params", 0).await;
+    let p = &c.agents[0];
+    assert_eq!(
+        p.status().await.parameters,
+        Some(Default::default()),
+        "nothing recorded yet"
+    );
+    let set = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let two = set(&[("work_mem", "8MB"), ("log_min_duration_statement", "250")]);
+    p.client
+        .config(&ConfigRequest {
+            parameters: two.clone(),
+            complete: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let show = |name: &'static str| async move {
+        let db = p.sql().await;
+        let r = db.query_one(&format!("SHOW {name}"), &[]).await.unwrap();
+        r.get::<_, String>(0)
+    };
+    assert_eq!(show("work_mem").await, "8MB");
+    assert_eq!(show("log_min_duration_statement").await, "250ms");
+    wait_for("parameters in status", T, || async {
+        (p.status().await.parameters.as_ref() == Some(&two)).then_some(())
+    })
+    .await;
+    // The next whole set lacks log_min_duration_statement: it is reset.
+    let one = set(&[("work_mem", "16MB")]);
+    p.client
+        .config(&ConfigRequest {
+            parameters: one.clone(),
+            complete: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(show("work_mem").await, "16MB");
+    assert_eq!(show("log_min_duration_statement").await, "-1");
+    wait_for("new parameters in status", T, || async {
+        (p.status().await.parameters.as_ref() == Some(&one)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_slots_drops_inactive_slots_and_keeps_an_active_one() {
+    let c = cluster_with("dslot", 1).await;
+    let p = &c.agents[0];
+    let db = p.sql().await;
+    db.batch_execute("SELECT pg_create_physical_replication_slot('dslot_7')")
+        .await
+        .unwrap();
+    wait_for("the standby's slot active", T, || async {
+        let st = p.status().await;
+        st.slots
+            .iter()
+            .any(|s| s.name == "dslot_1" && s.active)
+            .then_some(())
+    })
+    .await;
+    let r = p
+        .client
+        .drop_slots(&DropSlotsRequest {
+            slots: vec!["dslot_1".into(), "dslot_7".into()],
+        })
+        .await
+        .unwrap();
+    assert!(r.changed, "{r:?}");
+    assert!(r.message.contains("dropped dslot_7"), "{}", r.message);
+    assert!(
+        r.message.contains("kept (active or gone): dslot_1"),
+        "{}",
+        r.message
+    );
+    let left: Vec<String> = db
+        .query(
+            "SELECT slot_name::text FROM pg_replication_slots ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["dslot_1"]);
+}

@@ -558,7 +558,7 @@ async fn template_change_rolls_standbys_first_then_the_primary_after_a_switchove
                     primary: false,
                     timeline,
                     upstream: Some(primary),
-                    sync: None,
+                    ..Sim::default()
                 };
             }
             deleted.push(name);
@@ -592,4 +592,79 @@ async fn template_change_rolls_standbys_first_then_the_primary_after_a_switchove
         "{:?}",
         w.events
     );
+}
+
+#[tokio::test]
+async fn parameter_change_is_pushed_to_every_agent_then_a_restart_rolls_with_the_primary_last() {
+    let mut f = fixture();
+    f.settled().await;
+    let set = |w: &mut World, kv: &[(&str, &str)]| {
+        if let Some(c) = w.cluster.as_mut() {
+            c.spec.postgres.parameters = kv
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        }
+    };
+    set(&mut lock(&f.world), &[("work_mem", "8MB")]);
+    f.until(30, "the reconfigure finished", |w| {
+        status(w)
+            .history
+            .iter()
+            .any(|e| e.kind == "Reconfigure" && e.outcome == "Succeeded")
+    })
+    .await;
+    {
+        let w = lock(&f.world);
+        for i in 0..3 {
+            position(&w.journal, &format!("agent main-{i} config"));
+            assert_eq!(
+                w.sims[&format!("main-{i}")]
+                    .parameters
+                    .get("work_mem")
+                    .map(String::as_str),
+                Some("8MB")
+            );
+        }
+        assert!(
+            has_event(&w, EventType::Normal, "ReconfigureCompleted"),
+            "{:?}",
+            w.events
+        );
+        assert!(
+            !w.journal
+                .iter()
+                .any(|e| e.starts_with("delete") || e.ends_with(" restart")),
+            "a reload deleted or restarted something: {:#?}",
+            w.journal
+        );
+    }
+    set(
+        &mut lock(&f.world),
+        &[("work_mem", "8MB"), ("max_connections", "150")],
+    );
+    f.until(80, "the rolling restart and its switchover finished", |w| {
+        let st = status(w);
+        st.history
+            .iter()
+            .any(|e| e.kind == "Restart" && e.outcome == "Succeeded")
+            && st
+                .history
+                .iter()
+                .any(|e| e.kind == "Switchover" && e.outcome == "Succeeded")
+            && st.transition.is_none()
+    })
+    .await;
+    let w = lock(&f.world);
+    let restart1 = position(&w.journal, "agent main-1 restart");
+    let restart2 = position(&w.journal, "agent main-2 restart");
+    let stop0 = position(&w.journal, "agent main-0 stop");
+    assert!(restart1 < restart2 && restart2 < stop0, "{:#?}", w.journal);
+    assert!(
+        !w.journal.iter().any(|e| e.starts_with("delete")),
+        "{:#?}",
+        w.journal
+    );
+    assert!(w.sims.values().all(|s| s.pending_restart.is_empty()));
+    assert_ne!(status(&w).current_primary.as_deref(), Some("main-0"));
 }

@@ -44,6 +44,8 @@ pub const PATH_LEASE: &str = "/lease";
 pub const PATH_VOUCH: &str = "/vouch";
 /// Stop vouching for any primary of a lower epoch ([`StopVouchingRequest`]): asked before a promotion.
 pub const PATH_STOP_VOUCHING: &str = "/stop-vouching";
+/// Drop replication slots no member needs ([`DropSlotsRequest`]).
+pub const PATH_DROP_SLOTS: &str = "/drop-slots";
 
 /// The query of `GET /status`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -262,6 +264,19 @@ pub struct ConfigRequest {
     /// The standbys this primary should have (for the downstream and slot checks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_standbys: Option<Vec<String>>,
+    /// `parameters` is the whole set the instance should run with: those a
+    /// complete request set before and this one lacks are reset, and the set
+    /// is what `/status` reports as `parameters` from then on.
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// Body of `POST /drop-slots`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DropSlotsRequest {
+    /// Physical slots to drop; one that is active when the agent looks is kept.
+    pub slots: Vec<String>,
 }
 
 /// Answer of `POST /config`.
@@ -604,6 +619,10 @@ pub struct AgentStatus {
     /// Parameters changed but waiting for a restart.
     #[serde(default)]
     pub pending_restart: Vec<String>,
+    /// The parameters this instance was last given as a whole (`POST /config`
+    /// with `complete`); empty before the first such request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<BTreeMap<String, String>>,
     /// The health checks: role, replication_lag, archive_ready, upstream, downstream, slots, data_directory.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,

@@ -73,6 +73,10 @@ pub enum TransitionKind {
     /// spec.replication changed: the primary gets the new synchronous settings
     /// and the standbys' sync state is confirmed.
     DurabilityChange,
+    /// Changed parameters (spec.postgres.parameters, the archive settings)
+    /// are applied to every instance with a reload; a rolling restart
+    /// follows for those that need one.
+    Reconfigure,
 }
 
 named!(TransitionKind {
@@ -83,7 +87,8 @@ named!(TransitionKind {
     RejoinDryRun,
     Reclone,
     Restart,
-    DurabilityChange
+    DurabilityChange,
+    Reconfigure
 });
 
 /// The step a transition is carrying out (`status.transition.step`); which
@@ -126,6 +131,8 @@ pub enum TransitionStep {
     /// Durability change: until the primary reports them and its standbys the
     /// sync state they imply (pg_stat_replication.sync_state).
     ConfirmSync,
+    /// Reconfigure: apply the parameters on every instance (ALTER SYSTEM, reload).
+    ApplyParameters,
 }
 
 named!(TransitionStep {
@@ -144,7 +151,8 @@ named!(TransitionStep {
     RewindCheck,
     RestartInstance,
     ApplyDurability,
-    ConfirmSync
+    ConfirmSync,
+    ApplyParameters
 });
 
 impl TransitionKind {
@@ -169,6 +177,7 @@ impl TransitionKind {
             Self::Reclone => &[S::Reclone],
             Self::Restart => &[S::RestartInstance],
             Self::DurabilityChange => &[S::ApplyDurability, S::ConfirmSync],
+            Self::Reconfigure => &[S::ApplyParameters],
         }
     }
 
@@ -183,6 +192,7 @@ impl TransitionKind {
             Self::Reclone => TransitionStep::Reclone,
             Self::Restart => TransitionStep::RestartInstance,
             Self::DurabilityChange => TransitionStep::ApplyDurability,
+            Self::Reconfigure => TransitionStep::ApplyParameters,
         }
     }
 
@@ -214,6 +224,8 @@ pub enum HistoryKind {
     Reclone,
     /// A rolling restart.
     Restart,
+    /// Parameters applied with a reload.
+    Reconfigure,
     /// A request the operator could not read (a malformed annotation).
     Request,
     /// A change of spec.replication (applied, refused or failed).
@@ -233,6 +245,7 @@ named!(HistoryKind {
     RejoinDryRun,
     Reclone,
     Restart,
+    Reconfigure,
     Request,
     DurabilityChange,
     Pause,
@@ -250,6 +263,7 @@ impl From<TransitionKind> for HistoryKind {
             TransitionKind::Reclone => Self::Reclone,
             TransitionKind::Restart => Self::Restart,
             TransitionKind::DurabilityChange => Self::DurabilityChange,
+            TransitionKind::Reconfigure => Self::Reconfigure,
         }
     }
 }
@@ -307,7 +321,7 @@ pub struct TransitionData {
     /// Rejoin and re-clone facts.
     #[serde(flatten)]
     pub rejoin: RejoinData,
-    /// Rolling restart facts.
+    /// Rolling restart (and reconfigure: `done`, `failed`) facts.
     #[serde(flatten)]
     pub restart: RestartData,
     /// Durability change facts.

@@ -113,6 +113,13 @@ pub enum Action {
     },
     /// Agent `POST /stop-vouching {epoch}`: vouch for no primary of a lower epoch.
     StopVouching { instance: String, epoch: u64 },
+    /// Agent `POST /drop-slots {slots}`: drop these physical replication
+    /// slots of members that no longer stream from this instance; the agent
+    /// keeps any that is active when it looks.
+    DropSlots {
+        instance: String,
+        slots: Vec<String>,
+    },
     /// Platform: set the role label (Kubernetes) / repoint the local endpoints.
     SetRole { instance: String, role: RoleLabel },
     /// Platform: make sure the instance cannot write although its agent cannot be
@@ -150,6 +157,7 @@ impl Action {
             Self::Config { .. } => "config",
             Self::RenewLease { .. } => "renew_lease",
             Self::StopVouching { .. } => "stop_vouching",
+            Self::DropSlots { .. } => "drop_slots",
             Self::SetRole { .. } => "set_role",
             Self::FenceInstance { .. } => "fence",
             Self::Recreate { .. } => "recreate",
@@ -173,6 +181,7 @@ impl Action {
             | Self::Config { instance, .. }
             | Self::RenewLease { instance, .. }
             | Self::StopVouching { instance, .. }
+            | Self::DropSlots { instance, .. }
             | Self::SetRole { instance, .. }
             | Self::FenceInstance { instance }
             | Self::Recreate { instance } => Some(instance),
@@ -227,4 +236,8 @@ pub mod reasons {
     pub const DURABILITY_CHANGE_FAILED: &str = "DurabilityChangeFailed";
     pub const PAUSED: &str = "Paused";
     pub const UNPAUSED: &str = "Unpaused";
+    pub const RECONFIGURE_STARTED: &str = "ReconfigureStarted";
+    pub const RECONFIGURE_COMPLETED: &str = "ReconfigureCompleted";
+    pub const RECONFIGURE_FAILED: &str = "ReconfigureFailed";
+    pub const SLOTS_DROPPED: &str = "SlotsDropped";
 }

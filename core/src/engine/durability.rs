@@ -120,22 +120,20 @@ pub(crate) fn config_with(ctx: &Ctx, instance: &str, want: &SyncSettings) -> sup
         synchronous_standby_names: want.names,
         sync_quorum: u32::try_from(want.quorum).unwrap_or(u32::MAX),
         sync_names: want.standbys,
-        parameters: ctx.spec.postgres.parameters.clone(),
+        parameters: super::reconfigure::parameters(ctx.spec),
     }
 }
 
 /// The Config action `instance` still needs before it may be promoted, or
-/// `None` when it already reports the synchronous settings (and parameters)
-/// it would have as primary: they are staged on every standby beforehand
-/// (`steady`), since a server in recovery ignores them.
+/// `None` when it already reports the synchronous settings it would have as
+/// primary: they are staged on every standby beforehand (`steady`), since a
+/// server in recovery ignores them. Parameters are the `Reconfigure`
+/// transition's; each Config carries them too.
 pub(crate) fn before_promotion(ctx: &Ctx, instance: &str) -> Option<super::Action> {
     let want = desired(ctx, instance);
     let a = ctx.agent(instance)?;
     let staged = a.synchronous_standby_names.as_deref() == Some(want.names.as_str())
-        && a.synchronous_commit.as_deref() == Some(want.synchronous_commit.as_str())
-        && a.parameters
-            .as_ref()
-            .is_none_or(|p| *p == ctx.spec.postgres.parameters);
+        && a.synchronous_commit.as_deref() == Some(want.synchronous_commit.as_str());
     (!staged).then(|| config_for(ctx, instance))
 }
 

@@ -35,10 +35,13 @@
 //! Pausing (spec.paused, annotation tandem.dev/paused) stops only what the
 //! engine does on its own (failover, rejoin, rolling restarts and updates);
 //! requests and spec changes still run.
+//! - `Reconfigure`: `ApplyParameters` (every instance; a `Restart` follows
+//!   for those that report `pending_restart`).
 //!
 //! Besides transitions, the engine decides the rolling update of instances
-//! the platform reports as outdated (`rollout`), and refuses requests the
-//! platform could not read (`Request::Unreadable`): platforms only translate.
+//! the platform reports as outdated (`rollout`), drops the replication slots
+//! no member needs any more (`slots`), and refuses requests the platform
+//! could not read (`Request::Unreadable`): platforms only translate.
 
 mod action;
 mod ctx;
@@ -49,10 +52,12 @@ mod lease;
 mod plan;
 mod prechecks;
 mod promote;
+mod reconfigure;
 mod rejoin;
 mod report;
 mod restart;
 mod rollout;
+mod slots;
 mod steady;
 mod switchover;
 mod types;
@@ -63,9 +68,11 @@ mod tests;
 pub use action::{reasons, Action, EventType, RoleLabel, StopMode};
 pub use durability::sync_standby_names;
 pub use lease::margin_ms as lease_margin_ms;
+pub use reconfigure::{changed as changed_parameters, parameters as desired_parameters};
 pub use types::{
     ActionFacts, ActionResult, AgentReport, Answer, ConnectedStandby, InstanceObs, LeaseReport,
-    Observations, Outcome, PlatformState, Request, RestartTarget, SwitchoverTarget, SyncState,
+    Observations, Outcome, PlatformState, Request, RestartTarget, SlotReport, SwitchoverTarget,
+    SyncState,
 };
 
 use jiff::Timestamp;
@@ -151,6 +158,7 @@ pub fn decide(
     }
 
     steady::run(&ctx, &mut st, &mut out);
+    slots::run(&ctx, &st, &mut out);
     if st.transition.is_none() {
         rollout::recreate(&rollout, &mut out);
     }
@@ -223,6 +231,7 @@ fn drive(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
                 | TransitionKind::Reclone
                 | TransitionKind::Restart
                 | TransitionKind::DurabilityChange
+                | TransitionKind::Reconfigure
         );
         let primary_failed = st.current_primary.as_deref().is_some_and(|p| {
             failover::failed_for_long_enough(ctx, st, p).is_some_and(|r| r.is_ok())
@@ -297,6 +306,7 @@ fn run_step(ctx: &Ctx, st: &mut DbClusterStatus, tr: &Transition, out: &mut Vec<
         (K::Restart, S::RestartInstance) => restart::step(ctx, st, tr, out),
         (K::DurabilityChange, S::ApplyDurability) => durability_change::apply(ctx, st, tr, out),
         (K::DurabilityChange, S::ConfirmSync) => durability_change::confirm(ctx, st, tr, out),
+        (K::Reconfigure, S::ApplyParameters) => reconfigure::step(ctx, st, tr, out),
         (kind, step) => {
             debug_assert!(!kind.has_step(step), "{kind} {step} is in the table");
             let message = format!(
@@ -425,6 +435,7 @@ fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool
     failover::detect(ctx, st, out)
         || plan::scale_down(ctx, st, out)
         || rejoin::automatic(ctx, st, out)
+        || reconfigure::automatic(ctx, st, out)
         || restart::automatic(ctx, st, out)
 }
 

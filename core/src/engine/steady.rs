@@ -39,7 +39,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
         }
         Some(t) => t.target.clone(),
     };
-    let params = &ctx.spec.postgres.parameters;
+    let params = &super::reconfigure::parameters(ctx.spec);
     if busy.is_none() && !ctx.paused {
         if let Some(a) = ctx.agent(&primary).filter(|a| !a.postgres_running) {
             let since = st
@@ -71,8 +71,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
         durability::record(ctx, st, &primary, &want);
         if let Some(a) = ctx.agent(&primary) {
             let differs = a.synchronous_standby_names.as_deref() != Some(want.names.as_str())
-                || a.synchronous_commit.as_deref() != Some(want.synchronous_commit.as_str())
-                || a.parameters.as_ref().is_some_and(|p| p != params);
+                || a.synchronous_commit.as_deref() != Some(want.synchronous_commit.as_str());
             if differs {
                 out.push(Action::Config {
                     instance: primary.clone(),
@@ -114,15 +113,6 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
             if let Some(config) = durability::before_promotion(ctx, name) {
                 out.push(config);
             }
-        } else if a.parameters.as_ref().is_some_and(|p| p != params) {
-            out.push(Action::Config {
-                instance: name.clone(),
-                synchronous_commit: ctx.replication.synchronous_commit.as_pg().to_string(),
-                synchronous_standby_names: String::new(),
-                sync_quorum: 0,
-                sync_names: Vec::new(),
-                parameters: params.clone(),
-            });
         }
     }
 }

@@ -134,6 +134,9 @@ pub struct AgentReport {
     /// Replication slots in use (existing) on this server.
     #[serde(default)]
     pub slots_used: Option<i64>,
+    /// The physical replication slots on this server and whether each is active.
+    #[serde(default)]
+    pub slots: Vec<SlotReport>,
     /// For each other instance: can this instance open a replication connection to it
     /// (the switchover precheck "the demotion candidate can reach the promotion candidate").
     #[serde(default)]
@@ -169,6 +172,14 @@ pub struct AgentReport {
     /// The agent's health checks, copied to status.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,
+}
+
+/// One replication slot as the agent saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotReport {
+    pub name: String,
+    /// A walsender uses it.
+    pub active: bool,
 }
 
 /// One row of pg_stat_replication.

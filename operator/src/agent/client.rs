@@ -283,6 +283,11 @@ impl AgentClient {
         self.post(PATH_CONFIG, req).await
     }
 
+    /// `POST /drop-slots`.
+    pub async fn drop_slots(&self, req: &DropSlotsRequest) -> Result<ActionResponse, ClientError> {
+        self.post(PATH_DROP_SLOTS, req).await
+    }
+
     /// `POST /lease`.
     pub async fn lease(&self, req: &LeaseRequest) -> Result<ActionResponse, ClientError> {
         self.post(PATH_LEASE, req).await

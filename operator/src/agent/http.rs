@@ -53,6 +53,7 @@ pub fn router(agent: Shared) -> Router {
         .route(PATH_LEASE, post(lease))
         .route(PATH_VOUCH, post(vouch))
         .route(PATH_STOP_VOUCHING, post(stop_vouching))
+        .route(PATH_DROP_SLOTS, post(drop_slots))
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth));
     Router::new()
         .route(PATH_HEALTHZ, get(healthz))
@@ -208,6 +209,7 @@ handler!(stop, StopRequest, parse_or_default, ops::stop);
 handler!(start, StopRequest, parse_or_default, ops::start);
 handler!(restart, StopRequest, parse_or_default, ops::restart);
 handler!(config, ConfigRequest, parse_or_default, ops::config);
+handler!(drop_slots, DropSlotsRequest, parse, ops::drop_slots);
 /// `POST /checkpoint` takes no body and is not serialised with the actions:
 /// the stop a switchover issues after it must not wait behind a slow one.
 async fn checkpoint(State(agent): State<Shared>) -> Response {

@@ -164,16 +164,14 @@ fn sql_err(context: &str) -> impl FnOnce(tokio_postgres::Error) -> pg::Error + '
 
 /// Apply parameters and synchronous settings with ALTER SYSTEM and a reload.
 pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigResponse, AgentError> {
-    let mut settings: Vec<(String, Option<String>)> = req
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), (!v.is_empty()).then(|| v.clone())))
-        .collect();
-    for (k, _) in &settings {
+    for k in req.parameters.keys() {
         if AGENT_OWNED.contains(&k.as_str()) {
             return Err(BadRequest::ManagedParameter { name: k.clone() }.into());
         }
     }
+    // The synchronous settings first: a parameter refused further down
+    // must not keep the durability settings from being applied.
+    let mut settings: Vec<(String, Option<String>)> = Vec::new();
     if let Some(sc) = &req.synchronous_commit {
         if !SYNC_COMMIT.contains(&sc.as_str()) {
             return Err(BadRequest::SynchronousCommit {
@@ -186,6 +184,23 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
     }
     if let Some(s) = &req.synchronous_standbys {
         settings.push(("synchronous_standby_names".into(), Some(s.to_setting())));
+    }
+    settings.extend(
+        req.parameters
+            .iter()
+            .map(|(k, v)| (k.clone(), (!v.is_empty()).then(|| v.clone()))),
+    );
+    if req.complete {
+        // Parameters given as a whole before and absent now are reset.
+        let before = pg::conf::read_parameters(&agent.cfg.data_dir).unwrap_or_default();
+        for k in before.keys() {
+            if !req.parameters.contains_key(k)
+                && !AGENT_OWNED.contains(&k.as_str())
+                && !settings.iter().any(|(n, _)| n == k)
+            {
+                settings.push((k.clone(), None));
+            }
+        }
     }
     if !agent.postgres_running() {
         return Err(Unavailable::NotRunning {
@@ -226,6 +241,14 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
     if let Some(known) = req.known_standbys {
         *lock(&agent.known_standbys) = known;
     }
+    if req.complete {
+        let text = serde_json::to_string_pretty(&req.parameters).unwrap_or_default();
+        pg::conf::write_owned(
+            &agent.runner,
+            &agent.cfg.data_dir.join(pg::conf::PARAMETERS_FILE),
+            &text,
+        )?;
+    }
     query::reload(&client).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -246,6 +269,67 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
         pending_restart,
         reloaded: true,
     })
+}
+
+/// Drop the named physical replication slots that are not active. A slot
+/// that is active (a walsender uses it) or gone already is left as it is
+/// and named in the answer.
+pub async fn drop_slots(
+    agent: Arc<Agent>,
+    req: DropSlotsRequest,
+) -> Result<ActionResponse, AgentError> {
+    if !agent.postgres_running() {
+        return Err(Unavailable::NotRunning {
+            before: "dropping replication slots",
+        }
+        .into());
+    }
+    let client = agent
+        .local_client(Duration::from_secs(5))
+        .await
+        .map_err(Unavailable::NoAnswer)?;
+    let mut dropped = Vec::new();
+    let mut kept = Vec::new();
+    for slot in &req.slots {
+        // One statement: a slot that became active since the engine looked is not dropped.
+        let n = client
+            .execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                 WHERE slot_name = $1 AND slot_type = 'physical' AND NOT active",
+                &[slot],
+            )
+            .await;
+        match n {
+            Ok(1) => {
+                tracing::info!(slot = %slot, "replication slot dropped");
+                dropped.push(slot.clone());
+            }
+            Ok(_) => kept.push(slot.clone()),
+            // It became active between the look and the drop.
+            Err(e) => {
+                tracing::info!(slot = %slot, error = %e, "replication slot kept");
+                kept.push(slot.clone());
+            }
+        }
+    }
+    agent.probe_now.notify_one();
+    let mut message = format!("dropped {}", list_or_none(&dropped));
+    if !kept.is_empty() {
+        message.push_str(&format!("; kept (active or gone): {}", kept.join(", ")));
+    }
+    Ok(ActionResponse {
+        changed: !dropped.is_empty(),
+        message,
+        ..Default::default()
+    })
+}
+
+fn list_or_none(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 /// Renew the primary lease (the rules are in `lease`, the argument in

@@ -124,6 +124,7 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
         }
     }
     st.archive_ready = conf::archive_ready_count(&cfg.data_dir);
+    st.parameters = conf::read_parameters(&cfg.data_dir);
     overlay_live(agent, &mut st);
     let thresholds = Thresholds {
         archive_warning: cfg.archive_ready_warning,

@@ -118,7 +118,8 @@ fn check_name(name: &str, problems: &mut Vec<String>) {
     }
 }
 
-fn check_parameters(spec: &DbClusterSpec, problems: &mut Vec<String>) {
+/// The parameters' names and values (shared with `tandem local`'s manifest checks).
+pub(crate) fn check_parameters(spec: &DbClusterSpec, problems: &mut Vec<String>) {
     for (key, value) in &spec.postgres.parameters {
         let lower = key.to_ascii_lowercase();
         if MANAGED_PARAMETERS.contains(&lower.as_str()) {

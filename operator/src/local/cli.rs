@@ -118,6 +118,15 @@ pub enum Verb {
         #[arg(long)]
         agent: bool,
     },
+    /// Apply a changed DbCluster manifest to the running cluster (instances,
+    /// parameters, replication, failover settings…), as `kubectl apply` does.
+    Apply {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The DbCluster manifest (YAML), as for `tandem local up`.
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+    },
     /// Stop the cluster started by `tandem local up`.
     Down(DirArg),
 }
@@ -184,6 +193,21 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<i32> {
             },
         )
         .await),
+        Verb::Apply { dir, file } => match super::setup::read_manifest(&file) {
+            Ok((name, spec)) => Ok(request(
+                &dir.dir,
+                LocalRequest::Apply {
+                    name,
+                    spec: Box::new(spec),
+                },
+            )
+            .await),
+            Err(e) => {
+                eprintln!("apply refused: {e}");
+                eprintln!("  nothing was changed");
+                Ok(EXIT_FAILED)
+            }
+        },
         Verb::Down(dir) => Ok(request(&dir.dir, LocalRequest::Down).await),
     }
 }

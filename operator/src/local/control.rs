@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::report::StatusReport;
 use super::state::LocalState;
-use crate::api::{DataDurability, ReplicationMode, SynchronousCommit};
+use crate::api::{DataDurability, DbClusterSpec, ReplicationMode, SynchronousCommit};
 
 /// Path of the status call.
 pub const PATH_STATUS: &str = "/status";
@@ -60,6 +60,12 @@ pub enum LocalRequest {
         name: String,
         signal: KillSignal,
         agent: bool,
+    },
+    /// Apply a changed manifest (`tandem local apply`).
+    Apply {
+        /// metadata.name of the manifest.
+        name: String,
+        spec: Box<DbClusterSpec>,
     },
     /// Stop the cluster.
     Down,

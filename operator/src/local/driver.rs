@@ -124,7 +124,7 @@ impl Driver {
             .map(|m| SocketAddr::new(m.launch.address, m.launch.pg_port))
     }
 
-    fn save(&mut self) {
+    pub(crate) fn save(&mut self) {
         let Ok(text) = serde_json::to_string_pretty(&self.persisted) else {
             return;
         };
@@ -498,6 +498,10 @@ impl Driver {
                 let _ = reply.send(self.kill(&name, signal, agent));
                 return false;
             }
+            LocalRequest::Apply { name, spec } => {
+                let _ = reply.send(self.apply(&name, *spec));
+                return false;
+            }
             LocalRequest::Down => {
                 let _ = reply.send(ok(format!("stopping cluster {}", self.name)));
                 return true;
@@ -650,7 +654,10 @@ impl Driver {
 #[tracing::instrument(name = "ha_pass", skip_all, fields(cluster = %ha.platform.name))]
 pub async fn tick(ha: &mut HaLoop<Driver>) {
     match ha.pass(jiff::Timestamp::now()).await {
-        Ok(_) => {}
+        Ok(crate::platform::Pass::Decided { keep_instances, .. }) => {
+            ha.platform.scale(keep_instances)
+        }
+        Ok(crate::platform::Pass::Skipped(never)) => match never {},
         Err(never) => match never {},
     }
     ha.platform.after_pass();

@@ -3,6 +3,7 @@
 //! a loopback address of its own), the HA engine driving them, a control API,
 //! and TCP endpoints standing in for the rw / ro Services. Does I/O.
 
+pub mod apply;
 pub mod args;
 pub mod cli;
 pub mod control;

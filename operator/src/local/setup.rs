@@ -126,6 +126,16 @@ pub fn validate(name: &str, spec: &DbClusterSpec) -> Result<(), SetupError> {
             }
         }
     }
+    let mut problems = Vec::new();
+    crate::controller::validate::check_parameters(spec, &mut problems);
+    if let Some(cmd) = &spec.archive.command {
+        if cmd.is_empty() || cmd.contains(['\n', '\r', '\0']) {
+            problems.push("archive.command must be a single, non-empty line".to_string());
+        }
+    }
+    if !problems.is_empty() {
+        return Err(invalid(problems.join("; ")));
+    }
     if name.is_empty()
         || !name
             .chars()
@@ -231,6 +241,38 @@ pub fn layout(
         ro,
         address_block,
         instances: out,
+    })
+}
+
+/// The state of a new instance of a running cluster (a scale-up by
+/// `tandem local apply`): its directory made, fresh ports that none of the
+/// cluster's endpoints and instances use, its address from the cluster's block.
+pub fn add_instance(
+    dir: &Path,
+    state: &LocalState,
+    ordinal: u32,
+) -> Result<InstanceState, SetupError> {
+    let mut picker = PortPicker::new(std::process::id().wrapping_add(ordinal));
+    for a in [state.control, state.rw, state.ro] {
+        picker.reserve(a.port());
+    }
+    for i in &state.instances {
+        picker.reserve(i.pg_port);
+        picker.reserve(i.agent.port());
+    }
+    let iname = keys::instance_name(&state.name, ordinal);
+    let address = super::hosts::instance_address(state.address_block, ordinal);
+    let (pg_port, agent_port) = instance_ports(None, &mut picker)?;
+    let idir = dir.join(&iname);
+    std::fs::create_dir_all(&idir).map_err(io(&idir))?;
+    std::fs::set_permissions(&idir, std::fs::Permissions::from_mode(0o755)).map_err(io(&idir))?;
+    Ok(InstanceState {
+        name: iname,
+        address,
+        pg_port,
+        agent: SocketAddr::new(address, agent_port),
+        data_dir: idir.join("pgdata"),
+        agent_pid: 0,
     })
 }
 

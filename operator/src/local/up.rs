@@ -105,6 +105,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         address_block,
         instances,
     } = layout;
+    // Instances a `tandem local apply` added that this manifest does not
+    // name: their agents would run on unsupervised. Stopped (SIGTERM: the
+    // agent stops postgres fast); their data directories stay.
+    for p in previous.iter().flat_map(|p| p.instances.iter()) {
+        // The pid must still be that agent's (`--instance NAME` on its command line).
+        let is_its_agent = std::fs::read(format!("/proc/{}/cmdline", p.agent_pid))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == p.name.as_bytes()));
+        if !instances.iter().any(|i| i.name == p.name)
+            && p.agent_pid != 0
+            && pid_alive(p.agent_pid)
+            && is_its_agent
+        {
+            warn!(instance = %p.name, pid = p.agent_pid, "not in the manifest: stopping its agent (its data directory stays)");
+            if let Ok(pid) = i32::try_from(p.agent_pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+        }
+    }
     let logs = dir.join("logs");
     if let Err(e) = std::fs::create_dir_all(&logs) {
         return fail(format!("cannot create {}: {e}", logs.display()));

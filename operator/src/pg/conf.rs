@@ -13,6 +13,24 @@ use super::{Error, Runner};
 
 /// Where the agent records which member a standby follows.
 pub const UPSTREAM_FILE: &str = "tandem.upstream.json";
+/// Where the agent records the parameters it was last given as a whole. In
+/// the data directory, so that a clone or a rewind copies it together with
+/// the postgresql.auto.conf it describes.
+pub const PARAMETERS_FILE: &str = "tandem.parameters.json";
+
+/// The parameters recorded in `data_dir` (empty when none were recorded yet,
+/// `None` when the data directory does not exist).
+pub fn read_parameters(data_dir: &Path) -> Option<std::collections::BTreeMap<String, String>> {
+    if !data_dir.is_dir() {
+        return None;
+    }
+    Some(
+        std::fs::read_to_string(data_dir.join(PARAMETERS_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default(),
+    )
+}
 
 /// Settings every instance needs; the operator's file may add to them.
 pub fn postgresql_conf(include: Option<&Path>) -> String {

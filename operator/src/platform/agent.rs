@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use crate::agent::client::{AgentClient, ClientError};
 use crate::api::agent::{
-    self as proto, ActionResponse, AgentStatus, ConfigRequest, DemoteRequest, FollowRequest,
-    LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest, RewindRequest, StopRequest,
-    StopVouchingRequest, SyncStandbys,
+    self as proto, ActionResponse, AgentStatus, ConfigRequest, DemoteRequest, DropSlotsRequest,
+    FollowRequest, LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest, RewindRequest,
+    StopRequest, StopVouchingRequest, SyncStandbys,
 };
 use crate::api::{DurationString, InstanceRole, WalReceiverState};
-use crate::engine::{Action, ActionFacts, AgentReport, Answer, ConnectedStandby, LeaseReport};
+use crate::engine::{
+    Action, ActionFacts, AgentReport, Answer, ConnectedStandby, LeaseReport, SlotReport,
+};
 
 /// The engine's view of an agent's status answer.
 pub fn report(s: &AgentStatus) -> AgentReport {
@@ -67,7 +69,15 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         system_identifier: s.system_identifier.clone(),
         synchronous_standby_names: s.synchronous_standby_names.clone(),
         synchronous_commit: s.synchronous_commit.clone(),
-        parameters: None,
+        parameters: s.parameters.clone(),
+        slots: s
+            .slots
+            .iter()
+            .map(|x| SlotReport {
+                name: x.name.clone(),
+                active: x.active,
+            })
+            .collect(),
         operation: s.operation.clone(),
         checks: s.checks.clone(),
     }
@@ -166,6 +176,12 @@ pub async fn call(
             .await
         }
         Action::Checkpoint { .. } => c.checkpoint().await,
+        Action::DropSlots { slots, .. } => {
+            c.drop_slots(&DropSlotsRequest {
+                slots: slots.clone(),
+            })
+            .await
+        }
         Action::Stop {
             mode,
             timeout_ms,
@@ -208,6 +224,7 @@ pub async fn call(
                     names: sync_names.clone(),
                 }),
                 known_standbys: None,
+                complete: true,
             };
             return c
                 .config(&req)

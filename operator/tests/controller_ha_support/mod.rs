@@ -26,7 +26,7 @@ pub const LSN: Lsn = Lsn(0x3000060);
 pub const CHECKPOINT: Lsn = Lsn(0x3000028);
 
 /// One postgres as the fake agent simulates it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Sim {
     pub answers: bool,
     pub running: bool,
@@ -36,10 +36,14 @@ pub struct Sim {
     /// synchronous_commit, synchronous_standby_names, the quorum and its
     /// members as the last Config set them.
     pub sync: Option<SimSync>,
+    /// The parameters the last complete POST /config gave it.
+    pub parameters: BTreeMap<String, String>,
+    /// Parameters it was given that wait for a restart (max_connections).
+    pub pending_restart: Vec<String>,
 }
 
 /// The synchronous settings a fake primary runs with.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SimSync {
     pub commit: String,
     pub names: String,
@@ -189,6 +193,8 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
         max_replication_slots: Some(10),
         archive_ready: Some(0),
         data_dir: "/var/lib/postgresql/data/pgdata".into(),
+        parameters: Some(s.parameters.clone()),
+        pending_restart: s.pending_restart.clone(),
         ..AgentStatus::default()
     };
     if s.running {
@@ -266,16 +272,28 @@ impl AgentOps for FakeAgents {
                 synchronous_standby_names,
                 sync_quorum,
                 sync_names,
+                parameters,
                 ..
             } => {
                 let s = w.sims.get_mut(&name).ok_or("no sim")?;
-                s.sync = Some(SimSync {
+                let sync = Some(SimSync {
                     commit: synchronous_commit.clone(),
                     names: synchronous_standby_names.clone(),
                     quorum: *sync_quorum,
                     members: sync_names.clone(),
                 });
-                w.journal.push(format!("agent {name} config"));
+                let mut changed = s.sync != sync;
+                s.sync = sync;
+                if s.parameters != *parameters {
+                    if s.parameters.get("max_connections") != parameters.get("max_connections") {
+                        s.pending_restart = vec!["max_connections".into()];
+                    }
+                    s.parameters = parameters.clone();
+                    changed = true;
+                }
+                if changed {
+                    w.journal.push(format!("agent {name} config"));
+                }
                 return Ok(Answer::default());
             }
             Action::Promote { .. } => {
@@ -289,7 +307,9 @@ impl AgentOps for FakeAgents {
                 w.sims.get_mut(&name).ok_or("no sim")?.running = false;
             }
             Action::Start { .. } | Action::Restart { .. } => {
-                w.sims.get_mut(&name).ok_or("no sim")?.running = true;
+                let s = w.sims.get_mut(&name).ok_or("no sim")?;
+                s.running = true;
+                s.pending_restart.clear();
             }
             Action::Demote { primary, .. }
             | Action::Rewind {
@@ -302,6 +322,7 @@ impl AgentOps for FakeAgents {
                 let s = w.sims.get_mut(&name).ok_or("no sim")?;
                 (s.primary, s.running, s.timeline) = (false, true, timeline);
                 s.upstream = Some(primary.clone());
+                s.pending_restart.clear();
             }
             Action::Follow { primary, .. } => {
                 w.sims.get_mut(&name).ok_or("no sim")?.upstream = Some(primary.clone());
@@ -382,7 +403,7 @@ pub fn fixture() -> Fixture {
                 primary: i == 0,
                 timeline: 1,
                 upstream: (i != 0).then(|| "main-0".to_string()),
-                sync: None,
+                ..Sim::default()
             },
         );
     }

@@ -1,6 +1,7 @@
 //! Engine tests: fixtures, unit tests per behaviour, a simulated cluster and property tests.
 
 mod durability;
+mod config_slots;
 mod failover;
 mod fixtures;
 mod operations;

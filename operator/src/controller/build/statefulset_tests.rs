@@ -326,3 +326,20 @@ fn resources_come_from_the_spec() {
     };
     assert_eq!(c.resources, Some(want));
 }
+
+#[test]
+fn a_parameter_change_leaves_the_pod_template_alone() {
+    // Parameters reach running pods through the agent (POST /config, a
+    // reload, a rolling restart for pending_restart), never by recreating
+    // every pod at once: the template must not depend on them.
+    let before = stateful_set(&cluster().instances(3).valid());
+    let after = stateful_set(
+        &cluster()
+            .instances(3)
+            .parameter("work_mem", "8MB")
+            .parameter("max_connections", "150")
+            .archive("cp %p /archive/%f")
+            .valid(),
+    );
+    assert_eq!(before.spec.template, after.spec.template);
+}
