@@ -106,6 +106,12 @@ pub enum Action {
     },
     /// Agent `POST /stop-vouching {epoch}`: vouch for no primary of a lower epoch.
     StopVouching { instance: String, epoch: u64 },
+    /// Agent `POST /checks`: what its health checks compare against (the
+    /// standbys it should have, the thresholds of the spec).
+    Checks {
+        instance: String,
+        settings: crate::api::agent::CheckSettings,
+    },
     /// Platform: set the role label (Kubernetes) / repoint the local endpoints.
     SetRole { instance: String, role: RoleLabel },
     /// Platform: make sure the instance cannot write although its agent cannot be
@@ -143,6 +149,7 @@ impl Action {
             Self::Config { .. } => "config",
             Self::RenewLease { .. } => "renew_lease",
             Self::StopVouching { .. } => "stop_vouching",
+            Self::Checks { .. } => "checks",
             Self::SetRole { .. } => "set_role",
             Self::FenceInstance { .. } => "fence",
             Self::Recreate { .. } => "recreate",
@@ -166,6 +173,7 @@ impl Action {
             | Self::Config { instance, .. }
             | Self::RenewLease { instance, .. }
             | Self::StopVouching { instance, .. }
+            | Self::Checks { instance, .. }
             | Self::SetRole { instance, .. }
             | Self::FenceInstance { instance }
             | Self::Recreate { instance } => Some(instance),

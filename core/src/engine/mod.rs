@@ -35,6 +35,7 @@
 //! platform could not read (`Request::Unreadable`): platforms only translate.
 
 mod action;
+mod checks;
 mod ctx;
 mod durability;
 mod failover;
@@ -136,6 +137,7 @@ pub fn decide(
     }
 
     steady::run(&ctx, &mut st, &mut out);
+    checks::run(&ctx, &mut out);
     if st.transition.is_none() {
         rollout::recreate(&rollout, &mut out);
     }

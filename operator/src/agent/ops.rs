@@ -209,7 +209,7 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
             })?;
     }
     if let Some(known) = req.known_standbys {
-        *lock(&agent.known_standbys) = known;
+        super::expect::set_standbys(&agent, known);
     }
     query::reload(&client).await?;
     let deadline = Instant::now() + Duration::from_secs(5);

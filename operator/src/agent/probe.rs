@@ -125,13 +125,12 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
     }
     st.archive_ready = conf::archive_ready_count(&cfg.data_dir);
     overlay_live(agent, &mut st);
-    let thresholds = Thresholds {
-        archive_warning: cfg.archive_ready_warning,
-        archive_critical: cfg.archive_ready_critical,
-        lag_warning: cfg.lag_warning_bytes,
-        lag_critical: cfg.lag_critical_bytes,
-    };
-    let known = lock(&agent.known_standbys).clone();
+    let thresholds = super::expect::thresholds(agent);
+    let known = super::expect::standbys(agent);
+    st.check_settings = super::expect::settings(agent);
+    if st.role == InstanceRole::Primary {
+        st.replication_to = lock(&agent.replication_to).clone();
+    }
     st.checks = checks(&st, thresholds, &known, conf::is_initialized(&cfg.data_dir));
     st
 }

@@ -1,0 +1,160 @@
+//! What the health checks compare against (`POST /checks`, sent by the
+//! operator from the spec: the standbys this instance should have and the
+//! thresholds), and, on a primary, the replication-connection check: can it
+//! open the replication connection to each expected standby that it would
+//! need to follow it after a switchover. Does I/O (psql, every few seconds).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::agent::{ActionResponse, CheckSettings, ChecksRequest};
+use crate::api::InstanceRole;
+
+use super::error::BadRequest;
+use super::probe::Thresholds;
+use super::state::{lock, Agent};
+use super::AgentError;
+
+/// How often a primary checks the replication connections to its standbys.
+pub const REPLICATION_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Take new settings; answers whether they changed anything.
+pub fn apply(agent: &Agent, req: ChecksRequest) -> Result<ActionResponse, AgentError> {
+    let s = &req.settings;
+    if s.archive_ready_warning < 0
+        || s.lag_warning_bytes < 0
+        || s.archive_ready_warning > s.archive_ready_critical
+        || s.lag_warning_bytes > s.lag_critical_bytes
+    {
+        return Err(BadRequest::Thresholds {
+            detail: format!(
+                "archive ready warning {} / critical {}, lag warning {} / critical {} bytes: \
+                 each must be at least 0 and the warning at most the critical; nothing was changed",
+                s.archive_ready_warning,
+                s.archive_ready_critical,
+                s.lag_warning_bytes,
+                s.lag_critical_bytes
+            ),
+        }
+        .into());
+    }
+    let changed = {
+        let mut cur = lock(&agent.checks);
+        let changed = cur.as_ref() != Some(&req);
+        *cur = Some(req);
+        changed
+    };
+    if changed {
+        tracing::info!(instance = %agent.cfg.instance, "health-check settings changed");
+        agent.recheck_replication.notify_one();
+        agent.probe_now.notify_one();
+    }
+    Ok(ActionResponse {
+        changed,
+        message: if changed {
+            "check settings applied".into()
+        } else {
+            "check settings unchanged".into()
+        },
+        ..ActionResponse::default()
+    })
+}
+
+/// `POST /config`'s `knownStandbys` (older callers): the standbys only, the
+/// thresholds staying as they are.
+pub fn set_standbys(agent: &Agent, standbys: Vec<String>) {
+    let mut cur = lock(&agent.checks);
+    let t = match cur.as_ref() {
+        Some(r) => r.settings.clone(),
+        None => CheckSettings {
+            standbys: Vec::new(),
+            archive_ready_warning: agent.cfg.archive_ready_warning,
+            archive_ready_critical: agent.cfg.archive_ready_critical,
+            lag_warning_bytes: agent.cfg.lag_warning_bytes,
+            lag_critical_bytes: agent.cfg.lag_critical_bytes,
+        },
+    };
+    let members = cur.as_ref().map(|r| r.members.clone()).unwrap_or_default();
+    *cur = Some(ChecksRequest {
+        settings: CheckSettings { standbys, ..t },
+        members,
+    });
+}
+
+/// The settings reported in /status: the ones sent, if any.
+pub fn settings(agent: &Agent) -> Option<CheckSettings> {
+    lock(&agent.checks).as_ref().map(|r| r.settings.clone())
+}
+
+/// The thresholds in force: the sent ones, else the agent's flags.
+pub fn thresholds(agent: &Agent) -> Thresholds {
+    match lock(&agent.checks).as_ref() {
+        Some(r) => Thresholds {
+            archive_warning: r.settings.archive_ready_warning,
+            archive_critical: r.settings.archive_ready_critical,
+            lag_warning: r.settings.lag_warning_bytes,
+            lag_critical: r.settings.lag_critical_bytes,
+        },
+        None => Thresholds {
+            archive_warning: agent.cfg.archive_ready_warning,
+            archive_critical: agent.cfg.archive_ready_critical,
+            lag_warning: agent.cfg.lag_warning_bytes,
+            lag_critical: agent.cfg.lag_critical_bytes,
+        },
+    }
+}
+
+/// The standbys a primary should have (none until told).
+pub fn standbys(agent: &Agent) -> Vec<String> {
+    lock(&agent.checks)
+        .as_ref()
+        .map(|r| r.settings.standbys.clone())
+        .unwrap_or_default()
+}
+
+/// Check the replication connections while this instance is primary, every
+/// [`REPLICATION_CHECK_EVERY`] or at once when the settings change.
+pub async fn run(agent: Arc<Agent>) {
+    let psql = agent.cfg.bin_dir.join("psql");
+    loop {
+        let primary = agent
+            .status
+            .read()
+            .map(|s| s.role == InstanceRole::Primary)
+            .unwrap_or(false);
+        let members = lock(&agent.checks)
+            .as_ref()
+            .map(|r| {
+                r.members
+                    .iter()
+                    .filter(|m| r.settings.standbys.contains(&m.name))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let mut result = BTreeMap::new();
+        if primary {
+            let user = &agent.cfg.replication_user;
+            let password = &agent.cfg.replication_password;
+            let checks = members.iter().map(|m| {
+                let psql = &psql;
+                async move {
+                    let ok =
+                        crate::pg::replcheck::can_replicate(psql, &m.host, m.port, user, password)
+                            .await;
+                    (m.name.clone(), ok)
+                }
+            });
+            result = futures::future::join_all(checks)
+                .await
+                .into_iter()
+                .collect();
+        }
+        *lock(&agent.replication_to) = result;
+        tokio::select! {
+            _ = tokio::time::sleep(REPLICATION_CHECK_EVERY) => {}
+            _ = agent.recheck_replication.notified() => {}
+        }
+    }
+}
