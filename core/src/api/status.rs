@@ -48,6 +48,14 @@ pub struct DbClusterStatus {
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
 
+    /// The largest lag of a standby behind the primary, in bytes (kubectl get -o wide: Lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_bytes: Option<i64>,
+
+    /// Each standby's synchronous state as the primary reports it, for example `main-1=quorum main-2=quorum` (kubectl get -o wide: Sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_states: Option<String>,
+
     /// The transition in progress, if any; its step is recorded before it is carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transition: Option<Transition>,

@@ -143,6 +143,16 @@ fn set_condition(
 
 /// Phase, readiness and conditions.
 pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
+    let standbys = || {
+        st.instances
+            .iter()
+            .filter(|i| Some(&i.name) != st.current_primary.as_ref())
+    };
+    st.max_lag_bytes = standbys().filter_map(|i| i.lag_bytes).max();
+    let states: Vec<String> = standbys()
+        .filter_map(|i| i.sync_state.as_ref().map(|s| format!("{}={s}", i.name)))
+        .collect();
+    st.sync_states = (!states.is_empty()).then(|| states.join(" "));
     let total = st.instances.iter().filter(|i| ctx.in_spec(&i.name)).count();
     let ready = st.instances.iter().filter(|i| i.ready).count();
     st.ready_instances = Some(format!("{ready}/{total}"));

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api::agent::{ActionResponse, CheckSettings, ChecksRequest};
 use crate::api::InstanceRole;
@@ -113,48 +113,72 @@ pub fn standbys(agent: &Agent) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Check the replication connections while this instance is primary, every
-/// [`REPLICATION_CHECK_EVERY`] or at once when the settings change.
+/// Check the replication connections while this instance is primary: every
+/// [`REPLICATION_CHECK_EVERY`], every second while one fails (a standby that
+/// was still starting), and at once when the settings or the attached
+/// standbys change.
 pub async fn run(agent: Arc<Agent>) {
     let psql = agent.cfg.bin_dir.join("psql");
+    let mut last: Option<(Instant, Vec<String>)> = None;
     loop {
-        let primary = agent
+        let (primary, attached) = agent
             .status
             .read()
-            .map(|s| s.role == InstanceRole::Primary)
-            .unwrap_or(false);
-        let members = lock(&agent.checks)
-            .as_ref()
-            .map(|r| {
-                r.members
-                    .iter()
-                    .filter(|m| r.settings.standbys.contains(&m.name))
-                    .cloned()
-                    .collect::<Vec<_>>()
+            .map(|s| {
+                (
+                    s.role == InstanceRole::Primary,
+                    s.downstreams
+                        .iter()
+                        .map(|d| d.name.clone())
+                        .collect::<Vec<_>>(),
+                )
             })
             .unwrap_or_default();
-        let mut result = BTreeMap::new();
-        if primary {
-            let user = &agent.cfg.replication_user;
-            let password = &agent.cfg.replication_password;
-            let checks = members.iter().map(|m| {
-                let psql = &psql;
-                async move {
-                    let ok =
-                        crate::pg::replcheck::can_replicate(psql, &m.host, m.port, user, password)
-                            .await;
-                    (m.name.clone(), ok)
-                }
-            });
-            result = futures::future::join_all(checks)
-                .await
-                .into_iter()
-                .collect();
+        let failing = lock(&agent.replication_to).values().any(|ok| !ok);
+        let due = match &last {
+            None => true,
+            Some((at, seen)) => {
+                *seen != attached
+                    || at.elapsed() >= REPLICATION_CHECK_EVERY
+                    || (failing && at.elapsed() >= Duration::from_secs(1))
+            }
+        };
+        if due {
+            let members = lock(&agent.checks)
+                .as_ref()
+                .map(|r| {
+                    r.members
+                        .iter()
+                        .filter(|m| r.settings.standbys.contains(&m.name))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            let mut result = BTreeMap::new();
+            if primary {
+                let user = &agent.cfg.replication_user;
+                let password = &agent.cfg.replication_password;
+                let checks = members.iter().map(|m| {
+                    let psql = &psql;
+                    async move {
+                        let ok = crate::pg::replcheck::can_replicate(
+                            psql, &m.host, m.port, user, password,
+                        )
+                        .await;
+                        (m.name.clone(), ok)
+                    }
+                });
+                result = futures::future::join_all(checks)
+                    .await
+                    .into_iter()
+                    .collect();
+            }
+            *lock(&agent.replication_to) = result;
+            last = Some((Instant::now(), attached));
         }
-        *lock(&agent.replication_to) = result;
         tokio::select! {
-            _ = tokio::time::sleep(REPLICATION_CHECK_EVERY) => {}
-            _ = agent.recheck_replication.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = agent.recheck_replication.notified() => last = None,
         }
     }
 }

@@ -61,3 +61,22 @@ fn scaling_out_changes_the_primary_s_expected_standbys() {
     let s = checks_for(&a, "main-0").expect("main-0 told of main-3");
     assert_eq!(s.standbys, vec!["main-1", "main-2", "main-3"]);
 }
+
+#[test]
+fn status_sums_up_the_standbys_lag_and_sync_state_for_kubectl_wide() {
+    let mut f = cluster().instances(3).build();
+    f.agent("main-2").received_lsn = Some(lsn("0/4FFF000"));
+    f.agent("main-2").replayed_lsn = Some(lsn("0/4FFE000"));
+    f.agent("main-2").lag_seconds = Some(2.5);
+    f.tick(1000);
+    assert_eq!(f.status.max_lag_bytes, Some(0x1000));
+    assert_eq!(
+        f.status.sync_states.as_deref(),
+        Some("main-1=async main-2=async")
+    );
+    let i = &f.status.instances[2];
+    assert_eq!(i.lag_seconds, Some(2.5));
+    assert_eq!(i.replay_lag_bytes, Some(0x1000));
+    assert_eq!(i.sync_state.as_deref(), Some("async"));
+    assert_eq!(f.status.instances[0].sync_state, None);
+}
