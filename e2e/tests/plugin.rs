@@ -76,11 +76,22 @@ async fn kubectl_tandem_shows_the_table_switches_over_and_get_wide_shows_lag_and
         let out = plugin(&dir, &["status", &name, "-n", n]).await;
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert!(
-            out.stdout.starts_with(&format!("Cluster {name}  phase Healthy")),
+            out.stdout
+                .starts_with(&format!("Cluster {name}  phase Healthy")),
             "{}",
             out.stdout
         );
-        for col in ["Role", "Upstream", "Timeline", "LSN", "Lag (s)", "Replay lag", "Sync", "Last seen", "Checks"] {
+        for col in [
+            "Role",
+            "Upstream",
+            "Timeline",
+            "LSN",
+            "Lag (s)",
+            "Replay lag",
+            "Sync",
+            "Last seen",
+            "Checks",
+        ] {
             assert!(out.stdout.contains(col), "no {col} column:\n{}", out.stdout);
         }
         for o in 0..3 {
@@ -115,7 +126,11 @@ async fn kubectl_tandem_shows_the_table_switches_over_and_get_wide_shows_lag_and
             .expect("rw follows the new primary");
 
         // A refused request: exit 1 with the reason, nothing changes.
-        let out = plugin(&dir, &["switchover", &name, "--to", &format!("{name}-9"), "-n", n]).await;
+        let out = plugin(
+            &dir,
+            &["switchover", &name, "--to", &format!("{name}-9"), "-n", n],
+        )
+        .await;
         assert_eq!(out.code, 1, "{}", out.stdout);
         assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
         assert_eq!(primary(&client, &ns, &name).await, target);
@@ -150,7 +165,10 @@ async fn kubectl_tandem_shows_the_table_switches_over_and_get_wide_shows_lag_and
         let plain = kubectl::kubectl_ok(&["get", "dbc", &name, "-n", n])
             .await
             .expect("kubectl get dbc");
-        assert!(!plain.contains("SYNC"), "Sync is a wide column only:\n{plain}");
+        assert!(
+            !plain.contains("SYNC"),
+            "Sync is a wide column only:\n{plain}"
+        );
     })
     .await;
 }

@@ -32,8 +32,8 @@ async fn agent_checks_follow_the_spec_and_expect_every_standby() {
         "ck",
         "  instances: 3\n  switchover: {archiveReadyWarning: 3, archiveReadyCritical: 5}",
     );
-    let s = c.wait_healthy(BOOT);
-    let s = c.wait_for(
+    c.wait_healthy(BOOT);
+    c.wait_for(
         "the primary to see both standbys attached with their slots",
         Duration::from_secs(30),
         |s| {
@@ -41,7 +41,6 @@ async fn agent_checks_follow_the_spec_and_expect_every_standby() {
                 && check_is(s, "ck-0", "slots", "OK")
         },
     );
-    drop(s);
 
     // The replication-connection precheck is the primary agent's measurement.
     let out = expect_exit(&c, "switchover", &["--to", "ck-1", "--dry-run"], 0);
@@ -108,7 +107,7 @@ async fn agent_checks_follow_the_spec_and_expect_every_standby() {
         .execute("SELECT pg_drop_replication_slot('ck_2')", &[])
         .await
         .expect("drop ck-2's slot");
-    let s = c.wait_for(
+    c.wait_for(
         "the slots check to report ck-2's slot missing",
         Duration::from_secs(30),
         |s| {
@@ -121,7 +120,6 @@ async fn agent_checks_follow_the_spec_and_expect_every_standby() {
             })
         },
     );
-    drop(s);
 
     // Back: attached again with a slot, every check OK.
     wake_standbys(&c, &["ck-2".to_string()]);
