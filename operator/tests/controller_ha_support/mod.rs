@@ -10,7 +10,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use tandem::api::agent::{AgentStatus, Downstream, LeaseState, Member, WalReceiver};
+use tandem::api::agent::{AgentStatus, ChecksRequest, Downstream, LeaseState, Member, WalReceiver};
 use tandem::api::Lsn;
 use tandem::api::{keys, DbCluster, DbClusterStatus, InstanceRole};
 use tandem::controller::error::Error;
@@ -33,6 +33,8 @@ pub struct Sim {
     pub primary: bool,
     pub timeline: i64,
     pub upstream: Option<String>,
+    /// What its health checks were last told (`POST /checks`), with the members' addresses.
+    pub checks: Option<ChecksRequest>,
 }
 
 #[derive(Default)]
@@ -177,6 +179,7 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
         max_replication_slots: Some(10),
         archive_ready: Some(0),
         data_dir: "/var/lib/postgresql/data/pgdata".into(),
+        check_settings: s.checks.as_ref().map(|c| c.settings.clone()),
         ..AgentStatus::default()
     };
     if !s.running {
@@ -230,7 +233,7 @@ impl AgentOps for FakeAgents {
         &self,
         t: &AgentTarget,
         action: &Action,
-        _: &BTreeMap<String, Member>,
+        members: &BTreeMap<String, Member>,
     ) -> Result<tandem::engine::Answer, String> {
         let mut w = lock(&self.0);
         let name = t.instance.clone();
@@ -240,6 +243,18 @@ impl AgentOps for FakeAgents {
         let tl = |w: &World, n: &str| w.sims.get(n).map_or(1, |s| s.timeline);
         match action {
             Action::RenewLease { .. } | Action::Config { .. } => return Ok(Answer::default()),
+            Action::Checks { settings, .. } => {
+                let s = w.sims.get_mut(&name).ok_or("no sim")?;
+                s.checks = Some(ChecksRequest {
+                    settings: settings.clone(),
+                    members: settings
+                        .standbys
+                        .iter()
+                        .filter_map(|n| members.get(n).cloned())
+                        .collect(),
+                });
+                return Ok(Answer::default());
+            }
             Action::Promote { .. } => {
                 let s = w.sims.get_mut(&name).ok_or("no sim")?;
                 if !s.primary {
@@ -344,6 +359,7 @@ pub fn fixture() -> Fixture {
                 primary: i == 0,
                 timeline: 1,
                 upstream: (i != 0).then(|| "main-0".to_string()),
+                checks: None,
             },
         );
     }
