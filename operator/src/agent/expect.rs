@@ -113,6 +113,22 @@ pub fn standbys(agent: &Agent) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// What /status reports of the measurements: for each standby attached now,
+/// the last result measured since it attached (`attached`: since when each
+/// was seen streaming from here). A standby that just came back is not
+/// reported until measured again, so a failure seen while it was down never
+/// stands for it once it is back.
+pub fn replication_report(
+    agent: &Agent,
+    attached: &BTreeMap<String, Instant>,
+) -> BTreeMap<String, bool> {
+    lock(&agent.replication_to)
+        .iter()
+        .filter(|(name, (_, at))| attached.get(*name).is_some_and(|since| at >= since))
+        .map(|(name, (ok, _))| (name.clone(), *ok))
+        .collect()
+}
+
 /// Check the replication connections while this instance is primary: every
 /// [`REPLICATION_CHECK_EVERY`], every second while one fails (a standby that
 /// was still starting), and at once when the settings or the attached
@@ -134,7 +150,7 @@ pub async fn run(agent: Arc<Agent>) {
                 )
             })
             .unwrap_or_default();
-        let failing = lock(&agent.replication_to).values().any(|ok| !ok);
+        let failing = lock(&agent.replication_to).values().any(|(ok, _)| !ok);
         let due = match &last {
             None => true,
             Some((at, seen)) => {
@@ -165,7 +181,7 @@ pub async fn run(agent: Arc<Agent>) {
                             psql, &m.host, m.port, user, password,
                         )
                         .await;
-                        (m.name.clone(), ok)
+                        (m.name.clone(), (ok, Instant::now()))
                     }
                 });
                 result = futures::future::join_all(checks)

@@ -26,6 +26,8 @@ pub struct Thresholds {
 struct Conns {
     local: Option<Client>,
     upstream: Option<(String, Client)>,
+    /// Primary: since when each standby has been seen attached.
+    attached: std::collections::BTreeMap<String, std::time::Instant>,
 }
 
 /// Probe forever.
@@ -33,6 +35,7 @@ pub async fn run(agent: Arc<Agent>) {
     let mut conns = Conns {
         local: None,
         upstream: None,
+        attached: Default::default(),
     };
     loop {
         let count = agent.probes_started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -129,7 +132,25 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
     let known = super::expect::standbys(agent);
     st.check_settings = super::expect::settings(agent);
     if st.role == InstanceRole::Primary {
-        st.replication_to = lock(&agent.replication_to).clone();
+        let before = conns.attached.len();
+        conns
+            .attached
+            .retain(|n, _| st.downstreams.iter().any(|d| d.name == *n));
+        let mut changed = conns.attached.len() != before;
+        for d in &st.downstreams {
+            if !conns.attached.contains_key(&d.name) {
+                conns
+                    .attached
+                    .insert(d.name.clone(), std::time::Instant::now());
+                changed = true;
+            }
+        }
+        if changed {
+            agent.recheck_replication.notify_one();
+        }
+        st.replication_to = super::expect::replication_report(agent, &conns.attached);
+    } else {
+        conns.attached.clear();
     }
     st.checks = checks(&st, thresholds, &known, conf::is_initialized(&cfg.data_dir));
     st

@@ -55,8 +55,9 @@ pub struct Agent {
     pub last_vouch: Mutex<Option<(String, Instant)>>,
     /// What the health checks compare against, as the operator last sent it (`POST /checks`).
     pub checks: Mutex<Option<crate::api::agent::ChecksRequest>>,
-    /// Primary: whether each expected standby takes a replication connection from it.
-    pub replication_to: Mutex<std::collections::BTreeMap<String, bool>>,
+    /// Primary: whether each expected standby took a replication connection
+    /// from it, and when that was measured.
+    pub replication_to: Mutex<std::collections::BTreeMap<String, (bool, std::time::Instant)>>,
     /// Wakes the replication-connection check early (new settings).
     pub recheck_replication: tokio::sync::Notify,
     pub activity: Mutex<Option<String>>,
