@@ -3,7 +3,8 @@
 //! it. `status` prints the table, `switchover --to` moves the primary and
 //! returns only once status says so (exit 0), a refused request exits 1 and
 //! changes nothing, a usage error exits 2, `history` lists the switchover,
-//! and `kubectl get dbc -o wide` shows the Lag and Sync columns. `#[ignore]`d
+//! `pause`/`unpause` return once status says so, and `kubectl get dbc -o
+//! wide` shows the Lag and Sync columns. `#[ignore]`d
 //! like the rest of the suite: `make test` runs it on the test cluster.
 
 use std::path::PathBuf;
@@ -143,6 +144,16 @@ async fn kubectl_tandem_shows_the_table_switches_over_and_get_wide_shows_lag_and
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert!(out.stdout.contains("Switchover"), "{}", out.stdout);
         assert!(out.stdout.contains("Refused"), "{}", out.stdout);
+
+        // pause / unpause: status says so by the time each returns.
+        let out = plugin(&dir, &["pause", &name, "-n", n]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(status(&client, &ns, &name).await.expect("status").paused);
+        let out = plugin(&dir, &["status", &name, "-n", n]).await;
+        assert!(out.stdout.contains("paused yes"), "{}", out.stdout);
+        let out = plugin(&dir, &["unpause", &name, "-n", n]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert!(!status(&client, &ns, &name).await.expect("status").paused);
 
         // kubectl get -o wide: Lag and Sync besides the default columns.
         let wide = eventually("the Lag and Sync columns filled", MOVE, || {
