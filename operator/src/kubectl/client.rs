@@ -184,9 +184,7 @@ impl Target {
         }
         let before = dc.status.map(|s| s.history).unwrap_or_default();
         let mut tracker = Tracker::new(before, ask.answered_when_gone);
-        let set: Vec<(&str, Option<String>)> =
-            ask.set.iter().map(|(k, v)| (*k, Some(v.clone()))).collect();
-        self.annotate(&set).await?;
+        self.annotate(&ask.set).await?;
         let started = Instant::now();
         let mut shown = String::new();
         loop {

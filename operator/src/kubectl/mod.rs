@@ -139,8 +139,9 @@ pub enum Verb {
 /// the operator removes once it answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ask {
-    /// Annotations to set.
-    pub set: Vec<(&'static str, String)>,
+    /// Annotations to set (`Some`) or remove (`None`: a `tandem.dev/force`
+    /// left from an earlier request must not force this one).
+    pub set: Vec<(&'static str, Option<String>)>,
     /// The annotation whose removal says the operator answered.
     pub answered_when_gone: &'static str,
 }
@@ -163,7 +164,7 @@ impl Verb {
 
     /// The request annotations of a request verb (None for status, history, pause, unpause).
     pub fn ask(&self) -> Option<Ask> {
-        let force = |f: bool| f.then(|| (keys::ANN_FORCE, "true".to_string()));
+        let force = |f: bool| Some((keys::ANN_FORCE, f.then(|| "true".to_string())));
         let (key, value, extra) = match self {
             Verb::Switchover {
                 to, dry_run: true, ..
@@ -185,7 +186,7 @@ impl Verb {
             | Verb::Pause { .. }
             | Verb::Unpause { .. } => return None,
         };
-        let mut set = vec![(key, value)];
+        let mut set = vec![(key, Some(value))];
         set.extend(extra);
         Some(Ask {
             set,
@@ -354,39 +355,42 @@ mod tests {
         let ask = |a: &[&str]| parse(a).verb.ask().expect("a request");
         assert_eq!(
             ask(&["switchover", "main", "--to", "main-1"]).set,
-            vec![(keys::ANN_SWITCHOVER, "main-1".to_string())]
+            vec![
+                (keys::ANN_SWITCHOVER, Some("main-1".to_string())),
+                (keys::ANN_FORCE, None)
+            ]
         );
         assert_eq!(
             ask(&["switchover", "main", "--force"]).set,
             vec![
-                (keys::ANN_SWITCHOVER, "any".to_string()),
-                (keys::ANN_FORCE, "true".to_string())
+                (keys::ANN_SWITCHOVER, Some("any".to_string())),
+                (keys::ANN_FORCE, Some("true".to_string()))
             ]
         );
         let dry = ask(&["switchover", "main", "--to", "main-2", "--dry-run"]);
         assert_eq!(
             dry.set,
-            vec![(keys::ANN_SWITCHOVER_DRY_RUN, "main-2".to_string())]
+            vec![(keys::ANN_SWITCHOVER_DRY_RUN, Some("main-2".to_string()))]
         );
         assert_eq!(dry.answered_when_gone, keys::ANN_SWITCHOVER_DRY_RUN);
         assert_eq!(
             ask(&["promote", "main", "main-2", "--force"]).set,
             vec![
-                (keys::ANN_PROMOTE, "main-2".to_string()),
-                (keys::ANN_FORCE, "true".to_string())
+                (keys::ANN_PROMOTE, Some("main-2".to_string())),
+                (keys::ANN_FORCE, Some("true".to_string()))
             ]
         );
         assert_eq!(
             ask(&["restart", "main"]).set,
-            vec![(keys::ANN_RESTART, "all".to_string())]
+            vec![(keys::ANN_RESTART, Some("all".to_string()))]
         );
         assert_eq!(
             ask(&["rejoin", "main", "main-1", "--dry-run"]).set,
-            vec![(ANN_REJOIN_DRY_RUN, "main-1".to_string())]
+            vec![(ANN_REJOIN_DRY_RUN, Some("main-1".to_string()))]
         );
         assert_eq!(
             ask(&["reclone", "main", "main-1"]).set,
-            vec![(keys::ANN_RECLONE, "main-1".to_string())]
+            vec![(keys::ANN_RECLONE, Some("main-1".to_string()))]
         );
         assert!(parse(&["status", "main"]).verb.ask().is_none());
     }
