@@ -111,10 +111,13 @@ impl Target {
                         Some(m) => m.merge(k).map_err(PluginError::Kubeconfig)?,
                     });
                 }
-                let k = merged.unwrap_or_default();
-                kube::Config::from_custom_kubeconfig(k, &opts)
-                    .await
-                    .map_err(PluginError::Kubeconfig)?
+                match merged {
+                    Some(k) => kube::Config::from_custom_kubeconfig(k, &opts)
+                        .await
+                        .map_err(PluginError::Kubeconfig)?,
+                    // An empty KUBECONFIG: as if unset.
+                    None => kube::Config::infer().await.map_err(PluginError::Infer)?,
+                }
             }
             None if context.is_some() => kube::Config::from_kubeconfig(&opts)
                 .await
