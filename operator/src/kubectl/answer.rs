@@ -55,6 +55,7 @@ pub struct Tracker {
     before: Vec<HistoryEntry>,
     key: &'static str,
     transition: Option<(TransitionKind, String)>,
+    taken: bool,
 }
 
 impl Tracker {
@@ -64,7 +65,13 @@ impl Tracker {
             before,
             key,
             transition: None,
+            taken: false,
         }
+    }
+
+    /// Whether the operator has taken the request (removed its annotation).
+    pub fn taken(&self) -> bool {
+        self.taken
     }
 
     /// Read one snapshot of the DbCluster.
@@ -98,6 +105,7 @@ impl Tracker {
         if annotations.contains_key(self.key) {
             return Progress::Waiting("the operator to take the request".into());
         }
+        self.taken = true;
         let fresh = new_entries(&self.before, &status.history);
         // Refused or reported at once; a "Started" entry only marks the
         // beginning of a transition (its answer comes when it ends).

@@ -17,6 +17,8 @@ use super::Ask;
 
 /// How often a waiting command reads the DbCluster again.
 const POLL: Duration = Duration::from_millis(300);
+/// After this long with the request annotation still set, say that no operator took it.
+const NOT_TAKEN: Duration = Duration::from_secs(30);
 
 /// What `kubectl tandem` can fail with (before an answer).
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +192,7 @@ impl Target {
         self.annotate(&ask.set).await?;
         let started = Instant::now();
         let mut shown = String::new();
+        let mut noted = false;
         loop {
             let dc = self.get().await?;
             let annotations = dc.metadata.annotations.clone().unwrap_or_default();
@@ -206,6 +209,15 @@ impl Target {
                     if what != shown {
                         eprintln!("waiting for {what}");
                         shown = what;
+                    }
+                    if !noted && started.elapsed() >= NOT_TAKEN && !tracker.taken() {
+                        noted = true;
+                        eprintln!(
+                            "no operator has taken {}={} after {}s: is the operator running (kubectl get pods -A -l app.kubernetes.io/name=tandem-operator), and does its version know this request?",
+                            ask.answered_when_gone,
+                            ask.set.first().and_then(|(_, v)| v.as_deref()).unwrap_or(""),
+                            NOT_TAKEN.as_secs()
+                        );
                     }
                 }
             }
