@@ -14,6 +14,8 @@ HELM="${HELM:-helm}"
 CARGO="${CARGO:-cargo}"
 NAMESPACE="${OPERATOR_NAMESPACE:-tandem-system}"
 THREADS="${E2E_THREADS:-2}"
+# E2E_FILTER: run only the tests whose name contains it (cargo test's filter), e.g. while developing one.
+FILTER="${E2E_FILTER:-}"
 export KUBE_DIR KUBECONFIG="$KUBE_DIR/kubeconfig"
 export KUBECTL="$KUBE_BIN/kubectl"
 
@@ -44,4 +46,4 @@ fi
 
 echo "e2e: the suite on the test cluster ($THREADS at a time)"
 E2E_PLATFORM=testcluster E2E_OPERATOR_NAMESPACE="$NAMESPACE" E2E_POSTGRES_IMAGE=tandem-postgres:dev \
-  "$CARGO" test --locked --no-fail-fast -p tandem-e2e --tests -- --ignored --test-threads="$THREADS"
+  "$CARGO" test --locked --no-fail-fast -p tandem-e2e --tests -- --ignored --test-threads="$THREADS" ${FILTER:+"$FILTER"}

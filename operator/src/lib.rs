@@ -6,6 +6,7 @@ pub mod api;
 pub mod controller;
 pub mod crdgen;
 pub use tandem_core::engine;
+pub mod kubectl;
 pub mod local;
 pub mod logging;
 pub mod pg;

@@ -23,10 +23,30 @@ enum Command {
     Crdgen,
     /// Run and drive a cluster of local PostgreSQL processes.
     Local(tandem::local::LocalArgs),
+    /// The kubectl plugin (`kubectl tandem …` through a `kubectl-tandem` symlink).
+    Kubectl(tandem::kubectl::KubectlArgs),
+}
+
+/// Invoked as `kubectl-tandem` (a symlink to this binary on PATH)?
+fn as_kubectl_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
+        .is_some_and(|f| f == "kubectl-tandem")
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = if as_kubectl_plugin() {
+        Cli {
+            command: Command::Kubectl(tandem::kubectl::PluginCli::parse().args),
+        }
+    } else {
+        Cli::parse()
+    };
     // kube and reqwest enable different rustls providers; pick one for the process.
     tandem::controller::install_crypto_provider();
     if let Command::Crdgen = cli.command {
@@ -41,6 +61,10 @@ fn main() -> anyhow::Result<()> {
         Command::Agent(args) => runtime.block_on(tandem::agent::run(*args)),
         Command::Local(args) => {
             let code = runtime.block_on(tandem::local::run(args))?;
+            std::process::exit(code)
+        }
+        Command::Kubectl(args) => {
+            let code = runtime.block_on(tandem::kubectl::run(args));
             std::process::exit(code)
         }
         Command::Crdgen => Ok(()),

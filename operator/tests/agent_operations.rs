@@ -1,6 +1,6 @@
 //! The agent against real PostgreSQL: synchronous settings, stop escalation,
-//! the archive backlog check, refused requests, crash restart, and postgres
-//! dying with a SIGKILLed agent.
+//! the archive backlog check, the check settings (`POST /checks`), refused
+//! requests, crash restart, and postgres dying with a SIGKILLed agent.
 
 mod agent_support;
 
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use agent_support::*;
 use tandem::api::agent::*;
-use tandem::api::CheckState;
+use tandem::api::{CheckState, HealthCheck};
 
 const T: Duration = Duration::from_secs(90);
 
@@ -620,4 +620,96 @@ async fn drop_slots_drops_inactive_slots_and_keeps_an_active_one() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, ["dslot_1"]);
+}
+
+fn check_of(st: &AgentStatus, name: &str) -> Option<HealthCheck> {
+    st.checks.iter().find(|c| c.name == name).cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_settings_set_the_expected_standbys_and_thresholds_and_bad_ones_are_refused() {
+    let c = cluster_with("chk", 1).await;
+    let (p, s) = (&c.agents[0], &c.agents[1]);
+    assert_eq!(p.status().await.check_settings, None, "never told yet");
+    let settings = CheckSettings {
+        standbys: vec!["chk-1".into()],
+        archive_ready_warning: 1,
+        archive_ready_critical: 2,
+        lag_warning_bytes: 100,
+        lag_critical_bytes: 200,
+    };
+    let r = p
+        .client
+        .checks(&ChecksRequest {
+            settings: settings.clone(),
+            members: vec![s.member()],
+        })
+        .await
+        .unwrap();
+    assert!(r.changed, "{r:?}");
+    // Reported back, the standby attached, its slot there, and the primary's
+    // replication connection to it measured.
+    let st = wait_for(
+        "the settings applied and the standby measured",
+        T,
+        || async {
+            let st = p.status().await;
+            (st.check_settings.as_ref() == Some(&settings)
+                && st.replication_to.get("chk-1") == Some(&true)
+                && check_of(&st, "downstream").is_some_and(|d| d.state == CheckState::Ok))
+            .then_some(st)
+        },
+    )
+    .await;
+    let a = check_of(&st, "archive_ready").expect("archive check");
+    assert!(a.message.contains("warning 1, critical 2"), "{a:?}");
+
+    // Thresholds that do not make sense: 400, nothing changes.
+    let err = p
+        .client
+        .checks(&ChecksRequest {
+            settings: CheckSettings {
+                archive_ready_warning: 5,
+                archive_ready_critical: 2,
+                ..settings.clone()
+            },
+            members: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(400), Some(ERR_BAD_REQUEST))
+    );
+    assert_eq!(p.status().await.check_settings.as_ref(), Some(&settings));
+
+    // A standby expected that is not there: the downstream and slot checks say so.
+    let more = CheckSettings {
+        standbys: vec!["chk-1".into(), "chk-9".into()],
+        ..settings.clone()
+    };
+    p.client
+        .checks(&ChecksRequest {
+            settings: more.clone(),
+            members: vec![s.member()],
+        })
+        .await
+        .unwrap();
+    let st = wait_for("chk-9 missed", T, || async {
+        let st = p.status().await;
+        (st.check_settings.as_ref() == Some(&more)
+            && check_of(&st, "downstream").is_some_and(|d| d.state == CheckState::Warning))
+        .then_some(st)
+    })
+    .await;
+    let d = check_of(&st, "downstream").unwrap();
+    assert!(d.message.contains("chk-9"), "{d:?}");
+    let slots = check_of(&st, "slots").unwrap();
+    assert_eq!(slots.state, CheckState::Warning, "{slots:?}");
+    assert!(slots.message.contains("missing [\"chk_9\"]"), "{slots:?}");
+    assert!(
+        !st.replication_to.contains_key("chk-9"),
+        "{:?}",
+        st.replication_to
+    );
 }

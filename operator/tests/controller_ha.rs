@@ -26,6 +26,36 @@ async fn bootstrap_labels_the_running_primary_and_its_standbys() {
 }
 
 #[tokio::test]
+async fn every_agent_is_told_its_expected_standbys_with_their_pod_addresses() {
+    let mut f = fixture();
+    f.settled().await;
+    let w = lock(&f.world);
+    let c = w.sims["main-0"]
+        .checks
+        .clone()
+        .expect("main-0 told its checks");
+    assert_eq!(c.settings.standbys, vec!["main-1", "main-2"]);
+    assert_eq!(c.settings.archive_ready_critical, 128);
+    let hosts: Vec<(&str, &str, u16)> = c
+        .members
+        .iter()
+        .map(|m| (m.name.as_str(), m.host.as_str(), m.port))
+        .collect();
+    assert_eq!(
+        hosts,
+        vec![
+            ("main-1", "main-1.main-pods.ns.svc", 5432),
+            ("main-2", "main-2.main-pods.ns.svc", 5432)
+        ]
+    );
+    let c2 = w.sims["main-2"]
+        .checks
+        .clone()
+        .expect("main-2 told its checks");
+    assert_eq!(c2.settings.standbys, vec!["main-0", "main-1"]);
+}
+
+#[tokio::test]
 async fn switchover_annotation_moves_the_primary_label_and_is_cleared() {
     let mut f = fixture();
     f.settled().await;

@@ -40,6 +40,8 @@ pub const PATH_RESTART: &str = "/restart";
 pub const PATH_CONFIG: &str = "/config";
 /// Renew the primary lease ([`LeaseRequest`]).
 pub const PATH_LEASE: &str = "/lease";
+/// What the health checks compare against ([`ChecksRequest`]): sent by the operator when the agent reports other settings.
+pub const PATH_CHECKS: &str = "/checks";
 /// Asked of a standby by its primary: does it still follow it ([`VouchRequest`] → [`VouchResponse`])?
 pub const PATH_VOUCH: &str = "/vouch";
 /// Stop vouching for any primary of a lower epoch ([`StopVouchingRequest`]): asked before a promotion.
@@ -277,6 +279,37 @@ pub struct ConfigRequest {
 pub struct DropSlotsRequest {
     /// Physical slots to drop; one that is active when the agent looks is kept.
     pub slots: Vec<String>,
+}
+
+/// What an agent's health checks compare against, from the cluster's spec:
+/// the standbys a primary should have (the downstream and slot checks, and
+/// the replication-connection precheck) and the thresholds of the checks.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckSettings {
+    /// Every other member of the cluster (instance names); as primary it expects each to stream from it with a slot.
+    #[serde(default)]
+    pub standbys: Vec<String>,
+    /// archive_ready: WARNING from this many ready files (spec.switchover.archiveReadyWarning).
+    pub archive_ready_warning: i64,
+    /// archive_ready: CRITICAL from this many (spec.switchover.archiveReadyCritical).
+    pub archive_ready_critical: i64,
+    /// replication_lag: WARNING from this many bytes (half of spec.switchover.maxLagBytes).
+    pub lag_warning_bytes: i64,
+    /// replication_lag: CRITICAL from this many bytes (spec.switchover.maxLagBytes: a switchover to it is refused).
+    pub lag_critical_bytes: i64,
+}
+
+/// Body of `POST /checks`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ChecksRequest {
+    /// The settings.
+    #[serde(flatten)]
+    pub settings: CheckSettings,
+    /// Where the standbys' postgres listen (for the replication-connection check).
+    #[serde(default)]
+    pub members: Vec<Member>,
 }
 
 /// Answer of `POST /config`.
@@ -530,6 +563,9 @@ pub struct WalReceiver {
     /// Slot it uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot_name: Option<String>,
+    /// Seconds since it last heard from the upstream (`last_msg_receipt_time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_message_ago_secs: Option<f64>,
     /// Timeline it receives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_tli: Option<i64>,
@@ -626,6 +662,15 @@ pub struct AgentStatus {
     /// The health checks: role, replication_lag, archive_ready, upstream, downstream, slots, data_directory.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,
+    /// The settings the checks use, as last sent by the operator; absent
+    /// until then (the agent's flags apply and it expects no standbys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_settings: Option<CheckSettings>,
+    /// Primary: whether it can open a replication connection to each expected
+    /// standby (what it needs to follow one after a switchover), measured
+    /// every few seconds.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replication_to: BTreeMap<String, bool>,
     /// The primary lease.
     #[serde(default)]
     pub lease: LeaseState,

@@ -49,6 +49,14 @@ pub struct DbClusterStatus {
     #[serde(default)]
     pub instances: Vec<InstanceStatus>,
 
+    /// The largest lag of a standby behind the primary, in bytes (kubectl get -o wide: Lag).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lag_bytes: Option<i64>,
+
+    /// Each standby's synchronous state as the primary reports it, for example `main-1=quorum main-2=quorum` (kubectl get -o wide: Sync).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_states: Option<String>,
+
     /// The transition in progress, if any; its step is recorded before it is carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transition: Option<Transition>,
@@ -175,9 +183,21 @@ pub struct InstanceStatus {
     /// Bytes behind the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag_bytes: Option<i64>,
+    /// Standby: seconds since the last replayed transaction committed on the primary (0 when all received WAL is replayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_seconds: Option<f64>,
+    /// Standby: bytes received but not yet replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_lag_bytes: Option<i64>,
+    /// Standby: how it takes part in synchronous replication, as the primary's pg_stat_replication says (async, potential, sync, quorum).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_state: Option<String>,
     /// The instance this standby streams from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    /// Standby: last time its walreceiver heard from the upstream (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_last_seen: Option<String>,
     /// Promotion priority 0 to 9 (0 = learner).
     #[serde(default)]
     pub priority: i32,

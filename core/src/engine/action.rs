@@ -120,6 +120,12 @@ pub enum Action {
         instance: String,
         slots: Vec<String>,
     },
+    /// Agent `POST /checks`: what its health checks compare against (the
+    /// standbys it should have, the thresholds of the spec).
+    Checks {
+        instance: String,
+        settings: crate::api::agent::CheckSettings,
+    },
     /// Platform: set the role label (Kubernetes) / repoint the local endpoints.
     SetRole { instance: String, role: RoleLabel },
     /// Platform: make sure the instance cannot write although its agent cannot be
@@ -158,6 +164,7 @@ impl Action {
             Self::RenewLease { .. } => "renew_lease",
             Self::StopVouching { .. } => "stop_vouching",
             Self::DropSlots { .. } => "drop_slots",
+            Self::Checks { .. } => "checks",
             Self::SetRole { .. } => "set_role",
             Self::FenceInstance { .. } => "fence",
             Self::Recreate { .. } => "recreate",
@@ -182,6 +189,7 @@ impl Action {
             | Self::RenewLease { instance, .. }
             | Self::StopVouching { instance, .. }
             | Self::DropSlots { instance, .. }
+            | Self::Checks { instance, .. }
             | Self::SetRole { instance, .. }
             | Self::FenceInstance { instance }
             | Self::Recreate { instance } => Some(instance),

@@ -31,12 +31,12 @@
 //!   switchover unless `primaryUpdateMethod: restart`).
 //! - `DurabilityChange`: `ApplyDurability` → `ConfirmSync` (spec.replication
 //!   changed on a running cluster).
+//! - `Reconfigure`: `ApplyParameters` (every instance; a `Restart` follows
+//!   for those that report `pending_restart`).
 //!
 //! Pausing (spec.paused, annotation tandem.dev/paused) stops only what the
 //! engine does on its own (failover, rejoin, rolling restarts and updates);
 //! requests and spec changes still run.
-//! - `Reconfigure`: `ApplyParameters` (every instance; a `Restart` follows
-//!   for those that report `pending_restart`).
 //!
 //! Besides transitions, the engine decides the rolling update of instances
 //! the platform reports as outdated (`rollout`), drops the replication slots
@@ -44,6 +44,7 @@
 //! could not read (`Request::Unreadable`): platforms only translate.
 
 mod action;
+mod checks;
 mod ctx;
 mod durability;
 mod durability_change;
@@ -159,6 +160,7 @@ pub fn decide(
 
     steady::run(&ctx, &mut st, &mut out);
     slots::run(&ctx, &st, &mut out);
+    checks::run(&ctx, &mut out);
     if st.transition.is_none() {
         rollout::recreate(&rollout, &mut out);
     }

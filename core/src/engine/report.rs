@@ -67,7 +67,28 @@ pub(crate) fn refresh_instances(ctx: &Ctx, st: &mut DbClusterStatus) {
             // Keep the last known position: failover accounts with it.
             lsn: lsn.or_else(|| prev.and_then(|p| p.lsn)),
             lag_bytes: lag,
+            lag_seconds: agent
+                .filter(|a| a.in_recovery && a.postgres_running)
+                .and_then(|a| a.lag_seconds),
+            replay_lag_bytes: agent
+                .filter(|a| a.in_recovery && a.postgres_running)
+                .and_then(|a| match (a.received_lsn, a.replayed_lsn) {
+                    (Some(r), Some(p)) => Some(i64::try_from(r.bytes_after(p)).unwrap_or(i64::MAX)),
+                    _ => None,
+                }),
+            sync_state: (!is_primary)
+                .then(|| {
+                    primary
+                        .as_deref()
+                        .and_then(|p| ctx.agent(p))
+                        .and_then(|a| a.standbys.iter().find(|s| &s.name == name))
+                        .map(|s| s.sync_state.to_string())
+                })
+                .flatten(),
             upstream: agent.and_then(|a| a.upstream.clone()),
+            upstream_last_seen: agent
+                .and_then(|a| a.upstream_seen_ago_secs)
+                .map(|ago| super::ctx::stamp(ctx.now - (ago * 1000.0) as i64)),
             priority: ctx.priority(name),
             last_seen: if agent.is_some() {
                 Some(ctx.stamp())
@@ -122,6 +143,16 @@ fn set_condition(
 
 /// Phase, readiness and conditions.
 pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
+    let standbys = || {
+        st.instances
+            .iter()
+            .filter(|i| Some(&i.name) != st.current_primary.as_ref())
+    };
+    st.max_lag_bytes = standbys().filter_map(|i| i.lag_bytes).max();
+    let states: Vec<String> = standbys()
+        .filter_map(|i| i.sync_state.as_ref().map(|s| format!("{}={s}", i.name)))
+        .collect();
+    st.sync_states = (!states.is_empty()).then(|| states.join(" "));
     let total = st.instances.iter().filter(|i| ctx.in_spec(&i.name)).count();
     let ready = st.instances.iter().filter(|i| i.ready).count();
     st.ready_instances = Some(format!("{ready}/{total}"));

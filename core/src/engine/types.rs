@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::agent::CheckSettings;
 pub use crate::api::SyncState;
 use crate::api::{AgentUnanswered, HealthCheck, Lsn};
 
@@ -172,6 +173,15 @@ pub struct AgentReport {
     /// The agent's health checks, copied to status.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,
+    /// The settings its checks use; `None` until it was told them.
+    #[serde(default)]
+    pub check_settings: Option<CheckSettings>,
+    /// Standby: seconds since the last replayed commit (0 when caught up).
+    #[serde(default)]
+    pub lag_seconds: Option<f64>,
+    /// Standby: seconds since its walreceiver last heard from the upstream.
+    #[serde(default)]
+    pub upstream_seen_ago_secs: Option<f64>,
 }
 
 /// One replication slot as the agent saw it.

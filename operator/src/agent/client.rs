@@ -288,6 +288,11 @@ impl AgentClient {
         self.post(PATH_DROP_SLOTS, req).await
     }
 
+    /// `POST /checks`: what the health checks compare against.
+    pub async fn checks(&self, req: &ChecksRequest) -> Result<ActionResponse, ClientError> {
+        self.post(PATH_CHECKS, req).await
+    }
+
     /// `POST /lease`.
     pub async fn lease(&self, req: &LeaseRequest) -> Result<ActionResponse, ClientError> {
         self.post(PATH_LEASE, req).await

@@ -131,6 +131,12 @@ pub enum BadRequest {
     /// A renewal both solo and with peers.
     #[error("a solo lease has no peers; nothing was changed")]
     SoloWithPeers,
+    /// Health-check thresholds that do not make sense.
+    #[error("bad check thresholds: {detail}")]
+    Thresholds {
+        /// The values and what is wrong with them.
+        detail: String,
+    },
 }
 
 /// The primary or source named in a request cannot be used (422).

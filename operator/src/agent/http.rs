@@ -54,6 +54,7 @@ pub fn router(agent: Shared) -> Router {
         .route(PATH_VOUCH, post(vouch))
         .route(PATH_STOP_VOUCHING, post(stop_vouching))
         .route(PATH_DROP_SLOTS, post(drop_slots))
+        .route(PATH_CHECKS, post(checks))
         .route_layer(middleware::from_fn_with_state(agent.clone(), auth));
     Router::new()
         .route(PATH_HEALTHZ, get(healthz))
@@ -267,6 +268,22 @@ async fn stop_vouching(
         Err(e) => return e.into_response(),
     };
     match vouching::stop_vouching(&agent, &req).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /checks` only records settings: it answers at once, never behind an action.
+async fn checks(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return body_error(rej),
+    };
+    let req: ChecksRequest = match parse(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match super::expect::apply(&agent, req) {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     }

@@ -7,6 +7,7 @@ pub mod client;
 mod config;
 mod epoch;
 mod error;
+mod expect;
 mod fence;
 mod http;
 mod lease;
@@ -143,6 +144,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(agent.cfg.listen).await?;
     let server = tokio::spawn(http::serve(agent.clone(), listener));
     tokio::spawn(probe::run(agent.clone()));
+    tokio::spawn(expect::run(agent.clone()));
     tokio::spawn(supervisor::restarter(agent.clone(), crashed_rx));
     tokio::spawn(bootstrap::run(agent.clone()));
     tokio::spawn(fence::run(agent.clone()));

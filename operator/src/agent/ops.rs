@@ -239,7 +239,7 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
             })?;
     }
     if let Some(known) = req.known_standbys {
-        *lock(&agent.known_standbys) = known;
+        super::expect::set_standbys(&agent, known);
     }
     if req.complete {
         let text = serde_json::to_string_pretty(&req.parameters).unwrap_or_default();

@@ -26,6 +26,8 @@ pub struct Thresholds {
 struct Conns {
     local: Option<Client>,
     upstream: Option<(String, Client)>,
+    /// Primary: since when each standby has been seen attached.
+    attached: std::collections::BTreeMap<String, std::time::Instant>,
 }
 
 /// Probe forever.
@@ -33,6 +35,7 @@ pub async fn run(agent: Arc<Agent>) {
     let mut conns = Conns {
         local: None,
         upstream: None,
+        attached: Default::default(),
     };
     loop {
         let count = agent.probes_started.fetch_add(1, Ordering::SeqCst) + 1;
@@ -126,13 +129,30 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
     st.archive_ready = conf::archive_ready_count(&cfg.data_dir);
     st.parameters = conf::read_parameters(&cfg.data_dir);
     overlay_live(agent, &mut st);
-    let thresholds = Thresholds {
-        archive_warning: cfg.archive_ready_warning,
-        archive_critical: cfg.archive_ready_critical,
-        lag_warning: cfg.lag_warning_bytes,
-        lag_critical: cfg.lag_critical_bytes,
-    };
-    let known = lock(&agent.known_standbys).clone();
+    let thresholds = super::expect::thresholds(agent);
+    let known = super::expect::standbys(agent);
+    st.check_settings = super::expect::settings(agent);
+    if st.role == InstanceRole::Primary {
+        let before = conns.attached.len();
+        conns
+            .attached
+            .retain(|n, _| st.downstreams.iter().any(|d| d.name == *n));
+        let mut changed = conns.attached.len() != before;
+        for d in &st.downstreams {
+            if !conns.attached.contains_key(&d.name) {
+                conns
+                    .attached
+                    .insert(d.name.clone(), std::time::Instant::now());
+                changed = true;
+            }
+        }
+        if changed {
+            agent.recheck_replication.notify_one();
+        }
+        st.replication_to = super::expect::replication_report(agent, &conns.attached);
+    } else {
+        conns.attached.clear();
+    }
     st.checks = checks(&st, thresholds, &known, conf::is_initialized(&cfg.data_dir));
     st
 }

@@ -53,7 +53,13 @@ pub struct Agent {
     /// vouch is decided and recorded, so `/stop-vouching` reads it after
     /// every vouch decided under the old epoch.
     pub last_vouch: Mutex<Option<(String, Instant)>>,
-    pub known_standbys: Mutex<Vec<String>>,
+    /// What the health checks compare against, as the operator last sent it (`POST /checks`).
+    pub checks: Mutex<Option<crate::api::agent::ChecksRequest>>,
+    /// Primary: whether each expected standby took a replication connection
+    /// from it, and when that was measured.
+    pub replication_to: Mutex<std::collections::BTreeMap<String, (bool, std::time::Instant)>>,
+    /// Wakes the replication-connection check early (new settings).
+    pub recheck_replication: tokio::sync::Notify,
     pub activity: Mutex<Option<String>>,
     /// The long operation running now (bootstrap or an action); callers leave the instance alone meanwhile.
     pub operation: Mutex<Option<String>>,
@@ -140,7 +146,9 @@ impl Agent {
             epoch_writes: tokio::sync::Mutex::new(()),
             epoch_file,
             last_vouch: Mutex::new(None),
-            known_standbys: Mutex::new(Vec::new()),
+            checks: Mutex::new(None),
+            replication_to: Mutex::new(Default::default()),
+            recheck_replication: tokio::sync::Notify::new(),
             activity: Mutex::new(None),
             // Bootstrap starts with the agent.
             operation: Mutex::new(Some("bootstrap".into())),

@@ -30,6 +30,8 @@ use tandem_core::api::{DbClusterSpec, DbClusterStatus};
     printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".status.currentPrimary"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.replication.mode"}"#,
+    printcolumn = r#"{"name":"Lag","type":"integer","jsonPath":".status.maxLagBytes","priority":1,"description":"The largest lag of a standby behind the primary, in bytes"}"#,
+    printcolumn = r#"{"name":"Sync","type":"string","jsonPath":".status.syncStates","priority":1,"description":"Each standby's synchronous state as the primary reports it"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(transparent)]

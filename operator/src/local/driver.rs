@@ -29,7 +29,7 @@ use crate::platform::{self as shared, AgentCall, HaLoop, Observe, Observed, Plat
 
 use super::control::{KillSignal, LocalRequest, Outcome, Refusal, Submission};
 use super::procs::{self, AgentLaunch, Agents};
-use super::report::{InstanceReport, StatusReport};
+use super::report::StatusReport;
 use super::requests::{Pending, Recorded, Reply, Requests};
 use super::state::{write_private, LocalState};
 
@@ -239,34 +239,6 @@ impl Driver {
         out
     }
 
-    /// Whether the primary can open a replication connection to each other instance (switchover precheck).
-    async fn replication_checks(&self, obs: &mut [InstanceObs]) {
-        let Some(primary) = self.persisted.status.current_primary.clone() else {
-            return;
-        };
-        let user = self
-            .state
-            .replication
-            .as_ref()
-            .map(|c| (c.user.clone(), c.password.clone()));
-        let Some((user, password)) = user else { return };
-        let mut result = BTreeMap::new();
-        for (name, m) in &self.members {
-            if *name == primary {
-                continue;
-            }
-            let host = m.launch.address.to_string();
-            let ok =
-                super::replcheck::can_replicate(&host, m.launch.pg_port, &user, &password).await;
-            result.insert(name.clone(), ok);
-        }
-        if let Some(p) = obs.iter_mut().find(|o| o.name == primary) {
-            if let Some(a) = p.agent.as_mut() {
-                a.replication_to = result;
-            }
-        }
-    }
-
     /// The local platform's upkeep after a pass: answer the requests whose
     /// transition ended, point the endpoints, publish the status report.
     fn after_pass(&mut self) {
@@ -342,75 +314,46 @@ impl Driver {
 
     fn publish(&mut self, spec: &DbClusterSpec) {
         let st = &self.persisted.status;
-        let instances = st
-            .instances
-            .iter()
-            .map(|i| {
-                let m = self.members.get(&i.name);
-                let alive = m.is_some_and(|m| m.died_at.is_none());
-                let rep = m.and_then(|m| m.last_report.as_ref());
-                let fresh = m
-                    .and_then(|m| m.last_seen)
-                    .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
-                let status = match (alive, fresh, rep) {
-                    (false, _, _) => "down".to_string(),
-                    (true, true, Some(r)) if r.fenced => "fenced".to_string(),
-                    (true, true, Some(r)) if r.postgres_running => "running".to_string(),
-                    (true, true, Some(r)) => r
-                        .activity
-                        .clone()
-                        .map(|a| format!("stopped ({a})"))
-                        .unwrap_or_else(|| "stopped".into()),
-                    (true, _, _)
-                        if m.and_then(|m| m.started_at)
-                            .is_some_and(|t| t.elapsed() < STARTING_GRACE) =>
-                    {
-                        "starting".into()
-                    }
-                    _ => "unreachable".into(),
-                };
-                InstanceReport {
-                    name: i.name.clone(),
-                    role: serde_json::to_value(i.role)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default(),
-                    status,
-                    upstream: i.upstream.clone(),
-                    timeline: i.timeline,
-                    lsn: i.lsn,
-                    lag_bytes: i.lag_bytes,
-                    priority: i.priority,
-                    checks: i.checks.clone(),
-                    last_seen_secs: m
-                        .and_then(|m| m.last_seen)
-                        .map(|t| t.elapsed().as_secs_f64()),
-                    address: self.pg_addr(&i.name),
-                }
-            })
-            .collect();
-        let report = StatusReport {
-            name: self.name.clone(),
-            phase: st
-                .phase
-                .map(|p| format!("{p:?}"))
-                .unwrap_or_else(|| "Creating".into()),
-            primary: st.current_primary.clone(),
-            paused: st.paused,
-            // The mode in force (a refused or pending change is not).
-            mode: match st
-                .durability
-                .as_ref()
-                .map_or(spec.replication.mode, |d| d.applied.mode)
-            {
-                ReplicationMode::Async => "async".into(),
-                ReplicationMode::Sync => "sync".into(),
-            },
-            transition: st.transition.clone(),
-            blocked_by: st.blocked_by.clone(),
-            instances,
-            history: st.history.clone(),
+        // The mode in force (a refused or pending change is not).
+        let mode = match st
+            .durability
+            .as_ref()
+            .map_or(spec.replication.mode, |d| d.applied.mode)
+        {
+            ReplicationMode::Async => "async",
+            ReplicationMode::Sync => "sync",
         };
+        let mut report = StatusReport::from_status(&self.name, mode, st, jiff::Timestamp::now());
+        // What the process table and the last answers tell beyond status.
+        for r in &mut report.instances {
+            let m = self.members.get(&r.name);
+            let alive = m.is_some_and(|m| m.died_at.is_none());
+            let rep = m.and_then(|m| m.last_report.as_ref());
+            let fresh = m
+                .and_then(|m| m.last_seen)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+            r.status = match (alive, fresh, rep) {
+                (false, _, _) => "down".to_string(),
+                (true, true, Some(a)) if a.fenced => "fenced".to_string(),
+                (true, true, Some(a)) if a.postgres_running => "running".to_string(),
+                (true, true, Some(a)) => a
+                    .activity
+                    .clone()
+                    .map(|a| format!("stopped ({a})"))
+                    .unwrap_or_else(|| "stopped".into()),
+                (true, _, _)
+                    if m.and_then(|m| m.started_at)
+                        .is_some_and(|t| t.elapsed() < STARTING_GRACE) =>
+                {
+                    "starting".into()
+                }
+                _ => "unreachable".into(),
+            };
+            r.last_seen_secs = m
+                .and_then(|m| m.last_seen)
+                .map(|t| t.elapsed().as_secs_f64());
+            r.address = self.pg_addr(&r.name);
+        }
         self.report.send_replace(report);
     }
 
@@ -669,14 +612,10 @@ impl Platform for Driver {
 
     async fn observe(&mut self, _now: jiff::Timestamp) -> Result<Observe<Infallible>, Infallible> {
         self.respawn();
-        let mut instances = self.instances().await;
+        // The primary's agent reports whether it can open a replication
+        // connection to each standby (the switchover precheck), as on Kubernetes.
+        let instances = self.instances().await;
         let requests = self.requests.for_engine();
-        if requests
-            .iter()
-            .any(|r| matches!(r, Request::Switchover { .. }))
-        {
-            self.replication_checks(&mut instances).await;
-        }
         self.before = self.persisted.status.history.clone();
         Ok(Observe::Ready(Box::new(Observed {
             spec: self.spec(),

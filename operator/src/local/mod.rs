@@ -13,7 +13,6 @@ pub mod poll;
 pub mod ports;
 pub mod procs;
 pub mod proxy;
-pub mod replcheck;
 pub mod report;
 pub mod requests;
 pub mod setup;

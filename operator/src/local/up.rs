@@ -79,7 +79,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
         Ok(b) => b,
         Err(e) => return fail(e),
     };
-    super::replcheck::init(Some(pg_bin.clone()));
     if let Err(e) = setup::open_for_postgres(&dir) {
         return fail(e);
     }

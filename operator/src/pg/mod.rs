@@ -7,6 +7,7 @@ pub mod conf;
 pub mod control;
 pub mod process;
 pub mod query;
+pub mod replcheck;
 pub mod runner;
 pub mod wal;
 

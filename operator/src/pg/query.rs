@@ -218,7 +218,8 @@ pub async fn observe(client: &Client) -> Result<Observation, Error> {
 pub async fn wal_receiver(client: &Client) -> Result<Option<WalReceiver>, Error> {
     let rows = client
         .query(
-            "SELECT status, sender_host, sender_port, slot_name, received_tli::int8 \
+            "SELECT status, sender_host, sender_port, slot_name, received_tli::int8, \
+             extract(epoch from now() - last_msg_receipt_time)::float8 \
              FROM pg_stat_wal_receiver",
             &[],
         )
@@ -236,6 +237,7 @@ pub async fn wal_receiver(client: &Client) -> Result<Option<WalReceiver>, Error>
         sender_port: r.try_get(2).map_err(sql("probe walreceiver"))?,
         slot_name: r.try_get(3).map_err(sql("probe walreceiver"))?,
         received_tli: r.try_get(4).map_err(sql("probe walreceiver"))?,
+        last_message_ago_secs: r.try_get(5).map_err(sql("probe walreceiver"))?,
     }))
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::agent::client::{AgentClient, ClientError};
 use crate::api::agent::{
-    self as proto, ActionResponse, AgentStatus, ConfigRequest, DemoteRequest, DropSlotsRequest,
+    self as proto, ActionResponse, AgentStatus, ChecksRequest, ConfigRequest, DemoteRequest,
+    DropSlotsRequest,
     FollowRequest, LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest, RewindRequest,
     StopRequest, StopVouchingRequest, SyncStandbys,
 };
@@ -46,7 +47,7 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         max_wal_senders: s.max_wal_senders,
         max_replication_slots: s.max_replication_slots,
         slots_used: Some(s.replication_slots_used),
-        replication_to: Default::default(),
+        replication_to: s.replication_to.clone(),
         lease: Some(LeaseReport {
             held: s.lease.held,
             remaining_ms: s
@@ -80,6 +81,12 @@ pub fn report(s: &AgentStatus) -> AgentReport {
             .collect(),
         operation: s.operation.clone(),
         checks: s.checks.clone(),
+        check_settings: s.check_settings.clone(),
+        lag_seconds: s.lag_seconds,
+        upstream_seen_ago_secs: s
+            .wal_receiver
+            .as_ref()
+            .and_then(|w| w.last_message_ago_secs),
     }
 }
 
@@ -256,6 +263,21 @@ pub async fn call(
                 .await
                 .map_err(|_| "lease renewal timed out".to_string())?
                 .map(|_| Answer::default())
+                .map_err(describe);
+        }
+        Action::Checks { settings, .. } => {
+            let req = ChecksRequest {
+                settings: settings.clone(),
+                members: settings
+                    .standbys
+                    .iter()
+                    .filter_map(|n| members.get(n).cloned())
+                    .collect(),
+            };
+            return c
+                .checks(&req)
+                .await
+                .map(|r| Some(r.message).into())
                 .map_err(describe);
         }
         Action::StopVouching { epoch, .. } => {

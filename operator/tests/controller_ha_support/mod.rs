@@ -10,7 +10,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use tandem::api::agent::{AgentStatus, Downstream, LeaseState, Member, WalReceiver};
+use tandem::api::agent::{AgentStatus, ChecksRequest, Downstream, LeaseState, Member, WalReceiver};
 use tandem::api::Lsn;
 use tandem::api::{keys, DbCluster, DbClusterStatus, InstanceRole};
 use tandem::controller::error::Error;
@@ -40,6 +40,8 @@ pub struct Sim {
     pub parameters: BTreeMap<String, String>,
     /// Parameters it was given that wait for a restart (max_connections).
     pub pending_restart: Vec<String>,
+    /// What its health checks were last told (`POST /checks`), with the members' addresses.
+    pub checks: Option<ChecksRequest>,
 }
 
 /// The synchronous settings a fake primary runs with.
@@ -195,6 +197,7 @@ pub fn report(name: &str, sims: &BTreeMap<String, Sim>, token: &Token) -> Option
         data_dir: "/var/lib/postgresql/data/pgdata".into(),
         parameters: Some(s.parameters.clone()),
         pending_restart: s.pending_restart.clone(),
+        check_settings: s.checks.as_ref().map(|c| c.settings.clone()),
         ..AgentStatus::default()
     };
     if s.running {
@@ -257,7 +260,7 @@ impl AgentOps for FakeAgents {
         &self,
         t: &AgentTarget,
         action: &Action,
-        _: &BTreeMap<String, Member>,
+        members: &BTreeMap<String, Member>,
     ) -> Result<tandem::engine::Answer, String> {
         let mut w = lock(&self.0);
         let name = t.instance.clone();
@@ -294,6 +297,18 @@ impl AgentOps for FakeAgents {
                 if changed {
                     w.journal.push(format!("agent {name} config"));
                 }
+                return Ok(Answer::default());
+            }
+            Action::Checks { settings, .. } => {
+                let s = w.sims.get_mut(&name).ok_or("no sim")?;
+                s.checks = Some(ChecksRequest {
+                    settings: settings.clone(),
+                    members: settings
+                        .standbys
+                        .iter()
+                        .filter_map(|n| members.get(n).cloned())
+                        .collect(),
+                });
                 return Ok(Answer::default());
             }
             Action::Promote { .. } => {

@@ -218,6 +218,11 @@ impl Fixture {
                         ag.parameters = Some(parameters.clone());
                     }
                 }
+                Action::Checks { instance, settings } => {
+                    if let Some(ag) = self.inst(instance).agent.as_mut() {
+                        ag.check_settings = Some(settings.clone());
+                    }
+                }
                 _ => {}
             }
             if !matches!(a, Action::Event { .. } | Action::RequestDone { .. }) {

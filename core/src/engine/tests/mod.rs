@@ -2,6 +2,7 @@
 
 mod durability;
 mod config_slots;
+mod checks;
 mod failover;
 mod fixtures;
 mod operations;

@@ -435,6 +435,7 @@ impl Sim {
                 m.lease_peers = peers.clone();
                 Self::ok()
             }
+            Action::Checks { .. } => Self::ok(),
             Action::StopVouching { epoch, .. } => {
                 let m = &mut self.insts[k];
                 if !self.ignore_stop_vouching {
