@@ -193,12 +193,18 @@ async fn applied_parameters_reload_everywhere_then_restart_rolls_with_the_primar
     let restart = &history_of(&s, "Restart")[0];
     let msg = restart["message"].as_str().unwrap_or_default();
     let standbys: Vec<&String> = all.iter().filter(|n| **n != old).collect();
-    let expect = format!(
-        "{} restarted; {} restarted; {old} restarted by a switchover to",
-        standbys[0], standbys[1]
-    );
+    // "a restarted (stopped smart); b restarted (stopped smart); old restarted by a switchover to c"
+    let order: Vec<&str> = msg
+        .split(": ")
+        .nth(1)
+        .unwrap_or_default()
+        .split("; ")
+        .collect();
+    assert_eq!(order.len(), 3, "not every instance restarted: {msg}");
     assert!(
-        msg.contains(&expect),
+        order[0].starts_with(&format!("{} restarted", standbys[0]))
+            && order[1].starts_with(&format!("{} restarted", standbys[1]))
+            && order[2].starts_with(&format!("{old} restarted by a switchover to")),
         "not standbys first, primary last: {msg}"
     );
     wait_show_everywhere(&c, &all, "max_connections", "150").await;

@@ -98,13 +98,21 @@ pub(crate) fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Actio
         .iter()
         .filter(|n| {
             ctx.in_spec(n)
-                && ctx.agent(n).is_some_and(|a| {
-                    a.pending_restart && a.postgres_running && a.operation.is_none()
-                })
+                && ctx
+                    .agent(n)
+                    .is_some_and(|a| a.pending_restart && a.postgres_running)
         })
         .cloned()
         .collect();
     if pending.is_empty() || st.current_primary.is_none() {
+        return false;
+    }
+    // One with an operation under way (a config, a slot drop) is waited for:
+    // started without it, the rolling restart would leave it pending.
+    if pending
+        .iter()
+        .any(|n| ctx.agent(n).is_some_and(|a| a.operation.is_some()))
+    {
         return false;
     }
     if ctx.paused {

@@ -306,3 +306,30 @@ fn a_reconfigure_resumes_from_its_persisted_status_with_its_failures() {
         h.message
     );
 }
+
+#[test]
+fn a_rolling_restart_waits_for_a_pending_instance_that_is_busy_rather_than_leaving_it_out() {
+    let mut f = reporting();
+    f.spec.postgres.parameters = params(&[("max_connections", "150")]);
+    f.tick(10);
+    f.ack_all();
+    for n in ["main-0", "main-1", "main-2"] {
+        f.agent(n).parameters = Some(params(&[("max_connections", "150")]));
+        f.agent(n).pending_restart = true;
+    }
+    f.agent("main-1").operation = Some("drop_slots".into());
+    f.tick(10);
+    assert!(
+        f.status
+            .transition
+            .as_ref()
+            .is_none_or(|t| t.kind.as_str() != "Restart"),
+        "{:?}",
+        f.status.transition
+    );
+    f.agent("main-1").operation = None;
+    f.tick(10);
+    assert_eq!(f.step(), Some(("Restart".into(), "RestartInstance".into())));
+    let queue = &f.status.transition.as_ref().unwrap().data.restart.queue;
+    assert_eq!(queue, &["main-1", "main-2", "main-0"]);
+}
