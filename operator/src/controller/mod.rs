@@ -330,6 +330,7 @@ async fn run_controller(
         api::<StatefulSet>(&client, namespace),
     );
     let store = stores.clusters.clone();
+    let wakers = ctx.ha.wakers();
     let run = Controller::for_stream(streams.clusters, stores.clusters)
         .owns_stream(streams.stateful_sets)
         .owns(api::<Service>(&client, namespace), managed.clone())
@@ -338,9 +339,12 @@ async fn run_controller(
         .owns(api::<PodDisruptionBudget>(&client, namespace), managed)
         // Pods belong to the StatefulSet; a new one gets its instance label,
         // and the HA loops read their readiness from this watch's store.
-        .watches_stream(streams.pods, |pod: Pod| {
+        // A pod event also wakes the cluster's HA loop: a deleted pod or ended
+        // containers are seen now, not at the loop's next tick.
+        .watches_stream(streams.pods, move |pod: Pod| {
             let cluster = pod.labels().get(keys::LABEL_CLUSTER)?.clone();
             let ns = pod.namespace()?;
+            wakers.wake(&ns, &cluster);
             Some(ObjectRef::<WatchedDbCluster>::new(&cluster).within(&ns))
         })
         .graceful_shutdown_on(stop.clone())

@@ -8,9 +8,8 @@ use std::time::Duration;
 use crate::agent::client::{AgentClient, ClientError};
 use crate::api::agent::{
     self as proto, ActionResponse, AgentStatus, ChecksRequest, ConfigRequest, DemoteRequest,
-    DropSlotsRequest,
-    FollowRequest, LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest, RewindRequest,
-    StopRequest, StopVouchingRequest, SyncStandbys,
+    DropSlotsRequest, FollowRequest, LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest,
+    RewindRequest, StopRequest, StopVouchingRequest, SyncStandbys,
 };
 use crate::api::{DurationString, InstanceRole, WalReceiverState};
 use crate::engine::{

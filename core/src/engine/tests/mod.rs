@@ -1,8 +1,8 @@
 //! Engine tests: fixtures, unit tests per behaviour, a simulated cluster and property tests.
 
-mod durability;
-mod config_slots;
 mod checks;
+mod config_slots;
+mod durability;
 mod failover;
 mod fixtures;
 mod operations;

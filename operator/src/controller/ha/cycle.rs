@@ -107,6 +107,12 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
         self.ha.in_flight()
     }
 
+    /// Notified when an agent call (other than a lease renewal) or a platform
+    /// action finished: a transition's next step need not wait for the next tick.
+    pub fn finished(&self) -> Arc<tokio::sync::Notify> {
+        self.ha.finished()
+    }
+
     /// Wait (at most `timeout`) until every agent call has finished; their
     /// results go into the next pass.
     pub async fn settle(&mut self, timeout: Duration) -> bool {

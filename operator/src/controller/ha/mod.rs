@@ -55,6 +55,8 @@ pub struct Registry<K, A> {
     keep: Arc<Mutex<HashMap<String, u32>>>,
     /// The operator's metrics, when the loops count into them.
     metrics: Option<Arc<crate::controller::metrics::Metrics>>,
+    /// Per cluster: wakes its loop before its next tick (a pod of it changed).
+    wakers: Arc<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>,
 }
 
 impl<K: KubeOps, A: AgentOps> Registry<K, A> {
@@ -69,6 +71,7 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
             tasks: Mutex::new(HashMap::new()),
             keep: Arc::new(Mutex::new(HashMap::new())),
             metrics: None,
+            wakers: Arc::default(),
         }
     }
 
@@ -100,6 +103,8 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
         if let Some(m) = &self.metrics {
             lp = lp.with_metrics(m.clone());
         }
+        let wake = Arc::new(tokio::sync::Notify::new());
+        lock(&self.wakers).insert(key.clone(), wake.clone());
         // Every line of the loop, its passes and its agent calls carries the cluster.
         let span = tracing::info_span!("ha_loop", cluster = %name, %namespace);
         let task = tokio::spawn(
@@ -110,11 +115,18 @@ impl<K: KubeOps, A: AgentOps> Registry<K, A> {
                 Keep {
                     map: self.keep.clone(),
                     key: key.clone(),
+                    wakers: self.wakers.clone(),
                 },
+                wake,
             )
             .instrument(span),
         );
         tasks.insert(key, task);
+    }
+
+    /// Wakes the loops' next passes (a watch saw one of their pods change).
+    pub fn wakers(&self) -> Wakers {
+        Wakers(self.wakers.clone())
     }
 
     /// Whether the loop of `namespace/name` runs.
@@ -156,10 +168,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Wakes the HA loop of a cluster now rather than at its next tick: a pod
+/// deleted, its containers ended or its readiness changed is seen at once.
+#[derive(Clone)]
+pub struct Wakers(Arc<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>);
+
+impl Wakers {
+    /// Wake the loop of `namespace/name`, if one runs.
+    pub fn wake(&self, namespace: &str, name: &str) {
+        if let Some(n) = lock(&self.0).get(&format!("{namespace}/{name}")) {
+            n.notify_one();
+        }
+    }
+}
+
 /// Where a loop publishes its cluster's `keep_instances`.
 struct Keep {
     map: Arc<Mutex<HashMap<String, u32>>>,
     key: String,
+    /// The registry's wakers, this loop's removed when it ends.
+    wakers: Arc<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>,
 }
 
 impl Keep {
@@ -171,6 +199,7 @@ impl Keep {
 impl Drop for Keep {
     fn drop(&mut self) {
         lock(&self.map).remove(&self.key);
+        lock(&self.wakers).remove(&self.key);
     }
 }
 
@@ -179,12 +208,14 @@ async fn drive<K: KubeOps, A: AgentOps>(
     permits: Arc<Semaphore>,
     config: HaConfig,
     keep: Keep,
+    wake: Arc<tokio::sync::Notify>,
 ) {
     // Before the watch caches listed once, no pod would look alive.
     if !lp.synced().await {
         return;
     }
     let mut failures: u32 = 0;
+    let finished = lp.finished();
     loop {
         let outcome = {
             let Ok(_permit) = permits.acquire().await else {
@@ -227,6 +258,12 @@ async fn drive<K: KubeOps, A: AgentOps>(
                 config.interval
             }
         };
-        tokio::time::sleep(wait).await;
+        // A finished agent call or platform action (a promotion, a label
+        // set) lets a transition take its next step now, as the local loop does.
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = finished.notified(), if failures == 0 => {}
+            _ = wake.notified(), if failures == 0 => {}
+        }
     }
 }
