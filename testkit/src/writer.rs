@@ -145,7 +145,7 @@ impl WriteLog {
 }
 
 /// How long one connection attempt of the writer may take, start-up included.
-const CONNECT: Duration = Duration::from_secs(2);
+const CONNECT: Duration = Duration::from_millis(500);
 
 /// A running writer.
 pub struct Writer {
