@@ -356,7 +356,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ERR_CONFLICT), "{err}");
+    assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
     let err = p
         .client
         .lease(&LeaseRequest {

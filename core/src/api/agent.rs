@@ -424,6 +424,10 @@ pub struct ActionResponse {
     /// Rewind only: whether a rewind is (dry run) or was needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewind_needed: Option<bool>,
+    /// Rewind dry run only: a rewind cannot bring this server back (another
+    /// system, no shared timeline, or no `wal_log_hints`/checksums): a rejoin would re-clone it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclone_needed: Option<bool>,
     /// Stop only: the mode that finally stopped postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_with: Option<StopMode>,

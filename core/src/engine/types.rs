@@ -269,6 +269,9 @@ pub struct ActionFacts {
     /// Stop-vouching: how long before its answer it last vouched for a primary.
     #[serde(default)]
     pub last_vouched_ago_ms: Option<u64>,
+    /// Rewind dry run: only a re-clone would bring the server back.
+    #[serde(default)]
+    pub reclone_needed: bool,
 }
 
 impl ActionFacts {

@@ -9,6 +9,7 @@ mod epoch;
 mod error;
 mod fence;
 mod http;
+mod judge;
 mod lease;
 mod metrics;
 mod ops;

@@ -8,6 +8,7 @@ pub mod control;
 pub mod process;
 pub mod query;
 pub mod runner;
+pub mod timeline;
 pub mod wal;
 
 use std::path::PathBuf;

@@ -118,6 +118,7 @@ fn facts(r: &ActionResponse) -> ActionFacts {
         diverged_at: r.diverged_at,
         rewound_from: r.rewound_from,
         last_vouched_ago_ms: None,
+        reclone_needed: r.reclone_needed.unwrap_or(false),
     }
 }
 
