@@ -306,6 +306,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .demote(&DemoteRequest {
             primary: p.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();
@@ -324,6 +325,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .demote(&DemoteRequest {
             primary: ghost.clone(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();
@@ -338,6 +340,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .demote(&DemoteRequest {
             primary: s.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();
@@ -353,6 +356,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .rewind(&RewindRequest {
             source: s.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();

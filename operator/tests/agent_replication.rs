@@ -143,6 +143,7 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
@@ -172,6 +173,7 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -213,6 +215,7 @@ async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
@@ -240,6 +243,7 @@ async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: false,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -260,6 +264,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
@@ -279,6 +284,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: false,
+            limits: Default::default(),
         })
         .await
         .expect_err("rewind without WAL must fail");
@@ -289,6 +295,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .client
         .reclone(&RecloneRequest {
             source: new.member(),
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("reclone: {e}\n{}", c.logs()));
@@ -302,6 +309,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .client
         .reclone(&RecloneRequest {
             source: new.member(),
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("reclone 2: {e}\n{}", c.logs()));
@@ -403,6 +411,7 @@ async fn rejoin_dry_run_of_a_running_standby_says_rewind_without_stopping_it() {
         .rewind(&RewindRequest {
             source: old.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
@@ -438,6 +447,7 @@ async fn rejoin_dry_run_of_a_running_standby_says_rewind_without_stopping_it() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
@@ -463,6 +473,7 @@ async fn rejoin_dry_run_of_a_running_standby_says_rewind_without_stopping_it() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
@@ -474,6 +485,7 @@ async fn rejoin_dry_run_of_a_running_standby_says_rewind_without_stopping_it() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap();

@@ -166,6 +166,9 @@ pub struct AgentReport {
     /// re-clone…); the engine leaves the instance alone meanwhile.
     #[serde(default)]
     pub operation: Option<String>,
+    /// How far the agent's pg_basebackup or pg_rewind got, while one runs.
+    #[serde(default)]
+    pub progress: Option<crate::api::agent::ToolProgress>,
     /// The agent's health checks, copied to status.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,

@@ -154,7 +154,7 @@ pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionRespo
     agent.step("demote", &mut steps, report.describe());
     let rewound_from = agent.wal_end().await.or(last_lsn);
     agent.step("demote", &mut steps, "pg_rewind --dry-run");
-    let dry = agent.pg_rewind(&req.primary, true).await?;
+    let dry = agent.pg_rewind(&req.primary, true, &req.limits).await?;
     let mut diverged_at = dry.diverged_at;
     if dry.needed {
         agent.step(
@@ -162,7 +162,7 @@ pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionRespo
             &mut steps,
             format!("rewind needed ({}): pg_rewind", dry.reason),
         );
-        let done = agent.pg_rewind(&req.primary, false).await?;
+        let done = agent.pg_rewind(&req.primary, false, &req.limits).await?;
         diverged_at = done.diverged_at.or(diverged_at);
     } else {
         agent.step(
@@ -310,7 +310,7 @@ pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionRespo
     if req.dry_run {
         let rewound_from = agent.wal_end().await;
         agent.step("rewind", &mut steps, "pg_rewind --dry-run");
-        let dry = agent.pg_rewind(&req.source, true).await?;
+        let dry = agent.pg_rewind(&req.source, true, &req.limits).await?;
         return Ok(ActionResponse {
             changed: false,
             message: if dry.needed {
@@ -350,7 +350,7 @@ pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionRespo
     agent.step("rewind", &mut steps, report.describe());
     let rewound_from = agent.wal_end().await.or(last_lsn);
     agent.step("rewind", &mut steps, "pg_rewind");
-    let done = agent.pg_rewind(&req.source, false).await?;
+    let done = agent.pg_rewind(&req.source, false, &req.limits).await?;
     agent.step(
         "rewind",
         &mut steps,
@@ -414,7 +414,7 @@ pub async fn reclone(agent: Arc<Agent>, req: RecloneRequest) -> Result<ActionRes
         &mut steps,
         format!("pg_basebackup from {}", src.address()),
     );
-    clone_into(&agent, &scratch, src).await?;
+    clone_into(&agent, &scratch, src, &req.limits).await?;
     install(&scratch, &dir)?;
     agent.start_as_standby("reclone", src, &mut steps).await?;
     let mut r = ActionResponse {

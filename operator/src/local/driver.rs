@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use std::convert::Infallible;
 
 use crate::agent::client::AgentClient;
-use crate::api::agent::{AgentStatus, Member};
+use crate::api::agent::{AgentStatus, Member, ToolLimits};
 use crate::api::{
     keys, DataDurability, DbClusterSpec, DbClusterStatus, HistoryEntry, ReplicationMode,
     SynchronousCommit, WalReceiverState,
@@ -29,7 +29,7 @@ use crate::platform::{self as shared, AgentCall, HaLoop, Observe, Observed, Plat
 
 use super::control::{KillSignal, LocalRequest, Outcome, Refusal, Submission};
 use super::procs::{self, AgentLaunch, Agents};
-use super::report::{InstanceReport, StatusReport};
+use super::report::{describe_progress, InstanceReport, StatusReport};
 use super::requests::{Pending, Requests};
 use super::state::{write_private, LocalState};
 
@@ -342,6 +342,14 @@ impl Driver {
                     .and_then(|m| m.last_seen)
                     .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
                 let status = match (alive, fresh, rep) {
+                    (true, true, Some(r)) if !r.postgres_running && i.progress.is_some() => {
+                        let p = i
+                            .progress
+                            .as_ref()
+                            .map(describe_progress)
+                            .unwrap_or_default();
+                        format!("stopped ({p})")
+                    }
                     (false, _, _) => "down".to_string(),
                     (true, true, Some(r)) if r.fenced => "fenced".to_string(),
                     (true, true, Some(r)) if r.postgres_running => "running".to_string(),
@@ -375,6 +383,7 @@ impl Driver {
                         .and_then(|m| m.last_seen)
                         .map(|t| t.elapsed().as_secs_f64()),
                     address: self.pg_addr(&i.name),
+                    progress: i.progress.clone(),
                 }
             })
             .collect();
@@ -674,6 +683,7 @@ impl Platform for Driver {
         &self,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
     ) -> Result<AgentCall, String> {
         let name = action.instance().unwrap_or_default();
         let Some(m) = self.members.get(name) else {
@@ -682,8 +692,9 @@ impl Platform for Driver {
         let client = m.client.clone();
         let action = action.clone();
         let members = members.clone();
+        let limits = limits.clone();
         Ok(Box::pin(async move {
-            shared::call(&action, &client, &members).await
+            shared::call(&action, &client, &members, &limits).await
         }))
     }
 }

@@ -9,7 +9,7 @@ use crate::agent::client::{AgentClient, ClientError};
 use crate::api::agent::{
     self as proto, ActionResponse, AgentStatus, ConfigRequest, DemoteRequest, FollowRequest,
     LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest, RewindRequest, StopRequest,
-    StopVouchingRequest, SyncStandbys,
+    StopVouchingRequest, SyncStandbys, ToolLimits,
 };
 use crate::api::{DurationString, InstanceRole, WalReceiverState};
 use crate::engine::{Action, ActionFacts, AgentReport, Answer, ConnectedStandby, LeaseReport};
@@ -69,6 +69,7 @@ pub fn report(s: &AgentStatus) -> AgentReport {
         synchronous_commit: s.synchronous_commit.clone(),
         parameters: None,
         operation: s.operation.clone(),
+        progress: s.progress.clone(),
         checks: s.checks.clone(),
     }
 }
@@ -123,11 +124,13 @@ fn facts(r: &ActionResponse) -> ActionFacts {
 }
 
 /// Carry out one agent action on `c`: its answer, or `Err(message)`.
-/// `members` gives every instance's postgres and agent addresses.
+/// `members` gives every instance's postgres and agent addresses, `limits`
+/// the time limits of pg_rewind and pg_basebackup (`spec.rejoin`).
 pub async fn call(
     a: &Action,
     c: &AgentClient,
     members: &BTreeMap<String, Member>,
+    limits: &ToolLimits,
 ) -> Result<Answer, String> {
     let resp = match a {
         Action::Promote { .. } => match c.promote(&PromoteRequest::default()).await {
@@ -141,6 +144,7 @@ pub async fn call(
             c.demote(&DemoteRequest {
                 primary: member(members, primary)?,
                 timeout: None,
+                limits: limits.clone(),
             })
             .await
         }
@@ -156,12 +160,14 @@ pub async fn call(
             c.rewind(&RewindRequest {
                 source: member(members, source)?,
                 dry_run: *dry_run,
+                limits: limits.clone(),
             })
             .await
         }
         Action::Reclone { source, .. } => {
             c.reclone(&RecloneRequest {
                 source: member(members, source)?,
+                limits: limits.clone(),
             })
             .await
         }

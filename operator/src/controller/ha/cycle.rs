@@ -19,7 +19,7 @@ use super::agents::{AgentOps, AgentTarget, Token};
 use super::kube_ops::KubeOps;
 use super::pods;
 use super::requests;
-use crate::api::agent::Member;
+use crate::api::agent::{Member, ToolLimits};
 use crate::api::{keys, DbCluster, DbClusterStatus};
 use crate::controller::error::{Category, Error};
 use crate::controller::metrics::Metrics;
@@ -489,6 +489,7 @@ impl<K: KubeOps, A: AgentOps> Platform for KubePlatform<K, A> {
         &self,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
     ) -> Result<AgentCall, String> {
         let instance = action.instance().unwrap_or_default();
         let Some(target) = self.targets.get(instance).cloned() else {
@@ -499,8 +500,9 @@ impl<K: KubeOps, A: AgentOps> Platform for KubePlatform<K, A> {
         let agents = self.agents.clone();
         let action = action.clone();
         let members = members.clone();
+        let limits = limits.clone();
         Ok(Box::pin(async move {
-            agents.call(&target, &action, &members).await
+            agents.call(&target, &action, &members, &limits).await
         }))
     }
 }
