@@ -36,6 +36,7 @@
 
 mod action;
 mod ctx;
+mod drain;
 mod durability;
 mod failover;
 mod lease;
@@ -377,6 +378,7 @@ fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &
 fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool {
     failover::detect(ctx, st, out)
         || plan::scale_down(ctx, st, out)
+        || drain::automatic(ctx, st, out)
         || rejoin::automatic(ctx, st, out)
         || restart::automatic(ctx, st, out)
 }

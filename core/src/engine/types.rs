@@ -60,6 +60,10 @@ pub struct InstanceObs {
     /// The platform is deleting it (a pod in its termination grace period).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// Its node is cordoned (Kubernetes: `spec.unschedulable`, as `kubectl
+    /// drain` sets it): a primary there is switched over before it is evicted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
 }
 
 /// The platform's knowledge of the process or pod.

@@ -1,5 +1,6 @@
 //! Engine tests: fixtures, unit tests per behaviour, a simulated cluster and property tests.
 
+mod drain;
 mod failover;
 mod fixtures;
 mod operations;

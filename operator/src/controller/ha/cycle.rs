@@ -287,6 +287,17 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
         });
         let answers: BTreeMap<String, _> =
             futures::future::join_all(polls).await.into_iter().collect();
+        // The nodes a drain has cordoned (a primary there is switched over).
+        let mut cordoned = std::collections::BTreeSet::new();
+        let nodes: std::collections::BTreeSet<String> = pods
+            .iter()
+            .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
+        for node in nodes {
+            if self.kube.node_unschedulable(&node).await {
+                cordoned.insert(node);
+            }
+        }
         let mut out: Vec<(u32, InstanceObs)> = Vec::new();
         for pod in pods {
             let name = pod.name_any();
@@ -335,6 +346,11 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
                     unanswered,
                     outdated,
                     deleting: pod.metadata.deletion_timestamp.is_some(),
+                    unschedulable: pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_ref())
+                        .is_some_and(|n| cordoned.contains(n)),
                 },
             ));
         }
