@@ -42,6 +42,15 @@ if ! "$HELM" install tandem-operator charts/tandem-operator \
   exit 1
 fi
 
+# E2E_TESTS="drain promote" runs only those test binaries of e2e/tests,
+# E2E_FILTER only the tests whose names contain it (while developing).
+TARGETS=(--tests)
+if [ -n "${E2E_TESTS:-}" ]; then
+  TARGETS=()
+  for t in $E2E_TESTS; do TARGETS+=(--test "$t"); done
+fi
+FILTER=()
+if [ -n "${E2E_FILTER:-}" ]; then FILTER=("$E2E_FILTER"); fi
 echo "e2e: the suite on the test cluster ($THREADS at a time)"
 E2E_PLATFORM=testcluster E2E_OPERATOR_NAMESPACE="$NAMESPACE" E2E_POSTGRES_IMAGE=tandem-postgres:dev \
-  "$CARGO" test --locked --no-fail-fast -p tandem-e2e --tests -- --ignored --test-threads="$THREADS"
+  "$CARGO" test --locked --no-fail-fast -p tandem-e2e "${TARGETS[@]}" -- --ignored --test-threads="$THREADS" "${FILTER[@]}"

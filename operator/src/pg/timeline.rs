@@ -56,8 +56,8 @@ impl Position {
 
 /// Where two histories part: the last timeline they share and the position
 /// where the first of them left it (`None`: neither left it, same timeline).
-/// `Err` when they share no timeline at all.
-pub fn divergence(target: &[Span], source: &[Span]) -> Result<(i64, Option<Lsn>), ()> {
+/// `None` when they share no timeline at all.
+pub fn divergence(target: &[Span], source: &[Span]) -> Option<(i64, Option<Lsn>)> {
     let mut common = None;
     for (t, s) in target.iter().zip(source) {
         if t.timeline != s.timeline {
@@ -69,7 +69,7 @@ pub fn divergence(target: &[Span], source: &[Span]) -> Result<(i64, Option<Lsn>)
         };
         common = Some((t.timeline, end));
     }
-    common.ok_or(())
+    common
 }
 
 /// What rewinding `target` onto `source` needs.
@@ -88,21 +88,21 @@ pub enum Verdict {
 pub fn judge(target: &Position, source: &Position) -> Verdict {
     let (ttl, stl) = (target.timeline(), source.timeline());
     match divergence(&target.history, &source.history) {
-        Err(()) => Verdict::Unrelated {
+        None => Verdict::Unrelated {
             reason: format!(
                 "timeline {ttl} shares no timeline with the source's history (timeline {stl})"
             ),
         },
-        Ok((tl, None)) => Verdict::NoRewind {
+        Some((tl, None)) => Verdict::NoRewind {
             reason: format!("on the source's timeline {tl}"),
         },
-        Ok((tl, Some(at))) if target.lsn <= at => Verdict::NoRewind {
+        Some((tl, Some(at))) if target.lsn <= at => Verdict::NoRewind {
             reason: format!(
                 "its WAL ends at {} on timeline {ttl}, not past {at} where the source left timeline {tl} (source on timeline {stl})",
                 target.lsn
             ),
         },
-        Ok((tl, Some(at))) => Verdict::Rewind {
+        Some((tl, Some(at))) => Verdict::Rewind {
             diverged_at: at,
             reason: format!(
                 "servers diverged at WAL location {at} on timeline {tl}; its WAL goes on to {} on timeline {ttl} ({} bytes past it; source on timeline {stl})",
