@@ -87,14 +87,17 @@ fn port(name: &str, number: u16) -> ServicePort {
 }
 
 /// At most one standby down for voluntary disruptions (drains, evictions):
-/// the other standbys keep running while one pod moves.
+/// the other standbys keep running while one pod moves. A count
+/// (`minAvailable`: standbys − 1), not `maxUnavailable`: the latter would be
+/// reckoned against the StatefulSet's replicas, primary included, and allow
+/// no eviction at all.
 pub fn pdb(cluster: &ValidCluster) -> PodDisruptionBudget {
     let mut labels = selector_labels(&cluster.name);
     labels.insert(keys::LABEL_ROLE.into(), keys::ROLE_STANDBY.into());
     PodDisruptionBudget {
         metadata: child_meta(cluster, cluster.name.clone()),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            min_available: Some(IntOrString::Int((cluster.spec.instances - 2).max(0))),
             selector: Some(LabelSelector {
                 match_labels: Some(labels),
                 ..LabelSelector::default()
@@ -200,8 +203,9 @@ mod tests {
     fn pdb_allows_one_standby_down() {
         let c = cluster().valid();
         let spec = pdb(&c).spec.unwrap_or_default();
-        assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
-        assert!(spec.min_available.is_none());
+        // Three instances: two standbys, one may go.
+        assert_eq!(spec.min_available, Some(IntOrString::Int(1)));
+        assert!(spec.max_unavailable.is_none());
         let sel = spec
             .selector
             .and_then(|s| s.match_labels)
