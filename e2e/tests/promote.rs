@@ -137,6 +137,9 @@ async fn testcluster_promote_annotation_makes_the_chosen_standby_primary_while_p
                 .expect("annotations"),
             "the promote request was not removed"
         );
+        // The node back first: a SQL pod must not land on the frozen node.
+        node_action(&node, "thaw").await.expect("thaw");
+        thaw.0 = None;
         // Writes go to the new primary, and the rows from before are there.
         // (Rows 1..=20 exist already: the writer adds 21..=25.)
         let out = run_sql(
@@ -157,9 +160,7 @@ async fn testcluster_promote_annotation_makes_the_chosen_standby_primary_while_p
         );
         assert!(stored.contains(&25), "{stored:?}");
 
-        // The node back and automation on: the old primary rejoins.
-        node_action(&node, "thaw").await.expect("thaw");
-        thaw.0 = None;
+        // Automation on: the old primary rejoins.
         annotate(&client, &ns, &name, keys::ANN_PAUSED, None)
             .await
             .expect("unpause");
