@@ -14,8 +14,6 @@ HELM="${HELM:-helm}"
 CARGO="${CARGO:-cargo}"
 NAMESPACE="${OPERATOR_NAMESPACE:-tandem-system}"
 THREADS="${E2E_THREADS:-2}"
-# E2E_FILTER: run only the tests whose name contains it (cargo test's filter), e.g. while developing one.
-FILTER="${E2E_FILTER:-}"
 export KUBE_DIR KUBECONFIG="$KUBE_DIR/kubeconfig"
 export KUBECTL="$KUBE_BIN/kubectl"
 
@@ -44,6 +42,15 @@ if ! "$HELM" install tandem-operator charts/tandem-operator \
   exit 1
 fi
 
+# E2E_TESTS="drain promote" runs only those test binaries of e2e/tests,
+# E2E_FILTER only the tests whose names contain it (while developing).
+TARGETS=(--tests)
+if [ -n "${E2E_TESTS:-}" ]; then
+  TARGETS=()
+  for t in $E2E_TESTS; do TARGETS+=(--test "$t"); done
+fi
+FILTER=()
+if [ -n "${E2E_FILTER:-}" ]; then FILTER=("$E2E_FILTER"); fi
 echo "e2e: the suite on the test cluster ($THREADS at a time)"
 E2E_PLATFORM=testcluster E2E_OPERATOR_NAMESPACE="$NAMESPACE" E2E_POSTGRES_IMAGE=tandem-postgres:dev \
-  "$CARGO" test --locked --no-fail-fast -p tandem-e2e --tests -- --ignored --test-threads="$THREADS" ${FILTER:+"$FILTER"}
+  "$CARGO" test --locked --no-fail-fast -p tandem-e2e "${TARGETS[@]}" -- --ignored --test-threads="$THREADS" "${FILTER[@]}"

@@ -353,12 +353,15 @@ async fn the_operator_runs_as_the_charts_deployment_with_least_privilege() {
     };
     assert!(can("patch", "dbclusters.tandem.dev").await);
     assert!(can("delete", "pods").await);
+    // Whether a drain cordoned the primary's node; nothing else of nodes.
+    assert!(can("get", "nodes").await);
     for (verb, resource) in [
         ("delete", "statefulsets.apps"),
         ("update", "secrets"),
         ("delete", "secrets"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
-        ("get", "nodes"),
+        ("list", "nodes"),
+        ("patch", "nodes"),
         ("create", "pods/exec"),
     ] {
         assert!(!can(verb, resource).await, "{who} may {verb} {resource}");

@@ -157,6 +157,7 @@ async fn a_rewind_reports_where_histories_diverged_and_where_its_wal_ended() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
@@ -173,6 +174,7 @@ async fn a_rewind_reports_where_histories_diverged_and_where_its_wal_ended() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));

@@ -375,6 +375,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .demote(&DemoteRequest {
             primary: p.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();
@@ -393,6 +394,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .demote(&DemoteRequest {
             primary: ghost.clone(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();
@@ -407,6 +409,7 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .demote(&DemoteRequest {
             primary: s.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();
@@ -422,10 +425,11 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .rewind(&RewindRequest {
             source: s.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Some(ERR_CONFLICT), "{err}");
+    assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
     let err = p
         .client
         .lease(&LeaseRequest {

@@ -143,6 +143,7 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
@@ -172,6 +173,7 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -213,6 +215,7 @@ async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
         .demote(&DemoteRequest {
             primary: new.member(),
             timeout: None,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
@@ -240,6 +243,7 @@ async fn demote_after_divergence_rewinds_and_drops_diverged_rows() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: false,
+            limits: Default::default(),
         })
         .await
         .unwrap();
@@ -260,6 +264,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: true,
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
@@ -279,6 +284,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .rewind(&RewindRequest {
             source: new.member(),
             dry_run: false,
+            limits: Default::default(),
         })
         .await
         .expect_err("rewind without WAL must fail");
@@ -289,6 +295,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .client
         .reclone(&RecloneRequest {
             source: new.member(),
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("reclone: {e}\n{}", c.logs()));
@@ -302,6 +309,7 @@ async fn reclone_succeeds_when_rewind_is_impossible_and_keeps_one_old_copy() {
         .client
         .reclone(&RecloneRequest {
             source: new.member(),
+            limits: Default::default(),
         })
         .await
         .unwrap_or_else(|e| panic!("reclone 2: {e}\n{}", c.logs()));
@@ -384,4 +392,103 @@ async fn sibling_follows_promoted_standby_with_a_reload() {
         .await
         .unwrap();
     assert!(!r.changed, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejoin_dry_run_of_a_running_standby_says_rewind_without_stopping_it() {
+    let c = cluster_with("jdg", 2).await;
+    let (old, sib, new) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    wait_rows(new, "t", &[1, 2]).await;
+    wait_rows(sib, "t", &[1, 2]).await;
+    // A standby streaming from the primary: a rejoin changes nothing.
+    let r = sib
+        .client
+        .rewind(&RewindRequest {
+            source: old.member(),
+            dry_run: true,
+            limits: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
+    assert_eq!(
+        (r.changed, r.rewind_needed, r.reclone_needed),
+        (false, Some(false), Some(false)),
+        "{r:?}"
+    );
+    assert!(r.message.contains("would change nothing"), "{r:?}");
+
+    // jdg-2 is promoted while jdg-0 goes on writing and jdg-1 keeps
+    // streaming those writes: jdg-1 is a running standby whose WAL went past
+    // the point where timeline 1 ended in jdg-2's history.
+    new.client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap();
+    new.wait_ready("primary", T).await;
+    new.sql()
+        .await
+        .execute("INSERT INTO t VALUES (3)", &[])
+        .await
+        .unwrap();
+    old.sql()
+        .await
+        .execute("INSERT INTO t VALUES (100)", &[])
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1, 2, 100]).await;
+    let pid = sib.status().await.postgres_pid;
+    let r = sib
+        .client
+        .rewind(&RewindRequest {
+            source: new.member(),
+            dry_run: true,
+            limits: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("dry run: {e}\n{}", c.logs()));
+    assert_eq!(
+        (r.changed, r.rewind_needed, r.reclone_needed),
+        (false, Some(true), Some(false)),
+        "{r:?}"
+    );
+    assert!(r.message.contains("a rejoin would rewind jdg-1"), "{r:?}");
+    assert!(r.message.contains("diverged at WAL location"), "{r:?}");
+    let at = r.diverged_at.expect("diverged_at");
+    assert!(r.rewound_from.is_some_and(|end| end > at), "{r:?}");
+    // Judged without stopping it: same postgres, still streaming from jdg-0.
+    let st = sib.status().await;
+    assert_eq!(st.postgres_pid, pid);
+    assert!(st.postgres_running);
+    assert_eq!(st.upstream.map(|m| m.name), Some("jdg-0".to_string()));
+
+    // A rejoin does what the dry run said: it rewinds the running standby
+    // (repointing it alone would leave it unable to stream).
+    let r = sib
+        .client
+        .demote(&DemoteRequest {
+            primary: new.member(),
+            timeout: None,
+            limits: Default::default(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("demote: {e}\n{}", c.logs()));
+    assert_eq!(r.rewind_needed, Some(true), "{r:?}");
+    sib.wait_ready("standby", T).await;
+    wait_rows(sib, "t", &[1, 2, 3]).await;
+    let r = sib
+        .client
+        .rewind(&RewindRequest {
+            source: new.member(),
+            dry_run: true,
+            limits: Default::default(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.rewind_needed, Some(false), "{r:?}");
+    assert!(r.message.contains("would change nothing"), "{r:?}");
 }

@@ -304,6 +304,7 @@ impl AgentOps for PrimaryAgent {
         t: &AgentTarget,
         action: &Action,
         _: &BTreeMap<String, Member>,
+        _: &tandem::api::agent::ToolLimits,
     ) -> Result<tandem::engine::Answer, String> {
         let mut calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
         calls.push(format!("{} {action:?}", t.instance));

@@ -286,6 +286,12 @@ async fn expect_children(server: &mut ApiServer, existing: &[&str]) -> Vec<Value
             "PodDisruptionBudget",
         )
         .await;
+    server
+        .expect_apply(
+            &format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/main-primary"),
+            "PodDisruptionBudget",
+        )
+        .await;
     let sts = server
         .expect_apply(
             &format!("/apis/apps/v1/namespaces/{NS}/statefulsets/main"),
@@ -519,6 +525,12 @@ async fn a_child_apply_refused_by_the_api_server_still_starts_the_ha_loop() {
         server
             .expect_apply(
                 &format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/main"),
+                "PodDisruptionBudget",
+            )
+            .await;
+        server
+            .expect_apply(
+                &format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/main-primary"),
                 "PodDisruptionBudget",
             )
             .await;

@@ -287,8 +287,25 @@ async fn reclone_of_a_standby_moves_its_data_aside_and_refuses_the_primary() {
         moved_aside(&c, "rc-1").is_empty(),
         "a refused re-clone changed rc-1"
     );
-    let out = expect_exit(&c, "rejoin", &["rc-1", "--dry-run"], 1);
-    eprintln!("rejoin dry-run of a running standby: {out}");
+    // A running standby is judged without being stopped.
+    let out = expect_exit(&c, "rejoin", &["rc-1", "--dry-run"], 0);
+    assert!(out.contains("a rejoin would change nothing"), "{out}");
+    let s = c.status().expect("status");
+    assert_eq!(
+        instance(&s, "rc-1")["status"],
+        "running",
+        "dry-run changed it"
+    );
+    assert_eq!(instance(&s, "rc-1")["upstream"], "rc-0");
+    let dry = history_of(&s, "RejoinDryRun");
+    assert!(
+        dry.iter().any(|e| e["outcome"] == "DryRun"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("streams from rc-0")),
+        "{dry:?}"
+    );
 
     // rc-1's reported position can be newer than the primary's (each agent
     // reports its own, at its own time) and the engine then refuses to

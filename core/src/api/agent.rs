@@ -150,6 +150,9 @@ pub struct DemoteRequest {
     /// Shutdown timeout per stop step (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationString>,
+    /// Time limits of the pg_rewind a demote may run.
+    #[serde(default)]
+    pub limits: ToolLimits,
 }
 
 /// Body of `POST /follow`.
@@ -169,6 +172,9 @@ pub struct RewindRequest {
     /// Only say whether a rewind is needed.
     #[serde(default)]
     pub dry_run: bool,
+    /// Time limits of pg_rewind (and pg_basebackup, unused here).
+    #[serde(default)]
+    pub limits: ToolLimits,
 }
 
 /// Body of `POST /reclone`.
@@ -177,6 +183,62 @@ pub struct RewindRequest {
 pub struct RecloneRequest {
     /// The primary to clone from (and follow afterwards).
     pub source: Member,
+    /// Time limits of pg_basebackup.
+    #[serde(default)]
+    pub limits: ToolLimits,
+}
+
+/// Time limits of the long tools (pg_rewind, pg_basebackup), from `spec.rejoin`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolLimits {
+    /// Longest a pg_rewind may run; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_timeout: Option<DurationString>,
+    /// Longest a pg_basebackup may run; none when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_timeout: Option<DurationString>,
+    /// Stop either tool when its progress does not move for this long;
+    /// absent: [`DEFAULT_STALL_TIMEOUT`]; `0s`: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stall_timeout: Option<DurationString>,
+}
+
+/// The stall timeout when a request names none (as `spec.rejoin.stallTimeout`'s default).
+pub const DEFAULT_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+impl ToolLimits {
+    /// The stall timeout in force; `None`: never stalled.
+    pub fn stall(&self) -> Option<std::time::Duration> {
+        let d = self
+            .stall_timeout
+            .as_ref()
+            .map_or(DEFAULT_STALL_TIMEOUT, |d| d.duration());
+        (!d.is_zero()).then_some(d)
+    }
+}
+
+/// How far a running pg_basebackup or pg_rewind got, from its `--progress` output.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolProgress {
+    /// `pg_basebackup` or `pg_rewind`.
+    pub tool: String,
+    /// Bytes copied so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_bytes: Option<u64>,
+    /// Bytes to copy in all (the tool's estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Percent done, as the tool says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<u8>,
+    /// Milliseconds since the tool last made progress.
+    #[serde(default)]
+    pub since_progress_ms: u64,
+    /// Milliseconds since it started.
+    #[serde(default)]
+    pub elapsed_ms: u64,
 }
 
 /// PostgreSQL shutdown mode.
@@ -475,6 +537,10 @@ pub struct ActionResponse {
     /// Rewind only: whether a rewind is (dry run) or was needed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewind_needed: Option<bool>,
+    /// Rewind dry run only: a rewind cannot bring this server back (another
+    /// system, no shared timeline, or no `wal_log_hints`/checksums): a rejoin would re-clone it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reclone_needed: Option<bool>,
     /// Stop only: the mode that finally stopped postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_with: Option<StopMode>,
@@ -696,6 +762,9 @@ pub struct AgentStatus {
     /// The long operation the agent is carrying out now (bootstrap, demote, rewind, reclone…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// While pg_basebackup or pg_rewind runs: how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ToolProgress>,
 }
 
 impl AgentStatus {

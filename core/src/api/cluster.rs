@@ -387,12 +387,39 @@ pub struct RejoinSpec {
     /// When pg_rewind cannot bring an instance back, move its data directory aside and re-clone it from the primary with pg_basebackup.
     #[serde(default = "default_true")]
     pub allow_reclone: bool,
+    /// Longest a pg_rewind may run before it is stopped and the rejoin fails (e.g. `2h`). None by default: a rewind that makes progress runs as long as it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewind_timeout: Option<DurationString>,
+    /// Longest a pg_basebackup (re-clone) may run before it is stopped and the re-clone fails (e.g. `6h`). None by default: a clone that makes progress runs as long as it needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_timeout: Option<DurationString>,
+    /// A pg_rewind or pg_basebackup whose progress output does not move for this long is stopped and reported as stalled (history, Event). `0s` turns stall detection off.
+    #[serde(default = "default_stall_timeout")]
+    pub stall_timeout: DurationString,
+}
+
+fn default_stall_timeout() -> DurationString {
+    duration("5m")
 }
 
 impl Default for RejoinSpec {
     fn default() -> Self {
         Self {
             allow_reclone: true,
+            rewind_timeout: None,
+            clone_timeout: None,
+            stall_timeout: default_stall_timeout(),
+        }
+    }
+}
+
+impl RejoinSpec {
+    /// The limits the agents apply to pg_rewind and pg_basebackup.
+    pub fn limits(&self) -> super::agent::ToolLimits {
+        super::agent::ToolLimits {
+            rewind_timeout: self.rewind_timeout.clone(),
+            clone_timeout: self.clone_timeout.clone(),
+            stall_timeout: Some(self.stall_timeout.clone()),
         }
     }
 }

@@ -41,6 +41,9 @@ pub const ANN_FORCE: &str = "tandem.dev/force";
 pub const ANN_RESTART: &str = "tandem.dev/restart";
 /// `tandem.dev/rejoin=<instance>`: rejoin an instance as a standby (rewind if needed).
 pub const ANN_REJOIN: &str = "tandem.dev/rejoin";
+/// `tandem.dev/rejoin-dry-run=<instance>`: say what a rejoin would do (nothing,
+/// repoint, rewind or re-clone, and why) without doing it; works on a running standby.
+pub const ANN_REJOIN_DRY_RUN: &str = "tandem.dev/rejoin-dry-run";
 /// `tandem.dev/reclone=<instance>`: re-clone an instance from the primary.
 pub const ANN_RECLONE: &str = "tandem.dev/reclone";
 /// `tandem.dev/paused=true`: no automatic failover, rejoin or rolling restart; requests still run (same as `spec.paused`).
@@ -54,6 +57,7 @@ pub const REQUEST_ANNOTATIONS: &[&str] = &[
     ANN_FORCE,
     ANN_RESTART,
     ANN_REJOIN,
+    ANN_REJOIN_DRY_RUN,
     ANN_RECLONE,
 ];
 

@@ -213,6 +213,9 @@ pub struct InstanceStatus {
     /// Why the instance's agent did not answer the last poll; absent when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_unanswered: Option<AgentUnanswered>,
+    /// While a re-clone (pg_basebackup) or rewind (pg_rewind) runs on it: bytes done and total, percent, and how long since it last moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<super::agent::ToolProgress>,
 }
 
 /// Why an agent did not answer a status poll: a bounded value (status,

@@ -235,6 +235,8 @@ pub mod reasons {
     pub const RESTART_COMPLETED: &str = "RestartCompleted";
     pub const RESTART_FAILED: &str = "RestartFailed";
     pub const ROLLING_UPDATE: &str = "RollingUpdate";
+    /// The primary's node is cordoned: switching over before it is evicted.
+    pub const NODE_DRAIN: &str = "NodeDrain";
     pub const PROMOTION_REQUESTED: &str = "PromotionRequested";
     pub const REWIND_DISCARDED: &str = "RewindDiscarded";
     pub const REQUEST_REFUSED: &str = "RequestRefused";

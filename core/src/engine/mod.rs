@@ -46,6 +46,7 @@
 mod action;
 mod checks;
 mod ctx;
+mod drain;
 mod durability;
 mod durability_change;
 mod failover;
@@ -436,6 +437,7 @@ fn handle_request(ctx: &Ctx, st: &mut DbClusterStatus, request: &Request, out: &
 fn automatic(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) -> bool {
     failover::detect(ctx, st, out)
         || plan::scale_down(ctx, st, out)
+        || drain::automatic(ctx, st, out)
         || rejoin::automatic(ctx, st, out)
         || reconfigure::automatic(ctx, st, out)
         || restart::automatic(ctx, st, out)

@@ -361,13 +361,18 @@ pub(crate) fn rewind_check(
         dry_run: true,
     };
     match ctx.result(&check) {
-        Some(Outcome::Succeeded { detail, .. }) => {
-            let message = format!(
+        Some(Outcome::Succeeded { detail, facts }) => {
+            let mut message = format!(
                 "rejoin dry-run of {name} to {primary}: {}",
                 detail
                     .clone()
                     .unwrap_or_else(|| "the rewind check passed".into())
             );
+            if facts.reclone_needed && !ctx.spec.rejoin.allow_reclone {
+                message.push_str(
+                    "; re-clone is not allowed (spec.rejoin.allowReclone=false), so a rejoin would fail",
+                );
+            }
             out.push(event(
                 Some(name),
                 EventType::Normal,

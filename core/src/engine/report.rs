@@ -98,6 +98,7 @@ pub(crate) fn refresh_instances(ctx: &Ctx, st: &mut DbClusterStatus) {
             checks: agent.map(|a| a.checks.clone()).unwrap_or_default(),
             unhealthy_since,
             agent_unanswered: ctx.obs(name).and_then(|o| o.unanswered),
+            progress: agent.and_then(|a| a.progress.clone()),
         });
     }
     st.instances = instances;

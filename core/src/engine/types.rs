@@ -61,6 +61,10 @@ pub struct InstanceObs {
     /// The platform is deleting it (a pod in its termination grace period).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleting: bool,
+    /// Its node is cordoned (Kubernetes: `spec.unschedulable`, as `kubectl
+    /// drain` sets it): a primary there is switched over before it is evicted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
 }
 
 /// The platform's knowledge of the process or pod.
@@ -170,6 +174,9 @@ pub struct AgentReport {
     /// re-clone…); the engine leaves the instance alone meanwhile.
     #[serde(default)]
     pub operation: Option<String>,
+    /// How far the agent's pg_basebackup or pg_rewind got, while one runs.
+    #[serde(default)]
+    pub progress: Option<crate::api::agent::ToolProgress>,
     /// The agent's health checks, copied to status.
     #[serde(default)]
     pub checks: Vec<HealthCheck>,
@@ -293,6 +300,9 @@ pub struct ActionFacts {
     /// Stop-vouching: how long before its answer it last vouched for a primary.
     #[serde(default)]
     pub last_vouched_ago_ms: Option<u64>,
+    /// Rewind dry run: only a re-clone would bring the server back.
+    #[serde(default)]
+    pub reclone_needed: bool,
 }
 
 impl ActionFacts {

@@ -10,6 +10,7 @@ use crate::api::agent::*;
 use crate::pg::{self, conf, query};
 
 use super::bootstrap::{clone_into, fresh_dir, install, sibling, standby_files};
+use super::judge::Plan;
 use super::standby::STREAM_TIMEOUT;
 use super::state::Agent;
 use super::{AgentError, BadTarget, Conflict, Unavailable};
@@ -117,7 +118,24 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
 pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionResponse, AgentError> {
     agent.validate_member(&req.primary, "primary")?;
     agent.check_primary(&req.primary, "primary").await?;
-    if agent.postgres_running() && agent.in_recovery().await? {
+    // A running standby that does not need a rewind is only repointed; one
+    // whose WAL went past the point where its timeline left the primary's
+    // (it could never stream again) is stopped and rewound below.
+    let diverged = match agent.postgres_running() && agent.in_recovery().await? {
+        false => false,
+        true => match agent.judge_running(&req.primary).await {
+            Ok(Plan::Rewind { reason, .. }) => {
+                tracing::info!(instance = %agent.cfg.instance, %reason, "running standby diverged: rewinding it");
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(instance = %agent.cfg.instance, error = %e, "rejoin check failed; following");
+                false
+            }
+        },
+    };
+    if !diverged && agent.postgres_running() && agent.in_recovery().await? {
         let mut r = follow(
             agent,
             FollowRequest {
@@ -136,7 +154,7 @@ pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionRespo
     agent.step("demote", &mut steps, report.describe());
     let rewound_from = agent.wal_end().await.or(last_lsn);
     agent.step("demote", &mut steps, "pg_rewind --dry-run");
-    let dry = agent.pg_rewind(&req.primary, true).await?;
+    let dry = agent.pg_rewind(&req.primary, true, &req.limits).await?;
     let mut diverged_at = dry.diverged_at;
     if dry.needed {
         agent.step(
@@ -144,7 +162,7 @@ pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionRespo
             &mut steps,
             format!("rewind needed ({}): pg_rewind", dry.reason),
         );
-        let done = agent.pg_rewind(&req.primary, false).await?;
+        let done = agent.pg_rewind(&req.primary, false, &req.limits).await?;
         diverged_at = done.diverged_at.or(diverged_at);
     } else {
         agent.step(
@@ -262,15 +280,37 @@ pub async fn follow(agent: Arc<Agent>, req: FollowRequest) -> Result<ActionRespo
 /// pg_rewind from `source` (or only say whether it is needed), then run as its standby.
 pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionResponse, AgentError> {
     agent.validate_member(&req.source, "source")?;
-    if req.dry_run && agent.postgres_running() {
-        return Err(Conflict::RunningDuringRewind.into());
-    }
     agent.check_primary(&req.source, "source").await?;
     let mut steps = Vec::new();
+    if req.dry_run && agent.postgres_running() {
+        // pg_rewind --dry-run needs postgres stopped: judge from the
+        // timeline histories instead, and leave it running.
+        agent.step(
+            "rewind",
+            &mut steps,
+            "compare timeline histories (postgres keeps running)",
+        );
+        let plan = agent.judge_running(&req.source).await?;
+        let (rewind_needed, reclone_needed, diverged_at) = match &plan {
+            Plan::Nothing { .. } | Plan::Follow { .. } => (false, false, None),
+            Plan::Rewind { diverged_at, .. } => (true, false, Some(*diverged_at)),
+            Plan::Reclone { .. } => (true, true, None),
+        };
+        return Ok(ActionResponse {
+            changed: false,
+            message: plan.describe(&agent.cfg.instance, &req.source.name),
+            steps,
+            rewind_needed: Some(rewind_needed),
+            reclone_needed: Some(reclone_needed),
+            diverged_at,
+            rewound_from: agent.head_lsn().await.filter(|_| rewind_needed),
+            ..Default::default()
+        });
+    }
     if req.dry_run {
         let rewound_from = agent.wal_end().await;
         agent.step("rewind", &mut steps, "pg_rewind --dry-run");
-        let dry = agent.pg_rewind(&req.source, true).await?;
+        let dry = agent.pg_rewind(&req.source, true, &req.limits).await?;
         return Ok(ActionResponse {
             changed: false,
             message: if dry.needed {
@@ -310,7 +350,7 @@ pub async fn rewind(agent: Arc<Agent>, req: RewindRequest) -> Result<ActionRespo
     agent.step("rewind", &mut steps, report.describe());
     let rewound_from = agent.wal_end().await.or(last_lsn);
     agent.step("rewind", &mut steps, "pg_rewind");
-    let done = agent.pg_rewind(&req.source, false).await?;
+    let done = agent.pg_rewind(&req.source, false, &req.limits).await?;
     agent.step(
         "rewind",
         &mut steps,
@@ -374,7 +414,7 @@ pub async fn reclone(agent: Arc<Agent>, req: RecloneRequest) -> Result<ActionRes
         &mut steps,
         format!("pg_basebackup from {}", src.address()),
     );
-    clone_into(&agent, &scratch, src).await?;
+    clone_into(&agent, &scratch, src, &req.limits).await?;
     install(&scratch, &dir)?;
     agent.start_as_standby("reclone", src, &mut steps).await?;
     let mut r = ActionResponse {

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::agent::{slot_name, Member};
-use crate::pg::{self, conf, query, Tool};
+use crate::api::agent::{slot_name, Member, ToolLimits};
+use crate::pg::{self, conf, query, Tool, Watch};
 
 use super::state::{lock, Agent};
 use super::{AgentError, BadTarget, Conflict};
@@ -118,7 +118,7 @@ async fn bootstrap_once(agent: &Arc<Agent>) -> Result<(), AgentError> {
                 &mut steps,
                 format!("clone from {} with pg_basebackup", primary.address()),
             );
-            clone_into(agent, &scratch, primary).await?;
+            clone_into(agent, &scratch, primary, &ToolLimits::default()).await?;
         }
     }
     install(&scratch, dir)?;
@@ -193,7 +193,12 @@ async fn initdb(agent: &Agent, scratch: &Path) -> Result<(), AgentError> {
 
 /// pg_basebackup `source` into the empty `target`, through this instance's
 /// slot on the source, and make it a standby of `source`.
-pub async fn clone_into(agent: &Agent, target: &Path, source: &Member) -> Result<(), AgentError> {
+pub async fn clone_into(
+    agent: &Agent,
+    target: &Path,
+    source: &Member,
+    limits: &ToolLimits,
+) -> Result<(), AgentError> {
     let cfg = &agent.cfg;
     let slot = slot_name(&cfg.instance);
     let client = agent
@@ -221,17 +226,18 @@ pub async fn clone_into(agent: &Agent, target: &Path, source: &Member) -> Result
         "-S".into(),
         slot.clone().into(),
         "-w".into(),
+        "--progress".into(),
     ];
+    let watch = Watch {
+        limit: limits.clone_timeout.as_ref().map(|d| d.duration()),
+        stall: limits.stall(),
+    };
     // The slot can still be held for a moment by the walsender of this
     // instance's previous (just stopped) walreceiver.
     let mut attempts = 0;
     loop {
         attempts += 1;
-        match agent
-            .runner
-            .run(Tool::PgBasebackup, &args, None, Duration::from_secs(3600))
-            .await
-        {
+        match agent.run_long(Tool::PgBasebackup, &args, watch).await {
             Ok(_) => break,
             Err(pg::Error::ToolFailed { output, .. })
                 if attempts < 10 && output.contains("is active for PID") =>

@@ -234,9 +234,6 @@ pub enum Conflict {
         /// The primary it follows.
         primary: String,
     },
-    /// A rewind needs postgres stopped.
-    #[error("postgres is running: pg_rewind can only compare a stopped data directory; stop the instance first")]
-    RunningDuringRewind,
     /// pg_controldata printed no system identifier.
     #[error("pg_controldata shows no system identifier")]
     NoSystemIdentifier,

@@ -10,6 +10,7 @@ mod error;
 mod expect;
 mod fence;
 mod http;
+mod judge;
 mod lease;
 mod metrics;
 mod ops;

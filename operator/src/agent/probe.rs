@@ -178,6 +178,7 @@ pub fn overlay_live(agent: &Agent, st: &mut AgentStatus) {
     }
     st.activity = lock(&agent.activity).clone();
     st.operation = lock(&agent.operation).clone();
+    st.progress = lock(&agent.progress).clone();
     st.lease = agent.lease_state();
     st.vouched = lock(&agent.last_vouch)
         .as_ref()

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::api::agent::*;
 use crate::api::{Lsn, WalReceiverState};
-use crate::pg::{self, conf, control, query, Tool};
+use crate::pg::runner::Progress;
+use crate::pg::{self, conf, control, query, Tool, Watch};
 
 use super::bootstrap::standby_files;
 use super::state::{lock, Agent};
@@ -175,7 +176,7 @@ impl Agent {
     /// When the stopped data directory was not shut down cleanly (a crash, a
     /// kill -9, a lost node), replay its WAL to the end in single-user mode
     /// so that it is: same timeline, nothing promoted.
-    async fn finish_crash_recovery(&self) -> Result<(), pg::Error> {
+    async fn finish_crash_recovery(&self, limits: &ToolLimits) -> Result<(), pg::Error> {
         let c = control::read(&self.runner, &self.cfg.data_dir).await?;
         if c.clean_shutdown() == Some(true) {
             return Ok(());
@@ -188,10 +189,39 @@ impl Agent {
             self.cfg.data_dir.clone().into(),
             "template1".into(),
         ];
+        // Single-user mode prints nothing while it replays: only the rewind's time limit applies.
+        let watch = Watch {
+            limit: limits.rewind_timeout.as_ref().map(|d| d.duration()),
+            stall: None,
+        };
         self.runner
-            .run(Tool::Postgres, &args, Some(b""), Duration::from_secs(3600))
+            .run_watched(Tool::Postgres, &args, watch, &|_| {})
             .await?;
         Ok(())
+    }
+
+    /// Run a long tool under `watch`, its progress shown in `/status` meanwhile.
+    pub async fn run_long(
+        &self,
+        tool: Tool,
+        args: &[OsString],
+        watch: Watch,
+    ) -> Result<String, pg::Error> {
+        let name = tool.name().to_string();
+        let report = |p: Progress| {
+            let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            *lock(&self.progress) = Some(ToolProgress {
+                tool: name.clone(),
+                done_bytes: p.reading.map(|r| r.done_bytes),
+                total_bytes: p.reading.map(|r| r.total_bytes),
+                percent: p.reading.map(|r| r.percent),
+                since_progress_ms: ms(p.since_progress),
+                elapsed_ms: ms(p.elapsed),
+            });
+        };
+        let out = self.runner.run_watched(tool, args, watch, &report).await;
+        *lock(&self.progress) = None;
+        out
     }
 
     /// pg_rewind from `source`; `dry_run` only asks. Whether a rewind is/was
@@ -200,6 +230,7 @@ impl Agent {
         &self,
         source: &Member,
         dry_run: bool,
+        limits: &ToolLimits,
     ) -> Result<RewindOutcome, AgentError> {
         // pg_rewind compares timelines from the source's pg_control, which a
         // fresh promotion only updates at its next checkpoint.
@@ -221,7 +252,7 @@ impl Agent {
         // pg_rewind (and above all its --dry-run, which skips the step) needs a
         // cleanly shut down target: finish the crash recovery of a killed
         // primary first, as pg_rewind itself would.
-        self.finish_crash_recovery()
+        self.finish_crash_recovery(limits)
             .await
             .map_err(AgentError::RewindFailed)?;
         let conninfo = format!(
@@ -238,10 +269,15 @@ impl Agent {
         ];
         if dry_run {
             args.push("--dry-run".into());
+        } else {
+            args.push("--progress".into());
         }
+        let watch = Watch {
+            limit: limits.rewind_timeout.as_ref().map(|d| d.duration()),
+            stall: limits.stall(),
+        };
         let out = self
-            .runner
-            .run(Tool::PgRewind, &args, None, Duration::from_secs(3600))
+            .run_long(Tool::PgRewind, &args, watch)
             .await
             .map_err(AgentError::RewindFailed)?;
         Ok(RewindOutcome::parse(&out))

@@ -63,6 +63,8 @@ pub struct Agent {
     pub activity: Mutex<Option<String>>,
     /// The long operation running now (bootstrap or an action); callers leave the instance alone meanwhile.
     pub operation: Mutex<Option<String>>,
+    /// How far the pg_basebackup or pg_rewind running now got.
+    pub progress: Mutex<Option<crate::api::agent::ToolProgress>>,
     pub metrics: Metrics,
     /// What the last stop left in the data directory (read once per stop).
     pub stopped: tokio::sync::Mutex<Option<StoppedCache>>,
@@ -152,6 +154,7 @@ impl Agent {
             activity: Mutex::new(None),
             // Bootstrap starts with the agent.
             operation: Mutex::new(Some("bootstrap".into())),
+            progress: Mutex::new(None),
             stopped: tokio::sync::Mutex::new(None),
             probe_now: tokio::sync::Notify::new(),
             probes_started: AtomicU64::new(0),

@@ -42,6 +42,7 @@ pub async fn apply(
         service_ro,
         service_r,
         pdb,
+        pdb_primary,
         stateful_set,
     } = children;
     let ns = &cluster.namespace;
@@ -54,6 +55,7 @@ pub async fn apply(
         ssa::<Service>(client, ns, "Service", service).await?;
     }
     ssa::<PodDisruptionBudget>(client, ns, "PodDisruptionBudget", &pdb).await?;
+    ssa::<PodDisruptionBudget>(client, ns, "PodDisruptionBudget", &pdb_primary).await?;
     ssa::<StatefulSet>(client, ns, "StatefulSet", &stateful_set).await?;
     label_instances(client, ns, pods).await
 }

@@ -35,6 +35,8 @@ pub struct ValidCluster {
     pub paused: bool,
     /// The spec as written (defaults applied by serde).
     pub spec: DbClusterSpec,
+    /// `status.currentPrimary`: the pod the primary PodDisruptionBudget keeps.
+    pub current_primary: Option<String>,
 }
 
 /// Check the object and resolve defaults.
@@ -99,6 +101,7 @@ pub fn validate(dc: &DbCluster, defaults: &Defaults) -> Result<ValidCluster, Err
         owner,
         image,
         paused,
+        current_primary: dc.status.as_ref().and_then(|s| s.current_primary.clone()),
         spec: spec.0.clone(),
     })
 }

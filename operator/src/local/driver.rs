@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use std::convert::Infallible;
 
 use crate::agent::client::AgentClient;
-use crate::api::agent::{AgentStatus, Member};
+use crate::api::agent::{AgentStatus, Member, ToolLimits};
 use crate::api::{
     keys, DataDurability, DbClusterSpec, DbClusterStatus, HistoryEntry, HistoryKind,
     ReplicationMode, SynchronousCommit, WalReceiverState,
@@ -29,7 +29,7 @@ use crate::platform::{self as shared, AgentCall, HaLoop, Observe, Observed, Plat
 
 use super::control::{KillSignal, LocalRequest, Outcome, Refusal, Submission};
 use super::procs::{self, AgentLaunch, Agents};
-use super::report::StatusReport;
+use super::report::{describe_progress, StatusReport};
 use super::requests::{Pending, Recorded, Reply, Requests};
 use super::state::{write_private, LocalState};
 
@@ -332,7 +332,15 @@ impl Driver {
             let fresh = m
                 .and_then(|m| m.last_seen)
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+            let progress = st
+                .instances
+                .iter()
+                .find(|i| i.name == r.name)
+                .and_then(|i| i.progress.as_ref());
             r.status = match (alive, fresh, rep) {
+                (true, true, Some(a)) if !a.postgres_running && progress.is_some() => {
+                    format!("stopped ({})", progress.map(describe_progress).unwrap_or_default())
+                }
                 (false, _, _) => "down".to_string(),
                 (true, true, Some(a)) if a.fenced => "fenced".to_string(),
                 (true, true, Some(a)) if a.postgres_running => "running".to_string(),
@@ -678,6 +686,7 @@ impl Platform for Driver {
         &self,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
     ) -> Result<AgentCall, String> {
         let name = action.instance().unwrap_or_default();
         let Some(m) = self.members.get(name) else {
@@ -686,8 +695,9 @@ impl Platform for Driver {
         let client = m.client.clone();
         let action = action.clone();
         let members = members.clone();
+        let limits = limits.clone();
         Ok(Box::pin(async move {
-            shared::call(&action, &client, &members).await
+            shared::call(&action, &client, &members, &limits).await
         }))
     }
 }

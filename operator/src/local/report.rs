@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::agent::ToolProgress;
 use crate::api::{
     CheckState, DbClusterStatus, HealthCheck, HistoryEntry, InstanceRole, InstanceStatus, Lsn,
     Transition,
@@ -78,6 +79,29 @@ pub struct InstanceReport {
     /// Where its postgres listens (the instance's own loopback address).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<SocketAddr>,
+    /// While pg_basebackup or pg_rewind runs on it: how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ToolProgress>,
+}
+
+/// A running tool's progress for people: `pg_basebackup 45% (12.0 MB of 26.7 MB)`.
+pub fn describe_progress(p: &ToolProgress) -> String {
+    let mut s = p.tool.clone();
+    match (p.percent, p.done_bytes, p.total_bytes) {
+        (Some(pc), Some(d), Some(t)) => s.push_str(&format!(
+            " {pc}% ({} of {})",
+            human_bytes(i64::try_from(d).unwrap_or(i64::MAX)),
+            human_bytes(i64::try_from(t).unwrap_or(i64::MAX))
+        )),
+        _ => s.push_str(" starting"),
+    }
+    if p.since_progress_ms >= 5000 {
+        s.push_str(&format!(
+            ", no progress for {}s",
+            p.since_progress_ms / 1000
+        ));
+    }
+    s
 }
 
 /// Seconds from an RFC 3339 time to `now` (None when it does not parse).
@@ -121,7 +145,10 @@ impl InstanceReport {
         InstanceReport {
             name: i.name.clone(),
             role: role_name(i.role).into(),
-            status: status_word(i),
+            status: match &i.progress {
+                Some(p) => format!("{} ({})", status_word(i), describe_progress(p)),
+                None => status_word(i),
+            },
             upstream: i.upstream.clone(),
             timeline: i.timeline,
             lsn: i.lsn,
@@ -134,6 +161,7 @@ impl InstanceReport {
             checks: i.checks.clone(),
             last_seen_secs: secs_since(i.last_seen.as_deref(), now),
             address: None,
+            progress: i.progress.clone(),
         }
     }
 }

@@ -9,11 +9,12 @@ pub mod process;
 pub mod query;
 pub mod replcheck;
 pub mod runner;
+pub mod timeline;
 pub mod wal;
 
 use std::path::PathBuf;
 
-pub use runner::{RunAs, Runner, Tool};
+pub use runner::{RunAs, Runner, Tool, Watch};
 
 /// What can go wrong talking to PostgreSQL or running its tools.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,15 @@ pub enum Error {
     /// A tool did not finish in time and was killed.
     #[error("{tool} did not finish within {seconds}s and was killed")]
     Timeout { tool: String, seconds: u64 },
+    /// A tool made no progress for the stall timeout and was killed.
+    #[error(
+        "{tool} made no progress for {seconds}s (stall timeout; last at {last}) and was killed"
+    )]
+    Stalled {
+        tool: String,
+        seconds: u64,
+        last: String,
+    },
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -81,6 +91,7 @@ impl Error {
             Error::Spawn { .. } => "spawn",
             Error::ToolFailed { .. } => "tool_failed",
             Error::Timeout { .. } => "timeout",
+            Error::Stalled { .. } => "stalled",
             Error::Io { .. } => "io",
             Error::Sql { .. } => "sql",
             Error::SqlTimeout(_) => "sql_timeout",

@@ -343,3 +343,63 @@ mod tests {
         assert_eq!(timeline_of_walfile("zz"), None);
     }
 }
+
+/// What a rejoin check reads of a running server: its timeline, the newest
+/// WAL it holds, the history of its timeline and whether pg_rewind could run on it.
+#[derive(Clone, Debug)]
+pub struct TimelineReading {
+    pub in_recovery: bool,
+    pub system_identifier: String,
+    pub timeline: i64,
+    pub lsn: Option<Lsn>,
+    /// The `.history` file of `timeline` (empty on timeline 1 or when absent).
+    pub history: String,
+    /// `wal_log_hints` or data checksums are on.
+    pub rewindable: bool,
+}
+
+/// Read [`TimelineReading`] (needs a superuser: it reads `pg_wal/*.history`).
+pub async fn timeline_reading(client: &Client) -> Result<TimelineReading, Error> {
+    let e = "timeline reading";
+    // A standby's timeline: the one it receives on, else the newest of its
+    // last restartpoint's and its minimum recovery point's.
+    let r = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), \
+             (SELECT system_identifier::text FROM pg_control_system()), \
+             CASE WHEN pg_is_in_recovery() THEN \
+               coalesce((SELECT received_tli::int8 FROM pg_stat_wal_receiver WHERE received_tli > 0), \
+                 greatest((SELECT timeline_id::int8 FROM pg_control_checkpoint()), \
+                          (SELECT min_recovery_end_timeline::int8 FROM pg_control_recovery()))) \
+             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int4::int8 END, \
+             CASE WHEN pg_is_in_recovery() THEN \
+               greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+             ELSE pg_current_wal_lsn() END, \
+             current_setting('wal_log_hints') = 'on' OR current_setting('data_checksums') = 'on'",
+            &[],
+        )
+        .await
+        .map_err(sql(e))?;
+    let timeline: i64 = r.try_get(2).map_err(sql(e))?;
+    let history = if timeline > 1 {
+        let file = format!("pg_wal/{}", super::timeline::history_file(timeline));
+        let h = client
+            .query_one(
+                "SELECT coalesce(pg_read_file($1, 0, 1048576, true), '')",
+                &[&file],
+            )
+            .await
+            .map_err(sql(e))?;
+        h.try_get(0).map_err(sql(e))?
+    } else {
+        String::new()
+    };
+    Ok(TimelineReading {
+        in_recovery: r.try_get(0).map_err(sql(e))?,
+        system_identifier: r.try_get(1).map_err(sql(e))?,
+        timeline,
+        lsn: lsn(r.try_get(3).map_err(sql(e))?),
+        history,
+        rewindable: r.try_get(4).map_err(sql(e))?,
+    })
+}

@@ -9,7 +9,7 @@ use crate::agent::client::{AgentClient, ClientError};
 use crate::api::agent::{
     self as proto, ActionResponse, AgentStatus, ChecksRequest, ConfigRequest, DemoteRequest,
     DropSlotsRequest, FollowRequest, LeaseRequest, Member, Peer, PromoteRequest, RecloneRequest,
-    RewindRequest, StopRequest, StopVouchingRequest, SyncStandbys,
+    RewindRequest, StopRequest, StopVouchingRequest, SyncStandbys, ToolLimits,
 };
 use crate::api::{DurationString, InstanceRole, WalReceiverState};
 use crate::engine::{
@@ -79,6 +79,7 @@ pub fn report(s: &AgentStatus) -> AgentReport {
             })
             .collect(),
         operation: s.operation.clone(),
+        progress: s.progress.clone(),
         checks: s.checks.clone(),
         check_settings: s.check_settings.clone(),
         lag_seconds: s.lag_seconds,
@@ -135,15 +136,18 @@ fn facts(r: &ActionResponse) -> ActionFacts {
         diverged_at: r.diverged_at,
         rewound_from: r.rewound_from,
         last_vouched_ago_ms: None,
+        reclone_needed: r.reclone_needed.unwrap_or(false),
     }
 }
 
 /// Carry out one agent action on `c`: its answer, or `Err(message)`.
-/// `members` gives every instance's postgres and agent addresses.
+/// `members` gives every instance's postgres and agent addresses, `limits`
+/// the time limits of pg_rewind and pg_basebackup (`spec.rejoin`).
 pub async fn call(
     a: &Action,
     c: &AgentClient,
     members: &BTreeMap<String, Member>,
+    limits: &ToolLimits,
 ) -> Result<Answer, String> {
     let resp = match a {
         Action::Promote { .. } => match c.promote(&PromoteRequest::default()).await {
@@ -157,6 +161,7 @@ pub async fn call(
             c.demote(&DemoteRequest {
                 primary: member(members, primary)?,
                 timeout: None,
+                limits: limits.clone(),
             })
             .await
         }
@@ -172,12 +177,14 @@ pub async fn call(
             c.rewind(&RewindRequest {
                 source: member(members, source)?,
                 dry_run: *dry_run,
+                limits: limits.clone(),
             })
             .await
         }
         Action::Reclone { source, .. } => {
             c.reclone(&RecloneRequest {
                 source: member(members, source)?,
+                limits: limits.clone(),
             })
             .await
         }

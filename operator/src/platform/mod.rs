@@ -19,7 +19,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tracing::{info, instrument, warn};
 
-use crate::api::agent::Member;
+use crate::api::agent::{Member, ToolLimits};
 use crate::api::{DbClusterSpec, DbClusterStatus};
 use crate::engine::{self, Action, ActionResult, EventType, Observations, Request, RoleLabel};
 
@@ -117,6 +117,7 @@ pub trait Platform: Send {
         &self,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
     ) -> Result<AgentCall, String>;
 }
 
@@ -184,8 +185,9 @@ impl<P: Platform> HaLoop<P> {
                 return Err(e);
             }
         }
+        let limits = spec.rejoin.limits();
         for action in decision.actions {
-            self.act(action, &members, &decision.status).await;
+            self.act(action, &members, &limits, &decision.status).await;
         }
         Ok(Pass::Decided {
             transition: decision.status.transition.is_some(),
@@ -198,6 +200,7 @@ impl<P: Platform> HaLoop<P> {
         &mut self,
         action: Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
         status: &DbClusterStatus,
     ) {
         let done = match &action {
@@ -224,7 +227,7 @@ impl<P: Platform> HaLoop<P> {
             }
             _ => {
                 if !self.exec.busy(&action) {
-                    match self.platform.agent_call(&action, members) {
+                    match self.platform.agent_call(&action, members, limits) {
                         Ok(call) => self.exec.spawn(action, call),
                         Err(why) => self.results.push(ActionResult::failed(action, why)),
                     }

@@ -261,6 +261,7 @@ impl AgentOps for FakeAgents {
         t: &AgentTarget,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        _: &tandem::api::agent::ToolLimits,
     ) -> Result<tandem::engine::Answer, String> {
         let mut w = lock(&self.0);
         let name = t.instance.clone();

@@ -110,6 +110,7 @@ pub fn primary_obs(me: &str, n: u32) -> InstanceObs {
         unanswered: None,
         outdated: false,
         deleting: false,
+        unschedulable: false,
         agent: Some(AgentReport {
             postgres_running: true,
             in_recovery: false,
@@ -149,6 +150,7 @@ pub fn standby_obs(me: &str, upstream: &str) -> InstanceObs {
         unanswered: None,
         outdated: false,
         deleting: false,
+        unschedulable: false,
         agent: Some(AgentReport {
             postgres_running: true,
             in_recovery: true,

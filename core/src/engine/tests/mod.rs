@@ -3,6 +3,7 @@
 mod checks;
 mod config_slots;
 mod durability;
+mod drain;
 mod failover;
 mod fixtures;
 mod operations;

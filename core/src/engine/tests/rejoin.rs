@@ -194,6 +194,51 @@ fn rejoin_dry_run_reports_whether_a_rewind_is_needed_and_changes_nothing() {
 }
 
 #[test]
+fn rejoin_dry_run_runs_while_paused_and_says_a_needed_reclone_is_not_allowed() {
+    let mut f = cluster().instances(3).paused().build();
+    f.spec.rejoin.allow_reclone = false;
+    f.request(rejoin("main-1", true));
+    let a = f.tick(10);
+    let check = Action::Rewind {
+        instance: "main-1".into(),
+        source: "main-0".into(),
+        dry_run: true,
+    };
+    assert!(has(&a, |x| *x == check), "{a:?}");
+    f.obs.results.push(crate::engine::ActionResult {
+        action: check,
+        outcome: Outcome::Succeeded {
+            detail: Some("a rejoin would re-clone it (other system)".into()),
+            facts: crate::engine::ActionFacts {
+                reclone_needed: true,
+                ..Default::default()
+            },
+        },
+    });
+    let a = f.tick(10);
+    let h = f.last_history();
+    assert_eq!(
+        (h.kind.as_str(), h.outcome.as_str()),
+        ("RejoinDryRun", "DryRun")
+    );
+    assert!(
+        h.message
+            .contains("allowReclone=false), so a rejoin would fail"),
+        "{}",
+        h.message
+    );
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Event { reason, .. } if reason == "RejoinDryRun")
+    ));
+    assert!(!has(&a, |x| matches!(
+        x,
+        Action::Demote { .. } | Action::Reclone { .. } | Action::Stop { .. }
+    )));
+    assert!(f.status.transition.is_none());
+}
+
+#[test]
 fn rejoin_refused_for_the_primary_and_unknown_instances_and_runs_while_paused() {
     let mut f = cluster().instances(3).build();
     f.request(rejoin("main-0", false));

@@ -222,6 +222,7 @@ impl Sim {
                 unanswered: None,
                 outdated: false,
                 deleting: false,
+                unschedulable: false,
             });
         }
         obs

@@ -34,8 +34,11 @@ pub struct Children {
     pub service_ro: Service,
     /// `<name>-r`: any ready instance.
     pub service_r: Service,
-    /// Keeps enough instances through voluntary disruptions.
+    /// `<name>`: at most one standby evicted at a time.
     pub pdb: PodDisruptionBudget,
+    /// `<name>-primary`: the primary is never evicted (a drain waits until
+    /// the engine has switched it over to a standby on another node).
+    pub pdb_primary: PodDisruptionBudget,
     /// The instances.
     pub stateful_set: StatefulSet,
 }
@@ -58,6 +61,7 @@ pub fn build_children<R: Rng + CryptoRng>(
         service_ro: services::ro(cluster),
         service_r: services::r(cluster),
         pdb: services::pdb(cluster),
+        pdb_primary: services::pdb_primary(cluster),
         stateful_set: statefulset::stateful_set(cluster),
     }
 }

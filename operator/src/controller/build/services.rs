@@ -86,15 +86,53 @@ fn port(name: &str, number: u16) -> ServicePort {
     }
 }
 
-/// At most one instance down for voluntary disruptions (drains, evictions):
-/// the primary and the other standbys keep running while one pod moves.
+/// At most one standby down for voluntary disruptions (drains, evictions):
+/// the other standbys keep running while one pod moves. A count
+/// (`minAvailable`: standbys − 1), not `maxUnavailable`: the latter would be
+/// reckoned against the StatefulSet's replicas, primary included, and allow
+/// no eviction at all.
 pub fn pdb(cluster: &ValidCluster) -> PodDisruptionBudget {
+    let mut labels = selector_labels(&cluster.name);
+    labels.insert(keys::LABEL_ROLE.into(), keys::ROLE_STANDBY.into());
     PodDisruptionBudget {
         metadata: child_meta(cluster, cluster.name.clone()),
         spec: Some(PodDisruptionBudgetSpec {
-            max_unavailable: Some(IntOrString::Int(1)),
+            min_available: Some(IntOrString::Int((cluster.spec.instances - 2).max(0))),
             selector: Some(LabelSelector {
-                match_labels: Some(selector_labels(&cluster.name)),
+                match_labels: Some(labels),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+/// `<name>-primary`: the primary's pod is not evicted (CloudNativePG's
+/// primary budget): a drain of its node retries the eviction while the
+/// engine switches over to a standby elsewhere; once `status.currentPrimary`
+/// names the new primary this budget follows it and the old pod may go. It
+/// selects the pod by name rather than by role label, which a switchover
+/// drops before the old primary has stopped. A single instance has nowhere to
+/// switch to: its budget lets a drain evict it.
+pub fn pdb_primary(cluster: &ValidCluster) -> PodDisruptionBudget {
+    let mut labels = selector_labels(&cluster.name);
+    match &cluster.current_primary {
+        Some(p) => labels.insert(keys::LABEL_INSTANCE.into(), p.clone()),
+        None => labels.insert(keys::LABEL_ROLE.into(), keys::ROLE_PRIMARY.into()),
+    };
+    let (min_available, max_unavailable) = if cluster.spec.instances > 1 {
+        (Some(IntOrString::Int(1)), None)
+    } else {
+        (None, Some(IntOrString::Int(1)))
+    };
+    PodDisruptionBudget {
+        metadata: child_meta(cluster, format!("{}-primary", cluster.name)),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available,
+            max_unavailable,
+            selector: Some(LabelSelector {
+                match_labels: Some(labels),
                 ..LabelSelector::default()
             }),
             ..PodDisruptionBudgetSpec::default()
@@ -162,9 +200,53 @@ mod tests {
     }
 
     #[test]
-    fn pdb_allows_one_instance_down() {
+    fn pdb_allows_one_standby_down() {
         let c = cluster().valid();
         let spec = pdb(&c).spec.unwrap_or_default();
+        // Three instances: two standbys, one may go.
+        assert_eq!(spec.min_available, Some(IntOrString::Int(1)));
+        assert!(spec.max_unavailable.is_none());
+        let sel = spec
+            .selector
+            .and_then(|s| s.match_labels)
+            .unwrap_or_default();
+        assert_eq!(
+            sel.get(keys::LABEL_ROLE).map(String::as_str),
+            Some("standby")
+        );
+    }
+
+    #[test]
+    fn primary_pdb_keeps_the_current_primary_pod_by_name() {
+        let mut c = cluster().valid();
+        let p = pdb_primary(&c);
+        assert_eq!(p.metadata.name.as_deref(), Some("main-primary"));
+        let spec = p.spec.unwrap_or_default();
+        assert_eq!(spec.min_available, Some(IntOrString::Int(1)));
+        let sel = spec
+            .selector
+            .and_then(|s| s.match_labels)
+            .unwrap_or_default();
+        assert_eq!(
+            sel.get(keys::LABEL_ROLE).map(String::as_str),
+            Some("primary")
+        );
+
+        c.current_primary = Some("main-2".into());
+        let spec = pdb_primary(&c).spec.unwrap_or_default();
+        let sel = spec
+            .selector
+            .and_then(|s| s.match_labels)
+            .unwrap_or_default();
+        assert_eq!(
+            sel.get(keys::LABEL_INSTANCE).map(String::as_str),
+            Some("main-2")
+        );
+        assert_eq!(sel.get(keys::LABEL_ROLE), None);
+
+        // One instance cannot switch over: a drain may evict it.
+        c.spec.instances = 1;
+        let spec = pdb_primary(&c).spec.unwrap_or_default();
         assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
         assert!(spec.min_available.is_none());
     }

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::agent::client::AgentClient;
-use crate::api::agent::{AgentStatus, Member};
+use crate::api::agent::{AgentStatus, Member, ToolLimits};
 use crate::api::AgentUnanswered;
 use crate::engine::{Action, Answer};
 
@@ -54,12 +54,14 @@ pub trait AgentOps: Send + Sync + 'static {
     }
 
     /// Carry out one agent action: the agent's answer or `Err(message)`.
-    /// `members` gives every instance's postgres address.
+    /// `members` gives every instance's postgres address, `limits` the
+    /// time limits of pg_rewind and pg_basebackup.
     fn call(
         &self,
         target: &AgentTarget,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
     ) -> impl Future<Output = Result<Answer, String>> + Send;
 }
 
@@ -111,8 +113,9 @@ impl AgentOps for HttpAgents {
         target: &AgentTarget,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
     ) -> Result<Answer, String> {
         let c = self.client(target)?;
-        crate::platform::call(action, &c, members).await
+        crate::platform::call(action, &c, members, limits).await
     }
 }

@@ -19,7 +19,7 @@ use super::agents::{AgentOps, AgentTarget, Token};
 use super::kube_ops::KubeOps;
 use super::pods;
 use super::requests;
-use crate::api::agent::Member;
+use crate::api::agent::{Member, ToolLimits};
 use crate::api::{keys, DbCluster, DbClusterStatus};
 use crate::controller::error::{Category, Error};
 use crate::controller::metrics::Metrics;
@@ -293,6 +293,17 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
         });
         let answers: BTreeMap<String, _> =
             futures::future::join_all(polls).await.into_iter().collect();
+        // The nodes a drain has cordoned (a primary there is switched over).
+        let mut cordoned = std::collections::BTreeSet::new();
+        let nodes: std::collections::BTreeSet<String> = pods
+            .iter()
+            .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+            .collect();
+        for node in nodes {
+            if self.kube.node_unschedulable(&node).await {
+                cordoned.insert(node);
+            }
+        }
         let mut out: Vec<(u32, InstanceObs)> = Vec::new();
         for pod in pods {
             let name = pod.name_any();
@@ -341,6 +352,11 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
                     unanswered,
                     outdated,
                     deleting: pod.metadata.deletion_timestamp.is_some(),
+                    unschedulable: pod
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_ref())
+                        .is_some_and(|n| cordoned.contains(n)),
                 },
             ));
         }
@@ -495,6 +511,7 @@ impl<K: KubeOps, A: AgentOps> Platform for KubePlatform<K, A> {
         &self,
         action: &Action,
         members: &BTreeMap<String, Member>,
+        limits: &ToolLimits,
     ) -> Result<AgentCall, String> {
         let instance = action.instance().unwrap_or_default();
         let Some(target) = self.targets.get(instance).cloned() else {
@@ -505,8 +522,9 @@ impl<K: KubeOps, A: AgentOps> Platform for KubePlatform<K, A> {
         let agents = self.agents.clone();
         let action = action.clone();
         let members = members.clone();
+        let limits = limits.clone();
         Ok(Box::pin(async move {
-            agents.call(&target, &action, &members).await
+            agents.call(&target, &action, &members, &limits).await
         }))
     }
 }

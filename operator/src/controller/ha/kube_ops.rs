@@ -5,7 +5,7 @@
 
 use std::future::Future;
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType as KubeEventType, Recorder};
 use kube::{Api, Client, Resource};
@@ -100,6 +100,13 @@ pub trait KubeOps: Send + Sync + 'static {
         value: &str,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
+    /// Whether node `node` is cordoned (`spec.unschedulable`, as `kubectl
+    /// drain` sets it); false when it cannot be read.
+    fn node_unschedulable(&self, node: &str) -> impl Future<Output = bool> + Send {
+        let _ = node;
+        async { false }
+    }
+
     /// Publish an Event on the DbCluster.
     fn event(
         &self,
@@ -169,6 +176,19 @@ impl KubeOps for KubeClient {
 
     async fn list_pods(&self, ns: &str, cluster: &str) -> Result<Vec<Pod>, Error> {
         Ok(self.stores.pods(ns, cluster))
+    }
+
+    async fn node_unschedulable(&self, node: &str) -> bool {
+        match Api::<Node>::all(self.client.clone()).get_opt(node).await {
+            Ok(n) => n
+                .and_then(|n| n.spec)
+                .and_then(|s| s.unschedulable)
+                .unwrap_or(false),
+            Err(e) => {
+                tracing::debug!(%node, error = %e, "could not read the node");
+                false
+            }
+        }
     }
 
     async fn agent_token(&self, ns: &str, cluster: &str) -> Result<Option<Token>, Error> {

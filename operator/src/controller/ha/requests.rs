@@ -89,12 +89,10 @@ pub fn parse(cluster: &str, annotations: &BTreeMap<String, String>) -> Parsed {
             Err(r) => unread.push(r),
         }
     }
-    if let Some(v) = get(keys::ANN_REJOIN) {
-        match instance_value(cluster, keys::ANN_REJOIN, v, None) {
-            Ok(Some(instance)) => out.requests.push(Request::Rejoin {
-                instance,
-                dry_run: false,
-            }),
+    for (key, dry_run) in [(keys::ANN_REJOIN, false), (keys::ANN_REJOIN_DRY_RUN, true)] {
+        let Some(v) = get(key) else { continue };
+        match instance_value(cluster, key, v, None) {
+            Ok(Some(instance)) => out.requests.push(Request::Rejoin { instance, dry_run }),
             Ok(None) => {}
             Err(r) => unread.push(r),
         }
@@ -130,7 +128,8 @@ pub fn annotations_of(request: &Request) -> &'static [&'static str] {
         Request::Switchover { dry_run: false, .. } => &[keys::ANN_SWITCHOVER, keys::ANN_FORCE],
         Request::Switchover { dry_run: true, .. } => &[keys::ANN_SWITCHOVER_DRY_RUN],
         Request::Promote { .. } => &[keys::ANN_PROMOTE, keys::ANN_FORCE],
-        Request::Rejoin { .. } => &[keys::ANN_REJOIN],
+        Request::Rejoin { dry_run: false, .. } => &[keys::ANN_REJOIN],
+        Request::Rejoin { dry_run: true, .. } => &[keys::ANN_REJOIN_DRY_RUN],
         Request::Reclone { .. } => &[keys::ANN_RECLONE],
         Request::Restart { .. } => &[keys::ANN_RESTART],
         // Cleared by its own key and value (`Request::Unreadable::source`).
@@ -244,6 +243,37 @@ mod tests {
                 instance: "main-7".into(),
                 dry_run: false
             }]
+        );
+    }
+
+    #[test]
+    fn rejoin_dry_run_reads_and_clears_its_own_annotation() {
+        let p = parse(
+            "main",
+            &ann(&[
+                (keys::ANN_REJOIN_DRY_RUN, "main-1"),
+                (keys::ANN_REJOIN, "main-2"),
+            ]),
+        );
+        let dry = Request::Rejoin {
+            instance: "main-1".into(),
+            dry_run: true,
+        };
+        assert_eq!(
+            p.requests,
+            vec![
+                Request::Rejoin {
+                    instance: "main-2".into(),
+                    dry_run: false
+                },
+                dry.clone()
+            ]
+        );
+        assert_eq!(annotations_of(&dry), &[keys::ANN_REJOIN_DRY_RUN]);
+        let bad = parse("main", &ann(&[(keys::ANN_REJOIN_DRY_RUN, "any")]));
+        assert!(
+            matches!(&bad.requests[..], [Request::Unreadable { source, .. }] if source == keys::ANN_REJOIN_DRY_RUN),
+            "{bad:?}"
         );
     }
 
