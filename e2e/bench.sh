@@ -15,6 +15,11 @@ export KUBE_DIR KUBECONFIG="$KUBE_DIR/kubeconfig"
 export KUBECTL="$KUBE_BIN/kubectl"
 
 down() {
+  # BENCH_KUBE_LOGS=FILE keeps the operator replicas' logs (where a figure's time went).
+  if [ -n "${BENCH_KUBE_LOGS:-}" ] && [ -f "$KUBECONFIG" ]; then
+    "$KUBECTL" -n "$NAMESPACE" logs -l app.kubernetes.io/name=tandem-operator --prefix --tail=-1 \
+      > "$BENCH_KUBE_LOGS" 2>&1 || true
+  fi
   target/debug/tandem-testcluster down --dir "$KUBE_DIR" >/dev/null 2>&1 || true
 }
 "$CARGO" build --locked --release -p tandem --bin tandem
