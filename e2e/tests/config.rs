@@ -140,11 +140,22 @@ async fn parameter_changes_reach_every_pod_by_reload_or_rolling_restart_primary_
             .map(|i| keys::instance_name(&name, i))
             .filter(|n| *n != old)
             .collect();
-        let order = format!(
-            "{} restarted; {} restarted; {old} restarted by a switchover to",
-            standbys[0], standbys[1]
+        // "a restarted (stopped smart); b restarted (stopped smart); old restarted by a switchover to c"
+        let parts: Vec<&str> = restart
+            .message
+            .split(": ")
+            .nth(1)
+            .unwrap_or_default()
+            .split("; ")
+            .collect();
+        assert!(
+            parts.len() == 3
+                && parts[0].starts_with(&format!("{} restarted", standbys[0]))
+                && parts[1].starts_with(&format!("{} restarted", standbys[1]))
+                && parts[2].starts_with(&format!("{old} restarted by a switchover to")),
+            "not standbys first, primary last: {}",
+            restart.message
         );
-        assert!(restart.message.contains(&order), "{}", restart.message);
         wait_healthy(&client, &ns, &name, MOVE)
             .await
             .expect("healthy after the rolling restart");

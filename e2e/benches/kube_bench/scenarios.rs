@@ -50,7 +50,9 @@ impl Scenario {
     /// The table row.
     pub fn what(self) -> &'static str {
         match self {
-            Scenario::PodDeleted => "kubectl delete pod <primary>: longest gap between acked writes",
+            Scenario::PodDeleted => {
+                "kubectl delete pod <primary>: longest gap between acked writes"
+            }
             Scenario::NodeFrozen => "primary's node frozen → write on new primary",
             Scenario::Switchover => "switchover annotation: longest gap between acked writes",
         }

@@ -339,7 +339,10 @@ impl Driver {
                 .and_then(|i| i.progress.as_ref());
             r.status = match (alive, fresh, rep) {
                 (true, true, Some(a)) if !a.postgres_running && progress.is_some() => {
-                    format!("stopped ({})", progress.map(describe_progress).unwrap_or_default())
+                    format!(
+                        "stopped ({})",
+                        progress.map(describe_progress).unwrap_or_default()
+                    )
                 }
                 (false, _, _) => "down".to_string(),
                 (true, true, Some(a)) if a.fenced => "fenced".to_string(),

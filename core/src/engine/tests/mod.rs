@@ -2,8 +2,8 @@
 
 mod checks;
 mod config_slots;
-mod durability;
 mod drain;
+mod durability;
 mod failover;
 mod fixtures;
 mod operations;
