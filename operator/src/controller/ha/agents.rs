@@ -53,6 +53,18 @@ pub trait AgentOps: Send + Sync + 'static {
         async move { self.status(target, timeout).await.ok_or(None) }
     }
 
+    /// As [`AgentOps::poll`], answered from a probe begun after the call
+    /// (`GET /status?fresh=true`): during a transition each step waits on
+    /// what the previous one changed, which the agent's periodic probe shows
+    /// up to a probe interval later.
+    fn poll_fresh(
+        &self,
+        target: &AgentTarget,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<AgentStatus, Option<AgentUnanswered>>> + Send {
+        self.poll(target, timeout)
+    }
+
     /// Carry out one agent action: the agent's answer or `Err(message)`.
     /// `members` gives every instance's postgres address, `limits` the
     /// time limits of pg_rewind and pg_basebackup.
@@ -103,6 +115,20 @@ impl AgentOps for HttpAgents {
             .client(target)
             .map_err(|_| Some(AgentUnanswered::Unreachable))?;
         match tokio::time::timeout(timeout, c.status()).await {
+            Err(_) => Err(Some(AgentUnanswered::Timeout)),
+            Ok(r) => r.map_err(|e| Some(crate::agent::client::unanswered(&e))),
+        }
+    }
+
+    async fn poll_fresh(
+        &self,
+        target: &AgentTarget,
+        timeout: Duration,
+    ) -> Result<AgentStatus, Option<AgentUnanswered>> {
+        let c = self
+            .client(target)
+            .map_err(|_| Some(AgentUnanswered::Unreachable))?;
+        match tokio::time::timeout(timeout, c.fresh_status()).await {
             Err(_) => Err(Some(AgentUnanswered::Timeout)),
             Ok(r) => r.map_err(|e| Some(crate::agent::client::unanswered(&e))),
         }

@@ -286,10 +286,20 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
         now: Timestamp,
     ) -> Vec<InstanceObs> {
         let timeout = self.config.poll_timeout;
+        // During a transition each step waits on the previous one's effect:
+        // ask for a probe begun now rather than the agent's latest.
+        let fresh = dc.status.as_ref().is_some_and(|s| s.transition.is_some());
         let polls = self.targets.values().map(|t| {
             let agents = self.agents.clone();
             let t = t.clone();
-            async move { (t.instance.clone(), agents.poll(&t, timeout).await) }
+            async move {
+                let answer = if fresh {
+                    agents.poll_fresh(&t, timeout).await
+                } else {
+                    agents.poll(&t, timeout).await
+                };
+                (t.instance.clone(), answer)
+            }
         });
         let answers: BTreeMap<String, _> =
             futures::future::join_all(polls).await.into_iter().collect();
