@@ -115,11 +115,7 @@ pub async fn node_action(node: &str, action: &str) -> Result<()> {
             message: "node faults need the test cluster (E2E_PLATFORM=testcluster)".into(),
         });
     }
-    let bin = std::env::var("E2E_TESTCLUSTER_BIN").unwrap_or_else(|_| {
-        repo_path("target/debug/tandem-testcluster")
-            .to_string_lossy()
-            .into_owned()
-    });
+    let bin = testcluster_bin();
     let dir = std::env::var("KUBE_DIR").map_err(|_| E2eError::Tool {
         command: command.clone(),
         message: "KUBE_DIR (the test cluster's directory) is not set".into(),
@@ -136,6 +132,57 @@ pub async fn node_action(node: &str, action: &str) -> Result<()> {
             command,
             message: format!("exit {}: {}", out.code, out.stderr.trim()),
         })
+    }
+}
+
+/// The `tandem-testcluster` binary (`E2E_TESTCLUSTER_BIN`, else the debug build).
+fn testcluster_bin() -> String {
+    std::env::var("E2E_TESTCLUSTER_BIN").unwrap_or_else(|_| {
+        repo_path("target/debug/tandem-testcluster")
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// Undoes a node fault when dropped, whatever the test did (a panic
+/// included): runs the node `action` (`thaw`, `start`) synchronously,
+/// unless [`NodeBack::disarm`]ed because the test already did.
+pub struct NodeBack {
+    node: Option<String>,
+    action: &'static str,
+}
+
+impl NodeBack {
+    /// Run `action` on `node` when dropped.
+    pub fn new(node: &str, action: &'static str) -> Self {
+        Self {
+            node: Some(node.to_string()),
+            action,
+        }
+    }
+
+    /// The test undid the fault itself: nothing to do when dropped.
+    pub fn disarm(&mut self) {
+        self.node = None;
+    }
+}
+
+impl Drop for NodeBack {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.take() {
+            let dir = std::env::var("KUBE_DIR").unwrap_or_default();
+            let _ = std::process::Command::new(testcluster_bin())
+                .args([
+                    "node",
+                    "--dir",
+                    &dir,
+                    "--node",
+                    &node,
+                    "--action",
+                    self.action,
+                ])
+                .status();
+        }
     }
 }
 

@@ -13,33 +13,6 @@ use tandem_e2e::*;
 const READY: Duration = Duration::from_secs(600);
 const MOVE: Duration = Duration::from_secs(300);
 
-/// Power the node back on when dropped, whatever the test did.
-struct NodeBack(Option<String>);
-
-impl Drop for NodeBack {
-    fn drop(&mut self) {
-        if let Some(node) = self.0.take() {
-            let _ = std::process::Command::new(
-                std::env::var("E2E_TESTCLUSTER_BIN").unwrap_or_else(|_| {
-                    repo_path("target/debug/tandem-testcluster")
-                        .to_string_lossy()
-                        .into_owned()
-                }),
-            )
-            .args([
-                "node",
-                "--dir",
-                &std::env::var("KUBE_DIR").unwrap_or_default(),
-                "--node",
-                &node,
-                "--action",
-                "start",
-            ])
-            .status();
-        }
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs the test cluster of DESIGN.md §8 and its node fault injection: make test"]
 async fn testcluster_primary_node_power_loss_fails_over_without_loss_and_the_node_comes_back() {
@@ -68,7 +41,7 @@ async fn testcluster_primary_node_power_loss_fails_over_without_loss_and_the_nod
         node_action(&node, "kill")
             .await
             .expect("kill the primary's node");
-        let mut back = NodeBack(Some(node.clone()));
+        let mut back = NodeBack::new(&node, "start");
         let new = eventually("a new primary", MOVE, || async {
             let p = status(&client, &ns, &name).await.ok()?.current_primary?;
             (p != old).then_some(p)
@@ -82,7 +55,7 @@ async fn testcluster_primary_node_power_loss_fails_over_without_loss_and_the_nod
         node_action(&node, "start")
             .await
             .expect("power the node back on");
-        back.0 = None;
+        back.disarm();
         let lost = lost_acknowledged(&client, &ns, &name, "writer", Duration::from_secs(450))
             .await
             .expect("writer finished");

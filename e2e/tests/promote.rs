@@ -13,33 +13,6 @@ use tandem_e2e::*;
 const READY: Duration = Duration::from_secs(600);
 const MOVE: Duration = Duration::from_secs(300);
 
-/// Thaw the node when dropped, whatever the test did.
-struct Thaw(Option<String>);
-
-impl Drop for Thaw {
-    fn drop(&mut self) {
-        if let Some(node) = self.0.take() {
-            let _ = std::process::Command::new(
-                std::env::var("E2E_TESTCLUSTER_BIN").unwrap_or_else(|_| {
-                    repo_path("target/debug/tandem-testcluster")
-                        .to_string_lossy()
-                        .into_owned()
-                }),
-            )
-            .args([
-                "node",
-                "--dir",
-                &std::env::var("KUBE_DIR").unwrap_or_default(),
-                "--node",
-                &node,
-                "--action",
-                "thaw",
-            ])
-            .status();
-        }
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs the test cluster of DESIGN.md §8 and its node fault injection: make test"]
 async fn testcluster_promote_annotation_makes_the_chosen_standby_primary_while_paused() {
@@ -79,7 +52,7 @@ async fn testcluster_promote_annotation_makes_the_chosen_standby_primary_while_p
         node_action(&node, "freeze")
             .await
             .expect("freeze the primary's node");
-        let mut thaw = Thaw(Some(node.clone()));
+        let mut thaw = NodeBack::new(&node, "thaw");
         // Paused: no failover; the engine sees the primary unreachable.
         eventually("the primary seen unreachable", MOVE, || async {
             let st = status(&client, &ns, &name).await.ok()?;
@@ -139,7 +112,7 @@ async fn testcluster_promote_annotation_makes_the_chosen_standby_primary_while_p
         );
         // The node back first: a SQL pod must not land on the frozen node.
         node_action(&node, "thaw").await.expect("thaw");
-        thaw.0 = None;
+        thaw.disarm();
         // Writes go to the new primary, and the rows from before are there.
         // (Rows 1..=20 exist already: the writer adds 21..=25.)
         let out = run_sql(

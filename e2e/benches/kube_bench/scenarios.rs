@@ -10,7 +10,7 @@ use kube::Client;
 use tandem::api::{keys, Phase};
 use tandem_e2e::{
     annotate, has_annotation, kubectl_ok, node_action, node_of, operator_leader,
-    operator_namespace, primary, service_pods, status, wait_healthy, wait_rw_on,
+    operator_namespace, primary, service_pods, status, wait_healthy, wait_rw_on, NodeBack,
 };
 use tandem_testkit::bench::{fmt_duration, fmt_kib};
 use tandem_testkit::poll_until_async;
@@ -67,25 +67,6 @@ impl Scenario {
 pub struct Measured {
     pub took: Duration,
     pub note: Option<String>,
-}
-
-/// Thaw the node when dropped, whatever happened (a panic included).
-struct Thaw(Option<String>);
-
-impl Drop for Thaw {
-    fn drop(&mut self) {
-        if let Some(node) = self.0.take() {
-            let bin = std::env::var("E2E_TESTCLUSTER_BIN").unwrap_or_else(|_| {
-                tandem_e2e::repo_path("target/debug/tandem-testcluster")
-                    .to_string_lossy()
-                    .into_owned()
-            });
-            let dir = std::env::var("KUBE_DIR").unwrap_or_default();
-            let _ = std::process::Command::new(bin)
-                .args(["node", "--dir", &dir, "--node", &node, "--action", "thaw"])
-                .status();
-        }
-    }
 }
 
 /// A DbCluster under the rw writer, and the acknowledged writes found lost so far.
@@ -294,7 +275,7 @@ impl Bench {
         }
         let bound = self.w.snapshot().in_flight_bound();
         let t = Instant::now();
-        let thaw = Thaw(Some(node.clone()));
+        let thaw = NodeBack::new(&node, "thaw");
         node_action(&node, "freeze")
             .await
             .map_err(|e| e.to_string())?;
