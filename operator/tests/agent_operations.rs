@@ -1,6 +1,7 @@
 //! The agent against real PostgreSQL: synchronous settings, stop escalation,
 //! the archive backlog check, the check settings (`POST /checks`), refused
-//! requests, crash restart, and postgres dying with a SIGKILLed agent.
+//! requests, crash restart, postgres dying with a SIGKILLed agent, and
+//! parameters in status never ahead of the restart they need.
 
 mod agent_support;
 
@@ -715,5 +716,78 @@ async fn check_settings_set_the_expected_standbys_and_thresholds_and_bad_ones_ar
         !st.replication_to.contains_key("chk-9"),
         "{:?}",
         st.replication_to
+    );
+}
+
+/// A status that shows the spec's parameters also shows the restart they
+/// need: the engine takes "parameters match, no restart pending" for done, so
+/// a probe that read the new parameters before postgres reloaded them would
+/// leave that instance out of the rolling restart. (Going back, a status may
+/// still show the old set for a moment after the reload: stale, not wrong.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_in_status_come_with_the_restart_they_need() {
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+    let c = cluster_with("pendrs", 0).await;
+    let p = &c.agents[0];
+    let needs_restart: std::collections::BTreeMap<String, String> =
+        [("max_connections".to_string(), "150".to_string())].into();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // True from before the set is sent until before the reset is sent.
+    let setting = std::sync::Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let client = p.client.clone();
+        let (stop, setting) = (stop.clone(), setting.clone());
+        let want = needs_restart.clone();
+        tokio::spawn(async move {
+            let (mut seen, mut bad) = (0u32, Vec::new());
+            while !stop.load(SeqCst) {
+                let before = setting.load(SeqCst);
+                let Ok(s) = client.fresh_status().await else {
+                    continue;
+                };
+                if before && setting.load(SeqCst) && s.parameters.as_ref() == Some(&want) {
+                    seen += 1;
+                    if s.pending_restart.is_empty() {
+                        bad.push(s.observed_at.clone());
+                    }
+                }
+            }
+            (seen, bad)
+        })
+    };
+    for _ in 0..10 {
+        setting.store(true, SeqCst);
+        let r = p
+            .client
+            .config(&ConfigRequest {
+                parameters: needs_restart.clone(),
+                complete: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(r.pending_restart, vec!["max_connections".to_string()]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        setting.store(false, SeqCst);
+        // Back to the running value: nothing pending any more.
+        let r = p
+            .client
+            .config(&ConfigRequest {
+                parameters: Default::default(),
+                complete: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(r.pending_restart.is_empty(), "{:?}", r.pending_restart);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, SeqCst);
+    let (seen, bad) = watcher.await.unwrap();
+    assert!(seen > 0, "the watcher never saw the parameters applied");
+    assert!(
+        bad.is_empty(),
+        "{} of {seen} statuses showed max_connections=150 applied with no restart pending (at {bad:?})",
+        bad.len()
     );
 }

@@ -241,14 +241,6 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
     if let Some(known) = req.known_standbys {
         super::expect::set_standbys(&agent, known);
     }
-    if req.complete {
-        let text = serde_json::to_string_pretty(&req.parameters).unwrap_or_default();
-        pg::conf::write_owned(
-            &agent.runner,
-            &agent.cfg.data_dir.join(pg::conf::PARAMETERS_FILE),
-            &text,
-        )?;
-    }
     query::reload(&client).await?;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -263,6 +255,17 @@ pub async fn config(agent: Arc<Agent>, req: ConfigRequest) -> Result<ConfigRespo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pending_restart = query::pending_restart(&client).await?;
+    // Recorded only now: a probe that sees the spec's parameters in this file
+    // also sees the pending_restart they caused, so the engine never takes an
+    // instance that still needs a restart for one that is done.
+    if req.complete {
+        let text = serde_json::to_string_pretty(&req.parameters).unwrap_or_default();
+        pg::conf::write_owned(
+            &agent.runner,
+            &agent.cfg.data_dir.join(pg::conf::PARAMETERS_FILE),
+            &text,
+        )?;
+    }
     agent.probe_now.notify_one();
     Ok(ConfigResponse {
         applied: names,

@@ -60,6 +60,10 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
         observed_at: Some(jiff::Timestamp::now().to_string()),
         ..Default::default()
     };
+    // Read before postgres is asked: POST /config writes this file only once
+    // its reload took effect, so parameters that match the spec here come with
+    // the pending_restart they caused.
+    let parameters = conf::read_parameters(&cfg.data_dir);
     let running = agent.postgres_running();
     let mut observed = None;
     if running {
@@ -127,7 +131,7 @@ async fn probe_once(agent: &Agent, conns: &mut Conns) -> AgentStatus {
         }
     }
     st.archive_ready = conf::archive_ready_count(&cfg.data_dir);
-    st.parameters = conf::read_parameters(&cfg.data_dir);
+    st.parameters = parameters;
     overlay_live(agent, &mut st);
     let thresholds = super::expect::thresholds(agent);
     let known = super::expect::standbys(agent);
