@@ -356,6 +356,7 @@ fn loop_over_caches(
         defaults: Defaults {
             postgres_image: "postgres-image:test".into(),
         },
+        service_settle: Duration::ZERO,
     };
     let lp = ClusterLoop::new(Arc::new(kube), Arc::new(agent), "db", "main", config);
     (lp, handle)

@@ -178,6 +178,7 @@ fn context(stores: Stores) -> (Arc<Context>, ApiServer) {
                 starting_grace: Duration::from_secs(60),
                 agent_port: 8000,
                 defaults: defaults.clone(),
+                service_settle: Duration::ZERO,
             },
         },
     );

@@ -163,8 +163,8 @@ impl TransitionKind {
             Self::Bootstrap => &[S::WaitPrimary],
             Self::Failover => &[S::Fence, S::Promote, S::Label],
             Self::Switchover => &[
-                S::Checkpoint,
                 S::DropPrimaryLabel,
+                S::Checkpoint,
                 S::StopPrimary,
                 S::WaitShutdownCheckpoint,
                 S::Promote,
@@ -186,7 +186,7 @@ impl TransitionKind {
         match self {
             Self::Bootstrap => TransitionStep::WaitPrimary,
             Self::Failover => TransitionStep::Fence,
-            Self::Switchover => TransitionStep::Checkpoint,
+            Self::Switchover => TransitionStep::DropPrimaryLabel,
             Self::Rejoin => TransitionStep::Demote,
             Self::RejoinDryRun => TransitionStep::RewindCheck,
             Self::Reclone => TransitionStep::Reclone,
@@ -406,6 +406,13 @@ pub struct SwitchoverData {
     /// WAL, which the target must have received whole.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stop_escalated: bool,
+    /// The old primary's role label is gone (`DropPrimaryLabel` done): its
+    /// stop may follow once the change settled.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub old_label_dropped: bool,
+    /// The pre-stop CHECKPOINT answered (or ran out of time).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub checkpointed: bool,
 }
 
 /// What a rejoin or re-clone keeps between steps.
@@ -505,6 +512,8 @@ impl<'de> Deserialize<'de> for TransitionData {
                 rollback_reason: take("rollbackReason").and_then(text),
                 stopped_with: take("stoppedWith").and_then(stop_mode),
                 stop_escalated: take("stopEscalated").is_some_and(flag),
+                old_label_dropped: take("oldLabelDropped").is_some_and(flag),
+                checkpointed: take("checkpointed").is_some_and(flag),
             },
             rejoin: RejoinData {
                 issued: take("issued").is_some_and(flag),

@@ -23,7 +23,7 @@
 //! function that carries it out:
 //! - `Bootstrap`: `WaitPrimary` (until an instance runs as primary; adopted).
 //! - `Failover`: `Fence` → `Promote` → `Label`.
-//! - `Switchover`: `Checkpoint` → `DropPrimaryLabel` → `StopPrimary` → `WaitShutdownCheckpoint`
+//! - `Switchover`: `DropPrimaryLabel` → `Checkpoint` → `StopPrimary` → `WaitShutdownCheckpoint`
 //!   → `Promote` → `Label` → `Follow`, or `RollBack` before a promotion.
 //! - `Rejoin`: `Demote` (→ `Reclone` when the rewind fails and re-clone is allowed).
 //! - `Reclone`: `Reclone`. `RejoinDryRun`: `RewindCheck`.

@@ -1,6 +1,8 @@
-//! Planned switchover steps (requests and prechecks are in `plan`): checkpoint → drop label → stop the primary (fast, escalating) → wait for the
-//! shutdown checkpoint on the target → promote → label → old primary and
-//! siblings follow; rollback while nothing was promoted. Pure.
+//! Planned switchover steps (requests and prechecks are in `plan`): drop
+//! label → checkpoint (and let the label change reach the platform's routing)
+//! → stop the primary (fast, escalating) → wait for the shutdown checkpoint on
+//! the target → promote → label → old primary and siblings follow; rollback
+//! while nothing was promoted. Pure.
 
 use crate::api::{DbClusterStatus, Lsn, SwitchoverData, Transition};
 
@@ -18,7 +20,7 @@ pub(crate) struct Ends {
     elapsed: i64,
 }
 
-/// A switchover step: `checkpoint`, `drop_label`, `stop`, `wait_checkpoint`, `promote`, `label`, `follow` or `rollback`.
+/// A switchover step: `drop_label`, `checkpoint`, `stop`, `wait_checkpoint`, `promote`, `label`, `follow` or `rollback`.
 type StepFn = fn(&Ctx, &mut DbClusterStatus, &Transition, &Ends, &mut Vec<Action>) -> Step;
 
 /// Carry out one step of a switchover, unless the old primary failed before
@@ -87,30 +89,55 @@ fn roll_back(st: &mut DbClusterStatus, why: String) -> Step {
 }
 
 /// Step `Checkpoint`: write the primary's dirty buffers while it still takes
-/// writes, so that the shutdown checkpoint, which runs after writes stopped,
-/// is short. Only an optimisation: its failure, or one taking longer than
-/// the shutdown timeout, does not hold the switchover up.
+/// writes on the connections it has, so that the shutdown checkpoint, which
+/// runs after writes stopped, is short. Only an optimisation: its failure, or
+/// one taking longer than the shutdown timeout, does not hold the switchover
+/// up. The stop also waits until the label drop had `service_settle_ms` to
+/// reach the routing (kube-proxy syncs at most once per its minimum sync
+/// period): the new primary's label, a few hundred ms after the stop, is
+/// then applied at once. Clients on established connections keep writing
+/// meanwhile; new connections are refused from the label drop on.
 pub(crate) fn checkpoint(
     ctx: &Ctx,
-    _st: &mut DbClusterStatus,
-    _tr: &Transition,
+    st: &mut DbClusterStatus,
+    tr: &Transition,
     e: &Ends,
     out: &mut Vec<Action>,
 ) -> Step {
+    if !tr.data.switchover.old_label_dropped {
+        // Resumed from the earlier order, which checkpointed before the label drop.
+        return Step::Goto(TransitionStep::DropPrimaryLabel);
+    }
     let checkpoint = Action::Checkpoint {
         instance: e.old.clone(),
     };
-    if ctx.result(&checkpoint).is_some() || e.elapsed >= ctx.shutdown_ms() {
-        return Step::Goto(TransitionStep::DropPrimaryLabel);
+    let checkpointed = tr.data.switchover.checkpointed
+        || ctx.result(&checkpoint).is_some()
+        || e.elapsed >= ctx.shutdown_ms();
+    if checkpointed {
+        set(st, |d| d.checkpointed = true);
     }
-    out.push(checkpoint);
+    let settle = i64::try_from(ctx.obs.service_settle_ms).unwrap_or(i64::MAX);
+    if checkpointed && e.elapsed >= settle {
+        return Step::Goto(TransitionStep::StopPrimary);
+    }
+    if !checkpointed {
+        out.push(checkpoint);
+    } else {
+        st.blocked_by = Some(format!(
+            "letting the label change of {} reach the Service routing ({} of {}) before it is stopped",
+            e.old,
+            secs(e.elapsed),
+            secs(settle)
+        ));
+    }
     Step::Wait
 }
 
 /// Step `DropPrimaryLabel`: stop new connections to the primary.
 pub(crate) fn drop_label(
     ctx: &Ctx,
-    _st: &mut DbClusterStatus,
+    st: &mut DbClusterStatus,
     _tr: &Transition,
     e: &Ends,
     out: &mut Vec<Action>,
@@ -125,7 +152,8 @@ pub(crate) fn drop_label(
             .and_then(|o| o.label)
             .is_some_and(|l| l != RoleLabel::Primary);
     if gone {
-        return Step::Goto(TransitionStep::StopPrimary);
+        set(st, |d| d.old_label_dropped = true);
+        return Step::Goto(TransitionStep::Checkpoint);
     }
     out.push(drop);
     Step::Wait

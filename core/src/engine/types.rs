@@ -33,6 +33,13 @@ pub struct Observations {
     /// Outcomes of actions issued by earlier decisions that finished since.
     #[serde(default)]
     pub results: Vec<ActionResult>,
+    /// How long a role label change may take to reach the platform's routing
+    /// (ms): on Kubernetes kube-proxy applies endpoint changes at most once
+    /// per its minimum sync period, 0 locally. A switchover lets this pass
+    /// between dropping the old primary's label and stopping it, so the new
+    /// primary's label is applied at once instead of after that period.
+    #[serde(default)]
+    pub service_settle_ms: u64,
 }
 
 /// What the platform knows about one instance.

@@ -81,6 +81,14 @@ pub struct OperatorArgs {
     #[arg(long, env = "TANDEM_HA_MAX_CONCURRENT", default_value_t = 16)]
     pub ha_max_concurrent: usize,
 
+    /// How long a pod label change may take to reach the Services' routing:
+    /// kube-proxy's minimum sync period (`--iptables-min-sync-period`, 1s by
+    /// default). A switchover waits this long between dropping the old
+    /// primary's label and stopping it, so that `-rw` moves to the new primary
+    /// in one sync (0s: stop at once, the new label then waits for kube-proxy).
+    #[arg(long, env = "TANDEM_SERVICE_SETTLE", default_value = "1s")]
+    pub service_settle: DurationString,
+
     /// Leader election among operator replicas.
     #[command(flatten)]
     pub leader: Box<LeaderArgs>,
@@ -268,6 +276,7 @@ fn ha_config(args: &OperatorArgs, defaults: validate::Defaults) -> ha::HaConfig 
             starting_grace: std::time::Duration::from_secs(60),
             agent_port: keys::AGENT_PORT,
             defaults,
+            service_settle: args.service_settle.duration(),
         },
     }
 }

@@ -638,6 +638,8 @@ impl Platform for Driver {
                 instances,
                 requests,
                 results: Vec::new(),
+                // The local endpoints move at once.
+                service_settle_ms: 0,
             },
             members: self.addresses(),
         })))

@@ -392,6 +392,7 @@ pub fn loop_config() -> LoopConfig {
         defaults: Defaults {
             postgres_image: "postgres-image:test".into(),
         },
+        service_settle: Duration::ZERO,
     }
 }
 

@@ -286,19 +286,31 @@ impl Fixture {
         });
     }
 
-    /// Request a switchover to `to` and answer its first step, the
-    /// old primary's CHECKPOINT: the next tick drops the primary label.
+    /// Request a switchover to `to` and answer its first step, the drop of
+    /// the old primary's label: the switchover is at `Checkpoint`, whose
+    /// CHECKPOINT is not answered yet (the next tick asks for it again; the
+    /// tick after its answer stops the old primary).
     pub fn switchover_checkpointed(&mut self, to: &str) {
         self.switchover(to);
         let a = self.tick(10);
         assert_eq!(
             self.step(),
-            Some(("Switchover".into(), "Checkpoint".into()))
+            Some(("Switchover".into(), "DropPrimaryLabel".into()))
         );
         let old = self.status.current_primary.clone().unwrap_or_default();
+        let drop = Action::SetRole {
+            instance: old.clone(),
+            role: RoleLabel::Fenced,
+        };
+        assert!(has(&a, |x| *x == drop), "{a:?}");
+        self.ack_all();
+        let a = self.tick(10);
+        assert_eq!(
+            self.step(),
+            Some(("Switchover".into(), "Checkpoint".into()))
+        );
         let checkpoint = Action::Checkpoint { instance: old };
         assert!(has(&a, |x| *x == checkpoint), "{a:?}");
-        self.ok(checkpoint);
     }
 
     pub fn ok(&mut self, a: Action) {

@@ -38,7 +38,10 @@ fn rolling_restart_does_standbys_first_then_switches_the_primary_over() {
         !has(&a, |x| *x == restart_of("main-0")),
         "the primary is switched over, not restarted"
     );
-    assert_eq!(f.step(), Some(("Switchover".into(), "Checkpoint".into())));
+    assert_eq!(
+        f.step(),
+        Some(("Switchover".into(), "DropPrimaryLabel".into()))
+    );
     let h = f.last_history();
     assert_eq!(
         (h.kind.as_str(), h.outcome.as_str()),

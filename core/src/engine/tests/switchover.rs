@@ -181,8 +181,8 @@ fn switchover_resumes_from_every_step_after_an_operator_restart() {
     assert_eq!(
         seen,
         [
-            "Checkpoint",
             "DropPrimaryLabel",
+            "Checkpoint",
             "StopPrimary",
             "WaitShutdownCheckpoint",
             "Promote",
@@ -251,9 +251,8 @@ fn run_switchover(target: &str) -> Fixture {
     let a = f.tick(10);
     assert_eq!(f.status.phase, Some(Phase::SwitchingOver));
     assert!(has(&a, |a| *a
-        == Action::SetRole {
+        == Action::Checkpoint {
             instance: "main-0".into(),
-            role: RoleLabel::Fenced
         }));
     assert!(promotes(&a).is_none());
     f.ack_all();
@@ -434,41 +433,97 @@ fn an_unclean_stop_without_the_end_of_its_wal_rolls_back() {
 }
 
 #[test]
-fn switchover_checkpoints_the_primary_before_it_drops_its_label() {
+fn switchover_drops_the_label_then_checkpoints_before_the_stop() {
     let mut f = cluster().instances(3).build();
     f.switchover("main-1");
     let a = f.tick(10);
+    let drop = Action::SetRole {
+        instance: "main-0".into(),
+        role: RoleLabel::Fenced,
+    };
     let checkpoint = Action::Checkpoint {
         instance: "main-0".into(),
     };
-    assert!(has(&a, |x| *x == checkpoint), "{a:?}");
+    assert!(has(&a, |x| *x == drop), "{a:?}");
     assert!(
-        !has(&a, |x| matches!(x, Action::SetRole { .. })),
-        "writes go on while it checkpoints: {a:?}"
+        !has(&a, |x| matches!(
+            x,
+            Action::Checkpoint { .. } | Action::Stop { .. }
+        )),
+        "{a:?}"
     );
-    // Still checkpointing: no label drop yet.
+    f.ack_all();
+    // Established connections still write while it checkpoints.
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x == checkpoint), "{a:?}");
+    assert!(!has(&a, |x| matches!(x, Action::Stop { .. })), "{a:?}");
     let a = f.tick(500);
     assert_eq!(f.step(), Some(("Switchover".into(), "Checkpoint".into())));
-    assert!(!has(&a, |x| matches!(x, Action::SetRole { .. })));
+    assert!(!has(&a, |x| matches!(x, Action::Stop { .. })));
     // A failed checkpoint only costs a longer shutdown checkpoint.
     f.fail(checkpoint, "could not write");
     let a = f.tick(10);
-    assert!(has(&a, |x| *x
-        == Action::SetRole {
-            instance: "main-0".into(),
-            role: RoleLabel::Fenced
-        }));
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Stop { instance, .. } if instance == "main-0")
+    ));
 }
 
 #[test]
 fn a_checkpoint_slower_than_the_shutdown_timeout_does_not_hold_the_switchover_up() {
     let mut f = cluster().instances(3).build();
+    f.switchover_checkpointed("main-1");
+    let a = f.tick(61_000);
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Stop { instance, .. } if instance == "main-0")
+    ));
+}
+
+#[test]
+fn the_stop_waits_until_the_label_drop_had_time_to_reach_the_service_routing() {
+    let mut f = cluster().instances(3).build();
+    f.obs.service_settle_ms = 1_000;
+    f.switchover_checkpointed("main-1");
+    f.ok(Action::Checkpoint {
+        instance: "main-0".into(),
+    });
+    let a = f.tick(300);
+    assert!(!has(&a, |x| matches!(x, Action::Stop { .. })), "{a:?}");
+    assert_eq!(f.step(), Some(("Switchover".into(), "Checkpoint".into())));
+    let why = f.status.blocked_by.clone().unwrap_or_default();
+    assert!(
+        why.contains("main-0") && why.contains("Service routing"),
+        "{why}"
+    );
+    let a = f.tick(400);
+    assert!(!has(&a, |x| matches!(x, Action::Stop { .. })), "{a:?}");
+    let a = f.tick(400);
+    assert!(has(
+        &a,
+        |x| matches!(x, Action::Stop { instance, .. } if instance == "main-0")
+    ));
+}
+
+#[test]
+fn a_switchover_resumed_at_checkpoint_from_the_earlier_order_drops_the_label_before_the_stop() {
+    // The earlier order ran Checkpoint first: a transition saved there has its label on.
+    let mut f = cluster().instances(3).build();
     f.switchover("main-1");
     f.tick(10);
-    let a = f.tick(61_000);
+    if let Some(t) = f.status.transition.as_mut() {
+        t.step = crate::api::TransitionStep::Checkpoint;
+        t.data.switchover.old_label_dropped = false;
+    }
+    let a = f.tick(10);
+    assert_eq!(
+        f.step(),
+        Some(("Switchover".into(), "DropPrimaryLabel".into()))
+    );
     assert!(has(&a, |x| *x
         == Action::SetRole {
             instance: "main-0".into(),
             role: RoleLabel::Fenced
         }));
+    assert!(!has(&a, |x| matches!(x, Action::Stop { .. })), "{a:?}");
 }

@@ -116,7 +116,10 @@ fn switchover_refused_when_archive_backlog_critical_and_force_overrides_only_tha
     );
     f.request(to("main-1", true));
     f.tick(10);
-    assert_eq!(f.step(), Some(("Switchover".into(), "Checkpoint".into())));
+    assert_eq!(
+        f.step(),
+        Some(("Switchover".into(), "DropPrimaryLabel".into()))
+    );
 }
 
 #[test]
@@ -183,7 +186,7 @@ fn switchover_runs_while_paused_but_its_prechecks_still_refuse() {
     f.tick(10);
     assert_eq!(
         f.step(),
-        Some(("Switchover".into(), "Checkpoint".into())),
+        Some(("Switchover".into(), "DropPrimaryLabel".into())),
         "a requested switchover runs while paused"
     );
 }
@@ -196,7 +199,7 @@ fn switchover_refused_while_another_transition_runs() {
     assert_refused(
         &mut f,
         to("main-2", false),
-        "a Switchover of main-1 is in progress (step Checkpoint)",
+        "a Switchover of main-1 is in progress (step DropPrimaryLabel)",
     );
 }
 

@@ -43,6 +43,9 @@ pub struct LoopConfig {
     pub agent_port: u16,
     /// Defaults for validation (a spec the reconcile refuses is not driven).
     pub defaults: Defaults,
+    /// How long a role label change may take to reach kube-proxy's rules
+    /// (`Observations::service_settle_ms`).
+    pub service_settle: Duration,
 }
 
 /// What a pass came to.
@@ -427,6 +430,8 @@ impl<K: KubeOps, A: AgentOps> Platform for KubePlatform<K, A> {
             instances,
             requests: parsed.requests,
             results: Vec::new(),
+            service_settle_ms: u64::try_from(self.config.service_settle.as_millis())
+                .unwrap_or(u64::MAX),
         };
         let observed = Observed {
             spec: dc.spec.0.clone(),
