@@ -427,6 +427,7 @@ pub(crate) fn label(
         ctx.succeeded(&set) || ctx.obs(&c).and_then(|o| o.label) == Some(RoleLabel::Primary);
     if !labelled {
         out.push(set);
+        siblings_follow(ctx, &c, old, out);
         return Step::Wait;
     }
     let old_lsn = tr.data.old_primary_lsn;
@@ -461,6 +462,23 @@ pub(crate) fn label(
     entry.bytes_possibly_lost = lost;
     entry.write_window_ms = write_window(st, tr, old);
     Step::finish(entry)
+}
+
+/// Point the running standbys other than the old primary at the promoted
+/// `c` together with its label (the steady pass would a pass later): under
+/// sync+required its first commit waits for one of them to stream from it.
+fn siblings_follow(ctx: &Ctx, c: &str, old: &str, out: &mut Vec<Action>) {
+    for name in ctx.names.iter().filter(|n| *n != c && *n != old) {
+        let follows = ctx
+            .agent(name)
+            .is_some_and(|a| a.upstream.as_deref() == Some(c));
+        if ctx.runs_as_standby(name) && !ctx.busy(name) && !follows {
+            out.push(Action::Follow {
+                instance: name.clone(),
+                primary: c.to_string(),
+            });
+        }
+    }
 }
 
 /// From the old primary's first failed poll to when it was known fenced.

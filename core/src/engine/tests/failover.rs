@@ -127,6 +127,19 @@ fn failover_promotes_at_once_when_the_platform_reports_the_primary_gone() {
             instance: "main-1".into(),
             role: RoleLabel::Primary
         }));
+    // The sibling is pointed at the new primary with its label, not a pass later.
+    assert!(
+        has(&actions, |a| *a
+            == Action::Follow {
+                instance: "main-2".into(),
+                primary: "main-1".into()
+            }),
+        "{actions:?}"
+    );
+    assert!(!has(
+        &actions,
+        |a| matches!(a, Action::Follow { instance, .. } if instance == "main-0")
+    ));
     assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
     f.ack_all();
     f.tick(10);
