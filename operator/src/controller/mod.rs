@@ -340,7 +340,20 @@ async fn run_controller(
     );
     let store = stores.clusters.clone();
     let wakers = ctx.ha.wakers();
-    let run = Controller::for_stream(streams.clusters, stores.clusters)
+    // A spec change or a request annotation wakes the cluster's HA loop now
+    // (its own status writes do not), not at its next tick.
+    let cluster_wakers = ctx.ha.wakers();
+    let mut changes = ha::ClusterChanges::default();
+    let clusters = streams.clusters.inspect(move |event| {
+        if let Ok(dc) = event {
+            if changes.changed(&dc.metadata) {
+                if let (Some(ns), Some(name)) = (&dc.metadata.namespace, &dc.metadata.name) {
+                    cluster_wakers.wake(ns, name);
+                }
+            }
+        }
+    });
+    let run = Controller::for_stream(clusters, stores.clusters)
         .owns_stream(streams.stateful_sets)
         .owns(api::<Service>(&client, namespace), managed.clone())
         .owns(api::<ConfigMap>(&client, namespace), managed.clone())

@@ -182,6 +182,41 @@ impl Wakers {
     }
 }
 
+/// Which DbCluster events are worth waking its HA loop for: a new
+/// generation (the spec changed) or other `tandem.dev/` annotations (a
+/// request, pause). The loop's own status writes change neither, so they wake
+/// nothing.
+#[derive(Default)]
+pub struct ClusterChanges {
+    seen: HashMap<String, (Option<i64>, Vec<(String, String)>)>,
+}
+
+impl ClusterChanges {
+    /// Record `meta`; true when its generation or tandem annotations differ from the last seen.
+    pub fn changed(
+        &mut self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> bool {
+        let key = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        );
+        let annotations = meta
+            .annotations
+            .iter()
+            .flatten()
+            .filter(|(k, _)| {
+                k.strip_prefix(crate::api::keys::GROUP)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let now = (meta.generation, annotations);
+        self.seen.insert(key, now.clone()).as_ref() != Some(&now)
+    }
+}
+
 /// Where a loop publishes its cluster's `keep_instances`.
 struct Keep {
     map: Arc<Mutex<HashMap<String, u32>>>,
@@ -265,5 +300,49 @@ async fn drive<K: KubeOps, A: AgentOps>(
             _ = finished.notified(), if failures == 0 => {}
             _ = wake.notified(), if failures == 0 => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::ClusterChanges;
+
+    fn meta(generation: i64, annotations: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some("db".into()),
+            name: Some("main".into()),
+            generation: Some(generation),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn spec_changes_and_requests_wake_the_loop_and_status_writes_do_not() {
+        let mut c = ClusterChanges::default();
+        assert!(c.changed(&meta(1, &[])), "first sight");
+        assert!(!c.changed(&meta(1, &[])), "a status write: same generation");
+        assert!(c.changed(&meta(2, &[])), "the spec changed");
+        assert!(c.changed(&meta(2, &[("tandem.dev/switchover", "main-1")])));
+        assert!(!c.changed(&meta(2, &[("tandem.dev/switchover", "main-1")])));
+        assert!(
+            !c.changed(&meta(
+                2,
+                &[
+                    ("tandem.dev/switchover", "main-1"),
+                    ("kubectl.kubernetes.io/last-applied-configuration", "{}")
+                ]
+            )),
+            "annotations of others are not requests"
+        );
+        assert!(c.changed(&meta(2, &[])), "the request was answered");
+        assert!(!c.changed(&meta(2, &[("tandem.devx/other", "1")])));
     }
 }
