@@ -174,6 +174,26 @@ impl Writer {
         start_after: i64,
         interval: Duration,
     ) -> Self {
+        Self::spawn(target, source, start_after, interval, false)
+    }
+
+    /// As [`Writer::start`], but each write on a new connection (a client
+    /// without a pool): its gaps are those a new connection sees.
+    pub fn start_connecting_each_time(
+        target: Target,
+        start_after: i64,
+        interval: Duration,
+    ) -> Self {
+        Self::spawn(target, None, start_after, interval, true)
+    }
+
+    fn spawn(
+        target: Target,
+        source: Option<Ipv4Addr>,
+        start_after: i64,
+        interval: Duration,
+        connect_each_time: bool,
+    ) -> Self {
         let log = Arc::new(Mutex::new(WriteLog::default()));
         let (stop, mut stopped) = watch::channel(false);
         let task_log = log.clone();
@@ -213,6 +233,9 @@ impl Writer {
                         }
                         client = None;
                     }
+                }
+                if connect_each_time {
+                    client = None;
                 }
                 tokio::time::sleep(interval).await;
             }

@@ -148,6 +148,7 @@ async fn measure(
         .map(|s| Series::new(s.what(), label, goal(*s), true))
         .collect();
     let mut notes = Vec::new();
+    let mut also: Vec<Series> = Vec::new();
     for r in 1..=runs {
         eprintln!("{label}: run {r}/{runs} (load {})", load());
         for (i, s) in scenarios.iter().enumerate() {
@@ -156,6 +157,16 @@ async fn measure(
                     series[i].samples.push(m.took);
                     if let Some(n) = m.note {
                         notes.push(format!("{label} {}: {n}", s.name()));
+                    }
+                    if let Some((what, d)) = m.also {
+                        match also.iter_mut().find(|x: &&mut Series| x.what == what) {
+                            Some(x) => x.samples.push(d),
+                            None => {
+                                let mut x = Series::new(what, label, None, false);
+                                x.samples.push(d);
+                                also.push(x);
+                            }
+                        }
                     }
                 }
                 Err(why) => notes.push(format!("{label} {}: run {r}: {why}", s.name())),
@@ -174,6 +185,7 @@ async fn measure(
     }
     let memory = b.memory(label).await;
     b.finish().await;
+    series.extend(also);
     Measured {
         series,
         memory,

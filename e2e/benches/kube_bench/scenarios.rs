@@ -22,6 +22,8 @@ use crate::cluster;
 const READY: Duration = Duration::from_secs(600);
 /// How long a failover or switchover may take.
 const MOVE: Duration = Duration::from_secs(180);
+/// Ids of the switchover's connect-per-write writer start after this (the main writer's stay below).
+const FRESH_IDS: i64 = 1_000_000_000;
 
 /// The scenarios, in the order a run goes through them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,7 +69,12 @@ impl Scenario {
 pub struct Measured {
     pub took: Duration,
     pub note: Option<String>,
+    /// A second figure of the same run, as (table row, value).
+    pub also: Option<(&'static str, Duration)>,
 }
+
+/// The row of the switchover's connect-per-write client.
+pub const FRESH_ROW: &str = "  the same, a new connection per write: longest gap";
 
 /// A DbCluster under the rw writer, and the acknowledged writes found lost so far.
 pub struct Bench {
@@ -230,6 +237,7 @@ impl Bench {
         Ok(Measured {
             took: gap,
             note: (now == old).then(|| format!("{old} came back as the primary")),
+            also: None,
         })
     }
 
@@ -289,7 +297,11 @@ impl Bench {
             fmt_duration(took)
         );
         new?;
-        Ok(Measured { took, note })
+        Ok(Measured {
+            took,
+            note,
+            also: None,
+        })
     }
 
     /// Switch over to `to` by annotation and wait until rw points there.
@@ -314,6 +326,14 @@ impl Bench {
             .map(|i| keys::instance_name(&self.name, i))
             .find(|n| *n != old)
             .ok_or("no standby")?;
+        // A client without a pool beside the writer: each write on a new
+        // connection, which -rw refuses from the label drop on.
+        let fresh = Writer::start_connecting_each_time(
+            self.target.clone(),
+            FRESH_IDS,
+            Duration::from_millis(50),
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let t = Instant::now();
         self.switch_to(&to).await?;
         let moved = Instant::now();
@@ -329,14 +349,17 @@ impl Bench {
         self.first_new_ack(Instant::now(), bound).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let gap = self.w.snapshot().longest_gap_after(t);
+        let fresh_gap = fresh.stop().await.longest_gap_after(t);
         eprintln!(
-            "  switchover {old} → {to}: longest write gap {} (rw moved after {})",
+            "  switchover {old} → {to}: longest write gap {} (a new connection per write: {}; rw moved after {})",
             fmt_duration(gap),
+            fmt_duration(fresh_gap),
             fmt_duration(moved.duration_since(t))
         );
         Ok(Measured {
             took: gap,
             note: None,
+            also: Some((FRESH_ROW, fresh_gap)),
         })
     }
 
