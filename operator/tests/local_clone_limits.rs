@@ -82,14 +82,22 @@ async fn stalled_reclone_is_stopped_and_reported_with_its_progress() {
         tokio::time::sleep(Duration::from_millis(3)).await;
         signal(sender, Signal::SIGSTOP);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let Some(s) = c.status() else { continue };
+        let Some(s) = c.status() else {
+            last = serde_json::json!("status unreadable");
+            continue;
+        };
         let pr = &instance(&s, "cl-1")["progress"];
         let moving = pr["tool"] == "pg_basebackup"
             && pr["doneBytes"].as_u64().is_some_and(|d| d > 0)
             && pr["totalBytes"].as_u64().is_some_and(|t| t > 50 << 20)
             && pr["percent"].as_u64().is_some_and(|p| p < 100)
             && pr["sinceProgressMs"].as_u64().is_some_and(|ms| ms < 6000);
-        last = pr.clone();
+        last = serde_json::json!({
+            "progress": pr,
+            "cl-1": instance(&s, "cl-1"),
+            "transition": s["transition"],
+            "history": s["history"],
+        });
         if moving && pr["elapsedMs"].as_u64().is_some_and(|ms| ms > 7500) {
             seen = Some(pr.clone());
             break;
