@@ -465,9 +465,10 @@ pub(crate) fn label(
 }
 
 /// Point the running standbys other than the old primary at the promoted
-/// `c` together with its label (the steady pass would a pass later): under
-/// sync+required its first commit waits for one of them to stream from it.
-fn siblings_follow(ctx: &Ctx, c: &str, old: &str, out: &mut Vec<Action>) {
+/// `c` together with its label (failover: the steady pass would a pass
+/// later; switchover: its Follow step would): under sync+required its first
+/// commit waits for one of them to stream from it.
+pub(crate) fn siblings_follow(ctx: &Ctx, c: &str, old: &str, out: &mut Vec<Action>) {
     for name in ctx.names.iter().filter(|n| *n != c && *n != old) {
         let follows = ctx
             .agent(name)

@@ -336,6 +336,9 @@ pub(crate) fn label(
         return Step::Goto(TransitionStep::Follow);
     }
     out.push(set);
+    // The siblings follow with the label, not a pass later: under
+    // sync+required the new primary's first commit waits for one of them.
+    super::failover::siblings_follow(ctx, target, &e.old, out);
     Step::Wait
 }
 

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
 use tandem::api::{keys, Phase};
 use tandem_e2e::{
     annotate, has_annotation, kubectl_ok, node_action, node_of, operator_leader,
@@ -22,7 +24,7 @@ use crate::cluster;
 const READY: Duration = Duration::from_secs(600);
 /// How long a failover or switchover may take.
 const MOVE: Duration = Duration::from_secs(180);
-/// Ids of the switchover's connect-per-write writer start after this (the main writer's stay below).
+/// Ids of the connect-per-write writer of the n-th switchover start after n times this (the main writer's stay below).
 const FRESH_IDS: i64 = 1_000_000_000;
 
 /// The scenarios, in the order a run goes through them.
@@ -84,6 +86,8 @@ pub struct Bench {
     target: Target,
     pub w: Writer,
     lost: BTreeSet<i64>,
+    /// Switchovers run so far (each one's connect-per-write client gets ids of its own).
+    switchovers: i64,
 }
 
 impl Bench {
@@ -124,6 +128,7 @@ impl Bench {
             target,
             w,
             lost: BTreeSet::new(),
+            switchovers: 0,
         }
     }
 
@@ -180,16 +185,37 @@ impl Bench {
         found.unwrap_or_else(|e| panic!("{}: {e}; last seen: {}", self.name, last.borrow()))
     }
 
-    /// Healthy, writes flowing for a second: the primary.
+    /// Healthy, every pod Ready (a pod recreated by the last scenario turns
+    /// Ready some seconds after it answers, and each such endpoint change
+    /// takes one of kube-proxy's syncs, at most one per second), writes
+    /// flowing, and quiet for longer than kube-proxy's minimum sync period:
+    /// the primary. A scenario thus starts from a steady cluster.
     async fn steady(&self) -> String {
         let p = self.healthy().await;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.ns);
+        let selector = format!("{}={}", keys::LABEL_CLUSTER, self.name);
+        tandem_e2e::eventually("every pod Ready", READY, || async {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            let ready = |pod: &Pod| {
+                pod.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            };
+            (list.items.len() == 3 && list.items.iter().all(ready)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", self.name));
         let now = Instant::now();
         let bound = self.w.snapshot().in_flight_bound();
         self.w
             .first_new_ack(now, bound, MOVE)
             .await
             .unwrap_or_else(|| panic!("no write acknowledged through {}-rw", self.name));
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         p
     }
 
@@ -328,9 +354,10 @@ impl Bench {
             .ok_or("no standby")?;
         // A client without a pool beside the writer: each write on a new
         // connection, which -rw refuses from the label drop on.
+        self.switchovers += 1;
         let fresh = Writer::start_connecting_each_time(
             self.target.clone(),
-            FRESH_IDS,
+            FRESH_IDS * self.switchovers,
             Duration::from_millis(50),
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -349,7 +376,13 @@ impl Bench {
         self.first_new_ack(Instant::now(), bound).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let gap = self.w.snapshot().longest_gap_after(t);
-        let fresh_gap = fresh.stop().await.longest_gap_after(t);
+        let fresh_log = fresh.stop().await;
+        if fresh_log.first_ack_after(t).is_none() {
+            return Err(
+                "the connect-per-write client acknowledged no write after the switchover".into(),
+            );
+        }
+        let fresh_gap = fresh_log.longest_gap_after(t);
         eprintln!(
             "  switchover {old} → {to}: longest write gap {} (a new connection per write: {}; rw moved after {})",
             fmt_duration(gap),

@@ -206,6 +206,12 @@ impl Fixture {
         for a in self.last.clone() {
             match &a {
                 Action::SetRole { instance, role } => self.inst(instance).label = Some(*role),
+                // A follow answers once the standby streams from its new primary.
+                Action::Follow { instance, primary } => {
+                    let ag = self.agent(instance);
+                    ag.upstream = Some(primary.clone());
+                    ag.streaming = true;
+                }
                 Action::Config {
                     instance,
                     synchronous_commit,

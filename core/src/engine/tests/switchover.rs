@@ -309,6 +309,19 @@ fn run_switchover(target: &str) -> Fixture {
             instance: t.clone(),
             role: RoleLabel::Primary
         }));
+    // The sibling follows in the same pass as the label.
+    let sibling = ["main-1", "main-2"]
+        .into_iter()
+        .find(|n| *n != t)
+        .unwrap_or_default();
+    assert!(
+        has(&a, |x| *x
+            == Action::Follow {
+                instance: sibling.into(),
+                primary: t.clone()
+            }),
+        "{a:?}"
+    );
     f.ack_all();
     let a = f.tick(10);
     assert_eq!(f.step(), Some(("Switchover".into(), "Follow".into())));
