@@ -322,22 +322,19 @@ async fn standby_cut_off_from_the_primary_only_causes_no_failover() {
 
 /// When the persisted status first showed the failover's promotion (the
 /// file's modification time, so no later than the promotion itself), and
-/// when `pids` were first all seen dead; watched every 5 ms.
-async fn watch_promotion(c: &LocalCluster, pids: &[i32]) -> (SystemTime, Option<SystemTime>) {
-    let mut dead_at = None;
+/// whether any of `pids` still lived when it was seen (so after the
+/// promotion had begun); watched every 5 ms.
+async fn watch_promotion(c: &LocalCluster, pids: &[i32]) -> (SystemTime, bool) {
     let found = poll_until_async(FAILOVER, Duration::from_millis(5), || {
-        if dead_at.is_none() && !any_alive(pids) {
-            dead_at = Some(SystemTime::now());
-        }
         let seen = persisted_status(c).and_then(|(s, mtime)| {
             let t = &s["transition"];
             let promoting = t["kind"] == "Failover" && t["step"] != "Fence";
-            promoting.then_some(mtime)
+            promoting.then(|| (mtime, any_alive(pids)))
         });
         async move { seen }
     })
     .await;
-    (found.expect("no failover reached its promotion"), dead_at)
+    found.expect("no failover reached its promotion")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,22 +346,59 @@ async fn frozen_primary_is_not_replaced_before_its_lease_ends_and_accepts_nothin
     let frozen = freeze_instance(&c, &old);
     let frozen_at = SystemTime::now();
 
-    let (promoting_at, dead_at) = watch_promotion(&c, &pids).await;
+    let (promoting_at, alive_then) = watch_promotion(&c, &pids).await;
     let after = promoting_at
         .duration_since(frozen_at)
         .unwrap_or(Duration::ZERO);
-    let gone_first = dead_at.is_some_and(|d| d <= promoting_at);
     eprintln!(
-        "promotion {after:?} after the freeze; the frozen processes gone first: {gone_first}"
+        "promotion {after:?} after the freeze; a frozen process still lived when it was seen: {alive_then}"
     );
     assert!(
-        after >= TTL || gone_first,
-        "promotion began {after:?} after {old} froze, within its lease ({TTL:?}), while it still existed"
+        after >= TTL || !alive_then,
+        "promotion began {after:?} after {old} froze, within its lease ({TTL:?}), while a process of it still existed"
     );
     let new = wait_new_primary(&c, &old);
     drop(frozen);
     wake(&c, &old);
     assert_refuses_writes(&c.direct(&old), &old, TTL).await;
+    wait_standby_of(&c, &old, &new, FAILOVER);
+    let log = w.stop().await;
+    eprintln!("{} rows acknowledged", log.acked.len());
+}
+
+/// The agent dies while its whole server is frozen: the postmaster dies
+/// with it (PR_SET_PDEATHSIG), its frozen backends (each in a session of its
+/// own) never notice. The instance is gone, and a standby may be promoted
+/// before the lease ends, only once none of them is left to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_under_a_frozen_server_leaves_no_backend_behind_before_the_promotion() {
+    let c = LocalCluster::start("fk", &spec(3, DETECTION, ""));
+    let w = healthy_with_writer(&c).await;
+    let old = c.primary().expect("primary");
+    let pids = instance_pids(&c, &old);
+    let pm = c.postgres_pid(&old).expect("postmaster");
+    // The postmaster first, so that it forks nothing the list misses.
+    let mut frozen = fencing_support::Frozen::new("postgres", vec![], vec![pm]);
+    frozen.also(ha_support::ops::server_children(&c, &old, ""));
+    let killed_at = SystemTime::now();
+    assert!(
+        tandem_testkit::signal(c.agent_pid(&old), nix::sys::signal::Signal::SIGKILL),
+        "cannot kill {old}'s agent"
+    );
+
+    let (promoting_at, alive_then) = watch_promotion(&c, &pids).await;
+    let after = promoting_at
+        .duration_since(killed_at)
+        .unwrap_or(Duration::ZERO);
+    eprintln!(
+        "promotion {after:?} after the agent's end; a process of {old} still lived: {alive_then}"
+    );
+    assert!(
+        !alive_then,
+        "promotion began {after:?} after {old}'s agent died, while a backend of its frozen server still existed"
+    );
+    let new = wait_new_primary(&c, &old);
+    drop(frozen);
     wait_standby_of(&c, &old, &new, FAILOVER);
     let log = w.stop().await;
     eprintln!("{} rows acknowledged", log.acked.len());

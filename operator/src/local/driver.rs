@@ -151,12 +151,13 @@ impl Driver {
                 m.died_at = None;
                 continue;
             }
-            if m.died_at.is_none() {
-                // As when a pod goes: nothing of the instance survives its agent.
-                if let Ok(pid) = procs::signal_postgres(&name, &m.launch.data_dir, Signal::SIGKILL)
-                {
-                    warn!(instance = %name, pid, "agent gone: killed its orphaned postgres");
-                }
+            // As when a pod goes: nothing of the instance survives its agent,
+            // not even backends the postmaster's death orphaned (a frozen one
+            // never notices it); until they are gone the instance is only
+            // out of view (see `instances`).
+            let killed = procs::kill_server(&m.launch.data_dir);
+            if killed > 0 {
+                warn!(instance = %name, killed, "agent gone: killed what was left of its postgres");
             }
             let died = *m.died_at.get_or_insert_with(Instant::now);
             if died.elapsed() < RESPAWN_DELAY {
@@ -217,7 +218,15 @@ impl Driver {
                 m.last_report = Some(s.clone());
             }
             let platform = if !alive {
-                PlatformState::Gone
+                // The agent's end proves nothing of postgres: a fence or a
+                // node loss kills both, and a frozen server's processes die
+                // when the kernel gets to them. Until then it is only gone
+                // from view, and promotion waits.
+                if procs::server_gone(&m.launch.data_dir) {
+                    PlatformState::Gone
+                } else {
+                    PlatformState::Vanished
+                }
             } else if answer.is_none() && m.started_at.is_some_and(|t| t.elapsed() < STARTING_GRACE)
             {
                 PlatformState::Starting
@@ -668,6 +677,8 @@ impl Platform for Driver {
         // server leaves behind still attached to its shared memory.
         if let Some(m) = self.members.get(instance) {
             let _ = procs::signal_postgres(instance, &m.launch.data_dir, Signal::SIGKILL);
+            // And any backend the postmaster no longer parents.
+            procs::kill_server(&m.launch.data_dir);
         }
         let _ = self.agents.signal_agent(instance, Signal::SIGKILL);
         Ok(())

@@ -297,6 +297,23 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<u32> {
     pid_alive(pid).then_some(pid)
 }
 
+/// Whether nothing of the postgres server on `data_dir` can run any more:
+/// no live process in its directory (a killed postmaster's backends outlive
+/// it until they notice, and a frozen one never does).
+pub fn server_gone(data_dir: &Path) -> bool {
+    crate::pg::process::server_processes(data_dir).is_empty()
+}
+
+/// SIGKILL whatever is left of the server on `data_dir`, its postmaster dead
+/// or not, orphaned backends included; how many processes were killed.
+pub fn kill_server(data_dir: &Path) -> usize {
+    let pids = crate::pg::process::server_processes(data_dir);
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    pids.len()
+}
+
 /// Send `sig` to the postgres of `instance`: the postmaster and each of its
 /// children, so STOP freezes the whole server, as a hung machine would, and
 /// KILL leaves no backend behind.

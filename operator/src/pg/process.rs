@@ -62,6 +62,33 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The live (not zombie) processes of the server on `data_dir`: every
+/// postgres process works in its data directory. Its postmaster's children
+/// each lead a session of their own (setsid), so neither the postmaster's
+/// process group nor, once the postmaster is dead, parenthood finds them;
+/// their working directory does, orphans included.
+pub fn server_processes(data_dir: &std::path::Path) -> Vec<i32> {
+    let Ok(dir) = std::fs::canonicalize(data_dir) else {
+        return Vec::new();
+    };
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd == dir))
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+                    Some(state != 'Z' && state != 'X')
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Send `sig` to postmaster `pid` and all its children: the postmaster first
 /// (so it forks nothing new), then each child.
 pub fn signal_server(pid: i32, sig: Signal) -> Result<(), Error> {
@@ -73,8 +100,11 @@ pub fn signal_server(pid: i32, sig: Signal) -> Result<(), Error> {
     for c in children {
         let _ = signal::kill(Pid::from_raw(c), sig);
     }
-    // The postmaster leads its own process group (see spawn): the group also
-    // reaches children that a dying postmaster already orphaned.
+    // The postmaster leads its own process group (see spawn); its children
+    // each lead a session of their own, so the group reaches only what runs
+    // in it besides (a `postgres --single`, an archive command's shell is
+    // the postmaster's child and is signalled above). Orphaned backends are
+    // found by their directory: [`server_processes`].
     let _ = signal::killpg(Pid::from_raw(pid), sig);
     Ok(())
 }
@@ -221,4 +251,49 @@ pub fn spawn_postgres(mut cmd: std::process::Command) -> Result<PgChild, Error> 
         exit: exit_rx,
         log,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_processes_are_found_by_their_directory_stopped_or_orphaned_and_not_once_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        // A "server" whose child leads its own session and outlives it.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "setsid sleep 30 & echo $!; exec sleep 30"])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let orphan: i32 = line.trim().parse().unwrap();
+        let leader = i32::try_from(child.id()).unwrap();
+        let found = |want: &[i32]| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let mut got = server_processes(dir.path());
+                got.sort_unstable();
+                if got == want || std::time::Instant::now() > deadline {
+                    return got;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let mut both = vec![leader, orphan];
+        both.sort_unstable();
+        assert_eq!(found(&both), both);
+        signal::kill(Pid::from_raw(orphan), Signal::SIGSTOP).unwrap();
+        signal::kill(Pid::from_raw(leader), Signal::SIGKILL).unwrap();
+        // The leader is a zombie until reaped; the stopped orphan still counts.
+        assert_eq!(found(&[orphan]), vec![orphan]);
+        child.wait().unwrap();
+        signal::kill(Pid::from_raw(orphan), Signal::SIGKILL).unwrap();
+        assert_eq!(found(&[]), Vec::<i32>::new());
+        assert!(server_processes(&dir.path().join("missing")).is_empty());
+    }
 }

@@ -137,6 +137,15 @@ impl Frozen {
         }
     }
 
+    /// Freeze `pids` too, those that still exist (a backend may be ending).
+    pub fn also(&mut self, pids: Vec<i32>) {
+        for p in pids {
+            if signal(p, Signal::SIGSTOP) {
+                self.pids.push(p);
+            }
+        }
+    }
+
     /// Continue what was frozen (the agents first, as a thawed machine would run them).
     pub fn thaw(mut self) {
         self.cont();
@@ -170,11 +179,15 @@ pub fn freeze_driver(c: &LocalCluster) -> Frozen {
 
 /// Freeze `name` as a hung machine: its agent and its whole postgres server.
 pub fn freeze_instance(c: &LocalCluster, name: &str) -> Frozen {
+    // The agent, the postmaster and each of its children: they lead
+    // sessions of their own, so the postmaster's group is the postmaster.
     let agent = c.agent_pid(name);
     let pm = c
         .postgres_pid(name)
         .unwrap_or_else(|| panic!("{name} has no postgres"));
-    Frozen::new(name, vec![agent], vec![pm])
+    let mut frozen = Frozen::new(name, vec![agent], vec![pm]);
+    frozen.also(crate::ha_support::ops::server_children(c, name, ""));
+    frozen
 }
 
 /// SIGKILL `name`'s whole postgres server and then its agent, without the

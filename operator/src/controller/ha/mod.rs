@@ -188,8 +188,11 @@ impl Wakers {
 /// nothing.
 #[derive(Default)]
 pub struct ClusterChanges {
-    seen: HashMap<String, (Option<i64>, Vec<(String, String)>)>,
+    seen: HashMap<String, Seen>,
 }
+
+/// A DbCluster's generation and `tandem.dev/` annotations, as last seen.
+type Seen = (Option<i64>, Vec<(String, String)>);
 
 impl ClusterChanges {
     /// Record `meta`; true when its generation or tandem annotations differ from the last seen.
