@@ -195,6 +195,7 @@ async fn a_standby_that_followed_a_promotion_reports_its_wal_end_on_the_new_time
     sib.client
         .follow(&FollowRequest {
             primary: new.member(),
+            cascade: false,
         })
         .await
         .unwrap_or_else(|e| panic!("follow: {e}\n{}", c.logs()));

@@ -417,7 +417,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
     let err = s
         .client
-        .follow(&FollowRequest { primary: ghost })
+        .follow(&FollowRequest {
+            primary: ghost,
+            cascade: false,
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");

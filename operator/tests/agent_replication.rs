@@ -341,6 +341,7 @@ async fn sibling_follows_promoted_standby_with_a_reload() {
                 port: old.pg_port,
                 agent_url: None,
             },
+            cascade: false,
         })
         .await
         .expect_err("the stopped old primary cannot be followed");
@@ -351,6 +352,7 @@ async fn sibling_follows_promoted_standby_with_a_reload() {
         .client
         .follow(&FollowRequest {
             primary: new.member(),
+            cascade: false,
         })
         .await
         .unwrap_or_else(|e| panic!("follow: {e}\n{}", c.logs()));
@@ -388,6 +390,88 @@ async fn sibling_follows_promoted_standby_with_a_reload() {
         .client
         .follow(&FollowRequest {
             primary: new.member(),
+            cascade: false,
+        })
+        .await
+        .unwrap();
+    assert!(!r.changed, "{r:?}");
+}
+
+/// A switchover's siblings: once the old primary stopped, a sibling streams
+/// from the standby about to be promoted (`cascade`), and follows its
+/// promotion over that connection: the new primary's first commit finds it
+/// streaming, with no follow after the promotion and no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sibling_cascades_from_the_candidate_and_follows_its_promotion_without_a_new_follow() {
+    let c = cluster_with("cas", 2).await;
+    let (old, cand, sib) = (&c.agents[0], &c.agents[1], &c.agents[2]);
+    old.sql()
+        .await
+        .batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    wait_rows(cand, "t", &[1]).await;
+    wait_rows(sib, "t", &[1]).await;
+    old.client
+        .stop(&StopRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("stop: {e}\n{}", c.logs()));
+
+    // Without `cascade` a standby is no upstream.
+    let err = sib
+        .client
+        .follow(&FollowRequest {
+            primary: cand.member(),
+            cascade: false,
+        })
+        .await
+        .expect_err("a standby cannot be followed without cascade");
+    assert_eq!(err.code(), Some(ERR_BAD_TARGET), "{err}");
+
+    let pid = sib.status().await.postgres_pid;
+    let r = sib
+        .client
+        .follow(&FollowRequest {
+            primary: cand.member(),
+            cascade: true,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cascade: {e}\n{}", c.logs()));
+    assert!(r.changed, "{r:?}");
+    let st = sib.wait_ready("standby", T).await;
+    assert_eq!(st.upstream.as_ref().map(|m| m.name.as_str()), Some("cas-1"));
+
+    cand.client
+        .promote(&PromoteRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("promote: {e}\n{}", c.logs()));
+    cand.wait_ready("primary", T).await;
+    cand.sql()
+        .await
+        .execute("INSERT INTO t VALUES (2)", &[])
+        .await
+        .unwrap();
+    wait_rows(sib, "t", &[1, 2]).await;
+    let st = wait_for("cas-2 streaming timeline 2 from cas-1", T, || async {
+        let st = sib.status().await;
+        let w = st.wal_receiver.as_ref()?;
+        let from_cand = w.sender_port == Some(i32::from(cand.pg_port));
+        (w.status == tandem::api::WalReceiverState::Streaming
+            && w.received_tli == Some(2)
+            && from_cand)
+            .then_some(st.clone())
+    })
+    .await;
+    assert_eq!(
+        st.postgres_pid, pid,
+        "the cascade must not restart postgres"
+    );
+    // Nothing left to do for a follow of the new primary.
+    let r = sib
+        .client
+        .follow(&FollowRequest {
+            primary: cand.member(),
+            cascade: false,
         })
         .await
         .unwrap();

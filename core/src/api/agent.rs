@@ -161,6 +161,11 @@ pub struct DemoteRequest {
 pub struct FollowRequest {
     /// The primary to follow.
     pub primary: Member,
+    /// `primary` may still be a standby, about to be promoted: stream from
+    /// it now (cascading) and follow its promotion over the same connection,
+    /// instead of reconnecting once it is primary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cascade: bool,
 }
 
 /// Body of `POST /rewind`.

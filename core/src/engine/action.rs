@@ -56,8 +56,15 @@ pub enum Action {
     Promote { instance: String },
     /// Agent `POST /demote {primary}`: stop, rewind if needed, start as a standby of `primary`.
     Demote { instance: String, primary: String },
-    /// Agent `POST /follow {primary}`: point this standby at `primary`.
-    Follow { instance: String, primary: String },
+    /// Agent `POST /follow {primary, cascade}`: point this standby at
+    /// `primary`; with `cascade`, `primary` may be a standby about to be
+    /// promoted, whose promotion this one then follows without reconnecting.
+    Follow {
+        instance: String,
+        primary: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        cascade: bool,
+    },
     /// Agent `POST /rewind {source, dryRun}`.
     Rewind {
         instance: String,

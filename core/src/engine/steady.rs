@@ -105,6 +105,7 @@ pub(crate) fn run(ctx: &Ctx, st: &mut DbClusterStatus, out: &mut Vec<Action>) {
             out.push(Action::Follow {
                 instance: name.clone(),
                 primary: primary.clone(),
+                cascade: false,
             });
         }
         if ctx.priority(name) > 0 {

@@ -304,6 +304,8 @@ pub(crate) fn promote(
             return roll_back(st, format!("promoting {target} failed: {message}"));
         }
     }
+    // The siblings stream from the target while it is promoted.
+    super::failover::siblings_cascade(ctx, target, &e.old, out);
     if let Some(config) = super::durability::before_promotion(ctx, target) {
         if !super::failover::config_first(ctx, st, target, config, out) {
             return Step::Wait;
@@ -379,6 +381,7 @@ pub(crate) fn follow(
             Action::Follow {
                 instance: name.clone(),
                 primary: target.to_string(),
+                cascade: false,
             }
         };
         if ctx.succeeded(&action) {

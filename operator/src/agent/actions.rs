@@ -140,6 +140,7 @@ pub async fn demote(agent: Arc<Agent>, req: DemoteRequest) -> Result<ActionRespo
             agent,
             FollowRequest {
                 primary: req.primary,
+                cascade: false,
             },
         )
         .await?;
@@ -209,7 +210,11 @@ pub async fn follow(agent: Arc<Agent>, req: FollowRequest) -> Result<ActionRespo
         }
         .into());
     }
-    agent.check_primary(p, "primary").await?;
+    if req.cascade {
+        agent.check_member(p, "primary").await?;
+    } else {
+        agent.check_primary(p, "primary").await?;
+    }
     let mut steps = Vec::new();
     let current = conf::read_upstream(&agent.cfg.data_dir);
     if running

@@ -80,6 +80,21 @@ impl Agent {
 
     /// The target must answer, be a primary and belong to our cluster.
     pub async fn check_primary(&self, m: &Member, what: &'static str) -> Result<(), AgentError> {
+        self.check_identity(m, what, true).await
+    }
+
+    /// The target must answer and belong to our cluster: a primary, or a
+    /// standby to cascade from.
+    pub async fn check_member(&self, m: &Member, what: &'static str) -> Result<(), AgentError> {
+        self.check_identity(m, what, false).await
+    }
+
+    async fn check_identity(
+        &self,
+        m: &Member,
+        what: &'static str,
+        primary: bool,
+    ) -> Result<(), AgentError> {
         let client = self
             .member_client(m, Duration::from_secs(5))
             .await
@@ -90,7 +105,7 @@ impl Agent {
                 source: Box::new(source),
             })?;
         let (in_recovery, sysid) = query::identity(&client).await?;
-        if in_recovery {
+        if primary && in_recovery {
             return Err(BadTarget::NotPrimary {
                 what,
                 name: m.name.clone(),

@@ -165,9 +165,12 @@ pub async fn call(
             })
             .await
         }
-        Action::Follow { primary, .. } => {
+        Action::Follow {
+            primary, cascade, ..
+        } => {
             c.follow(&FollowRequest {
                 primary: member(members, primary)?,
+                cascade: *cascade,
             })
             .await
         }

@@ -132,7 +132,8 @@ fn failover_promotes_at_once_when_the_platform_reports_the_primary_gone() {
         has(&actions, |a| *a
             == Action::Follow {
                 instance: "main-2".into(),
-                primary: "main-1".into()
+                primary: "main-1".into(),
+                cascade: false
             }),
         "{actions:?}"
     );

@@ -207,7 +207,9 @@ impl Fixture {
             match &a {
                 Action::SetRole { instance, role } => self.inst(instance).label = Some(*role),
                 // A follow answers once the standby streams from its new primary.
-                Action::Follow { instance, primary } => {
+                Action::Follow {
+                    instance, primary, ..
+                } => {
                     let ag = self.agent(instance);
                     ag.upstream = Some(primary.clone());
                     ag.streaming = true;

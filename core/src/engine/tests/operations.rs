@@ -264,7 +264,8 @@ fn scale_up_points_new_instances_at_the_primary() {
     assert!(has(&d.actions, |x| *x
         == Action::Follow {
             instance: "main-2".into(),
-            primary: "main-0".into()
+            primary: "main-0".into(),
+            cascade: false
         }));
 }
 

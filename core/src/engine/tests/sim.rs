@@ -325,6 +325,23 @@ impl Sim {
                     return Self::fail("no such primary");
                 };
                 let pi = self.insts[p].clone();
+                let cascade = matches!(a, Action::Follow { cascade: true, .. });
+                if cascade && pi.pg && !pi.primary {
+                    // Streaming from a standby about to be promoted: it must
+                    // have all this one has, or this one could never follow it.
+                    let me = &self.insts[k];
+                    if !me.pg || me.primary {
+                        return Self::fail("not a running standby");
+                    }
+                    if me.tli != pi.tli || me.lsn > pi.lsn {
+                        self.violations.push(format!(
+                            "{} cascaded from {primary}, which lacks its WAL",
+                            me.name
+                        ));
+                    }
+                    self.insts[k].upstream = Some(primary.clone());
+                    return Self::ok();
+                }
                 if !(pi.pg && pi.primary) {
                     return Self::fail("upstream is not a running primary");
                 }

@@ -301,6 +301,27 @@ fn run_switchover(target: &str) -> Fixture {
     f.agent(&t).received_lsn = Some(lsn("0/50000A0"));
     let a = f.tick(10);
     assert_eq!(promotes(&a), Some(t.clone()));
+    let sibling = ["main-1", "main-2"]
+        .into_iter()
+        .find(|n| *n != t)
+        .unwrap_or_default();
+    // The sibling streams from the target while it is promoted.
+    assert!(
+        has(&a, |x| *x
+            == Action::Follow {
+                instance: sibling.into(),
+                primary: t.clone(),
+                cascade: true
+            }),
+        "{a:?}"
+    );
+    assert!(
+        !has(
+            &a,
+            |x| matches!(x, Action::Follow { instance, .. } if instance == "main-0")
+        ),
+        "the stopped old primary is not pointed anywhere before the promotion: {a:?}"
+    );
     f.promoted(&t, 2);
     let a = f.tick(10);
     assert_eq!(f.status.current_primary.as_deref(), Some(t.as_str()));
@@ -309,16 +330,14 @@ fn run_switchover(target: &str) -> Fixture {
             instance: t.clone(),
             role: RoleLabel::Primary
         }));
-    // The sibling follows in the same pass as the label.
-    let sibling = ["main-1", "main-2"]
-        .into_iter()
-        .find(|n| *n != t)
-        .unwrap_or_default();
+    // A sibling the cascade did not reach (unanswered here) follows in the
+    // same pass as the label.
     assert!(
         has(&a, |x| *x
             == Action::Follow {
                 instance: sibling.into(),
-                primary: t.clone()
+                primary: t.clone(),
+                cascade: false
             }),
         "{a:?}"
     );
@@ -539,4 +558,76 @@ fn a_switchover_resumed_at_checkpoint_from_the_earlier_order_drops_the_label_bef
             role: RoleLabel::Fenced
         }));
     assert!(!has(&a, |x| matches!(x, Action::Stop { .. })), "{a:?}");
+}
+
+/// Up to the pass that promotes main-1, with main-2 its sibling.
+fn at_promotion() -> Fixture {
+    let mut f = cluster().instances(3).build();
+    f.switchover_checkpointed("main-1");
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    f.agent("main-0").postgres_running = false;
+    f.ok(Action::Stop {
+        instance: "main-0".into(),
+        mode: StopMode::Fast,
+        timeout_ms: 60_000,
+        smart_timeout_ms: None,
+    });
+    f.agent("main-0").checkpoint_lsn = Some(lsn("0/5000028"));
+    f.tick(10);
+    f.agent("main-1").received_lsn = Some(lsn("0/50000A0"));
+    f
+}
+
+#[test]
+fn a_sibling_that_cascaded_from_the_target_needs_no_follow_after_the_promotion() {
+    let mut f = at_promotion();
+    let a = f.tick(10);
+    assert_eq!(promotes(&a).as_deref(), Some("main-1"));
+    let cascade = Action::Follow {
+        instance: "main-2".into(),
+        primary: "main-1".into(),
+        cascade: true,
+    };
+    assert!(has(&a, |x| *x == cascade), "{a:?}");
+    // It streams from main-1 and follows its promotion on its own.
+    f.ok(cascade);
+    f.agent("main-2").upstream = Some("main-1".into());
+    f.promoted("main-1", 2);
+    let a = f.tick(10);
+    assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
+    assert!(
+        !has(
+            &a,
+            |x| matches!(x, Action::Follow { instance, .. } if instance == "main-2")
+        ),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn a_failed_cascade_is_not_resent_in_the_pass_that_reports_it_and_the_label_pass_follows() {
+    let mut f = at_promotion();
+    let a = f.tick(10);
+    let cascade = Action::Follow {
+        instance: "main-2".into(),
+        primary: "main-1".into(),
+        cascade: true,
+    };
+    assert!(has(&a, |x| *x == cascade), "{a:?}");
+    f.fail(cascade.clone(), "main-1 does not answer");
+    let a = f.tick(10);
+    assert!(!has(&a, |x| *x == cascade), "{a:?}");
+    f.promoted("main-1", 2);
+    let a = f.tick(10);
+    assert!(
+        has(&a, |x| *x
+            == Action::Follow {
+                instance: "main-2".into(),
+                primary: "main-1".into(),
+                cascade: false
+            }),
+        "{a:?}"
+    );
 }
