@@ -469,42 +469,33 @@ pub(crate) fn label(
 /// later; switchover: its Follow step would): under sync+required its first
 /// commit waits for one of them to stream from it.
 pub(crate) fn siblings_follow(ctx: &Ctx, c: &str, old: &str, out: &mut Vec<Action>) {
-    for name in ctx.names.iter().filter(|n| *n != c && *n != old) {
-        let follows = ctx
-            .agent(name)
-            .is_some_and(|a| a.upstream.as_deref() == Some(c));
-        if ctx.runs_as_standby(name) && !ctx.busy(name) && !follows {
-            out.push(Action::Follow {
-                instance: name.clone(),
-                primary: c.to_string(),
-                cascade: false,
-            });
-        }
-    }
+    point_siblings(ctx, c, old, false, out);
 }
 
 /// Point the running siblings at `c` while it is being promoted: each
 /// cascades from it, then follows its promotion over the same connection, so
 /// under sync+required one of them confirms the first commit without
 /// reconnecting. Not re-sent in the pass that reports it failed; the plain
-/// follow with the label covers a sibling it did not reach. Safe before the promotion because no sibling has WAL that
-/// `c` lacks (the old primary stopped and `c` received all of it).
+/// follow with the label covers a sibling it did not reach. Safe before the
+/// promotion because no sibling has WAL that `c` lacks (the old primary
+/// stopped and `c` received all of it).
 pub(crate) fn siblings_cascade(ctx: &Ctx, c: &str, old: &str, out: &mut Vec<Action>) {
+    point_siblings(ctx, c, old, true, out);
+}
+
+fn point_siblings(ctx: &Ctx, c: &str, old: &str, cascade: bool, out: &mut Vec<Action>) {
     for name in ctx.names.iter().filter(|n| *n != c && *n != old) {
         let follows = ctx
             .agent(name)
             .is_some_and(|a| a.upstream.as_deref() == Some(c));
-        let cascade = Action::Follow {
+        let follow = Action::Follow {
             instance: name.clone(),
             primary: c.to_string(),
-            cascade: true,
+            cascade,
         };
-        if ctx.runs_as_standby(name)
-            && !ctx.busy(name)
-            && !follows
-            && ctx.failure(&cascade).is_none()
-        {
-            out.push(cascade);
+        let failed_now = cascade && ctx.failure(&follow).is_some();
+        if ctx.runs_as_standby(name) && !ctx.busy(name) && !follows && !failed_now {
+            out.push(follow);
         }
     }
 }
