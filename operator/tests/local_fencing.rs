@@ -320,11 +320,11 @@ async fn standby_cut_off_from_the_primary_only_causes_no_failover() {
     assert_nothing_lost(&c, &primary, &log).await;
 }
 
-/// When the persisted status first showed the failover's promotion (the
-/// file's modification time, so no later than the promotion itself), and
-/// whether any of `pids` still lived when it was seen (so after the
-/// promotion had begun); watched every 5 ms.
-async fn watch_promotion(c: &LocalCluster, pids: &[i32]) -> (SystemTime, bool) {
+/// How long after `since` the persisted status first showed the failover's
+/// promotion (by the file's modification time, so no later than the
+/// promotion itself), and whether any of `pids` still lived when it was seen
+/// (so after the promotion had begun); watched every 5 ms.
+async fn watch_promotion(c: &LocalCluster, pids: &[i32], since: SystemTime) -> (Duration, bool) {
     let found = poll_until_async(FAILOVER, Duration::from_millis(5), || {
         let seen = persisted_status(c).and_then(|(s, mtime)| {
             let t = &s["transition"];
@@ -334,7 +334,9 @@ async fn watch_promotion(c: &LocalCluster, pids: &[i32]) -> (SystemTime, bool) {
         async move { seen }
     })
     .await;
-    found.expect("no failover reached its promotion")
+    let (promoting_at, alive_then) = found.expect("no failover reached its promotion");
+    let after = promoting_at.duration_since(since).unwrap_or(Duration::ZERO);
+    (after, alive_then)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,10 +348,7 @@ async fn frozen_primary_is_not_replaced_before_its_lease_ends_and_accepts_nothin
     let frozen = freeze_instance(&c, &old);
     let frozen_at = SystemTime::now();
 
-    let (promoting_at, alive_then) = watch_promotion(&c, &pids).await;
-    let after = promoting_at
-        .duration_since(frozen_at)
-        .unwrap_or(Duration::ZERO);
+    let (after, alive_then) = watch_promotion(&c, &pids, frozen_at).await;
     eprintln!(
         "promotion {after:?} after the freeze; a frozen process still lived when it was seen: {alive_then}"
     );
@@ -386,10 +385,7 @@ async fn agent_killed_under_a_frozen_server_leaves_no_backend_behind_before_the_
         "cannot kill {old}'s agent"
     );
 
-    let (promoting_at, alive_then) = watch_promotion(&c, &pids).await;
-    let after = promoting_at
-        .duration_since(killed_at)
-        .unwrap_or(Duration::ZERO);
+    let (after, alive_then) = watch_promotion(&c, &pids, killed_at).await;
     eprintln!(
         "promotion {after:?} after the agent's end; a process of {old} still lived: {alive_then}"
     );

@@ -29,18 +29,22 @@ pub fn remove_stale_lockfile(file: &std::path::Path) -> bool {
     else {
         return false;
     };
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next())
-        });
-    let stale = matches!(state, None | Some('Z') | Some('X'));
-    if stale && std::fs::remove_file(file).is_ok() {
+    if !runs(pid) && std::fs::remove_file(file).is_ok() {
         tracing::info!(pid, file = %file.display(), "removed the lock file of a postmaster that is gone");
         return true;
     }
     false
+}
+
+/// Whether process `pid` exists and is neither a zombie nor dead (from /proc).
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// The children of process `pid` (from /proc).
@@ -77,15 +81,7 @@ pub fn server_processes(data_dir: &std::path::Path) -> Vec<i32> {
     rd.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
         .filter(|p| std::fs::read_link(format!("/proc/{p}/cwd")).is_ok_and(|cwd| cwd == dir))
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
-                    Some(state != 'Z' && state != 'X')
-                })
-                .unwrap_or(false)
-        })
+        .filter(|p| runs(*p))
         .collect()
 }
 
