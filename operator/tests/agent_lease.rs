@@ -65,7 +65,10 @@ async fn a_renewal_with_an_old_challenge_cannot_extend_an_expired_lease() {
         fenced.duration_since(sent),
         c.logs()
     );
-    // The same old answer's renewal again: the lease stays run out.
+    // The same old answer's renewal again, once that lease's end has passed
+    // (the agent fenced a little before it): the lease stays run out.
+    let end = sent + Duration::from_millis(1000);
+    tokio::time::sleep_until((end + Duration::from_millis(50)).into()).await;
     let r = a
         .client
         .lease(&LeaseRequest {
@@ -352,4 +355,66 @@ async fn a_solo_primary_keeps_its_lease_by_itself_and_one_with_no_peers_does_not
         fenced.duration_since(sent),
         c.logs()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_takes_its_last_write_before_its_lease_ends_not_after() {
+    let mut c = Cluster::new("lend");
+    c.add("lend-0", None, &[]);
+    let a = &c.agents[0];
+    a.wait_ready("primary", T).await;
+    let db = connect(a.pg_port).await.unwrap();
+    db.batch_execute("CREATE TABLE w (i int)").await.unwrap();
+    // The lease runs 3 s from the answer carrying this challenge: it ends
+    // between `asked + 3 s` and `answered + 3 s`.
+    let ttl = Duration::from_secs(3);
+    let asked = Instant::now();
+    let challenge = Some(a.status().await.lease.challenge);
+    let answered = Instant::now();
+    a.client
+        .lease(&LeaseRequest {
+            ttl_ms: 3000,
+            challenge,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Write every 5 ms until the server refuses.
+    let mut last_ack = answered;
+    let mut i = 0;
+    let refused = loop {
+        i += 1;
+        let w = tokio::time::timeout(
+            Duration::from_secs(2),
+            db.execute("INSERT INTO w VALUES ($1)", &[&i]),
+        )
+        .await;
+        match w {
+            Ok(Ok(_)) => last_ack = Instant::now(),
+            _ => break Instant::now(),
+        }
+        assert!(asked.elapsed() < T, "never fenced\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    wait_fenced(a, T).await;
+    // 300 ms: a quarter of a 3 s TTL is more.
+    let lead = Duration::from_millis(tandem::agent::FENCE_LEAD_MS);
+    // The fence comes `lead` before the end (its watcher looks every 100 ms):
+    // the last acknowledged write is well before the lease's end, and the
+    // server stops writing no earlier than the lead allows.
+    assert!(
+        last_ack + Duration::from_millis(100) <= asked + ttl,
+        "last write acknowledged {:?} after the lease was asked for, its lease ends {ttl:?} after at the latest {:?}\n{}",
+        last_ack.duration_since(asked),
+        answered.duration_since(asked) + ttl,
+        c.logs()
+    );
+    assert!(
+        refused >= asked + ttl - lead,
+        "fenced {:?} after the lease began, more than {lead:?} before its end\n{}",
+        refused.duration_since(asked),
+        c.logs()
+    );
+    let st = a.status().await;
+    assert!(st.fenced && !st.postgres_running, "{st:?}");
 }

@@ -516,6 +516,11 @@ pub struct LeaseState {
     /// Who extended the lease last: `operator` or `peers`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extended_by: Option<LeaseSource>,
+    /// This agent fences postgres this long (at most a quarter of the TTL)
+    /// before its lease's end, so that it is stopped when the lease ends.
+    /// Absent from agents that fence at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_lead_ms: Option<u64>,
 }
 
 /// Who extended a lease.

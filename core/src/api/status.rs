@@ -124,6 +124,11 @@ pub struct LeaseStatus {
     /// peer list the holder has is one of those, so it contains all of these.
     #[serde(default)]
     pub peers: Vec<String>,
+    /// How long before the lease's end the holder fences postgres, as its
+    /// agent said when the renewal was sent; absent: at the end. The engine's
+    /// margin covers only what is left of the fence after the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_lead_ms: Option<i64>,
 }
 
 /// A synchronous standby set confirmed on the primary.

@@ -1,6 +1,8 @@
 //! A read-only view over one decision's inputs (spec, observations, now) with
 //! the small questions every part of the engine asks. Pure, no I/O.
 
+use std::cell::Cell;
+
 use jiff::Timestamp;
 
 use crate::api::keys::{instance_name, instance_ordinal};
@@ -25,6 +27,10 @@ pub(crate) struct Ctx<'a> {
     pub replication: ReplicationSpec,
     /// The replication settings last confirmed on the primary.
     pub applied: ReplicationSpec,
+    /// The earliest instant (ms) after now at which a condition this
+    /// decision waits on ends by the clock alone (a lease running out, a
+    /// detection window passing): the platform decides again then.
+    wake: Cell<Option<i64>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -62,7 +68,20 @@ impl<'a> Ctx<'a> {
             paused: spec.paused || obs.paused_annotation,
             replication,
             applied,
+            wake: Cell::new(None),
         }
+    }
+
+    /// A condition waited on ends at `at_ms` by the clock alone: decide again then.
+    pub fn wake_at(&self, at_ms: i64) {
+        if at_ms > self.now && self.wake.get().is_none_or(|w| at_ms < w) {
+            self.wake.set(Some(at_ms));
+        }
+    }
+
+    /// The earliest instant given to [`Ctx::wake_at`].
+    pub fn wake(&self) -> Option<i64> {
+        self.wake.get()
     }
 
     /// Why automation is paused, for messages.

@@ -55,6 +55,7 @@ pub(crate) fn failed_for_long_enough(
     if elapsed >= wait {
         Some(Ok(format!("{problem} for {}", secs(elapsed))))
     } else {
+        ctx.wake_at(ctx.now - elapsed + wait);
         Some(Err(format!(
             "{problem} for {}: failover after {} (detectionTimeout {}, delay {})",
             secs(elapsed),

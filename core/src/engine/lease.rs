@@ -13,11 +13,26 @@ use crate::api::{DbClusterStatus, LeaseStatus, Transition};
 use super::ctx::{parse_ms, secs, stamp, Ctx};
 use super::{Action, Outcome};
 
+/// How long the agent's fence takes at most once it is due: its watcher
+/// looks every 100 ms, then the SIGKILL and every backend's exit.
+pub const FENCE_TAKES_MS: i64 = 300;
+
+/// How long before its lease's end an agent fences postgres when it says it
+/// fences `advertised_ms` early (`/status.lease.fenceLeadMs`): at most a
+/// quarter of the TTL, so that a short lease is not fenced between renewals.
+/// The agent and the engine both count with this.
+pub fn fence_lead_ms(advertised_ms: u64, ttl_ms: u64) -> u64 {
+    advertised_ms.min(ttl_ms / 4)
+}
+
 /// Extra time on every lease bound: two clocks run at slightly different
-/// rates (1 % of the TTL), and the agent's watcher (100 ms), its SIGKILL and
-/// every backend's exit take time: 300 ms.
-pub fn margin_ms(ttl_ms: i64) -> i64 {
-    300 + ttl_ms / 100
+/// rates (1 % of the TTL), the stamps of two operator replicas' clocks
+/// (50 ms), and the part of the agent's fence ([`FENCE_TAKES_MS`]) it does
+/// not finish before the lease's end: all of it for an agent that fences at
+/// the end (`lead_ms` None or 0), none for one that fences that long before.
+pub fn margin_ms(ttl_ms: i64, lead_ms: Option<i64>) -> i64 {
+    let lead = lead_ms.unwrap_or(0).clamp(0, FENCE_TAKES_MS);
+    ttl_ms / 100 + 50 + (FENCE_TAKES_MS - lead)
 }
 
 /// The members that may vouch for `holder`: every other member of the spec
@@ -45,12 +60,21 @@ pub(crate) fn renew(ctx: &Ctx, st: &mut DbClusterStatus, holder: &str) -> Action
             .collect(),
         _ => peers.clone(),
     };
+    // How early the holder fences, as the agent this renewal goes to says;
+    // an agent that does not say fences at the end.
+    let lead = ctx
+        .agent(holder)
+        .and_then(|a| a.lease.as_ref())
+        .and_then(|l| l.fence_lead_ms)
+        .map(|a| fence_lead_ms(a, u64::try_from(ttl_ms).unwrap_or(0)))
+        .and_then(|l| i64::try_from(l).ok());
     st.lease = Some(LeaseStatus {
         holder: holder.to_string(),
         renewed_at: ctx.stamp(),
         ttl_ms,
         epoch,
         peers: kept,
+        fence_lead_ms: lead,
     });
     Action::RenewLease {
         instance: holder.to_string(),
@@ -146,11 +170,12 @@ pub(crate) fn ran_out(
     old: &str,
 ) -> Result<String, String> {
     let ttl = ctx.ttl_ms();
-    let margin = margin_ms(ttl);
     let Some(lease) = st.lease.as_ref().filter(|l| l.holder == old) else {
         // This status never renewed it: its agent holds no lease of ours
         // beyond one TTL from the failover's start.
+        let margin = margin_ms(ttl, None);
         let elapsed = ctx.since(Some(&tr.started_at));
+        ctx.wake_at(ctx.now - elapsed + ttl + margin);
         return if elapsed >= ttl + margin {
             Ok(format!(
                 "{old} holds no lease of this cluster's ({} since the failover began)",
@@ -175,10 +200,14 @@ pub(crate) fn ran_out(
             lease.peers.join(", ")
         ));
     };
+    // The lease's own TTL: a renewal of a changed spec's TTL has not been sent yet.
+    let ttl = lease.ttl_ms.max(ttl);
+    let margin = margin_ms(ttl, lease.fence_lead_ms);
     let from = parse_ms(&lease.renewed_at)
         .unwrap_or(0)
         .max(parse_ms(at).unwrap_or(i64::MAX));
     let elapsed = ctx.now.saturating_sub(from);
+    ctx.wake_at(from.saturating_add(ttl + margin));
     if elapsed >= ttl + margin {
         Ok(format!(
             "{old}'s lease ran out: {} since its last renewal and its last vouch from {by}, which no longer vouches (TTL {} + margin {})",

@@ -69,7 +69,7 @@ mod tests;
 
 pub use action::{reasons, Action, EventType, RoleLabel, StopMode};
 pub use durability::sync_standby_names;
-pub use lease::margin_ms as lease_margin_ms;
+pub use lease::{fence_lead_ms, margin_ms as lease_margin_ms, FENCE_TAKES_MS};
 pub use reconfigure::{changed as changed_parameters, parameters as desired_parameters};
 pub use types::{
     ActionFacts, ActionResult, AgentReport, Answer, ConnectedStandby, InstanceObs, LeaseReport,
@@ -99,6 +99,10 @@ pub struct Decision {
     /// How many instances (ordinals 0..n) the platform must keep: `spec.instances`,
     /// or more while the primary's ordinal is being scaled away (it is switched over first).
     pub keep_instances: u32,
+    /// When to decide again at the latest, because a condition this
+    /// decision waited on (a lease running out, a detection window) ends
+    /// then by the clock alone; `None`: at the platform's own pace.
+    pub wake_at: Option<Timestamp>,
 }
 
 /// The one entry point: decide what to do now.
@@ -169,6 +173,9 @@ pub fn decide(
 
     Decision {
         keep_instances: ctx.keep_instances(&st),
+        wake_at: ctx
+            .wake()
+            .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
         status: st,
         actions: out,
     }

@@ -124,6 +124,7 @@ pub(crate) fn checkpoint(
     if !checkpointed {
         out.push(checkpoint);
     } else {
+        ctx.wake_at(ctx.now - e.elapsed + settle);
         st.blocked_by = Some(format!(
             "letting the label change of {} reach the Service routing ({} of {}) before it is stopped",
             e.old,

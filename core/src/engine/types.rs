@@ -232,6 +232,9 @@ pub struct LeaseReport {
     /// The answer's instant on the agent's clock: a renewal echoes it.
     #[serde(default)]
     pub challenge: Option<u64>,
+    /// How long before its lease's end it fences (`None`: at the end).
+    #[serde(default)]
+    pub fence_lead_ms: Option<u64>,
 }
 
 /// The target of a switchover request.

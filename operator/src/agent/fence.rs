@@ -1,7 +1,8 @@
 //! Enforcing the primary lease (DESIGN.md §3, fencing lease): a primary whose
-//! lease ran out on the agent's own monotonic clock is fenced at once — its
-//! whole postgres process group is killed, and it is not started again as a
-//! primary until the operator says so. Does I/O.
+//! lease ends within the fence lead (`lease::FENCE_LEAD_MS`) on the agent's
+//! own monotonic clock is fenced at once — its whole postgres process group
+//! is killed, so that it is stopped when the lease ends, and it is not
+//! started again as a primary until the operator says so. Does I/O.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,14 +20,14 @@ pub const CHECK_EVERY: Duration = Duration::from_millis(100);
 pub async fn run(agent: Arc<Agent>) {
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let (expired, ttl_ms) = {
+        let (due, ttl_ms) = {
             let lease = lock(&agent.lease);
             (
-                lease.expired(Instant::now()),
+                lease.fence_due(Instant::now()),
                 lease.terms.as_ref().map_or(0, |t| t.ttl_ms),
             )
         };
-        if !expired {
+        if !due {
             continue;
         }
         // Only a primary is fenced: a standby cannot take writes.
@@ -49,14 +50,14 @@ fn fence(agent: &Agent, ttl_ms: u64) {
     };
     lock(&agent.lease).disarm();
     agent.set_activity(Some(format!(
-        "fenced: the primary lease ({ttl_ms}ms) ran out; postgres stays stopped until told to start or demote"
+        "fenced: the primary lease ({ttl_ms}ms) ends within the fence lead; postgres stays stopped until told to start or demote"
     )));
     if let Some(child) = child {
         tracing::warn!(
             instance = %agent.cfg.instance,
             pid = child.pid(),
             ttl_ms,
-            "primary lease ran out: fencing postgres"
+            "primary lease about to run out: fencing postgres"
         );
         if let Err(e) = child.signal_group(Signal::SIGKILL) {
             tracing::error!(error = %e, "fencing postgres failed");

@@ -18,6 +18,12 @@ pub fn ms_since(start: Instant, now: Instant) -> u64 {
     u64::try_from(now.saturating_duration_since(start).as_millis()).unwrap_or(u64::MAX)
 }
 
+/// How long before its lease's end this agent fences postgres (at most a
+/// quarter of the TTL: `engine::fence_lead_ms`): the whole of the fence
+/// (watcher, SIGKILL, every backend's exit) happens before the end, so the
+/// engine's margin need not cover it.
+pub const FENCE_LEAD_MS: u64 = crate::engine::FENCE_TAKES_MS as u64;
+
 /// How long a vouch round waits for its answers: a quarter of the TTL, at least 200 ms.
 pub fn round_timeout(ttl_ms: u64) -> Duration {
     Duration::from_millis((ttl_ms / 4).max(200))
@@ -150,8 +156,19 @@ impl Lease {
     }
 
     /// It is enforced and has run out.
+    #[cfg(test)]
     pub fn expired(&self, now: Instant) -> bool {
         self.end.is_some_and(|end| now >= end)
+    }
+
+    /// It is enforced and ends within the fence lead: postgres must go now.
+    pub fn fence_due(&self, now: Instant) -> bool {
+        let lead = self
+            .terms
+            .as_ref()
+            .map_or(0, |t| crate::engine::fence_lead_ms(FENCE_LEAD_MS, t.ttl_ms));
+        self.end
+            .is_some_and(|end| now + Duration::from_millis(lead) >= end)
     }
 
     /// It is enforced and has not run out.
@@ -197,6 +214,7 @@ impl Lease {
             epoch: self.terms.as_ref().map_or(0, |t| t.epoch),
             known_epoch,
             extended_by: self.extended_by,
+            fence_lead_ms: Some(FENCE_LEAD_MS),
         }
     }
 }
@@ -237,6 +255,32 @@ mod tests {
         // Without a challenge it runs from its arrival.
         l.renew(&req(1000, None, 0, &[]), start, start + ms(1900));
         assert_eq!(l.end, Some(start + ms(2900)));
+    }
+
+    #[test]
+    fn the_fence_is_due_its_lead_before_the_end_and_at_most_a_quarter_ttl_early() {
+        let start = Instant::now();
+        let mut l = Lease::default();
+        assert!(
+            !l.fence_due(start + ms(1_000_000)),
+            "never granted: never enforced"
+        );
+        l.renew(&req(10_000, Some(0), 0, &[]), start, start + ms(10));
+        assert!(!l.fence_due(start + ms(9_699)));
+        assert!(l.fence_due(start + ms(9_700)), "300 ms before the end");
+        assert!(l.held(start + ms(9_700)) && !l.expired(start + ms(9_700)));
+        // A short lease: a quarter of it.
+        let mut l = Lease::default();
+        l.renew(&req(800, Some(0), 0, &[]), start, start + ms(10));
+        assert!(!l.fence_due(start + ms(599)));
+        assert!(l.fence_due(start + ms(600)));
+        // What /status tells the engine.
+        assert_eq!(
+            l.state(start, start + ms(10), 0).fence_lead_ms,
+            Some(FENCE_LEAD_MS)
+        );
+        l.disarm();
+        assert!(!l.fence_due(start + ms(10_000)), "disarmed");
     }
 
     #[test]

@@ -30,6 +30,7 @@ use clap::Args;
 
 pub use config::Config;
 pub use error::{AgentError, BadRequest, BadTarget, ConfigError, Conflict, Unavailable};
+pub use lease::FENCE_LEAD_MS;
 
 /// Flags of `tandem agent`; every one has an environment fallback (the agent's configuration contract).
 #[derive(Args, Debug, Clone)]

@@ -613,17 +613,24 @@ impl Driver {
     }
 }
 
-/// One pass of the shared loop over the local platform, then its upkeep.
+/// One pass of the shared loop over the local platform, then its upkeep;
+/// when to pass again at the latest, if the engine waits for the clock.
 #[tracing::instrument(name = "ha_pass", skip_all, fields(cluster = %ha.platform.name))]
-pub async fn tick(ha: &mut HaLoop<Driver>) {
-    match ha.pass(jiff::Timestamp::now()).await {
-        Ok(crate::platform::Pass::Decided { keep_instances, .. }) => {
-            ha.platform.scale(keep_instances)
+pub async fn tick(ha: &mut HaLoop<Driver>) -> Option<jiff::Timestamp> {
+    let wake_at = match ha.pass(jiff::Timestamp::now()).await {
+        Ok(crate::platform::Pass::Decided {
+            keep_instances,
+            wake_at,
+            ..
+        }) => {
+            ha.platform.scale(keep_instances);
+            wake_at
         }
         Ok(crate::platform::Pass::Skipped(never)) => match never {},
         Err(never) => match never {},
-    }
+    };
     ha.platform.after_pass();
+    wake_at
 }
 
 impl Platform for Driver {

@@ -245,12 +245,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced = false;
     let finished = ha.finished();
+    // When a condition the engine waits on ends by the clock (a lease, a detection window).
+    let mut wake_at: Option<jiff::Timestamp> = None;
     loop {
         tokio::select! {
             // A finished action lets a transition take its next step now.
-            _ = finished.notified() => tick(&mut ha).await,
+            _ = finished.notified() => wake_at = tick(&mut ha).await,
+            _ = tokio::time::sleep(crate::platform::until(wake_at)), if wake_at.is_some() => {
+                wake_at = tick(&mut ha).await;
+            }
             _ = interval.tick() => {
-                tick(&mut ha).await;
+                wake_at = tick(&mut ha).await;
                 let driver = &ha.platform;
                 if !announced && driver.persisted.status.phase == Some(Phase::Healthy) {
                     announced = true;
@@ -262,12 +267,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<i32> {
                     break;
                 }
                 // A request is decided at once, not at the next tick.
-                tick(&mut ha).await;
+                wake_at = tick(&mut ha).await;
             }
             _ = sigchld.recv() => {
                 // Other children (psql of the switchover precheck) end too: only an agent's end counts.
                 if ha.platform.agents.any_exited() {
-                    tick(&mut ha).await;
+                    wake_at = tick(&mut ha).await;
                 }
             }
             _ = sigint.recv() => { info!("interrupted: stopping the cluster"); break; }

@@ -55,6 +55,7 @@ pub fn report(s: &AgentStatus) -> AgentReport {
                 .and_then(|m| i64::try_from(m).ok())
                 .unwrap_or(0),
             challenge: Some(s.lease.challenge),
+            fence_lead_ms: s.lease.fence_lead_ms,
         }),
         vouched: s.vouched.as_ref().map(|v| {
             (

@@ -52,10 +52,12 @@ pub enum Observe<S> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass<S> {
     /// Decided and acted. `transition`: one is in progress (pass again soon);
-    /// `keep_instances`: how many ordinals the platform must keep.
+    /// `keep_instances`: how many ordinals the platform must keep; `wake_at`:
+    /// pass again by then (a condition the engine waits on ends by the clock).
     Decided {
         transition: bool,
         keep_instances: u32,
+        wake_at: Option<Timestamp>,
     },
     /// Observing said there is nothing to decide.
     Skipped(S),
@@ -192,6 +194,7 @@ impl<P: Platform> HaLoop<P> {
         Ok(Pass::Decided {
             transition: decision.status.transition.is_some(),
             keep_instances: decision.keep_instances,
+            wake_at: decision.wake_at,
         })
     }
 
@@ -249,6 +252,14 @@ impl<P: Platform> HaLoop<P> {
         };
         self.results.push(result);
     }
+}
+
+/// How long from now until `at` (zero when it passed; a day when there is none).
+pub fn until(at: Option<Timestamp>) -> Duration {
+    at.map_or(Duration::from_secs(86_400), |t| {
+        let ms = t.as_millisecond() - Timestamp::now().as_millisecond();
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    })
 }
 
 /// Log a change of transition step.

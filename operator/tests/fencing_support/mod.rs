@@ -33,10 +33,16 @@ pub fn spec(instances: u32, detection: Duration, extra: &str) -> String {
     )
 }
 
-/// The engine's lease margin for [`TTL`] (the bound every lease claim adds).
+/// The engine's lease margin for [`TTL`] with agents that fence early, as
+/// this build's do (the bound every lease claim adds).
 pub fn margin() -> Duration {
-    let ttl = i64::try_from(TTL.as_millis()).unwrap_or(i64::MAX);
-    Duration::from_millis(u64::try_from(tandem::engine::lease_margin_ms(ttl)).unwrap_or(0))
+    let ttl = u64::try_from(TTL.as_millis()).unwrap_or(u64::MAX);
+    let lead = tandem::engine::fence_lead_ms(tandem::agent::FENCE_LEAD_MS, ttl);
+    let margin = tandem::engine::lease_margin_ms(
+        i64::try_from(ttl).unwrap_or(i64::MAX),
+        i64::try_from(lead).ok(),
+    );
+    Duration::from_millis(u64::try_from(margin).unwrap_or(0))
 }
 
 /// Where an instance listens.

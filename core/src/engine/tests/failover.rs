@@ -104,6 +104,69 @@ fn failover_fences_and_waits_for_the_lease_before_promoting_an_unreachable_prima
 }
 
 #[test]
+fn an_agent_that_fences_before_its_lease_ends_is_promoted_over_sooner_and_the_engine_wakes_then() {
+    let mut f = cluster().instances(3).build();
+    // main-0's agent says it fences 300 ms before its lease's end.
+    f.agent("main-0").lease = Some(crate::engine::LeaseReport {
+        held: true,
+        remaining_ms: 10_000,
+        challenge: Some(1),
+        fence_lead_ms: Some(300),
+    });
+    f.ack_all();
+    f.tick(0); // the last renewal, at t
+    let t = f.now;
+    assert_eq!(
+        f.status.lease.as_ref().and_then(|l| l.fence_lead_ms),
+        Some(300),
+        "{:?}",
+        f.status.lease
+    );
+    f.unreachable("main-0");
+    f.tick(100);
+    let d = f.peek();
+    // Detection ends 5 s after the primary was first seen unreachable (t + 100 ms).
+    assert_eq!(
+        d.wake_at.map(|w| w.as_millisecond()),
+        Some(f.now + 5000),
+        "{:?}",
+        d.wake_at
+    );
+    f.tick(5000);
+    assert_eq!(f.step(), Some(("Failover".into(), "Fence".into())));
+    answer_stop_vouching(&mut f, 6100); // they last vouched at t
+    let actions = f.tick(1000);
+    assert!(promotes(&actions).is_none());
+    // TTL 10 s + 1 % + 50 ms: no margin for a fence that ends before the lease does.
+    let d = f.peek();
+    assert_eq!(
+        d.wake_at.map(|w| w.as_millisecond() - t),
+        Some(10_150),
+        "{:?}",
+        f.status.blocked_by
+    );
+    let actions = f.tick(t + 10_149 - f.now);
+    assert!(promotes(&actions).is_none(), "{actions:#?}");
+    let actions = f.tick(1);
+    assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
+}
+
+#[test]
+fn the_lease_margin_covers_the_fence_an_agent_does_not_finish_before_the_end() {
+    use crate::engine::{fence_lead_ms, lease_margin_ms, FENCE_TAKES_MS};
+    // An agent that says nothing fences at the end: its whole fence is in the margin.
+    assert_eq!(lease_margin_ms(10_000, None), 100 + 50 + FENCE_TAKES_MS);
+    assert_eq!(lease_margin_ms(10_000, Some(0)), 100 + 50 + FENCE_TAKES_MS);
+    assert_eq!(lease_margin_ms(10_000, Some(300)), 150);
+    // A lead above what the fence takes buys nothing more.
+    assert_eq!(lease_margin_ms(10_000, Some(5000)), 150);
+    // A short lease is fenced at most a quarter TTL early; the rest stays in the margin.
+    assert_eq!(fence_lead_ms(300, 800), 200);
+    assert_eq!(lease_margin_ms(800, Some(200)), 8 + 50 + 100);
+    assert_eq!(fence_lead_ms(300, 10_000), 300);
+}
+
+#[test]
 fn failover_promotes_at_once_when_the_platform_reports_the_primary_gone() {
     let mut f = cluster().instances(3).build();
     f.gone("main-0");
@@ -687,6 +750,7 @@ fn renewals_echo_the_challenge_and_are_counted_from_when_they_are_sent() {
         held: true,
         remaining_ms: 9000,
         challenge: Some(4242),
+        fence_lead_ms: None,
     });
     let actions = f.tick(1000);
     assert!(

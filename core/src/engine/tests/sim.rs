@@ -205,6 +205,10 @@ impl Sim {
                         held: i.lease_until > self.now,
                         remaining_ms: (i.lease_until - self.now).max(0),
                         challenge: Some(u64::try_from(self.now).unwrap()),
+                        // The engine then counts no margin for the fence; this
+                        // model's agent is writable until the very end of its
+                        // lease, the latest an agent that fences early may be.
+                        fence_lead_ms: Some(crate::engine::FENCE_TAKES_MS as u64),
                     }),
                     ..AgentReport::default()
                 }

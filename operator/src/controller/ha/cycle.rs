@@ -52,10 +52,13 @@ pub struct LoopConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pass {
     /// Decided and acted; `transition` says whether one is in progress (poll
-    /// again soon); `keep_instances` how many ordinals the StatefulSet must keep.
+    /// again soon); `keep_instances` how many ordinals the StatefulSet must
+    /// keep; `wake_at` when to pass again at the latest (the engine waits for
+    /// the clock: a lease running out, a detection window).
     Done {
         transition: bool,
         keep_instances: u32,
+        wake_at: Option<jiff::Timestamp>,
     },
     /// The spec is invalid: nothing was done (the reconcile reports it).
     Invalid,
@@ -142,10 +145,12 @@ impl<K: KubeOps, A: AgentOps> ClusterLoop<K, A> {
                 Ok(platform::Pass::Decided {
                     transition,
                     keep_instances,
+                    wake_at,
                 }) => {
                     return Ok(Pass::Done {
                         transition,
                         keep_instances,
+                        wake_at,
                     })
                 }
                 Ok(platform::Pass::Skipped(Skip::Invalid)) => return Ok(Pass::Invalid),

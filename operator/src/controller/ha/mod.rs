@@ -269,14 +269,17 @@ async fn drive<K: KubeOps, A: AgentOps>(
             Ok(Ok(Pass::Done {
                 transition,
                 keep_instances,
+                wake_at,
             })) => {
                 failures = 0;
                 keep.set(keep_instances);
-                if transition {
+                let wait = if transition {
                     config.interval.min(TRANSITION_INTERVAL)
                 } else {
                     config.interval
-                }
+                };
+                // A lease or detection window that ends sooner is acted on when it ends.
+                wait.min(crate::platform::until(wake_at))
             }
             Ok(Ok(Pass::Invalid)) => {
                 failures = 0;
