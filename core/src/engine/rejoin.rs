@@ -323,7 +323,13 @@ pub(crate) fn step(
     if !ctx.reachable(&name) || source_gone {
         let step_elapsed = ctx.since(tr.data.step_started_at.as_deref());
         let who = if source_gone { &primary } else { &name };
-        if step_elapsed >= ctx.detection_ms() {
+        // A primary that answers but runs in recovery counts from the step's start.
+        let quiet = if ctx.reachable(who) {
+            step_elapsed
+        } else {
+            super::report::silent_for(ctx, st, who, step_elapsed)
+        };
+        if quiet >= ctx.detection_ms() {
             let message = format!("{} of {name} failed: {who} stopped answering", tr.kind);
             out.push(event(
                 Some(&name),
@@ -333,6 +339,7 @@ pub(crate) fn step(
             ));
             return Step::finish(history(ctx, tr, HistoryOutcome::Failed, &message));
         }
+        ctx.wake_at(ctx.now - quiet + ctx.detection_ms());
         st.blocked_by = Some(format!("{} of {name} waits for {who} to answer", tr.kind));
         return Step::Wait;
     }

@@ -264,3 +264,22 @@ pub(crate) fn summarize(ctx: &Ctx, st: &mut DbClusterStatus) {
         },
     );
 }
+
+/// How long `name`'s agent has not answered, at most `step_elapsed` (the
+/// time the step waiting on it has run); 0 while it answers. One poll that
+/// goes unanswered (a busy machine) is silence of one poll, not of the
+/// whole step.
+pub(crate) fn silent_for(ctx: &Ctx, st: &DbClusterStatus, name: &str, step_elapsed: i64) -> i64 {
+    if ctx.reachable(name) {
+        return 0;
+    }
+    let last_seen = st
+        .instances
+        .iter()
+        .find(|i| i.name == name)
+        .and_then(|i| i.last_seen.as_deref());
+    match last_seen {
+        Some(_) => ctx.since(last_seen).min(step_elapsed),
+        None => step_elapsed,
+    }
+}

@@ -282,9 +282,25 @@ pub(crate) fn step(
             }
         }
     }
-    if !ctx.reachable(&name) {
-        note_failed(st, &name, "its agent does not answer");
-        return advance(ctx, st, tr, out);
+    let plan = ctx.restart_stop();
+    let mode = tr.data.restart.mode.unwrap_or(plan.first);
+    let restart = plan.restart(&name, mode);
+    if !ctx.reachable(&name) && ctx.result(&restart).is_none() {
+        // A poll it did not answer (a busy machine) is no failure yet.
+        let elapsed = ctx.since(tr.data.step_started_at.as_deref());
+        let quiet = super::report::silent_for(ctx, st, &name, elapsed);
+        if quiet >= ctx.detection_ms() {
+            note_failed(st, &name, "its agent does not answer");
+            return advance(ctx, st, tr, out);
+        }
+        ctx.wake_at(ctx.now - quiet + ctx.detection_ms());
+        st.blocked_by = Some(format!(
+            "restart of {name} waits for {} (for {} of detectionTimeout {})",
+            ctx.unanswered(&name),
+            super::ctx::secs(quiet),
+            ctx.spec.failover.detection_timeout
+        ));
+        return Step::Wait;
     }
     if name == primary && !ctx.runs_as_primary(&name) {
         // Nobody else is promoted while it restarts: its lease must not run
@@ -292,9 +308,6 @@ pub(crate) fn step(
         // While it still runs as primary the steady state renews it.
         out.push(super::lease::renew(ctx, st, &name));
     }
-    let plan = ctx.restart_stop();
-    let mode = tr.data.restart.mode.unwrap_or(plan.first);
-    let restart = plan.restart(&name, mode);
     if let Some(Outcome::Succeeded { facts, .. }) = ctx.result(&restart) {
         let how = facts
             .stopped_with

@@ -352,6 +352,16 @@ impl Fixture {
         self.status.history.last().unwrap()
     }
 
+    /// The latest history entry of `kind`.
+    pub fn history_of(&self, kind: &str) -> &crate::api::HistoryEntry {
+        self.status
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.kind.as_str() == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {:#?}", self.status.history))
+    }
+
     pub fn step(&self) -> Option<(String, String)> {
         self.status
             .transition

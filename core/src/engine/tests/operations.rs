@@ -57,6 +57,55 @@ fn rolling_restart_does_standbys_first_then_switches_the_primary_over() {
 }
 
 #[test]
+fn a_standby_whose_agent_misses_polls_during_a_rolling_restart_is_waited_for_not_failed() {
+    let mut f = cluster().instances(3).build();
+    f.request(restart_all());
+    f.tick(10);
+    f.ok(restart_of("main-1"));
+    let a = f.tick(10);
+    assert!(has(&a, |x| *x == restart_of("main-2")));
+    // main-2 restarts for a while, then misses a few polls (a busy machine).
+    f.tick(6000);
+    let report = f.inst("main-2").agent.clone();
+    f.unreachable("main-2");
+    f.tick(1000);
+    f.tick(1000);
+    assert_eq!(f.step(), Some(("Restart".into(), "RestartInstance".into())));
+    let why = f.status.blocked_by.clone().unwrap_or_default();
+    assert!(why.contains("restart of main-2 waits for"), "{why}");
+    // It answers again, with the restart done.
+    f.inst("main-2").agent = report;
+    f.ok(restart_of("main-2"));
+    f.tick(10);
+    let h = f.history_of("Restart");
+    assert!(
+        h.message.contains("main-2 restarted") && !h.message.contains("failed"),
+        "{}",
+        h.message
+    );
+}
+
+#[test]
+fn a_standby_whose_agent_stays_silent_for_the_detection_timeout_fails_its_restart() {
+    let mut f = cluster().instances(3).build();
+    f.request(restart_all());
+    f.tick(10);
+    f.ok(restart_of("main-1"));
+    f.tick(10);
+    f.unreachable("main-2");
+    f.tick(4000);
+    assert_eq!(f.step(), Some(("Restart".into(), "RestartInstance".into())));
+    f.tick(1100);
+    let h = f.history_of("Restart");
+    assert!(
+        h.message
+            .contains("main-2 failed: its agent does not answer"),
+        "{}",
+        h.message
+    );
+}
+
+#[test]
 fn rolling_restart_restarts_the_primary_in_place_when_asked() {
     let mut f = cluster().instances(2).primary_restart_in_place().build();
     f.request(restart_all());

@@ -293,6 +293,51 @@ fn explicit_reclone_of_a_behind_standby_runs_and_records_why() {
 }
 
 #[test]
+fn a_reclone_whose_agent_misses_polls_goes_on_and_one_silent_for_the_detection_timeout_fails() {
+    let mut f = cluster().instances(3).build();
+    f.agent("main-2").received_lsn = Some(lsn("0/4000000"));
+    f.agent("main-2").replayed_lsn = Some(lsn("0/4000000"));
+    f.request(reclone("main-2"));
+    f.tick(10);
+    let action = Action::Reclone {
+        instance: "main-2".into(),
+        source: "main-0".into(),
+    };
+    // Well past detectionTimeout into the clone, main-2 misses two polls.
+    f.tick(8000);
+    let report = f.inst("main-2").agent.clone();
+    f.unreachable("main-2");
+    f.tick(1000);
+    f.tick(1000);
+    assert_eq!(f.step(), Some(("Reclone".into(), "Reclone".into())));
+    f.inst("main-2").agent = report;
+    f.ok(action);
+    f.tick(10);
+    assert_eq!(
+        (
+            f.last_history().kind.as_str(),
+            f.last_history().outcome.as_str()
+        ),
+        ("Reclone", "Succeeded")
+    );
+    // A second one, whose agent then stays silent.
+    f.request(reclone("main-2"));
+    f.tick(10);
+    f.tick(3000);
+    f.unreachable("main-2");
+    f.tick(4000);
+    assert_eq!(f.step(), Some(("Reclone".into(), "Reclone".into())));
+    f.tick(1100);
+    let h = f.last_history();
+    assert_eq!(h.outcome, "Failed", "{}", h.message);
+    assert!(
+        h.message.contains("main-2 stopped answering"),
+        "{}",
+        h.message
+    );
+}
+
+#[test]
 fn reclone_refused_when_it_would_destroy_the_most_advanced_copy() {
     let mut f = cluster().instances(3).build();
     // Cut off from the primary with WAL the primary does not report having.
