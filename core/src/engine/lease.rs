@@ -200,7 +200,7 @@ pub(crate) fn ran_out(
             lease.peers.join(", ")
         ));
     };
-    // The lease's own TTL: a renewal of a changed spec's TTL has not been sent yet.
+    // A TTL lowered in the spec since the last renewal: the holder has that renewal's longer one.
     let ttl = lease.ttl_ms.max(ttl);
     let margin = margin_ms(ttl, lease.fence_lead_ms);
     let from = parse_ms(&lease.renewed_at)

@@ -329,7 +329,7 @@ pub(crate) fn step(
         } else {
             super::report::silent_for(ctx, st, who, step_elapsed)
         };
-        if quiet >= ctx.detection_ms() {
+        if super::report::waited_out_detection(ctx, quiet) {
             let message = format!("{} of {name} failed: {who} stopped answering", tr.kind);
             out.push(event(
                 Some(&name),
@@ -339,7 +339,6 @@ pub(crate) fn step(
             ));
             return Step::finish(history(ctx, tr, HistoryOutcome::Failed, &message));
         }
-        ctx.wake_at(ctx.now - quiet + ctx.detection_ms());
         st.blocked_by = Some(format!("{} of {name} waits for {who} to answer", tr.kind));
         return Step::Wait;
     }

@@ -283,3 +283,13 @@ pub(crate) fn silent_for(ctx: &Ctx, st: &DbClusterStatus, name: &str, step_elaps
         None => step_elapsed,
     }
 }
+
+/// Whether a wait of `quiet` ms has lasted `detectionTimeout`; until it
+/// has, the engine is woken when it will have.
+pub(crate) fn waited_out_detection(ctx: &Ctx, quiet: i64) -> bool {
+    if quiet >= ctx.detection_ms() {
+        return true;
+    }
+    ctx.wake_at(ctx.now - quiet + ctx.detection_ms());
+    false
+}

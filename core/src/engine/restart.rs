@@ -289,11 +289,10 @@ pub(crate) fn step(
         // A poll it did not answer (a busy machine) is no failure yet.
         let elapsed = ctx.since(tr.data.step_started_at.as_deref());
         let quiet = super::report::silent_for(ctx, st, &name, elapsed);
-        if quiet >= ctx.detection_ms() {
+        if super::report::waited_out_detection(ctx, quiet) {
             note_failed(st, &name, "its agent does not answer");
             return advance(ctx, st, tr, out);
         }
-        ctx.wake_at(ctx.now - quiet + ctx.detection_ms());
         st.blocked_by = Some(format!(
             "restart of {name} waits for {} (for {} of detectionTimeout {})",
             ctx.unanswered(&name),
