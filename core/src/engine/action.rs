@@ -52,8 +52,16 @@ pub enum EventType {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "action")]
 pub enum Action {
-    /// Agent `POST /promote`.
-    Promote { instance: String },
+    /// Agent `POST /promote`. With `label`, the platform gives the instance
+    /// the primary role label as soon as the agent answers that it left
+    /// recovery on a new timeline, before the next decision: the `-rw`
+    /// route then moves without waiting for a pass and a status write. The
+    /// Label step that follows finds it done (or sets it, if that failed).
+    Promote {
+        instance: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        label: bool,
+    },
     /// Agent `POST /demote {primary}`: stop, rewind if needed, start as a standby of `primary`.
     Demote { instance: String, primary: String },
     /// Agent `POST /follow {primary, cascade}`: point this standby at
@@ -155,6 +163,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// The promotion of a failover or switchover: `instance` is labelled
+    /// primary as soon as its agent answers that it was promoted.
+    pub fn promote_and_label(instance: &str) -> Self {
+        Self::Promote {
+            instance: instance.to_string(),
+            label: true,
+        }
+    }
+
     /// The action's name, a bounded value for span fields and metric labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -183,7 +200,7 @@ impl Action {
     /// The instance the action acts on, if any.
     pub fn instance(&self) -> Option<&str> {
         match self {
-            Self::Promote { instance }
+            Self::Promote { instance, .. }
             | Self::Demote { instance, .. }
             | Self::Follow { instance, .. }
             | Self::Rewind { instance, .. }

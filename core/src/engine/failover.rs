@@ -322,9 +322,7 @@ pub(crate) fn promote(
         });
         return Step::Goto(TransitionStep::Label);
     }
-    let promote = Action::Promote {
-        instance: c.clone(),
-    };
+    let promote = Action::promote_and_label(&c);
     if let Some(message) = ctx.failure(&promote) {
         if ctx.runs_as_standby(&c) || ctx.gone(&c) {
             // It definitively did not promote: another candidate may.

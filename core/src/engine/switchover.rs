@@ -297,9 +297,7 @@ pub(crate) fn promote(
         }
         return Step::Goto(TransitionStep::Label);
     }
-    let promote = Action::Promote {
-        instance: target.clone(),
-    };
+    let promote = Action::promote_and_label(target);
     if let Some(message) = ctx.failure(&promote) {
         if ctx.runs_as_standby(target) {
             return roll_back(st, format!("promoting {target} failed: {message}"));

@@ -17,11 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use tracing::{info, instrument, warn};
+use tracing::{info, instrument, warn, Instrument};
 
 use crate::api::agent::{Member, ToolLimits};
 use crate::api::{DbClusterSpec, DbClusterStatus};
-use crate::engine::{self, Action, ActionResult, EventType, Observations, Request, RoleLabel};
+use crate::engine::{
+    self, Action, ActionResult, EventType, Observations, Outcome, Request, RoleLabel,
+};
 
 pub use agent::{call, describe, report};
 pub use exec::{AgentCall, Executor};
@@ -163,7 +165,9 @@ impl<P: Platform> HaLoop<P> {
 
     /// One pass: observe → decide → persist → act.
     pub async fn pass(&mut self, now: Timestamp) -> Result<Pass<P::Skip>, P::Error> {
-        self.results.extend(self.exec.drain());
+        let drained = self.exec.drain();
+        self.label_promoted(&drained).await;
+        self.results.extend(drained);
         let observed = match self.platform.observe(now).await? {
             Observe::Ready(o) => *o,
             Observe::Skip(s) => return Ok(Pass::Skipped(s)),
@@ -196,6 +200,41 @@ impl<P: Platform> HaLoop<P> {
             keep_instances: decision.keep_instances,
             wake_at: decision.wake_at,
         })
+    }
+
+    /// A promotion answered as done whose action asks for the label: set it
+    /// now, before this pass observes, decides and persists (the Label step
+    /// of the next decision finds the result).
+    async fn label_promoted(&mut self, drained: &[ActionResult]) {
+        for r in drained {
+            let Action::Promote {
+                instance,
+                label: true,
+            } = &r.action
+            else {
+                continue;
+            };
+            if !matches!(r.outcome, Outcome::Succeeded { .. }) {
+                continue;
+            }
+            let set = Action::SetRole {
+                instance: instance.clone(),
+                role: RoleLabel::Primary,
+            };
+            let span = tracing::info_span!("act", instance = %instance, action = set.kind());
+            let done = self
+                .platform
+                .set_role(instance, RoleLabel::Primary)
+                .instrument(span)
+                .await;
+            self.results.push(match done {
+                Ok(()) => ActionResult::ok(set),
+                Err(why) => {
+                    warn!(instance = %instance, error = %why, "labelling the promoted instance failed");
+                    ActionResult::failed(set, why)
+                }
+            });
+        }
     }
 
     #[instrument(skip_all, fields(instance = action.instance().unwrap_or(""), action = action.kind()))]

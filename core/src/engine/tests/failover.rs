@@ -463,12 +463,7 @@ fn failed_promotion_moves_on_to_the_next_candidate() {
     let mut f = cluster().instances(3).build();
     let actions = fail_primary_and_fence(&mut f);
     assert_eq!(promotes(&actions).as_deref(), Some("main-1"));
-    f.fail(
-        Action::Promote {
-            instance: "main-1".into(),
-        },
-        "promote timed out",
-    );
+    f.fail(Action::promote_and_label("main-1"), "promote timed out");
     let actions = f.tick(10);
     assert_eq!(promotes(&actions).as_deref(), Some("main-2"));
     assert!(has(
@@ -822,4 +817,38 @@ fn under_async_replication_the_settings_go_with_the_promotion() {
         a,
         Action::Config { instance, .. } if instance == "main-1"
     )));
+}
+
+#[test]
+fn a_failover_whose_promotion_brought_the_label_finishes_and_points_the_siblings_at_once() {
+    let mut f = cluster().instances(3).build();
+    let actions = fail_primary_and_fence(&mut f);
+    assert!(has(&actions, |x| *x == Action::promote_and_label("main-1")));
+    f.promoted("main-1", 2);
+    // The loop labelled main-1 when the promotion answered, then observed.
+    f.ok(Action::promote_and_label("main-1"));
+    f.ok(Action::SetRole {
+        instance: "main-1".into(),
+        role: RoleLabel::Primary,
+    });
+    f.inst("main-1").label = Some(RoleLabel::Primary);
+    let a = f.tick(10);
+    assert!(f.status.transition.is_none(), "{:?}", f.step());
+    assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
+    assert_eq!(f.last_history().outcome, "Succeeded");
+    assert!(!has(&a, |x| matches!(x, Action::SetRole { .. })), "{a:?}");
+    let follows = a
+        .iter()
+        .filter(|x| {
+            **x == Action::Follow {
+                instance: "main-2".into(),
+                primary: "main-1".into(),
+                cascade: false,
+            }
+        })
+        .count();
+    assert_eq!(
+        follows, 1,
+        "the sibling follows in the same decision: {a:?}"
+    );
 }

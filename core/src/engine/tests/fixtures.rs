@@ -386,7 +386,7 @@ pub fn has(actions: &[Action], f: impl Fn(&Action) -> bool) -> bool {
 
 pub fn promotes(actions: &[Action]) -> Option<String> {
     actions.iter().find_map(|a| match a {
-        Action::Promote { instance } => Some(instance.clone()),
+        Action::Promote { instance, .. } => Some(instance.clone()),
         _ => None,
     })
 }

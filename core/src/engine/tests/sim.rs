@@ -256,9 +256,27 @@ impl Sim {
                 break;
             }
             let outcome = self.apply(a);
+            let label = match a {
+                Action::Promote {
+                    instance,
+                    label: true,
+                } if matches!(outcome, Outcome::Succeeded { .. }) => Some(Action::SetRole {
+                    instance: instance.clone(),
+                    role: RoleLabel::Primary,
+                }),
+                _ => None,
+            };
             if !matches!(a, Action::Event { .. } | Action::RequestDone { .. }) {
                 self.results.push(ActionResult {
                     action: a.clone(),
+                    outcome,
+                });
+            }
+            // As the platforms' loop does: the label with the promotion's answer.
+            if let Some(set) = label {
+                let outcome = self.apply(&set);
+                self.results.push(ActionResult {
+                    action: set,
                     outcome,
                 });
             }
@@ -288,7 +306,7 @@ impl Sim {
         }
         let now = self.now;
         match a {
-            Action::Promote { instance } => {
+            Action::Promote { instance, .. } => {
                 let i = self.insts[k].clone();
                 if i.primary && i.pg {
                     return Self::ok();

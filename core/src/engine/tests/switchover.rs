@@ -132,12 +132,7 @@ fn switchover_rolls_back_when_promotion_fails() {
     f.agent("main-0").postgres_running = false;
     f.agent("main-1").received_lsn = Some(lsn("0/6000000"));
     f.tick(10);
-    f.fail(
-        Action::Promote {
-            instance: "main-1".into(),
-        },
-        "not in recovery?",
-    );
+    f.fail(Action::promote_and_label("main-1"), "not in recovery?");
     f.tick(10);
     assert_eq!(f.step(), Some(("Switchover".into(), "RollBack".into())));
 }
@@ -630,4 +625,84 @@ fn a_failed_cascade_is_not_resent_in_the_pass_that_reports_it_and_the_label_pass
             }),
         "{a:?}"
     );
+}
+
+/// Drive a switchover to main-1 until its promotion is asked for.
+fn up_to_promotion() -> Fixture {
+    let mut f = cluster().instances(3).build();
+    f.switchover_checkpointed("main-1");
+    f.tick(10);
+    f.ack_all();
+    f.tick(10);
+    let stop = Action::Stop {
+        instance: "main-0".into(),
+        mode: StopMode::Fast,
+        timeout_ms: 60_000,
+        smart_timeout_ms: None,
+    };
+    f.agent("main-0").postgres_running = false;
+    f.agent("main-0").checkpoint_lsn = Some(lsn("0/5000028"));
+    f.ok(stop);
+    f.tick(10);
+    f.agent("main-1").received_lsn = Some(lsn("0/50000A0"));
+    f.tick(10);
+    f
+}
+
+#[test]
+fn the_promotion_asks_for_the_label_with_its_answer_and_the_label_step_takes_it_as_done() {
+    let mut f = up_to_promotion();
+    assert!(has(&f.last, |x| *x
+        == Action::Promote {
+            instance: "main-1".into(),
+            label: true
+        }));
+    // The loop labelled main-1 when the promotion answered, before this decision.
+    f.promoted("main-1", 2);
+    f.ok(Action::promote_and_label("main-1"));
+    f.ok(Action::SetRole {
+        instance: "main-1".into(),
+        role: RoleLabel::Primary,
+    });
+    f.inst("main-1").label = Some(RoleLabel::Primary);
+    let a = f.tick(10);
+    assert_eq!(f.status.current_primary.as_deref(), Some("main-1"));
+    assert_eq!(f.step(), Some(("Switchover".into(), "Follow".into())));
+    assert!(
+        !has(&a, |x| matches!(x, Action::SetRole { .. })),
+        "labelled twice: {a:?}"
+    );
+    // The old primary and the sibling are pointed at main-1 in the same decision.
+    assert!(has(&a, |x| *x
+        == Action::Demote {
+            instance: "main-0".into(),
+            primary: "main-1".into()
+        }));
+    assert!(has(&a, |x| *x
+        == Action::Follow {
+            instance: "main-2".into(),
+            primary: "main-1".into(),
+            cascade: false
+        }));
+}
+
+#[test]
+fn a_label_the_promotion_could_not_set_is_set_by_the_label_step() {
+    let mut f = up_to_promotion();
+    f.promoted("main-1", 2);
+    f.ok(Action::promote_and_label("main-1"));
+    f.fail(
+        Action::SetRole {
+            instance: "main-1".into(),
+            role: RoleLabel::Primary,
+        },
+        "the API server did not answer",
+    );
+    let a = f.tick(10);
+    assert_eq!(f.step(), Some(("Switchover".into(), "Label".into())));
+    assert!(has(&a, |x| *x
+        == Action::SetRole {
+            instance: "main-1".into(),
+            role: RoleLabel::Primary
+        }));
 }

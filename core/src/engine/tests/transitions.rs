@@ -75,7 +75,7 @@ fn a_chain_of_steps_stops_at_its_bound_and_says_so_in_blocked_by() {
     tr.data.failover.label_dropped = true;
     f.status.transition = Some(tr);
     for c in ["main-1", "main-2"] {
-        f.fail(Action::Promote { instance: c.into() }, "not promoted");
+        f.fail(Action::promote_and_label(c), "not promoted");
     }
     f.tick(10);
     let blocked = f.status.blocked_by.clone().unwrap_or_default();
