@@ -120,17 +120,38 @@ async fn promote_standby_then_demote_old_primary_to_follow_it() {
         .unwrap();
     assert!(r.changed);
     assert!(r.timeline.unwrap() > tl_before, "{r:?}");
-    // An action answers once /status shows its effect: a caller's next step
-    // sees the new primary at once, not after the next probe.
-    let st = new.status().await;
+    // The answer means writable now: the caller moves the -rw route on it.
+    let recovering: bool = new
+        .sql()
+        .await
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!recovering, "promote answered while still in recovery");
+    // A probe begun after the answer shows it.
+    let fresh = new.client.fresh_status().await.unwrap();
     assert_eq!(
-        (st.role, st.timeline),
+        (fresh.role, fresh.timeline),
         (tandem::api::InstanceRole::Primary, r.timeline),
-        "{st:?}"
+        "{fresh:?}"
     );
     assert!(!old.status().await.postgres_running);
-    let fresh = new.client.fresh_status().await.unwrap();
-    assert_eq!(fresh.role, tandem::api::InstanceRole::Primary);
+    // The standby settings are cleared after the answer.
+    wait_for(
+        "primary_conninfo cleared after the promotion",
+        T,
+        || async {
+            let row = new
+                .sql()
+                .await
+                .query_one("SELECT current_setting('primary_conninfo')", &[])
+                .await
+                .ok()?;
+            row.get::<_, String>(0).is_empty().then_some(())
+        },
+    )
+    .await;
     new.wait_ready("primary", T).await;
     new.sql()
         .await

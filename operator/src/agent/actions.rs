@@ -22,7 +22,11 @@ fn timeout_or(t: &Option<crate::api::DurationString>, default: Duration) -> Dura
     t.as_ref().map(|d| d.duration()).unwrap_or(default)
 }
 
-/// Promote this standby.
+/// Promote this standby. The answer goes out as soon as the server left
+/// recovery on a new timeline: every moment between that and the caller's
+/// next step (the `-rw` label) is a moment without writes. The rest of the
+/// promotion, [`after_promotion`], runs after the answer, still before any
+/// other action.
 pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionResponse, AgentError> {
     let mut steps = Vec::new();
     if !agent.postgres_running() {
@@ -35,11 +39,11 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
         .local_client(Duration::from_secs(5))
         .await
         .map_err(Unavailable::NoAnswer)?;
-    let before = query::observe(&client).await?;
-    if !before.in_recovery {
+    let (in_recovery, before) = query::recovery_timeline(&client).await?;
+    if !in_recovery {
         return Err(AgentError::AlreadyPrimary {
             instance: agent.cfg.instance.clone(),
-            timeline: before.timeline.unwrap_or(0),
+            timeline: before.unwrap_or(0),
         });
     }
     let wait = timeout_or(&req.timeout, Duration::from_secs(60));
@@ -58,20 +62,12 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
     if !signalled {
         return Err(Conflict::PromoteNotSignalled.into());
     }
-    // pg_promote(wait => true) looks only every 100 ms: every moment between
-    // the end of recovery and this answer is a moment without writes.
+    // pg_promote(wait => true) looks only every 100 ms.
     let deadline = Instant::now() + wait;
     let timeline = loop {
-        let row = client
-            .query_one("SELECT pg_is_in_recovery()", &[])
-            .await
-            .map_err(sql("pg_is_in_recovery"))?;
-        let in_recovery: bool = row.try_get(0).map_err(sql("pg_is_in_recovery"))?;
-        if !in_recovery {
-            let o = query::observe(&client).await?;
-            if o.timeline > before.timeline {
-                break o.timeline;
-            }
+        let (in_recovery, timeline) = query::recovery_timeline(&client).await?;
+        if !in_recovery && timeline > before {
+            break timeline;
         }
         if Instant::now() > deadline {
             return Err(if in_recovery {
@@ -91,20 +87,6 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
         &mut steps,
         format!("left recovery; timeline {}", timeline.unwrap_or(0)),
     );
-    query::alter_system(&client, "primary_conninfo", None).await?;
-    query::alter_system(&client, "primary_slot_name", None).await?;
-    query::reload(&client).await?;
-    conf::remove_if_exists(&agent.cfg.data_dir.join(conf::UPSTREAM_FILE))?;
-    agent.step("promote", &mut steps, "cleared the standby settings");
-    // Make the new timeline durable in pg_control (pg_rewind against this
-    // server reads it from there) without holding up the writes that wait for
-    // this answer; a rewind also checkpoints its source before it starts.
-    tokio::spawn(async move {
-        if let Err(e) = client.batch_execute("CHECKPOINT").await {
-            tracing::warn!(error = %e, "CHECKPOINT after promotion failed");
-        }
-    });
-    agent.step("promote", &mut steps, "checkpoint started");
     Ok(ActionResponse {
         changed: true,
         message: format!("{} is now the primary", agent.cfg.instance),
@@ -112,6 +94,30 @@ pub async fn promote(agent: Arc<Agent>, req: PromoteRequest) -> Result<ActionRes
         timeline,
         ..Default::default()
     })
+}
+
+/// The rest of a promotion, after its answer: clear the standby settings a
+/// primary ignores (a later restart must not find them), and make the new
+/// timeline durable in pg_control (pg_rewind against this server reads it
+/// from there; a rewind also checkpoints its source before it starts).
+pub async fn after_promotion(agent: Arc<Agent>) -> Result<(), AgentError> {
+    let mut steps = Vec::new();
+    let client = agent
+        .local_client(Duration::from_secs(5))
+        .await
+        .map_err(Unavailable::NoAnswer)?;
+    query::alter_system(&client, "primary_conninfo", None).await?;
+    query::alter_system(&client, "primary_slot_name", None).await?;
+    query::reload(&client).await?;
+    conf::remove_if_exists(&agent.cfg.data_dir.join(conf::UPSTREAM_FILE))?;
+    agent.step("promote", &mut steps, "cleared the standby settings");
+    tokio::spawn(async move {
+        if let Err(e) = client.batch_execute("CHECKPOINT").await {
+            tracing::warn!(error = %e, "CHECKPOINT after promotion failed");
+        }
+    });
+    agent.step("promote", &mut steps, "checkpoint started");
+    Ok(())
 }
 
 /// Restart as a standby of `primary`, rewinding first when the timelines diverged.

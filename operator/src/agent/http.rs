@@ -185,6 +185,66 @@ where
     }
 }
 
+/// As [`act`], but the answer goes out as soon as `f` succeeds, without
+/// waiting for a probe: `then`, the rest of the action, runs after it (still
+/// serialised with the other actions), and /status shows the effect with the
+/// probe that `then` ends with. For the promotion, whose caller moves the
+/// `-rw` route on the answer; its polls during a transition ask for a probe
+/// begun after them anyway.
+async fn act_then<T, F, Fut, G, GFut>(agent: Shared, name: &'static str, f: F, then: G) -> Response
+where
+    T: Serialize + Send + 'static,
+    F: FnOnce(Shared) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, AgentError>> + Send + 'static,
+    G: FnOnce(Shared) -> GFut + Send + 'static,
+    GFut: Future<Output = Result<(), AgentError>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _ops = agent.ops.lock().await;
+        tracing::info!(instance = %agent.cfg.instance, action = name, "action started");
+        *lock(&agent.operation) = Some(name.to_string());
+        let result = f(agent.clone()).await;
+        let ok = result.is_ok();
+        match &result {
+            Ok(_) => {
+                tracing::info!(instance = %agent.cfg.instance, action = name, "action succeeded; answered")
+            }
+            Err(e) => {
+                tracing::warn!(instance = %agent.cfg.instance, action = name, error = %e, "action failed");
+                agent.set_activity(Some(format!("{name} failed: {e}")));
+            }
+        }
+        if !ok {
+            agent.fresh_probe(FRESH_PROBE).await;
+        }
+        let _ = tx.send(result);
+        if ok {
+            match then(agent.clone()).await {
+                Ok(()) => agent.set_activity(None),
+                Err(e) => {
+                    tracing::warn!(instance = %agent.cfg.instance, action = name, error = %e, "action succeeded but its last steps failed");
+                    agent.set_activity(Some(format!("{name}: its last steps failed: {e}")));
+                }
+            }
+            agent.fresh_probe(FRESH_PROBE).await;
+        }
+        *lock(&agent.operation) = None;
+    });
+    match rx.await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => match task.await {
+            Err(source) => AgentError::TaskFailed {
+                action: name,
+                source,
+            }
+            .into_response(),
+            Ok(()) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        },
+    }
+}
+
 macro_rules! handler {
     ($fn:ident, $req:ty, $parse:ident, $action:path) => {
         async fn $fn(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -201,7 +261,24 @@ macro_rules! handler {
     };
 }
 
-handler!(promote, PromoteRequest, parse_or_default, actions::promote);
+/// `POST /promote` answers as soon as the server left recovery (see [`act_then`]).
+async fn promote(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rej) => return body_error(rej),
+    };
+    let req: PromoteRequest = match parse_or_default(&body) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    act_then(
+        agent,
+        "promote",
+        move |a| actions::promote(a, req),
+        actions::after_promotion,
+    )
+    .await
+}
 handler!(demote, DemoteRequest, parse, actions::demote);
 handler!(follow, FollowRequest, parse, actions::follow);
 handler!(rewind, RewindRequest, parse, actions::rewind);

@@ -98,6 +98,32 @@ pub fn timeline_of_walfile(name: &str) -> Option<i64> {
     i64::from_str_radix(name.get(..8)?, 16).ok()
 }
 
+/// Whether the server is in recovery, and the timeline it is on (a
+/// standby's: what its walreceiver receives, else its checkpoint's; a
+/// primary's: that of its current WAL file), in one round trip: what a
+/// promotion waits on, checked every few milliseconds.
+pub async fn recovery_timeline(client: &Client) -> Result<(bool, Option<i64>), Error> {
+    let e = || sql("probe recovery");
+    let row = client
+        .query_one(
+            "SELECT pg_is_in_recovery(), \
+             CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+             coalesce((SELECT received_tli::int8 FROM pg_stat_wal_receiver WHERE received_tli > 0), \
+                      (SELECT timeline_id::int8 FROM pg_control_checkpoint()))",
+            &[],
+        )
+        .await
+        .map_err(e())?;
+    let in_recovery: bool = row.try_get(0).map_err(e())?;
+    let walfile: Option<String> = row.try_get(1).map_err(e())?;
+    let standby_tl: Option<i64> = row.try_get(2).map_err(e())?;
+    let timeline = match walfile {
+        Some(w) => timeline_of_walfile(&w),
+        None => standby_tl,
+    };
+    Ok((in_recovery, timeline))
+}
+
 /// Run every probe query.
 pub async fn observe(client: &Client) -> Result<Observation, Error> {
     let row = client
