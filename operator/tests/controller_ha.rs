@@ -379,6 +379,41 @@ async fn switchover_to_the_current_primary_is_refused_and_changes_nothing() {
     assert_eq!(status(&w).current_primary.as_deref(), Some("main-0"));
 }
 
+/// A request's prechecks (a candidate's lag compares two agents' probes)
+/// judge the cluster as it is when the request was made, not from probes
+/// up to an interval old: the pass that answers it polls fresh.
+#[tokio::test]
+async fn a_request_is_judged_on_probes_begun_after_it() {
+    let mut f = fixture();
+    f.settled().await;
+    let before = lock(&f.world).fresh_polls;
+    for _ in 0..3 {
+        f.pass().await;
+    }
+    assert_eq!(
+        lock(&f.world).fresh_polls,
+        before,
+        "a settled cluster without a request polls the agents' latest probes"
+    );
+    f.annotate(keys::ANN_SWITCHOVER_DRY_RUN, "main-2");
+    f.until(5, "dry-run answered", |w| {
+        !annotated(w, keys::ANN_SWITCHOVER_DRY_RUN)
+    })
+    .await;
+    let w = lock(&f.world);
+    assert!(
+        w.fresh_polls >= before + 3,
+        "the dry-run's pass did not ask every agent for a fresh probe: {} fresh polls before, {} after",
+        before,
+        w.fresh_polls
+    );
+    assert!(
+        w.events.iter().any(|(_, r, _)| r == "SwitchoverDryRun"),
+        "{:?}",
+        w.events
+    );
+}
+
 #[tokio::test]
 async fn switchover_dry_run_reports_prechecks_and_changes_nothing() {
     let mut f = fixture();

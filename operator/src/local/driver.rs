@@ -194,9 +194,11 @@ impl Driver {
     }
 
     async fn instances(&mut self) -> Vec<InstanceObs> {
-        // During a transition each step waits on what the last one changed:
-        // ask for a probe begun now rather than the agent's latest.
-        let fresh = self.persisted.status.transition.is_some();
+        // During a transition each step waits on what the last one changed,
+        // and a request's prechecks judge the cluster as it is when it was
+        // made (a standby's lag compares two agents' probes): ask for a probe
+        // begun now rather than the agent's latest, up to a probe interval old.
+        let fresh = self.persisted.status.transition.is_some() || !self.requests.pending.is_empty();
         let answers = super::poll::poll_all(
             self.members
                 .iter_mut()

@@ -66,6 +66,8 @@ pub struct World {
     pub refuse_status: bool,
     /// Reads of DbClusters in this namespace never answer (a dead or slow cluster).
     pub hang_namespace: Option<String>,
+    /// How many `GET /status?fresh=true` polls the agents answered.
+    pub fresh_polls: usize,
 }
 
 pub type Shared = Arc<Mutex<World>>;
@@ -254,6 +256,16 @@ impl AgentOps for FakeAgents {
     async fn status(&self, t: &AgentTarget, _: Duration) -> Option<AgentStatus> {
         let w = lock(&self.0);
         report(&t.instance, &w.sims, &t.token)
+    }
+
+    async fn poll_fresh(
+        &self,
+        t: &AgentTarget,
+        _: Duration,
+    ) -> Result<AgentStatus, Option<tandem::api::AgentUnanswered>> {
+        let mut w = lock(&self.0);
+        w.fresh_polls += 1;
+        report(&t.instance, &w.sims, &t.token).ok_or(None)
     }
 
     async fn call(

@@ -285,18 +285,22 @@ impl<K: KubeOps, A: AgentOps> KubePlatform<K, A> {
     }
 
     /// Every instance: its pod (platform state, role label, whether it runs an
-    /// outdated template or is being deleted) and its agent's answer.
+    /// outdated template or is being deleted) and its agent's answer;
+    /// `requested`: a request waits in the annotations.
     async fn instances(
         &mut self,
         dc: &DbCluster,
         pods: &[Pod],
         revision: Option<&str>,
         now: Timestamp,
+        requested: bool,
     ) -> Vec<InstanceObs> {
         let timeout = self.config.poll_timeout;
-        // During a transition each step waits on the previous one's effect:
-        // ask for a probe begun now rather than the agent's latest.
-        let fresh = dc.status.as_ref().is_some_and(|s| s.transition.is_some());
+        // During a transition each step waits on the previous one's effect,
+        // and a request's prechecks judge the cluster as it is when it was
+        // made (a standby's lag compares two agents' probes): ask for a probe
+        // begun now rather than the agent's latest, up to a probe interval old.
+        let fresh = requested || dc.status.as_ref().is_some_and(|s| s.transition.is_some());
         let polls = self.targets.values().map(|t| {
             let agents = self.agents.clone();
             let t = t.clone();
@@ -426,8 +430,11 @@ impl<K: KubeOps, A: AgentOps> Platform for KubePlatform<K, A> {
             .update_revision(&self.namespace, &self.name)
             .await?;
         self.targets = self.targets(&pods, token.as_ref());
-        let instances = self.instances(&dc, &pods, revision.as_deref(), now).await;
         let parsed = requests::parse(&self.name, dc.annotations());
+        let requested = !parsed.requests.is_empty();
+        let instances = self
+            .instances(&dc, &pods, revision.as_deref(), now, requested)
+            .await;
         let obs = Observations {
             cluster: self.name.clone(),
             generation: dc.metadata.generation,
