@@ -77,10 +77,12 @@ async fn stalled_reclone_is_stopped_and_reported_with_its_progress() {
     let throttled = Instant::now();
     let mut seen = None;
     let mut last = serde_json::Value::Null;
+    let mut last_sent = Instant::now();
     while throttled.elapsed() < Duration::from_secs(40) {
         signal(sender, Signal::SIGCONT);
         tokio::time::sleep(Duration::from_millis(3)).await;
         signal(sender, Signal::SIGSTOP);
+        last_sent = Instant::now();
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Some(s) = c.status() else {
             last = serde_json::json!("status unreadable");
@@ -116,8 +118,9 @@ async fn stalled_reclone_is_stopped_and_reported_with_its_progress() {
     );
     eprintln!("progress while throttled: {pr}\n{table}");
 
-    // Now it stops sending altogether (left SIGSTOPped).
-    let stalled_from = Instant::now();
+    // Now it stops sending altogether (left SIGSTOPped since its last
+    // moment running, which is what the stall timeout counts from).
+    let stalled_from = last_sent;
     // Stopped after the stall timeout, and said so.
     let s = c.wait_for(
         "the stalled re-clone to fail",
