@@ -147,6 +147,15 @@ fn parse_or_default<T: DeserializeOwned + Default>(body: &Bytes) -> Result<T, Ag
     parse(body)
 }
 
+/// The request body, read and parsed with `parse`, or the 4xx answer.
+fn request<T>(
+    body: Result<Bytes, BytesRejection>,
+    parse: fn(&Bytes) -> Result<T, AgentError>,
+) -> Result<T, Box<Response>> {
+    let body = body.map_err(|rej| Box::new(body_error(rej)))?;
+    parse(&body).map_err(|e| Box::new(e.into_response()))
+}
+
 /// Run one action: serialised with the others, in its own task, logged.
 async fn act<T, F, Fut>(agent: Shared, name: &'static str, f: F) -> Response
 where
@@ -248,13 +257,9 @@ where
 macro_rules! handler {
     ($fn:ident, $req:ty, $parse:ident, $action:path) => {
         async fn $fn(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-            let body = match body {
-                Ok(b) => b,
-                Err(rej) => return body_error(rej),
-            };
-            let req: $req = match $parse(&body) {
+            let req: $req = match request(body, $parse) {
                 Ok(r) => r,
-                Err(e) => return e.into_response(),
+                Err(answer) => return *answer,
             };
             act(agent, stringify!($fn), move |a| $action(a, req)).await
         }
@@ -263,13 +268,9 @@ macro_rules! handler {
 
 /// `POST /promote` answers as soon as the server left recovery (see [`act_then`]).
 async fn promote(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rej) => return body_error(rej),
-    };
-    let req: PromoteRequest = match parse_or_default(&body) {
+    let req: PromoteRequest = match request(body, parse_or_default) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(answer) => return *answer,
     };
     act_then(
         agent,
@@ -303,13 +304,9 @@ async fn checkpoint(State(agent): State<Shared>) -> Response {
 /// `POST /lease` is not serialised with the actions: a renewal must never
 /// wait behind a long action, or the primary would fence itself.
 async fn lease(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rej) => return body_error(rej),
-    };
-    let req: LeaseRequest = match parse(&body) {
+    let req: LeaseRequest = match request(body, parse) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(answer) => return *answer,
     };
     match ops::lease(agent, req).await {
         Ok(v) => Json(v).into_response(),
@@ -320,13 +317,9 @@ async fn lease(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>)
 /// `POST /vouch` answers at once from the agent's state: a primary's vouch
 /// round must not wait behind an action here.
 async fn vouch(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rej) => return body_error(rej),
-    };
-    match parse::<VouchRequest>(&body) {
+    match request::<VouchRequest>(body, parse) {
         Ok(req) => Json(vouching::vouch(&agent, &req).await).into_response(),
-        Err(e) => e.into_response(),
+        Err(answer) => *answer,
     }
 }
 
@@ -336,13 +329,9 @@ async fn stop_vouching(
     State(agent): State<Shared>,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rej) => return body_error(rej),
-    };
-    let req: StopVouchingRequest = match parse(&body) {
+    let req: StopVouchingRequest = match request(body, parse) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(answer) => return *answer,
     };
     match vouching::stop_vouching(&agent, &req).await {
         Ok(v) => Json(v).into_response(),
@@ -352,13 +341,9 @@ async fn stop_vouching(
 
 /// `POST /checks` only records settings: it answers at once, never behind an action.
 async fn checks(State(agent): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(rej) => return body_error(rej),
-    };
-    let req: ChecksRequest = match parse(&body) {
+    let req: ChecksRequest = match request(body, parse) {
         Ok(r) => r,
-        Err(e) => return e.into_response(),
+        Err(answer) => return *answer,
     };
     match super::expect::apply(&agent, req) {
         Ok(v) => Json(v).into_response(),
