@@ -108,7 +108,8 @@ pub enum TransitionStep {
     /// Switchover: `CHECKPOINT` on the primary while it still takes writes,
     /// so that the shutdown checkpoint after the label drop has little to write.
     Checkpoint,
-    /// Switchover: stop new connections to the primary.
+    /// Switchover: take the target out of the read-only Service, then stop
+    /// new connections to the primary.
     DropPrimaryLabel,
     /// Switchover: stop the primary (fast, then immediate).
     StopPrimary,
@@ -410,6 +411,10 @@ pub struct SwitchoverData {
     /// stop may follow once the change settled.
     #[serde(default, skip_serializing_if = "is_false")]
     pub old_label_dropped: bool,
+    /// The target left the read-only Service (or its label could not be
+    /// changed): the old primary's label drop may follow once that settled.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub target_withdrawn: bool,
     /// The pre-stop CHECKPOINT answered (or ran out of time).
     #[serde(default, skip_serializing_if = "is_false")]
     pub checkpointed: bool,
@@ -513,6 +518,7 @@ impl<'de> Deserialize<'de> for TransitionData {
                 stopped_with: take("stoppedWith").and_then(stop_mode),
                 stop_escalated: take("stopEscalated").is_some_and(flag),
                 old_label_dropped: take("oldLabelDropped").is_some_and(flag),
+                target_withdrawn: take("targetWithdrawn").is_some_and(flag),
                 checkpointed: take("checkpointed").is_some_and(flag),
             },
             rejoin: RejoinData {

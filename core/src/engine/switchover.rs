@@ -1,5 +1,5 @@
-//! Planned switchover steps (requests and prechecks are in `plan`): drop
-//! label → checkpoint (and let the label change reach the platform's routing)
+//! Planned switchover steps (requests and prechecks are in `plan`): the
+//! target leaves `-ro`, drop the primary's label → checkpoint (and let the label change reach the platform's routing)
 //! → stop the primary (fast, escalating) → wait for the shutdown checkpoint on
 //! the target → promote → label → old primary and siblings follow; rollback
 //! while nothing was promoted. Pure.
@@ -135,14 +135,47 @@ pub(crate) fn checkpoint(
     Step::Wait
 }
 
-/// Step `DropPrimaryLabel`: stop new connections to the primary.
+/// Step `DropPrimaryLabel`: take the target out of `-ro`, and once that had
+/// `service_settle_ms` to reach the routing, stop new connections to the
+/// primary.
+///
+/// The target leaves `-ro` first so that the label it gets once promoted
+/// changes one Service only. kube-proxy applies endpoint changes at most once
+/// per its minimum sync period: when the target's move from `-ro` to `-rw`
+/// changed both Services and `-ro`'s change came first, `-rw` waited for the
+/// next period, a second more of write pause.
 pub(crate) fn drop_label(
     ctx: &Ctx,
     st: &mut DbClusterStatus,
-    _tr: &Transition,
+    tr: &Transition,
     e: &Ends,
     out: &mut Vec<Action>,
 ) -> Step {
+    let withdraw = Action::SetRole {
+        instance: e.target.clone(),
+        role: RoleLabel::Unknown,
+    };
+    // Best effort: a label that could not be changed costs time, not safety.
+    let withdrawn = tr.data.switchover.target_withdrawn
+        || ctx.result(&withdraw).is_some()
+        || ctx.obs(&e.target).and_then(|o| o.label) != Some(RoleLabel::Standby);
+    if !withdrawn {
+        out.push(withdraw);
+        return Step::Wait;
+    }
+    set(st, |d| d.target_withdrawn = true);
+    let settle = i64::try_from(ctx.obs.service_settle_ms).unwrap_or(i64::MAX);
+    if e.elapsed < settle {
+        ctx.wake_at(ctx.now - e.elapsed + settle);
+        st.blocked_by = Some(format!(
+            "letting {} leave the read-only Service before {} leaves the read-write one ({} of {})",
+            e.target,
+            e.old,
+            secs(e.elapsed),
+            secs(settle)
+        ));
+        return Step::Wait;
+    }
     let drop = Action::SetRole {
         instance: e.old.clone(),
         role: RoleLabel::Fenced,

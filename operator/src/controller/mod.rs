@@ -83,9 +83,10 @@ pub struct OperatorArgs {
 
     /// How long a pod label change may take to reach the Services' routing:
     /// kube-proxy's minimum sync period (`--iptables-min-sync-period`, 1s by
-    /// default). A switchover waits this long between dropping the old
-    /// primary's label and stopping it, so that `-rw` moves to the new primary
-    /// in one sync (0s: stop at once, the new label then waits for kube-proxy).
+    /// default). A switchover waits this long after taking the target out of
+    /// `-ro` and again between dropping the old primary's label and stopping
+    /// it, so that `-rw` moves to the new primary in one sync (0s: no wait, the
+    /// new label may then wait for kube-proxy).
     #[arg(long, env = "TANDEM_SERVICE_SETTLE", default_value = "1s")]
     pub service_settle: DurationString,
 

@@ -294,10 +294,11 @@ impl Fixture {
         });
     }
 
-    /// Request a switchover to `to` and answer its first step, the drop of
-    /// the old primary's label: the switchover is at `Checkpoint`, whose
-    /// CHECKPOINT is not answered yet (the next tick asks for it again; the
-    /// tick after its answer stops the old primary).
+    /// Request a switchover to `to` and answer its first step, the target
+    /// leaving `-ro` and then the drop of the old primary's label: the
+    /// switchover is at `Checkpoint`, whose CHECKPOINT is not answered yet
+    /// (the next tick asks for it again; the tick after its answer stops the
+    /// old primary).
     pub fn switchover_checkpointed(&mut self, to: &str) {
         self.switchover(to);
         let a = self.tick(10);
@@ -305,6 +306,23 @@ impl Fixture {
             self.step(),
             Some(("Switchover".into(), "DropPrimaryLabel".into()))
         );
+        let target = self
+            .status
+            .transition
+            .as_ref()
+            .and_then(|t| t.target.clone())
+            .unwrap_or_default();
+        if self.inst(&target).label == Some(RoleLabel::Standby) {
+            let withdraw = Action::SetRole {
+                instance: target,
+                role: RoleLabel::Unknown,
+            };
+            assert!(has(&a, |x| *x == withdraw), "{a:?}");
+            self.ack_all();
+            let settle = i64::try_from(self.obs.service_settle_ms).unwrap_or(0);
+            self.tick(settle + 10);
+        }
+        let a = self.last.clone();
         let old = self.status.current_primary.clone().unwrap_or_default();
         let drop = Action::SetRole {
             instance: old.clone(),
