@@ -128,6 +128,50 @@ async fn switchover_refused_when_the_candidate_lags_and_nothing_changes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_sibling_standby_holds_a_switchover_for_seconds_not_a_minute() {
+    // The old primary's shutdown waits until each connected standby confirmed
+    // its shutdown checkpoint; a standby whose walreceiver hangs never does,
+    // and its walsender gives up only at wal_sender_timeout (60 s by
+    // PostgreSQL's default, 5 s as tandem sets it). The switchover itself
+    // then waits a while for hs-2 to follow; the writes need not.
+    let c = LocalCluster::start("hs", "  instances: 3");
+    let w = healthy_with_writer(&c).await;
+    let receiver = wait_walreceiver(&c, "hs-2", Duration::from_secs(20));
+    signal(receiver, Signal::SIGSTOP);
+    let t = Instant::now();
+    let cli = std::process::Command::new(ha_support::cluster::tandem())
+        .args(["local", "switchover", "--dir"])
+        .arg(&c.dir)
+        .args(["--to", "hs-1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tandem local switchover");
+    c.wait_for("hs-1 to be the primary", Duration::from_secs(90), |s| {
+        s["primary"] == "hs-1"
+    });
+    wait_ack_after(&w, Instant::now(), FAILOVER).await;
+    let gap = w.snapshot().longest_gap_after(t);
+    signal(receiver, Signal::SIGCONT);
+    let out = cli.wait_with_output().expect("switchover exits");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        gap < Duration::from_secs(12),
+        "writes paused {gap:?} with hs-2 hung: {text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("switched over from hs-0 to hs-1"), "{text}");
+    wait_standby_of(&c, "hs-2", "hs-1", Duration::from_secs(60));
+    c.wait_healthy(BOOT);
+    let log = w.stop().await;
+    assert_nothing_lost(&c, "hs-1", &log).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diverged_old_primary_is_rewound_when_it_rejoins() {
     let c = LocalCluster::start("rw", FAST);
     let w = healthy_with_writer(&c).await;

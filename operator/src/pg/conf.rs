@@ -49,7 +49,13 @@ pub fn postgresql_conf(include: Option<&Path>) -> String {
          # A standby whose upstream went away (a crash restarted in place, a\n\
          # switchover, a failover) connects again within this, not the 5s\n\
          # default: under sync replication the primary's commits wait for it.\n\
-         wal_retrieve_retry_interval = '200ms'\n",
+         wal_retrieve_retry_interval = '200ms'\n\
+         # A shutdown waits until every connected standby confirmed the\n\
+         # shutdown checkpoint: a hung standby holds a switchover's stop (and\n\
+         # its write pause) until its walsender gives up, after this rather\n\
+         # than the 60s default. An idle standby answers the keepalive sent at\n\
+         # half of it.\n\
+         wal_sender_timeout = '5s'\n",
     );
     if let Some(p) = include {
         s.push_str(&format!(
@@ -276,6 +282,11 @@ mod tests {
     #[test]
     fn standbys_retry_their_upstream_within_a_fraction_of_a_second() {
         assert!(postgresql_conf(None).contains("wal_retrieve_retry_interval = '200ms'"));
+    }
+
+    #[test]
+    fn a_hung_standby_holds_a_shutdown_for_seconds_not_a_minute() {
+        assert!(postgresql_conf(None).contains("wal_sender_timeout = '5s'"));
     }
 
     #[test]
