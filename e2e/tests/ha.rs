@@ -103,13 +103,44 @@ async fn switchover_by_annotation_moves_rw_and_dry_run_changes_nothing() {
             vec![old.clone()]
         );
 
-        // The real switchover.
+        // The real switchover, its role labels watched as it goes.
+        let labels_seen = {
+            let (client, ns, name, target) =
+                (client.clone(), ns.clone(), name.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                for _ in 0..2400 {
+                    if let Ok(l) = role_labels(&client, &ns, &name).await {
+                        let done = l.get(&target).map(String::as_str) == Some(keys::ROLE_PRIMARY);
+                        if seen.last() != Some(&l) {
+                            seen.push(l);
+                        }
+                        if done {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                seen
+            })
+        };
         annotate(&client, &ns, &name, keys::ANN_SWITCHOVER, Some(&target))
             .await
             .expect("annotate");
         wait_rw_on(&client, &ns, &name, &target, MOVE)
             .await
             .expect("rw moved to the target");
+        // The target left -ro (for a settle period, 1 s) while the old
+        // primary was still behind -rw: its promotion label then changes -rw
+        // alone, in one kube-proxy sync.
+        let seen = labels_seen.await.expect("label watch");
+        assert!(
+            seen.iter().any(|l| {
+                l.get(&old).map(String::as_str) == Some(keys::ROLE_PRIMARY)
+                    && l.get(&target).map(String::as_str) == Some(keys::ROLE_UNKNOWN)
+            }),
+            "the target never left -ro before the old primary left -rw: {seen:?}"
+        );
         wait_event(&client, &ns, &name, "SwitchoverCompleted", MOVE)
             .await
             .expect("completed event");
