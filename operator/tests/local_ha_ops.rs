@@ -139,10 +139,8 @@ async fn a_hung_sibling_standby_holds_a_switchover_for_seconds_not_a_minute() {
     let receiver = wait_walreceiver(&c, "hs-2", Duration::from_secs(20));
     signal(receiver, Signal::SIGSTOP);
     let t = Instant::now();
-    let cli = std::process::Command::new(ha_support::cluster::tandem())
-        .args(["local", "switchover", "--dir"])
-        .arg(&c.dir)
-        .args(["--to", "hs-1"])
+    let cli = c
+        .command("switchover", &["--to", "hs-1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1,6 +1,6 @@
 //! Planned switchover steps (requests and prechecks are in `plan`): the
-//! target leaves `-ro`, drop the primary's label → checkpoint (and let the label change reach the platform's routing)
-//! → stop the primary (fast, escalating) → wait for the shutdown checkpoint on
+//! target leaves `-ro`, drop the primary's label → checkpoint (and let the
+//! label change reach the platform's routing) → stop the primary (fast, escalating) → wait for the shutdown checkpoint on
 //! the target → promote → label → old primary and siblings follow; rollback
 //! while nothing was promoted. Pure.
 
@@ -114,25 +114,38 @@ pub(crate) fn checkpoint(
     let checkpointed = tr.data.switchover.checkpointed
         || ctx.result(&checkpoint).is_some()
         || e.elapsed >= ctx.shutdown_ms();
-    if checkpointed {
-        set(st, |d| d.checkpointed = true);
-    }
-    let settle = i64::try_from(ctx.obs.service_settle_ms).unwrap_or(i64::MAX);
-    if checkpointed && e.elapsed >= settle {
-        return Step::Goto(TransitionStep::StopPrimary);
-    }
     if !checkpointed {
         out.push(checkpoint);
-    } else {
-        ctx.wake_at(ctx.now - e.elapsed + settle);
-        st.blocked_by = Some(format!(
-            "letting the label change of {} reach the Service routing ({} of {}) before it is stopped",
-            e.old,
-            secs(e.elapsed),
-            secs(settle)
-        ));
+        return Step::Wait;
     }
-    Step::Wait
+    set(st, |d| d.checkpointed = true);
+    if settling(ctx, st, e.elapsed, |waited| {
+        format!(
+            "letting the label change of {} reach the Service routing ({waited}) before it is stopped",
+            e.old
+        )
+    }) {
+        return Step::Wait;
+    }
+    Step::Goto(TransitionStep::StopPrimary)
+}
+
+/// Whether a label change made `elapsed` ms ago may still be on its way to
+/// the Service routing (`service_settle_ms`); if so, wake when it has arrived
+/// and say why in blockedBy (`why` gets "<elapsed> of <settle>").
+fn settling(
+    ctx: &Ctx,
+    st: &mut DbClusterStatus,
+    elapsed: i64,
+    why: impl FnOnce(String) -> String,
+) -> bool {
+    let settle = i64::try_from(ctx.obs.service_settle_ms).unwrap_or(i64::MAX);
+    if elapsed >= settle {
+        return false;
+    }
+    ctx.wake_at(ctx.now - elapsed + settle);
+    st.blocked_by = Some(why(format!("{} of {}", secs(elapsed), secs(settle))));
+    true
 }
 
 /// Step `DropPrimaryLabel`: take the target out of `-ro`, and once that had
@@ -164,16 +177,12 @@ pub(crate) fn drop_label(
         return Step::Wait;
     }
     set(st, |d| d.target_withdrawn = true);
-    let settle = i64::try_from(ctx.obs.service_settle_ms).unwrap_or(i64::MAX);
-    if e.elapsed < settle {
-        ctx.wake_at(ctx.now - e.elapsed + settle);
-        st.blocked_by = Some(format!(
-            "letting {} leave the read-only Service before {} leaves the read-write one ({} of {})",
-            e.target,
-            e.old,
-            secs(e.elapsed),
-            secs(settle)
-        ));
+    if settling(ctx, st, e.elapsed, |waited| {
+        format!(
+            "letting {} leave the read-only Service before {} leaves the read-write one ({waited})",
+            e.target, e.old
+        )
+    }) {
         return Step::Wait;
     }
     let drop = Action::SetRole {

@@ -80,16 +80,20 @@ impl LocalCluster {
         }
     }
 
-    /// Run `tandem local <verb> --dir DIR <args>`.
-    pub fn cli(&self, verb: &str, args: &[&str]) -> Output {
-        Command::new(tandem())
-            .arg("local")
+    /// `tandem local <verb> --dir DIR <args>`, to run.
+    pub fn command(&self, verb: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(tandem());
+        cmd.arg("local")
             .arg(verb)
             .arg("--dir")
             .arg(&self.dir)
-            .args(args)
-            .output()
-            .expect("run tandem local")
+            .args(args);
+        cmd
+    }
+
+    /// Run `tandem local <verb> --dir DIR <args>`.
+    pub fn cli(&self, verb: &str, args: &[&str]) -> Output {
+        self.command(verb, args).output().expect("run tandem local")
     }
 
     /// `tandem local status --json`, or None when it fails.
