@@ -3,7 +3,10 @@
 //! `tandem local status`, the engine status `local up` persisted (phase,
 //! transition, blockedBy, the latest history), the tail of `local up`'s log,
 //! and per instance the tail of its agent's log and of the lines its
-//! postgres wrote there. Runs the CLI, reads files.
+//! postgres wrote there. The whole logs and the persisted status are copied
+//! under the cargo target directory (`failed/` in `CARGO_TARGET_TMPDIR`), kept
+//! after the cluster's own directory is removed. Runs the CLI, reads and
+//! copies files.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,8 +59,36 @@ pub fn failure_dump(dir: &Path) -> String {
             &postgres_lines(&log),
         );
     }
+    out.push_str(&format!("----- whole logs\n{}\n", keep_logs(dir)));
     out.push_str("===== end of failure dump");
     out
+}
+
+/// Copy `local up`'s log, status.json and every agent log of the cluster in
+/// `dir` to `CARGO_TARGET_TMPDIR/failed/<cluster directory>`; says where, or why not.
+fn keep_logs(dir: &Path) -> String {
+    let base = dir.parent().unwrap_or(dir);
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "cluster".into());
+    let dest = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("failed")
+        .join(name);
+    let mut files = vec![dir.with_file_name("up.log"), dir.join("status.json")];
+    files.extend(agent_logs(dir));
+    let copied = std::fs::create_dir_all(&dest).and_then(|()| {
+        for f in files.iter().filter(|f| f.exists()) {
+            if let Some(n) = f.file_name() {
+                std::fs::copy(f, dest.join(n))?;
+            }
+        }
+        Ok(())
+    });
+    match copied {
+        Ok(()) => format!("copied to {}", dest.display()),
+        Err(e) => format!("(not copied to {}: {e})", dest.display()),
+    }
 }
 
 fn section(out: &mut String, title: &str, body: &str) {
